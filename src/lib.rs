@@ -1,0 +1,7 @@
+//! MCAS gateway: an edge proxy on Pingora for OpenAI-compatible model servers and MCP servers.
+//!
+//! The request path lives in [`proxy`], one module per step; configuration in [`config`];
+//! the upstream simulator in [`sim`]; the Telegram runner in [`telegram`].
+
+pub mod sim;
+pub mod telegram;

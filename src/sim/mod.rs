@@ -1,0 +1,1 @@
+//! `mcas-sim`: a fast vLLM-like OpenAI-compatible upstream simulator.

@@ -1,0 +1,1 @@
+//! `mcas-telegram`: the Telegram channel runner.

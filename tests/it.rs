@@ -1,0 +1,5 @@
+//! The one integration-test binary: a module per capability, a shared harness in `common`.
+
+mod common;
+mod sim;
+mod telegram;

@@ -1,0 +1,1 @@
+//! mcas-sim on its own.

@@ -1,0 +1,1 @@
+//! mcas-telegram against a fake Bot API and a gateway in front of mcas-sim.
