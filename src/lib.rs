@@ -5,3 +5,14 @@
 
 pub mod sim;
 pub mod telegram;
+pub mod auth;
+pub mod config;
+pub mod routes;
+pub mod runtime;
+pub mod secret;
+pub mod upstream;
+pub mod error;
+pub mod observe;
+pub mod proxy;
+pub mod reload;
+pub mod server;
