@@ -117,8 +117,20 @@ mod tests {
         let now = SystemTime::now();
         let mut t = KeyTable::default();
         t.insert(KeyEntry::new("a", sha256(b"k-a"), ModelGlobs(vec!["llama-*".into()]), None, None));
-        t.insert(KeyEntry::new("old", sha256(b"k-old"), ModelGlobs::default(), None, Some(now - Duration::from_secs(1))));
-        t.insert(KeyEntry::new("new", sha256(b"k-new"), ModelGlobs::default(), Some(now + Duration::from_secs(60)), None));
+        t.insert(KeyEntry::new(
+            "old",
+            sha256(b"k-old"),
+            ModelGlobs::default(),
+            None,
+            Some(now - Duration::from_secs(1)),
+        ));
+        t.insert(KeyEntry::new(
+            "new",
+            sha256(b"k-new"),
+            ModelGlobs::default(),
+            Some(now + Duration::from_secs(60)),
+            None,
+        ));
         let a = t.check(&Secret::new("k-a"), now).unwrap();
         assert_eq!(&*a.name, "a");
         assert!(a.models.allows("llama-3"));

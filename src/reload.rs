@@ -34,7 +34,10 @@ impl Reloader {
         };
         let old = self.runtime.load_full();
         carry_over(&old, &mut new);
-        if old.server.listen != new.server.listen || old.admin_listen != new.admin_listen || old.server.threads != new.server.threads {
+        if old.server.listen != new.server.listen
+            || old.admin_listen != new.admin_listen
+            || old.server.threads != new.server.threads
+        {
             log::warn!("listen addresses and threads change only on restart or --upgrade; the rest is applied");
         }
         self.runtime.store(Arc::new(new));

@@ -128,10 +128,7 @@ mod tests {
 
     #[test]
     fn longest_match_wins() {
-        let t = RouteTable::new(vec![
-            r("/v1/*"),
-            Route::new("/v1/embeddings", Target::Provider(1), None).unwrap(),
-        ]);
+        let t = RouteTable::new(vec![r("/v1/*"), Route::new("/v1/embeddings", Target::Provider(1), None).unwrap()]);
         assert_eq!(t.find("/v1/embeddings").unwrap().target, Target::Provider(1));
         assert_eq!(t.find("/v1/chat/completions").unwrap().target, Target::ByModel);
         assert!(t.find("/other").is_none());

@@ -47,14 +47,16 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Reloader { runtime: shared.clone(), path: config_path };
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(shared), "mcas-gateway");
+    let mut proxy =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(shared), "mcas-gateway");
     for addr in &listen {
         match &tls {
             Some(t) => proxy.add_tls(addr, &t.cert, &t.key)?,
             None => proxy.add_tcp(addr),
         }
     }
-    let mut admin = Service::new("mcas-admin".to_string(), AdminApp { reloader: reloader.clone(), started: Instant::now() });
+    let mut admin =
+        Service::new("mcas-admin".to_string(), AdminApp { reloader: reloader.clone(), started: Instant::now() });
     admin.add_tcp(&admin_listen);
     let sighup = pingora::services::background::background_service("sighup-reload", SighupService(reloader));
 

@@ -95,8 +95,7 @@ pub fn load_certs(path: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut data.as_slice()) {
         let der = item.map_err(|e| format!("{path}: invalid PEM: {e}"))?;
-        x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| format!("{path}: invalid certificate: {e}"))?;
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("{path}: invalid certificate: {e}"))?;
         certs.push(der.as_ref().to_vec());
     }
     if certs.is_empty() {
@@ -108,13 +107,13 @@ pub fn load_certs(path: &str) -> Result<Vec<Vec<u8>>, String> {
 fn check_pem(path: &str, file: &str, kind: PemKind, errors: &mut Vec<ConfigError>) {
     let result = match kind {
         PemKind::Certs => load_certs(file).map(|_| ()),
-        PemKind::Key => std::fs::read(file)
-            .map_err(|e| format!("cannot read {file}: {e}"))
-            .and_then(|d| match rustls_pemfile::private_key(&mut d.as_slice()) {
+        PemKind::Key => std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}")).and_then(|d| {
+            match rustls_pemfile::private_key(&mut d.as_slice()) {
                 Ok(Some(_)) => Ok(()),
                 Ok(None) => Err(format!("{file}: no PEM private key found")),
                 Err(e) => Err(format!("{file}: invalid PEM: {e}")),
-            }),
+            }
+        }),
     };
     if let Err(msg) = result {
         errors.push(ConfigError::new(path, msg));
@@ -136,7 +135,10 @@ fn keys(keys: Vec<KeySection>, errors: &mut Vec<ConfigError>) -> KeyTable {
     let mut table = KeyTable::default();
     let mut names = HashSet::new();
     if keys.is_empty() {
-        errors.push(ConfigError::new("keys", "at least one client key is required (without one every request is refused)"));
+        errors.push(ConfigError::new(
+            "keys",
+            "at least one client key is required (without one every request is refused)",
+        ));
     }
     for (i, k) in keys.into_iter().enumerate() {
         let path = format!("keys[{i}]");
@@ -166,7 +168,10 @@ fn keys(keys: Vec<KeySection>, errors: &mut Vec<ConfigError>) -> KeyTable {
                     d
                 }
                 _ => {
-                    errors.push(ConfigError::new(format!("{path}.key_sha256"), "must be 64 hex digits (sha256sum of the key)"));
+                    errors.push(ConfigError::new(
+                        format!("{path}.key_sha256"),
+                        "must be 64 hex digits (sha256sum of the key)",
+                    ));
                     continue;
                 }
             },
@@ -228,7 +233,9 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
     };
     let base_path = url.path().trim_end_matches('/').to_string();
     let backends: Vec<Arc<Backend>> = match p.backends {
-        None => resolve(&format!("{path}.url"), &host, port, errors).map(|a| vec![Arc::new(Backend::new(a, 1))]).unwrap_or_default(),
+        None => resolve(&format!("{path}.url"), &host, port, errors)
+            .map(|a| vec![Arc::new(Backend::new(a, 1))])
+            .unwrap_or_default(),
         Some(list) if list.is_empty() => {
             errors.push(ConfigError::new(format!("{path}.backends"), "is empty (omit it to use the url's host)"));
             vec![]
@@ -245,7 +252,8 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
                 if weight == 0 {
                     errors.push(ConfigError::new(format!("{bpath}.weight"), "must be at least 1"));
                 }
-                let Some((h, port)) = addr.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h, p))) else {
+                let Some((h, port)) = addr.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h, p)))
+                else {
                     errors.push(ConfigError::new(&bpath, format!("{addr:?} is not host:port")));
                     return None;
                 };
@@ -264,14 +272,22 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
     let upstream_tls = if tls {
         let ca = p.tls.ca_file.as_ref().and_then(|f| match load_certs(f) {
             Ok(certs) => Some(
-                certs.into_iter().map(|der| WrappedX509::new(der, pingora_core::utils::tls::parse_x509)).collect::<Vec<_>>().into(),
+                certs
+                    .into_iter()
+                    .map(|der| WrappedX509::new(der, pingora_core::utils::tls::parse_x509))
+                    .collect::<Vec<_>>()
+                    .into(),
             ),
             Err(msg) => {
                 errors.push(ConfigError::new(format!("{path}.tls.ca_file"), msg));
                 None
             }
         });
-        Some(UpstreamTls { verify: p.tls.verify.unwrap_or(true), sni: p.tls.sni.clone().unwrap_or_else(|| host.clone()), ca })
+        Some(UpstreamTls {
+            verify: p.tls.verify.unwrap_or(true),
+            sni: p.tls.sni.clone().unwrap_or_else(|| host.clone()),
+            ca,
+        })
     } else {
         if p.tls.verify.is_some() || p.tls.ca_file.is_some() || p.tls.sni.is_some() {
             errors.push(ConfigError::new(format!("{path}.tls"), "is set but the url is plain http"));
@@ -323,7 +339,10 @@ fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors
         if let Some(prefix) = &r.strip_prefix {
             let literal: String = r.path.split('*').next().unwrap_or("").to_string();
             if !literal.starts_with(prefix.trim_end_matches('/')) {
-                errors.push(ConfigError::new(format!("{path}.strip_prefix"), format!("{prefix:?} is not a prefix of {:?}", r.path)));
+                errors.push(ConfigError::new(
+                    format!("{path}.strip_prefix"),
+                    format!("{prefix:?} is not a prefix of {:?}", r.path),
+                ));
                 continue;
             }
         }

@@ -44,9 +44,7 @@ pub fn expand_str(input: &str, env: &Env) -> Result<String, String> {
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| format!("unterminated \"${{\" in {input:?}"))?;
+            let end = body.find('}').ok_or_else(|| format!("unterminated \"${{\" in {input:?}"))?;
             let inner = &body[..end];
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),

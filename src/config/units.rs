@@ -42,9 +42,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}; write e.g. \"16MiB\" or a number of bytes"))?;
+    let n: u64 =
+        num.parse().map_err(|_| format!("invalid size {text:?}; write e.g. \"16MiB\" or a number of bytes"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,

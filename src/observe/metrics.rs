@@ -26,9 +26,8 @@ pub struct Metrics {
 /// Distinct model names that may appear as label values; later ones count as "other".
 const MAX_MODEL_LABELS: usize = 64;
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new_custom(Some("mcas".into()), None)?;
@@ -47,7 +46,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["provider"],
     )?;
     let inflight = IntGauge::new("inflight_requests", "Requests being served now")?;
-    let auth_failures = IntCounterVec::new(Opts::new("auth_failures_total", "Refused credentials by reason"), &["reason"])?;
+    let auth_failures =
+        IntCounterVec::new(Opts::new("auth_failures_total", "Refused credentials by reason"), &["reason"])?;
     let tokens = IntCounterVec::new(
         Opts::new("tokens_total", "Tokens reported by upstream usage, by key name, model and kind"),
         &["key", "model", "kind"],
@@ -60,11 +60,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("client_cancels_total", "Requests the client abandoned before the response ended"),
         &["route"],
     )?;
-    let reloads = IntCounterVec::new(Opts::new("config_reloads_total", "Configuration reloads by result"), &["result"])?;
-    let backend_up = IntGaugeVec::new(
-        Opts::new("backend_up", "1 when the backend is in rotation"),
-        &["provider", "backend"],
-    )?;
+    let reloads =
+        IntCounterVec::new(Opts::new("config_reloads_total", "Configuration reloads by result"), &["result"])?;
+    let backend_up =
+        IntGaugeVec::new(Opts::new("backend_up", "1 when the backend is in rotation"), &["provider", "backend"])?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(upstream_ttfb.clone()))?;

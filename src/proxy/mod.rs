@@ -126,7 +126,13 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(b) = &ctx.upstream.backend {
             b.health.record_failure();
         }
@@ -142,14 +148,24 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         match &ctx.routed {
             Some(r) => forward::rewrite_request(req, r),
             None => Error::e_explain(ErrorType::InternalError, "no route decided"),
         }
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if resp.status.is_informational() {
             return Ok(());
         }
@@ -209,7 +225,8 @@ impl ProxyHttp for Gateway {
         if ctx.piped {
             return; // the subrequest accounted for this request
         }
-        let access_log = ctx.routed.as_ref().map(|r| r.runtime.log.access_log).unwrap_or_else(|| self.runtime.load().log.access_log);
+        let access_log =
+            ctx.routed.as_ref().map(|r| r.runtime.log.access_log).unwrap_or_else(|| self.runtime.load().log.access_log);
         account::finish(session, e, ctx, access_log);
     }
 }
@@ -223,9 +240,13 @@ fn classify(e: &Error) -> Option<GatewayError> {
         HTTPStatus(code) if *code >= 500 => Some(GatewayError::BadGateway("upstream failed".into())),
         HTTPStatus(400) => Some(GatewayError::BadRequest("malformed request".into())),
         ConnectTimedout => Some(GatewayError::GatewayTimeout("timed out connecting to the upstream".into())),
-        ReadTimedout | WriteTimedout => Some(GatewayError::GatewayTimeout("the upstream did not answer in time".into())),
+        ReadTimedout | WriteTimedout => {
+            Some(GatewayError::GatewayTimeout("the upstream did not answer in time".into()))
+        }
         _ => match e.esource() {
-            ErrorSource::Upstream => Some(GatewayError::BadGateway(format!("upstream unreachable or failed ({})", e.etype().as_str()))),
+            ErrorSource::Upstream => {
+                Some(GatewayError::BadGateway(format!("upstream unreachable or failed ({})", e.etype().as_str())))
+            }
             ErrorSource::Downstream => match e.etype() {
                 WriteError | ReadError | ConnectionClosed => None,
                 _ => Some(GatewayError::BadRequest("malformed request".into())),
