@@ -57,9 +57,9 @@ fn start_replicas() -> anyhow::Result<Vec<u16>> {
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let cfg = SimConfig {
-            replica_id: format!("sim-{}", i + 1),
+            replica_id: Some(format!("sim-{}", i + 1)),
             models: vec![DEMO_MODEL.to_string()],
-            itl_ms: 20,
+            itl: std::time::Duration::from_millis(20),
             ..SimConfig::default()
         };
         rt.spawn(async move {

@@ -23,7 +23,8 @@ fn client() -> reqwest::Client {
 }
 
 fn chat(stream: bool, include_usage: bool) -> Value {
-    let mut body = json!({"messages": [{"role": "user", "content": "hello there"}], "model": "sim-model", "stream": stream});
+    let mut body =
+        json!({"messages": [{"role": "user", "content": "hello there"}], "model": "sim-model", "stream": stream});
     if include_usage {
         body["stream_options"] = json!({"include_usage": true});
     }
@@ -45,7 +46,8 @@ async fn error_of(resp: reqwest::Response) -> (u16, Value) {
 async fn non_streamed_completion_through_gateway() {
     let sim = spawn_sim(&["--replica-id", "r1"]).await;
     let gw = gw_for(&sim, "/v1", "").await;
-    let resp = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(false, false)).send().await.unwrap();
+    let resp =
+        client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(false, false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-mcas-replica"], "r1");
     assert!(resp.headers().contains_key("x-request-id"));
@@ -59,7 +61,8 @@ async fn streamed_completion_arrives_token_by_token() {
     let sim = spawn_sim(&["--itl-ms", "50", "--tokens", "10"]).await;
     let gw = gw_for(&sim, "/v1", "").await;
     let t0 = Instant::now();
-    let resp = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(true, true)).send().await.unwrap();
+    let resp =
+        client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(true, true)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let mut stream = resp.bytes_stream();
@@ -154,7 +157,10 @@ async fn gateway_errors_have_openai_shape() {
 
     let (s, b) = error_of(c.post(gw.url("/v1/chat/completions")).json(&chat(false, false)).send().await.unwrap()).await;
     assert_eq!((s, b["error"]["code"].as_str()), (401, Some("missing_api_key")));
-    let (s, b) = error_of(c.post(gw.url("/v1/chat/completions")).bearer_auth("wrong").json(&chat(false, false)).send().await.unwrap()).await;
+    let (s, b) = error_of(
+        c.post(gw.url("/v1/chat/completions")).bearer_auth("wrong").json(&chat(false, false)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((s, b["error"]["code"].as_str()), (401, Some("invalid_api_key")));
     assert!(!b.to_string().contains("wrong"), "error echoes the key");
     let (s, b) = error_of(post("/v1/chat/completions").body("{not json").send().await.unwrap()).await;
@@ -168,7 +174,10 @@ async fn gateway_errors_have_openai_shape() {
     let (s, b) = error_of(post("/v1/chat/completions").body(r#"{"model":"dead-1"}"#).send().await.unwrap()).await;
     assert_eq!((s, b["error"]["type"].as_str()), (502, Some("upstream_error")));
     let t = Instant::now();
-    let (s, b) = error_of(post("/v1/chat/completions").header("x-sim-fail", "hang").json(&chat(false, false)).send().await.unwrap()).await;
+    let (s, b) = error_of(
+        post("/v1/chat/completions").header("x-sim-fail", "hang").json(&chat(false, false)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((s, b["error"]["code"].as_str()), (504, Some("upstream_timeout")));
     assert!(t.elapsed() < Duration::from_secs(5));
     // The gateway still serves after all that.
@@ -182,7 +191,8 @@ async fn admin_health_and_metrics() {
     let gw = gw_for(&sim, "/v1", "").await;
     let c = client();
     for stream in [false, true] {
-        let r = c.post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(stream, stream)).send().await.unwrap();
+        let r =
+            c.post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(stream, stream)).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
@@ -218,7 +228,8 @@ async fn https_upstream_with_generated_certificate() {
     let sim = spawn_sim(&[]).await;
     // Gateway A terminates TLS in front of the sim; gateway B reaches A over HTTPS.
     let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
-    let rest_a = format!("{}{}", key_yaml("b", "inner-key"), provider_yaml("sim", &format!("http://{}/v1", sim.addr), ""));
+    let rest_a =
+        format!("{}{}", key_yaml("b", "inner-key"), provider_yaml("sim", &format!("http://{}/v1", sim.addr), ""));
     let a = spawn_gateway_tls(&tls, &rest_a).await;
     let outer = |ca: &str| {
         format!(
@@ -228,10 +239,22 @@ async fn https_upstream_with_generated_certificate() {
         )
     };
     let trusted = spawn_gateway("", &outer(&format!(", tls: {{ ca_file: \"{}\" }}", cert_path.display())), &[]).await;
-    let r = client().post(trusted.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(false, false)).send().await.unwrap();
+    let r = client()
+        .post(trusted.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat(false, false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let untrusted = spawn_gateway("", &outer(""), &[]).await;
-    let r = client().post(untrusted.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(false, false)).send().await.unwrap();
+    let r = client()
+        .post(untrusted.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat(false, false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502, "an unverified certificate was accepted");
 }
 
@@ -264,7 +287,8 @@ fn check_reports_each_problem_with_its_path() {
     let (code, out) = check(many, &[]);
     assert_eq!(code, 1);
     assert!(out.contains("server.max_body"), "{out}");
-    let (code, out) = check("server: { listen: nowhere }\nkeys: []\nroutes:\n  - { path: \"/v1/*\", provider: ghost }\n", &[]);
+    let (code, out) =
+        check("server: { listen: nowhere }\nkeys: []\nroutes:\n  - { path: \"/v1/*\", provider: ghost }\n", &[]);
     assert_eq!(code, 1);
     for needle in ["server.listen[0]", "keys: at least one", "routes[0].provider"] {
         assert!(out.contains(needle), "{needle} missing from: {out}");

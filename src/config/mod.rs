@@ -90,9 +90,18 @@ pub fn load_str(text: &str, env: &Env) -> Result<Runtime, ConfigErrors> {
     let file: schema::FileConfig = match serde_path_to_error::deserialize(tree) {
         Ok(f) => f,
         Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            errors.push(ConfigError::new(path, clean_serde_message(&e.inner().to_string())));
+            let mut path = e.path().to_string();
+            if path == "." {
+                path.clear();
+            }
+            let message = clean_serde_message(&e.inner().to_string());
+            // serde_path_to_error ends the path with the unknown field itself: name its parent.
+            if message.starts_with("unknown field") {
+                if let Some(i) = path.rfind('.') {
+                    path.truncate(i);
+                }
+            }
+            errors.push(ConfigError::new(path, message));
             return Err(ConfigErrors(errors));
         }
     };

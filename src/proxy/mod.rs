@@ -204,6 +204,8 @@ impl ProxyHttp for Gateway {
                     m.upstream_errors.with_label_values(&[&r.provider.name, e.etype().as_str()]).inc();
                 }
                 if session.response_written().is_none() {
+                    // Pingora will not reuse this connection: say so, or clients reuse a dead one.
+                    session.set_keepalive(None);
                     if let Err(write_err) = respond::error(session, g, &ctx.request_id).await {
                         log::debug!("could not send error response: {write_err}");
                     }
