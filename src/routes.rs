@@ -98,7 +98,7 @@ impl Route {
     fn specificity(&self) -> (usize, usize, bool) {
         let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
         let ones = self.segments.iter().filter(|s| **s == Segment::One).count();
-        let rest = self.segments.iter().any(|s| *s == Segment::Rest);
+        let rest = self.segments.contains(&Segment::Rest);
         (literals, usize::MAX - ones, !rest)
     }
 }
