@@ -314,3 +314,32 @@ fn every_gateway_conf_file_loads() {
     }
     assert!(seen >= 1);
 }
+
+async fn sim_running(sim: &Proc) -> i64 {
+    let text = client().get(sim.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("vllm:num_requests_running "))
+        .map(|v| v.trim().parse::<f64>().unwrap() as i64)
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn client_disconnect_ends_the_upstream_request() {
+    let sim = spawn_sim(&["--itl-ms", "100", "--tokens", "200"]).await;
+    let gw = gw_for(&sim, "/v1", "").await;
+    let resp =
+        client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(true, false)).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    assert_eq!(sim_running(&sim).await, 1, "the stream should be running upstream");
+    drop(stream);
+    // 200 tokens at 100 ms would take 20 s: the upstream must see the cancel long before.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim_running(&sim).await != 0 {
+        assert!(Instant::now() < deadline, "upstream request still running after the client left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("mcas_client_cancels_total{route=\"/v1/*\"} 1"), "{m}");
+    assert!(m.contains("mcas_inflight_requests 0"), "{m}");
+}
