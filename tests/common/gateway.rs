@@ -25,6 +25,15 @@ impl Gw {
 /// `server_extra` goes inside `server: { … }` (e.g. `max_body: 1KiB`); `rest` holds the other
 /// sections (keys, providers, …).
 pub async fn spawn_gateway(server_extra: &str, rest: &str, envs: &[(&str, &str)]) -> Gw {
+    launch(server_extra, rest, envs, true).await
+}
+
+/// Like [`spawn_gateway`] but readiness is polled only on the admin listener (for a TLS listener).
+pub async fn spawn_gateway_admin_only(server_extra: &str, rest: &str) -> Gw {
+    launch(server_extra, rest, &[], false).await
+}
+
+async fn launch(server_extra: &str, rest: &str, envs: &[(&str, &str)], poll_main: bool) -> Gw {
     let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 1s, shutdown_timeout: 1s, \
@@ -32,10 +41,6 @@ pub async fn spawn_gateway(server_extra: &str, rest: &str, envs: &[(&str, &str)]
          admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{rest}",
         comma = if server_extra.is_empty() { "" } else { "," }
     );
-    spawn_gateway_yaml(&yaml, port, admin_port, envs).await
-}
-
-pub async fn spawn_gateway_yaml(yaml: &str, port: u16, admin_port: u16, envs: &[(&str, &str)]) -> Gw {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("gateway.yaml");
     std::fs::write(&config, yaml).expect("write config");
@@ -44,7 +49,9 @@ pub async fn spawn_gateway_yaml(yaml: &str, port: u16, admin_port: u16, envs: &[
     let args = vec!["--config".to_string(), config.display().to_string()];
     let proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, envs, addr);
     wait_ready(&format!("http://{admin}/health")).await;
-    wait_ready(&format!("http://{addr}/health")).await;
+    if poll_main {
+        wait_ready(&format!("http://{addr}/health")).await;
+    }
     Gw { proc, addr, admin, config, _dir: dir }
 }
 
@@ -74,23 +81,4 @@ pub fn key_yaml(name: &str, key: &str) -> String {
 
 pub fn provider_yaml(name: &str, url: &str, api_key: &str) -> String {
     format!("providers:\n  - {{ name: {name}, url: \"{url}\", api_key: \"{api_key}\", models: [\"*\"] }}\n")
-}
-
-/// Like [`spawn_gateway`] but readiness is polled only on the admin listener (for a TLS listener).
-pub async fn spawn_gateway_admin_only(server_extra: &str, rest: &str) -> Gw {
-    let (port, admin_port) = (free_port(), free_port());
-    let yaml = format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 1s, shutdown_timeout: 1s, \
-         pid_file: \"/tmp/mcas-test-{port}.pid\", upgrade_sock: \"/tmp/mcas-test-{port}.sock\", {server_extra} }}\n\
-         admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{rest}"
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(&config, yaml).expect("write config");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let args = vec!["--config".to_string(), config.display().to_string()];
-    let proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, &[], addr);
-    wait_ready(&format!("http://{admin}/health")).await;
-    Gw { proc, addr, admin, config, _dir: dir }
 }
