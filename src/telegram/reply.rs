@@ -92,6 +92,11 @@ impl<'a> Reply<'a> {
                         self.display = Display::Edit { message_id: None };
                         return Box::pin(self.progress(text)).await;
                     }
+                    if e.retry_after().is_none() && !e.is_transient() {
+                        // e.g. a chat where drafts are not allowed: edits for this answer.
+                        log::info!("{e}; using edits for this answer");
+                        self.display = Display::Edit { message_id: None };
+                    }
                 }
                 r
             }
