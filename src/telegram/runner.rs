@@ -270,7 +270,11 @@ async fn probe(gateway: Gateway, model: String, every: Duration, health: Arc<Hea
                 log::warn!("gateway probe: {e}");
                 health.gateway(Err(e.to_string()));
             }
-            Err(e) => log::warn!("gateway probe: {e}"),
+            Err(e) => {
+                // It answered (e.g. 404: no model list behind this route): reachable.
+                log::warn!("gateway probe: {e}");
+                health.gateway(Ok(()));
+            }
         }
         tokio::time::sleep(every).await;
     }
