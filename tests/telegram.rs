@@ -568,3 +568,90 @@ fn the_reference_config_passes_check_and_errors_name_the_field() {
     );
     assert!(!out.contains(TOKEN) && !out.contains(KEY));
 }
+
+// ---- Against the real upstream simulator (`mcas-sim`, answers "tok1 tok2 …") ----
+
+/// The runner with `mcas-sim` as its OpenAI-compatible upstream.
+async fn with_sim(w: &World, sim_args: &[&str]) -> (crate::common::Proc, Runner) {
+    let mut args = vec!["--api-key", KEY, "--models", "sim-small,sim-large"];
+    args.extend_from_slice(sim_args);
+    let sim = crate::common::spawn_sim(&args).await;
+    let setup = Setup {
+        gateway_url: sim.url(""),
+        ..w.setup("")
+    };
+    let runner = Runner::spawn(&setup);
+    (sim, runner)
+}
+
+fn sim_answer(tokens: usize) -> String {
+    (1..=tokens)
+        .map(|i| format!("tok{i} "))
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn streams_an_answer_from_mcas_sim() {
+    let w = World::new().await;
+    let (_sim, runner) = with_sim(&w, &["--tokens", "30", "--itl-ms", "100"]).await;
+    w.bot.push_private(ALICE, "hello sim");
+    let sent = w.bot.wait_sent(ALICE, 1).await;
+    assert_eq!(sent[0].text(), sim_answer(30));
+    let drafts = w.bot.calls_to("sendMessageDraft", ALICE);
+    assert!(drafts.len() >= 2, "{drafts:?}");
+    for d in &drafts {
+        assert!(
+            sim_answer(30).starts_with(d.text()),
+            "a draft is a prefix of the answer: {}",
+            d.text()
+        );
+    }
+    assert!(
+        gaps(&drafts)
+            .iter()
+            .all(|g| *g >= Duration::from_millis(900)),
+        "{:?}",
+        gaps(&drafts)
+    );
+    runner.wait_handled(1).await;
+    assert_eq!(runner.status().await.0, 200);
+}
+
+#[tokio::test]
+async fn a_long_mcas_sim_answer_is_split_between_words() {
+    let w = World::new().await;
+    let (_sim, runner) = with_sim(&w, &["--tokens", "2500", "--itl-ms", "0"]).await;
+    w.bot.push_private(ALICE, "say a lot");
+    runner.wait_handled(1).await;
+    let sent = w.bot.calls_to("sendMessage", ALICE);
+    assert!(sent.len() >= 4, "{} parts", sent.len());
+    assert!(sent.iter().all(|c| c.text().encode_utf16().count() <= 4096));
+    let parts: Vec<&str> = sent.iter().map(|c| c.text()).collect();
+    assert_eq!(parts.join(" "), sim_answer(2500), "no word cut, none lost");
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_mcas_sim_is_reported_and_not_remembered() {
+    let w = World::new().await;
+    let (_sim, runner) = with_sim(&w, &["--tokens", "20", "--close-rate", "1"]).await;
+    w.bot.push_private(ALICE, "first");
+    let sent = w.bot.wait_sent(ALICE, 1).await;
+    assert!(
+        sent[0].text().starts_with("tok1 tok2"),
+        "{}",
+        sent[0].text()
+    );
+    assert!(
+        sent[0].text().contains("the answer was interrupted"),
+        "{}",
+        sent[0].text()
+    );
+    runner.wait_handled(1).await;
+    let file = w.dir.0.join(format!("state/chats/{ALICE}.json"));
+    assert!(
+        !file.exists(),
+        "a broken exchange is not kept in the history"
+    );
+}

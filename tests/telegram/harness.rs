@@ -1,6 +1,7 @@
 //! Spawning `mcas-telegram` for tests: environment passed to the child only (the test
-//! process's own environment is never changed), ports picked here, the child killed on drop
-//! and its log printed if the test failed.
+//! process's own environment is never changed, and inherited `MCAS_*` variables are removed),
+//! ports from the shared harness, the child killed on drop and its log printed if the test
+//! failed. Unlike `common::spawn`, it writes the runner's YAML and knows `/status`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use super::fake_bot::{FakeBot, TOKEN};
 use super::fake_llm::KEY;
+pub use crate::common::free_port;
 
 /// The two users on the allowlist in every test.
 pub const ALICE: i64 = 111;
@@ -30,14 +32,6 @@ const VARS: &[&str] = &[
     "MCAS_TELEGRAM_STATUS_LISTEN",
     "MCAS_TELEGRAM_WEBHOOK_SECRET",
 ];
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
