@@ -3,5 +3,17 @@
 //! The request path lives in [`proxy`], one module per step; configuration in [`config`];
 //! the upstream simulator in [`sim`]; the Telegram runner in [`telegram`].
 
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod observe;
+pub mod proxy;
+pub mod reload;
+pub mod routes;
+pub mod runtime;
+pub mod secret;
+pub mod server;
 pub mod sim;
 pub mod telegram;
+pub mod upstream;

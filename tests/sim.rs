@@ -15,10 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::common::{spawn_sim, Proc};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 fn chat(content: &str) -> Value {
@@ -26,12 +23,7 @@ fn chat(content: &str) -> Value {
 }
 
 async fn post(sim: &Proc, path: &str, body: &Value) -> (reqwest::StatusCode, HeaderMap, Value) {
-    let resp = client()
-        .post(sim.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(sim.url(path)).json(body).send().await.unwrap();
     let (status, headers) = (resp.status(), resp.headers().clone());
     (status, headers, resp.json().await.unwrap())
 }
@@ -45,24 +37,13 @@ struct Sse {
 
 impl Sse {
     fn json(&self) -> Vec<Value> {
-        self.events
-            .iter()
-            .filter(|(_, d)| d != "[DONE]")
-            .map(|(_, d)| serde_json::from_str(d).unwrap())
-            .collect()
+        self.events.iter().filter(|(_, d)| d != "[DONE]").map(|(_, d)| serde_json::from_str(d).unwrap()).collect()
     }
     fn done(&self) -> bool {
         self.events.last().is_some_and(|(_, d)| d == "[DONE]")
     }
     fn content(&self) -> String {
-        self.json()
-            .iter()
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .collect()
+        self.json().iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(String::from)).collect()
     }
 }
 
@@ -102,25 +83,16 @@ async fn chat_completion_has_content_and_usage() {
     let sim = spawn_sim(&["--tokens", "5"]).await;
     let (status, headers, v) = post(&sim, "/v1/chat/completions", &chat("hello world")).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        headers["x-mcas-replica"],
-        format!("sim-{}", sim.addr.port()).as_str()
-    );
+    assert_eq!(headers["x-mcas-replica"], format!("sim-{}", sim.addr.port()).as_str());
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "sim-model");
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(
-        v["choices"][0]["message"]["content"],
-        "tok1 tok2 tok3 tok4 tok5 "
-    );
+    assert_eq!(v["choices"][0]["message"]["content"], "tok1 tok2 tok3 tok4 tok5 ");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     // Prompt text "<|user|>hello world" is 19 bytes: ceil(19 / 4) = 5 tokens.
     let u = &v["usage"];
-    assert_eq!(
-        (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64()),
-        (Some(5), Some(5))
-    );
+    assert_eq!((u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64()), (Some(5), Some(5)));
     assert_eq!(u["total_tokens"], 10);
     assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 0);
 }
@@ -148,9 +120,7 @@ async fn stream_without_usage_ends_with_done() {
     let chunks = sse.json();
     assert_eq!(chunks.len(), 1 + 4 + 1, "role, tokens, finish");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks
-        .iter()
-        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     assert!(chunks.iter().all(|c| c.get("usage").is_none()));
     assert_eq!(sse.content(), "tok1 tok2 tok3 tok4 ");
     assert_eq!(chunks[5]["choices"][0]["finish_reason"], "stop");
@@ -170,10 +140,7 @@ async fn stream_with_include_usage_adds_a_usage_chunk() {
     assert_eq!(usage["usage"]["total_tokens"], 4);
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-    let texts: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["text"].as_str())
-        .collect();
+    let texts: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(texts, "tok1 tok2 tok3 ");
 }
 
@@ -201,10 +168,7 @@ async fn header_overrides_tokens_and_ttft() {
     let sse = stream(&sim, "/v1/chat/completions", body, &headers).await;
     assert_eq!(sse.content(), "tok1 tok2 ");
     let first = sse.events[0].0 - start;
-    assert!(
-        first >= Duration::from_millis(150),
-        "first event after {first:?}"
-    );
+    assert!(first >= Duration::from_millis(150), "first event after {first:?}");
 }
 
 #[tokio::test]
@@ -220,10 +184,7 @@ async fn max_tokens_caps_the_answer() {
     let sse = stream(&sim, "/v1/chat/completions", body, &[]).await;
     assert_eq!(sse.content(), "tok1 tok2 ");
     let chunks = sse.json();
-    assert_eq!(
-        chunks.last().unwrap()["choices"][0]["finish_reason"],
-        "length"
-    );
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
 }
 
 #[tokio::test]
@@ -242,29 +203,13 @@ async fn api_key_is_required_on_v1() {
         assert_eq!(v["error"]["code"], "invalid_api_key");
         assert!(v["error"]["message"].is_string());
     }
-    let ok = c
-        .get(sim.url("/v1/models"))
-        .bearer_auth("k1")
-        .send()
-        .await
-        .unwrap();
+    let ok = c.get(sim.url("/v1/models")).bearer_auth("k1").send().await.unwrap();
     assert_eq!(ok.status(), 200);
-    assert_eq!(
-        c.get(sim.url("/health")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(c.get(sim.url("/health")).send().await.unwrap().status(), 200);
 
     let strict = spawn_sim(&["--api-key", "k1", "--health-requires-key"]).await;
-    assert_eq!(
-        c.get(strict.url("/health")).send().await.unwrap().status(),
-        401
-    );
-    let ok = c
-        .get(strict.url("/health"))
-        .bearer_auth("k1")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(c.get(strict.url("/health")).send().await.unwrap().status(), 401);
+    let ok = c.get(strict.url("/health")).bearer_auth("k1").send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
 
@@ -272,12 +217,7 @@ async fn api_key_is_required_on_v1() {
 async fn bad_requests_get_openai_errors() {
     let sim = spawn_sim(&[]).await;
     let c = client();
-    let resp = c
-        .post(sim.url("/v1/chat/completions"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(sim.url("/v1/chat/completions")).body("{not json").send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -291,30 +231,15 @@ async fn bad_requests_get_openai_errors() {
     let resp = c.get(sim.url("/no/such/path")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("/no/such/path"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("/no/such/path"));
 }
 
 #[tokio::test]
 async fn models_lists_every_model() {
     let sim = spawn_sim(&["--models", "a,b"]).await;
-    let v: Value = client()
-        .get(sim.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = client().get(sim.url("/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "b"]);
     assert_eq!(v["data"][0]["object"], "model");
     assert_eq!(v["data"][0]["owned_by"], "mcas-sim");
@@ -323,21 +248,13 @@ async fn models_lists_every_model() {
 #[tokio::test]
 async fn echo_reports_body_hash_and_headers() {
     let sim = spawn_sim(&[]).await;
-    let body: Vec<u8> = (0..1u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let body: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let want = hex::encode(Sha256::digest(&body));
     let mut headers = HeaderMap::new();
     headers.append("x-rep", HeaderValue::from_static("a"));
     headers.append("x-rep", HeaderValue::from_static("b"));
     headers.insert("X-Mixed-Case", HeaderValue::from_static("v"));
-    let resp = client()
-        .put(sim.url("/base/echo?q=1&r=2"))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().put(sim.url("/base/echo?q=1&r=2")).headers(headers).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["method"], "PUT");
@@ -353,22 +270,12 @@ async fn echo_reports_body_hash_and_headers() {
 async fn forced_error_and_status() {
     let sim = spawn_sim(&[]).await;
     let c = client();
-    let resp = c
-        .post(sim.url("/v1/chat/completions"))
-        .header("x-sim-fail", "error")
-        .json(&chat("hi"))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        c.post(sim.url("/v1/chat/completions")).header("x-sim-fail", "error").json(&chat("hi")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "server_error");
-    let resp = c
-        .get(sim.url("/v1/models"))
-        .header("x-sim-status", "503")
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(sim.url("/v1/models")).header("x-sim-status", "503").send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let v: Value = resp.json().await.unwrap();
     assert!(v["error"]["message"].is_string());
@@ -379,13 +286,7 @@ async fn forced_close_cuts_the_stream_half_way() {
     let sim = spawn_sim(&["--tokens", "8"]).await;
     let mut body = chat("hi");
     body["stream"] = json!(true);
-    let sse = stream(
-        &sim,
-        "/v1/chat/completions",
-        body,
-        &[("x-sim-fail", "close")],
-    )
-    .await;
+    let sse = stream(&sim, "/v1/chat/completions", body, &[("x-sim-fail", "close")]).await;
     assert!(sse.cut, "the body should end in an error");
     assert!(!sse.done());
     assert_eq!(sse.content(), "tok1 tok2 tok3 tok4 ");
@@ -394,10 +295,7 @@ async fn forced_close_cuts_the_stream_half_way() {
 #[tokio::test]
 async fn forced_hang_never_answers() {
     let sim = spawn_sim(&[]).await;
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let c = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let err = c
         .post(sim.url("/v1/chat/completions"))
         .header("x-sim-fail", "hang")
@@ -407,10 +305,7 @@ async fn forced_hang_never_answers() {
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     // The replica still serves others.
-    assert_eq!(
-        c.get(sim.url("/health")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(c.get(sim.url("/health")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -431,34 +326,15 @@ async fn prefix_cache_reports_hits() {
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     assert_eq!(h["x-sim-prefix-hit-tokens"], "0");
     let (_, h, v) = post(&sim, "/v1/chat/completions", &chat(long)).await;
-    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
-        .as_u64()
-        .unwrap();
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
     // "<|user|>" + 51 chars = 59 bytes: three full 16-byte blocks = 48 bytes = 12 tokens.
     assert_eq!(cached, 12);
     assert_eq!(h["x-sim-prefix-hit-tokens"], "12");
-    let (_, _, v) = post(
-        &sim,
-        "/v1/chat/completions",
-        &chat("a different prompt of some length"),
-    )
-    .await;
+    let (_, _, v) = post(&sim, "/v1/chat/completions", &chat("a different prompt of some length")).await;
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-    let metrics = client()
-        .get(sim.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("vllm:prefix_cache_hits_total 12"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"mcas_sim_requests_total{endpoint="chat_completions",status="200"} 3"#)
-    );
+    let metrics = client().get(sim.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("vllm:prefix_cache_hits_total 12"), "{metrics}");
+    assert!(metrics.contains(r#"mcas_sim_requests_total{endpoint="chat_completions",status="200"} 3"#));
     assert!(metrics.contains("vllm:num_requests_running 0"));
 }
 
@@ -477,19 +353,10 @@ async fn websocket_echoes_frames_and_close_code() {
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     ws.send(Message::binary(vec![0u8, 1, 255])).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::binary(vec![0u8, 1, 255])
-    );
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 255]));
     ws.send(Message::Ping(b"p".to_vec())).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::Pong(b"p".to_vec())
-    );
-    let frame = CloseFrame {
-        code: CloseCode::from(4001),
-        reason: "bye".into(),
-    };
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"p".to_vec()));
+    let frame = CloseFrame { code: CloseCode::from(4001), reason: "bye".into() };
     ws.send(Message::Close(Some(frame))).await.unwrap();
     match ws.next().await.unwrap().unwrap() {
         Message::Close(Some(f)) => {
@@ -503,23 +370,13 @@ async fn websocket_echoes_frames_and_close_code() {
 #[tokio::test]
 async fn websocket_push_and_subprotocol() {
     let sim = spawn_sim(&[]).await;
-    let mut req = format!("ws://{}/v1/ws?push_ms=20", sim.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static("first, second"),
-    );
+    let mut req = format!("ws://{}/v1/ws?push_ms=20", sim.addr).into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("first, second"));
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "first");
-    assert_eq!(
-        resp.headers()["x-mcas-replica"],
-        format!("sim-{}", sim.addr.port()).as_str()
-    );
+    assert_eq!(resp.headers()["x-mcas-replica"], format!("sim-{}", sim.addr.port()).as_str());
     for n in 1..=3 {
-        let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
-            .await
-            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.unwrap();
         assert_eq!(msg.unwrap().unwrap(), Message::text(format!("push {n}")));
     }
 }

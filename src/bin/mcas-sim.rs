@@ -24,14 +24,9 @@ fn main() -> ExitCode {
         }
     };
     let runtime = if cfg.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.threads)
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.threads).enable_all().build()
     };
     let result = runtime.and_then(|rt| rt.block_on(run(cfg)));
     if let Err(e) = result {
@@ -44,10 +39,7 @@ fn main() -> ExitCode {
 async fn run(cfg: SimConfig) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let name = cfg
-        .replica_id
-        .clone()
-        .unwrap_or_else(|| format!("sim-{}", addr.port()));
+    let name = cfg.replica_id.clone().unwrap_or_else(|| format!("sim-{}", addr.port()));
     println!("mcas-sim {name} listening on {addr}");
     std::io::stdout().flush()?;
     sim::serve(listener, cfg).await

@@ -40,9 +40,7 @@ struct Overrides {
 
 impl Overrides {
     fn from_headers(h: &HeaderMap) -> Result<Self, String> {
-        let ms = |name: &str| -> Result<Option<Duration>, String> {
-            Ok(number(h, name)?.map(Duration::from_millis))
-        };
+        let ms = |name: &str| -> Result<Option<Duration>, String> { Ok(number(h, name)?.map(Duration::from_millis)) };
         let fail = match h.get("x-sim-fail").map(HeaderValue::as_bytes) {
             None => None,
             Some(b"error") => Some(Fail::Error),
@@ -114,22 +112,10 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
     let ttft = ov.ttft.unwrap_or(cfg.ttft);
     let itl = ov.itl.unwrap_or(cfg.itl);
     let mut resp = if req.stream {
-        let pace = Pace {
-            ttft,
-            itl,
-            cut_after: close.then_some(answer.tokens / 2),
-            include_usage: req.include_usage,
-        };
+        let pace = Pace { ttft, itl, cut_after: close.then_some(answer.tokens / 2), include_usage: req.include_usage };
         let body = stream::body(answer, pace, r.metrics.generation_tokens.clone(), running);
-        let mut resp = response::with_body(
-            StatusCode::OK,
-            HeaderValue::from_static("text/event-stream"),
-            body,
-        );
-        resp.headers_mut().insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        );
+        let mut resp = response::with_body(StatusCode::OK, HeaderValue::from_static("text/event-stream"), body);
+        resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         resp
     } else {
         // A whole answer takes as long as its stream would have.
@@ -139,27 +125,16 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
         }
         r.metrics.generation_tokens.inc_by(u64::from(answer.tokens));
         let bytes = answer.full_body();
-        let body = if close {
-            stream::cut_body(bytes)
-        } else {
-            response::full(bytes)
-        };
+        let body = if close { stream::cut_body(bytes) } else { response::full(bytes) };
         drop(running);
         response::with_body(StatusCode::OK, response::JSON, body)
     };
-    resp.headers_mut()
-        .insert(X_PREFIX_HIT_TOKENS, HeaderValue::from(hit_tokens));
+    resp.headers_mut().insert(X_PREFIX_HIT_TOKENS, HeaderValue::from(hit_tokens));
     resp
 }
 
 /// Sizes the answer and consults the prefix cache; returns it with the cached prompt tokens.
-fn answer(
-    r: &Replica,
-    kind: Kind,
-    req: &CompletionRequest,
-    model: String,
-    tokens: Option<u32>,
-) -> (Answer, u64) {
+fn answer(r: &Replica, kind: Kind, req: &CompletionRequest, model: String, tokens: Option<u32>) -> (Answer, u64) {
     let natural = tokens.unwrap_or(r.cfg.tokens);
     let (tokens, finish) = match req.max_tokens {
         Some(max) if max < natural => (max, "length"),
@@ -178,10 +153,7 @@ fn answer(
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
     };
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let answer = Answer {
         kind,
         id: r.next_id(prefix),

@@ -148,12 +148,7 @@ impl SimConfig {
             "--listen" => self.listen = parse(flag, v)?,
             "--replica-id" => self.replica_id = Some(v.to_string()),
             "--models" => {
-                self.models = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                    .map(String::from)
-                    .collect()
+                self.models = v.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect()
             }
             "--tokens" => self.tokens = parse(flag, v)?,
             "--ttft-ms" => self.ttft = Duration::from_millis(parse(flag, v)?),
@@ -172,11 +167,9 @@ impl SimConfig {
 
     /// Checks ranges; also useful to callers that build a `SimConfig` by hand.
     pub fn validate(&self) -> Result<(), String> {
-        for (flag, rate) in [
-            ("--error-rate", self.error_rate),
-            ("--close-rate", self.close_rate),
-            ("--hang-rate", self.hang_rate),
-        ] {
+        for (flag, rate) in
+            [("--error-rate", self.error_rate), ("--close-rate", self.close_rate), ("--hang-rate", self.hang_rate)]
+        {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{flag}: {rate} is not within 0..1"));
             }
@@ -198,8 +191,7 @@ fn parse<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String>
 where
     T::Err: fmt::Display,
 {
-    v.parse()
-        .map_err(|e| format!("{flag}: cannot parse {v:?}: {e}"))
+    v.parse().map_err(|e| format!("{flag}: cannot parse {v:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -213,10 +205,9 @@ mod tests {
 
     #[test]
     fn parses_flags_in_both_forms() {
-        let cfg = SimConfig::from_args(args(
-            "--listen 127.0.0.1:9 --models a,b --tokens=3 --itl-ms 5 --health-requires-key",
-        ))
-        .unwrap();
+        let cfg =
+            SimConfig::from_args(args("--listen 127.0.0.1:9 --models a,b --tokens=3 --itl-ms 5 --health-requires-key"))
+                .unwrap();
         assert_eq!(cfg.listen.port(), 9);
         assert_eq!(cfg.models, vec!["a", "b"]);
         assert_eq!(cfg.tokens, 3);
@@ -238,10 +229,7 @@ mod tests {
 
     #[test]
     fn debug_redacts_the_key() {
-        let cfg = SimConfig {
-            api_key: Some("sekrit".into()),
-            ..SimConfig::default()
-        };
+        let cfg = SimConfig { api_key: Some("sekrit".into()), ..SimConfig::default() };
         assert!(!format!("{cfg:?}").contains("sekrit"));
     }
 }

@@ -38,11 +38,7 @@ pub async fn handle(r: &Replica, req: Request<Incoming>) -> Response<Body> {
             })
             .or_insert_with(|| value.into_owned());
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let out = serde_json::json!({
         "replica": String::from_utf8_lossy(r.name.as_bytes()),
         "method": parts.method.as_str(),

@@ -24,27 +24,16 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "mcas_sim_requests_total",
-                "HTTP requests answered, by endpoint and status",
-            ),
+            Opts::new("mcas_sim_requests_total", "HTTP requests answered, by endpoint and status"),
             &["endpoint", "status"],
         )?;
-        let running = IntGauge::new(
-            "vllm:num_requests_running",
-            "Completion requests in flight (until their body ends)",
-        )?;
+        let running =
+            IntGauge::new("vllm:num_requests_running", "Completion requests in flight (until their body ends)")?;
         let prompt_tokens = IntCounter::new("vllm:prompt_tokens_total", "Prompt tokens")?;
-        let generation_tokens =
-            IntCounter::new("vllm:generation_tokens_total", "Completion tokens produced")?;
-        let prefix_queries = IntCounter::new(
-            "vllm:prefix_cache_queries_total",
-            "Prompt tokens looked up in the prefix cache",
-        )?;
-        let prefix_hits = IntCounter::new(
-            "vllm:prefix_cache_hits_total",
-            "Prompt tokens found in the prefix cache",
-        )?;
+        let generation_tokens = IntCounter::new("vllm:generation_tokens_total", "Completion tokens produced")?;
+        let prefix_queries =
+            IntCounter::new("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache")?;
+        let prefix_hits = IntCounter::new("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(running.clone()))?;
         registry.register(Box::new(prompt_tokens.clone()))?;
@@ -58,26 +47,14 @@ impl Metrics {
                     .then(|| requests.with_label_values(&[e.label(), "200"]))
             })
             .collect();
-        Ok(Metrics {
-            registry,
-            requests,
-            ok,
-            running,
-            prompt_tokens,
-            generation_tokens,
-            prefix_queries,
-            prefix_hits,
-        })
+        Ok(Metrics { registry, requests, ok, running, prompt_tokens, generation_tokens, prefix_queries, prefix_hits })
     }
 
     /// Counts one answered request (at the time its head is sent).
     pub fn answered(&self, endpoint: Endpoint, status: u16) {
         match self.ok.get(endpoint.index()) {
             Some(Some(c)) if status == 200 => c.inc(),
-            _ => self
-                .requests
-                .with_label_values(&[endpoint.label(), &status.to_string()])
-                .inc(),
+            _ => self.requests.with_label_values(&[endpoint.label(), &status.to_string()]).inc(),
         }
     }
 
@@ -105,11 +82,9 @@ mod tests {
         a.answered(Endpoint::Chat, 200);
         a.answered(Endpoint::Chat, 500);
         let text = String::from_utf8(a.render()).unwrap();
-        assert!(text
-            .contains("mcas_sim_requests_total{endpoint=\"chat_completions\",status=\"500\"} 1"));
+        assert!(text.contains("mcas_sim_requests_total{endpoint=\"chat_completions\",status=\"500\"} 1"));
         assert!(text.contains("vllm:num_requests_running 0"));
         let text = String::from_utf8(b.render()).unwrap();
-        assert!(text
-            .contains("mcas_sim_requests_total{endpoint=\"chat_completions\",status=\"200\"} 0"));
+        assert!(text.contains("mcas_sim_requests_total{endpoint=\"chat_completions\",status=\"200\"} 0"));
     }
 }

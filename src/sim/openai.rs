@@ -66,8 +66,7 @@ pub struct CompletionRequest {
 
 /// Parses a request body; the error is the message of a 400.
 pub fn parse(kind: Kind, body: &[u8]) -> Result<CompletionRequest, String> {
-    let raw: RawRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let raw: RawRequest = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     let prompt = match kind {
         Kind::Chat => chat_prompt(raw.messages.ok_or("`messages` is required")?),
         Kind::Text => {
@@ -93,10 +92,7 @@ fn chat_prompt(messages: Vec<Message>) -> String {
         out.push_str("|>");
         match m.content {
             Some(Content::Text(t)) => out.push_str(&t),
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .filter_map(|p| p.text.as_deref())
-                .for_each(|t| out.push_str(t)),
+            Some(Content::Parts(parts)) => parts.iter().filter_map(|p| p.text.as_deref()).for_each(|t| out.push_str(t)),
             None => {}
         }
     }
@@ -142,9 +138,7 @@ impl Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
-            prompt_tokens_details: PromptDetails {
-                cached_tokens: cached,
-            },
+            prompt_tokens_details: PromptDetails { cached_tokens: cached },
         }
     }
 }
@@ -215,10 +209,7 @@ impl Answer {
                 model: &self.model,
                 choices: [ChatChoice {
                     index: 0,
-                    message: ChatMessage {
-                        role: "assistant",
-                        content: &content,
-                    },
+                    message: ChatMessage { role: "assistant", content: &content },
                     logprobs: None,
                     finish_reason: self.finish,
                 }],
@@ -229,12 +220,7 @@ impl Answer {
                 object: "text_completion",
                 created: self.created,
                 model: &self.model,
-                choices: [TextChoice {
-                    index: 0,
-                    text: &content,
-                    logprobs: None,
-                    finish_reason: self.finish,
-                }],
+                choices: [TextChoice { index: 0, text: &content, logprobs: None, finish_reason: self.finish }],
                 usage: self.usage,
             }),
         };
@@ -249,9 +235,7 @@ pub fn models_body(models: &[String]) -> Vec<u8> {
         .iter()
         .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "mcas-sim"}))
         .collect();
-    serde_json::json!({"object": "list", "data": data})
-        .to_string()
-        .into_bytes()
+    serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()
 }
 
 #[cfg(test)]
@@ -272,11 +256,7 @@ mod tests {
 
     #[test]
     fn completion_prompt_forms() {
-        let r = parse(
-            Kind::Text,
-            br#"{"prompt":["ab","cd"],"max_completion_tokens":2,"max_tokens":9}"#,
-        )
-        .unwrap();
+        let r = parse(Kind::Text, br#"{"prompt":["ab","cd"],"max_completion_tokens":2,"max_tokens":9}"#).unwrap();
         assert_eq!(r.prompt, "abcd");
         assert_eq!(r.max_tokens, Some(2));
         let r = parse(Kind::Text, br#"{"prompt":[1,22]}"#).unwrap();

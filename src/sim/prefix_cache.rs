@@ -47,11 +47,7 @@ pub struct Lookup {
 
 impl PrefixCache {
     pub fn new(capacity: usize, block_chars: usize) -> Self {
-        PrefixCache {
-            capacity,
-            block_chars: block_chars.max(1),
-            lru: Mutex::new(Lru::default()),
-        }
+        PrefixCache { capacity, block_chars: block_chars.max(1), lru: Mutex::new(Lru::default()) }
     }
 
     pub fn block_chars(&self) -> usize {
@@ -62,10 +58,7 @@ impl PrefixCache {
     pub fn lookup_and_insert(&self, prompt: &[u8]) -> Lookup {
         let blocks = prompt.len() / self.block_chars;
         if blocks == 0 || self.capacity == 0 {
-            return Lookup {
-                blocks,
-                hit_blocks: 0,
-            };
+            return Lookup { blocks, hit_blocks: 0 };
         }
         let mut hashes = Vec::with_capacity(blocks);
         let mut prev = 0u64;
@@ -79,10 +72,7 @@ impl PrefixCache {
         // A poisoned lock only means another request panicked mid-update; the map is still a
         // valid cache, so keep serving from it.
         let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
-        let hit_blocks = hashes
-            .iter()
-            .take_while(|h| lru.age_of.contains_key(h))
-            .count();
+        let hit_blocks = hashes.iter().take_while(|h| lru.age_of.contains_key(h)).count();
         for &h in &hashes {
             lru.touch(h, self.capacity);
         }
@@ -96,11 +86,7 @@ impl PrefixCache {
 
     /// Blocks held now.
     pub fn len(&self) -> usize {
-        self.lru
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .age_of
-            .len()
+        self.lru.lock().unwrap_or_else(|p| p.into_inner()).age_of.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -137,13 +123,7 @@ mod tests {
         let p = b"0123456789abcdefXYZ"; // two full blocks and a partial one
         assert_eq!(c.lookup_and_insert(p).hit_blocks, 0);
         let found = c.lookup_and_insert(p);
-        assert_eq!(
-            found,
-            Lookup {
-                blocks: 2,
-                hit_blocks: 2
-            }
-        );
+        assert_eq!(found, Lookup { blocks: 2, hit_blocks: 2 });
         assert_eq!(c.hit_tokens(found), 4);
         assert_eq!(c.len(), 2);
     }

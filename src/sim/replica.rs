@@ -30,27 +30,17 @@ pub struct Replica {
 impl Replica {
     /// `port` names the replica when the config does not.
     pub fn new(cfg: SimConfig, port: u16) -> io::Result<Self> {
-        cfg.validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let name = cfg
-            .replica_id
-            .clone()
-            .unwrap_or_else(|| format!("sim-{port}"));
+        cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let name = cfg.replica_id.clone().unwrap_or_else(|| format!("sim-{port}"));
         let name = HeaderValue::from_str(&name).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("--replica-id: {name:?} is not a valid header value"),
-            )
+            io::Error::new(io::ErrorKind::InvalidInput, format!("--replica-id: {name:?} is not a valid header value"))
         })?;
         Ok(Replica {
             name,
             metrics: Metrics::new().map_err(io::Error::other)?,
             cache: PrefixCache::new(cfg.prefix_cache_blocks, cfg.block_chars),
             models_body: Bytes::from(models_body(&cfg.models)),
-            bearer: cfg
-                .api_key
-                .as_ref()
-                .map(|k| format!("Bearer {k}").into_bytes()),
+            bearer: cfg.api_key.as_ref().map(|k| format!("Bearer {k}").into_bytes()),
             id_salt: rand::random(),
             next_id: AtomicU64::new(1),
             cfg,

@@ -15,23 +15,18 @@ pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 pub fn empty() -> Body {
-    Empty::new()
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    Empty::new().map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 /// A response with a body and a content type.
 pub fn with_body(status: StatusCode, content_type: HeaderValue, body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, content_type);
+    resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
     resp
 }
 
@@ -49,19 +44,10 @@ pub fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Respo
 
 /// An error for a status chosen by a client (`x-sim-status`) or by failure injection.
 pub fn status_error(status: StatusCode, message: &str) -> Response<Body> {
-    let kind = if status.is_server_error() {
-        "server_error"
-    } else {
-        "invalid_request_error"
-    };
+    let kind = if status.is_server_error() { "server_error" } else { "invalid_request_error" };
     error(status, message, kind, "simulated_error")
 }
 
 pub fn bad_request(message: &str) -> Response<Body> {
-    error(
-        StatusCode::BAD_REQUEST,
-        message,
-        "invalid_request_error",
-        "bad_request",
-    )
+    error(StatusCode::BAD_REQUEST, message, "invalid_request_error", "bad_request")
 }

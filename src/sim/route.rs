@@ -49,10 +49,7 @@ impl Endpoint {
 
     /// OpenAI endpoints are the ones `--api-key` guards (besides any path containing `/v1/`).
     pub fn is_openai(self) -> bool {
-        matches!(
-            self,
-            Endpoint::Chat | Endpoint::Completions | Endpoint::Models
-        )
+        matches!(self, Endpoint::Chat | Endpoint::Completions | Endpoint::Models)
     }
 }
 
@@ -90,10 +87,7 @@ mod tests {
         let post = Method::POST;
         let get = Method::GET;
         assert_eq!(classify(&post, "/v1/chat/completions"), Endpoint::Chat);
-        assert_eq!(
-            classify(&post, "/openai/v1/chat/completions"),
-            Endpoint::Chat
-        );
+        assert_eq!(classify(&post, "/openai/v1/chat/completions"), Endpoint::Chat);
         assert_eq!(classify(&post, "/v1/completions"), Endpoint::Completions);
         assert_eq!(classify(&get, "/v1/completions"), Endpoint::NotFound);
         assert_eq!(classify(&get, "/base/v1/models/"), Endpoint::Models);

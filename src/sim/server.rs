@@ -46,9 +46,7 @@ pub async fn serve(listener: TcpListener, cfg: SimConfig) -> io::Result<()> {
                 let replica = replica.clone();
                 async move { Ok::<_, Infallible>(handle(&replica, req).await) }
             });
-            let conn = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
             if let Err(e) = conn.await {
                 log::debug!("mcas-sim: connection ended: {e}");
             }
@@ -95,11 +93,9 @@ async fn dispatch(r: &Replica, endpoint: Endpoint, req: Request<Incoming>) -> Re
         Endpoint::Chat => completion::handle(r, Kind::Chat, req).await,
         Endpoint::Completions => completion::handle(r, Kind::Text, req).await,
         Endpoint::Models => response::json(StatusCode::OK, r.models_body.clone()),
-        Endpoint::Health => response::with_body(
-            StatusCode::OK,
-            HeaderValue::from_static("text/plain"),
-            response::empty(),
-        ),
+        Endpoint::Health => {
+            response::with_body(StatusCode::OK, HeaderValue::from_static("text/plain"), response::empty())
+        }
         Endpoint::Metrics => response::with_body(
             StatusCode::OK,
             HeaderValue::from_static("text/plain; version=0.0.4"),

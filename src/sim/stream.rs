@@ -50,12 +50,7 @@ struct Gen<G> {
 }
 
 /// The SSE body of an answer; `guard` lives as long as the body.
-pub fn body<G: Send + 'static>(
-    answer: Answer,
-    pace: Pace,
-    generated: IntCounter,
-    guard: G,
-) -> Body {
+pub fn body<G: Send + 'static>(answer: Answer, pace: Pace, generated: IntCounter, guard: G) -> Body {
     let object = match answer.kind {
         Kind::Chat => "chat.completion.chunk",
         Kind::Text => "text_completion",
@@ -66,15 +61,7 @@ pub fn body<G: Send + 'static>(
         answer.created,
         json_str(&answer.model),
     );
-    let gen = Gen {
-        answer,
-        pace,
-        head,
-        phase: Phase::Wait,
-        next: 1,
-        generated,
-        _guard: guard,
-    };
+    let gen = Gen { answer, pace, head, phase: Phase::Wait, next: 1, generated, _guard: guard };
     let events = stream::unfold(gen, |mut g| async move {
         let item = g.step().await?;
         Some((item.map(Frame::data), g))
@@ -114,19 +101,13 @@ impl<G> Gen<G> {
                     return Some(Ok(event));
                 }
                 Phase::Finish => {
-                    self.phase = if self.pace.include_usage {
-                        Phase::Usage
-                    } else {
-                        Phase::Done
-                    };
+                    self.phase = if self.pace.include_usage { Phase::Usage } else { Phase::Done };
                     let finish = self.answer.finish;
                     let choice = match self.answer.kind {
-                        Kind::Chat => format!(
-                            r#"{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}"#
-                        ),
-                        Kind::Text => format!(
-                            r#"{{"index":0,"text":"","logprobs":null,"finish_reason":"{finish}"}}"#
-                        ),
+                        Kind::Chat => {
+                            format!(r#"{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}"#)
+                        }
+                        Kind::Text => format!(r#"{{"index":0,"text":"","logprobs":null,"finish_reason":"{finish}"}}"#),
                     };
                     return Some(Ok(self.event(&choice)));
                 }
@@ -175,10 +156,7 @@ impl<G> Gen<G> {
     async fn cut(&mut self) -> Result<Bytes, io::Error> {
         self.phase = Phase::End;
         tokio::task::yield_now().await;
-        Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "mcas-sim: simulated connection cut",
-        ))
+        Err(io::Error::new(io::ErrorKind::ConnectionAborted, "mcas-sim: simulated connection cut"))
     }
 }
 
@@ -188,10 +166,7 @@ pub fn cut_body(full: Vec<u8>) -> Body {
     let first: Result<Frame<Bytes>, io::Error> = Ok(Frame::data(full.slice(..full.len() / 2)));
     let events = stream::iter([first]).chain(stream::once(async {
         tokio::task::yield_now().await;
-        Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "mcas-sim: simulated connection cut",
-        ))
+        Err(io::Error::new(io::ErrorKind::ConnectionAborted, "mcas-sim: simulated connection cut"))
     }));
     StreamBody::new(events).boxed_unsync()
 }

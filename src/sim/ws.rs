@@ -19,10 +19,8 @@ use super::response::{self, Body};
 
 pub fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
     let h = req.headers();
-    let wants_ws = h
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let wants_ws =
+        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|_| wants_ws) else {
         return response::bad_request("expected a WebSocket upgrade");
     };
@@ -37,9 +35,7 @@ pub fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
                 echo(ws, push).await;
             }
             Err(e) => log::debug!("websocket upgrade failed: {e}"),
@@ -115,10 +111,7 @@ mod tests {
 
     #[test]
     fn push_period_from_query() {
-        assert_eq!(
-            push_period(Some("a=1&push_ms=20")),
-            Some(Duration::from_millis(20))
-        );
+        assert_eq!(push_period(Some("a=1&push_ms=20")), Some(Duration::from_millis(20)));
         assert_eq!(push_period(Some("push_ms=0")), None);
         assert_eq!(push_period(Some("push_ms=x")), None);
         assert_eq!(push_period(None), None);

@@ -6,6 +6,8 @@
 //! ```
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod gateway;
+
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -15,10 +17,7 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago (bind to port 0, take the port, release it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 /// A child process, killed and reaped on drop. Its stdout and stderr go to one log file;
@@ -46,12 +45,7 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "--- logs of pid {} ({}) ---\n{}",
-                self.child.id(),
-                self.addr,
-                self.logs()
-            );
+            eprintln!("--- logs of pid {} ({}) ---\n{}", self.child.id(), self.addr, self.logs());
         }
         let _ = std::fs::remove_file(&self.log);
     }
@@ -61,10 +55,7 @@ impl Drop for Proc {
 /// (the caller put it in `args`). Does not wait for readiness: see [`wait_ready`].
 pub fn spawn(bin: &str, args: &[String], envs: &[(&str, &str)], addr: SocketAddr) -> Proc {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    let name = std::path::Path::new(bin)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = std::path::Path::new(bin).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let log = std::env::temp_dir().join(format!(
         "mcas-test-{name}-{}-{}.log",
         std::process::id(),
@@ -118,26 +109,19 @@ impl Proc {
         poll(&url, || {
             let status = child.try_wait().ok().flatten()?;
             let logs = std::fs::read_to_string(&log).unwrap_or_default();
-            Some(format!(
-                "process exited ({status}) before {url} answered:\n{logs}"
-            ))
+            Some(format!("process exited ({status}) before {url} answered:\n{logs}"))
         })
         .await
     }
 }
 
 async fn poll(url: &str, mut exited: impl FnMut() -> Option<String>) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("client");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match client.get(url).send().await {
             Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("{url} did not answer within 30 s: {e}"))
-            }
+            Err(e) if Instant::now() >= deadline => return Err(format!("{url} did not answer within 30 s: {e}")),
             Err(_) => {
                 if let Some(why) = exited() {
                     return Err(why);

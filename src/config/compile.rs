@@ -1,0 +1,363 @@
+//! Validation of the parsed file into the runtime: every check that can fail does so here,
+//! with the YAML path, so nothing is discovered per request or by a panic at start.
+
+use super::schema::*;
+use super::ConfigError;
+use crate::auth::{KeyEntry, KeyTable, ModelGlobs};
+use crate::routes::{Route, RouteTable, Target};
+use crate::runtime::{ListenTls, LogSettings, Runtime, ServerSettings};
+use crate::secret::Secret;
+use crate::upstream::{Backend, Provider, Timeouts, UpstreamTls};
+use pingora_core::utils::tls::WrappedX509;
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:18080";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:18081";
+pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
+
+/// Compiles the file; returns `None` (with `errors` filled) when anything is wrong.
+pub fn compile(file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Runtime> {
+    let start = errors.len();
+    let server = server(file.server, errors);
+    let admin_listen = file.admin.listen.unwrap_or_else(|| DEFAULT_ADMIN.to_string());
+    check_addr("admin.listen", &admin_listen, errors);
+    if server.listen.contains(&admin_listen) {
+        errors.push(ConfigError::new("admin.listen", "must differ from every server.listen address"));
+    }
+    let keys = keys(file.keys, errors);
+    let providers: Vec<Arc<Provider>> =
+        file.providers.into_iter().enumerate().filter_map(|(i, p)| provider(i, p, errors)).collect();
+    let mut seen = HashSet::new();
+    for p in &providers {
+        if !seen.insert(p.name.clone()) {
+            errors.push(ConfigError::new("providers", format!("provider name {:?} is used twice", p.name)));
+        }
+    }
+    let routes = routes(file.routes, &providers, errors);
+    let log = log(file.log, errors);
+    if errors.len() > start {
+        return None;
+    }
+    Some(Runtime { server, admin_listen, keys, providers, routes, log })
+}
+
+fn check_addr(path: &str, addr: &str, errors: &mut Vec<ConfigError>) {
+    if addr.parse::<SocketAddr>().is_err() {
+        errors.push(ConfigError::new(path, format!("{addr:?} is not an address like \"127.0.0.1:18080\"")));
+    }
+}
+
+fn server(s: ServerSection, errors: &mut Vec<ConfigError>) -> ServerSettings {
+    let listen = s.listen.map(OneOrMany::into_vec).unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen.is_empty() {
+        errors.push(ConfigError::new("server.listen", "needs at least one address"));
+    }
+    for (i, a) in listen.iter().enumerate() {
+        check_addr(&format!("server.listen[{i}]"), a, errors);
+    }
+    let threads = s.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if threads == 0 {
+        errors.push(ConfigError::new("server.threads", "must be at least 1"));
+    }
+    let max_body = s.max_body.map(|b| b.0).unwrap_or(DEFAULT_MAX_BODY);
+    if max_body == 0 {
+        errors.push(ConfigError::new("server.max_body", "must be more than 0"));
+    }
+    let tls = s.tls.map(|t| {
+        check_pem("server.tls.cert", &t.cert, PemKind::Certs, errors);
+        check_pem("server.tls.key", &t.key, PemKind::Key, errors);
+        ListenTls { cert: t.cert, key: t.key }
+    });
+    ServerSettings {
+        listen,
+        threads,
+        max_body,
+        tls,
+        client_read_timeout: s.client_read_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+        grace_period: s.grace_period.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+        shutdown_timeout: s.shutdown_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
+        pid_file: s.pid_file.unwrap_or_else(|| "/tmp/mcas-gateway.pid".to_string()),
+        upgrade_sock: s.upgrade_sock.unwrap_or_else(|| "/tmp/mcas-gateway-upgrade.sock".to_string()),
+    }
+}
+
+enum PemKind {
+    Certs,
+    Key,
+}
+
+/// Reads PEM certificates (DER-checked, so Pingora's parser cannot panic on them later).
+pub fn load_certs(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut data.as_slice()) {
+        let der = item.map_err(|e| format!("{path}: invalid PEM: {e}"))?;
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("{path}: invalid certificate: {e}"))?;
+        certs.push(der.as_ref().to_vec());
+    }
+    if certs.is_empty() {
+        return Err(format!("{path}: no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+fn check_pem(path: &str, file: &str, kind: PemKind, errors: &mut Vec<ConfigError>) {
+    let result = match kind {
+        PemKind::Certs => load_certs(file).map(|_| ()),
+        PemKind::Key => std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}")).and_then(|d| {
+            match rustls_pemfile::private_key(&mut d.as_slice()) {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(format!("{file}: no PEM private key found")),
+                Err(e) => Err(format!("{file}: invalid PEM: {e}")),
+            }
+        }),
+    };
+    if let Err(msg) = result {
+        errors.push(ConfigError::new(path, msg));
+    }
+}
+
+fn parse_time(path: &str, text: &Option<String>, errors: &mut Vec<ConfigError>) -> Option<SystemTime> {
+    let t = text.as_ref()?;
+    match humantime::parse_rfc3339_weak(t) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            errors.push(ConfigError::new(path, format!("{t:?} is not an RFC 3339 time like \"2026-01-31T00:00:00Z\"")));
+            None
+        }
+    }
+}
+
+fn keys(keys: Vec<KeySection>, errors: &mut Vec<ConfigError>) -> KeyTable {
+    let mut table = KeyTable::default();
+    let mut names = HashSet::new();
+    if keys.is_empty() {
+        errors.push(ConfigError::new(
+            "keys",
+            "at least one client key is required (without one every request is refused)",
+        ));
+    }
+    for (i, k) in keys.into_iter().enumerate() {
+        let path = format!("keys[{i}]");
+        if k.name.trim().is_empty() {
+            errors.push(ConfigError::new(format!("{path}.name"), "must not be empty"));
+        } else if !names.insert(k.name.clone()) {
+            errors.push(ConfigError::new(format!("{path}.name"), format!("key name {:?} is used twice", k.name)));
+        }
+        let digest = match (&k.key, &k.key_sha256) {
+            (Some(_), Some(_)) => {
+                errors.push(ConfigError::new(&path, "set either key or key_sha256, not both"));
+                continue;
+            }
+            (None, None) => {
+                errors.push(ConfigError::new(&path, "needs key (e.g. \"${ALICE_KEY}\") or key_sha256"));
+                continue;
+            }
+            (Some(key), None) if key.is_empty() => {
+                errors.push(ConfigError::new(format!("{path}.key"), "is empty"));
+                continue;
+            }
+            (Some(key), None) => crate::auth::sha256(key.as_bytes()),
+            (None, Some(hex_digest)) => match hex::decode(hex_digest.trim()) {
+                Ok(bytes) if bytes.len() == 32 => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&bytes);
+                    d
+                }
+                _ => {
+                    errors.push(ConfigError::new(
+                        format!("{path}.key_sha256"),
+                        "must be 64 hex digits (sha256sum of the key)",
+                    ));
+                    continue;
+                }
+            },
+        };
+        let not_before = parse_time(&format!("{path}.not_before"), &k.not_before, errors);
+        let expires = parse_time(&format!("{path}.expires"), &k.expires, errors);
+        if !table.insert(KeyEntry::new(&k.name, digest, ModelGlobs(k.models), not_before, expires)) {
+            errors.push(ConfigError::new(&path, "the same key is configured twice"));
+        }
+    }
+    table
+}
+
+fn resolve(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>) -> Option<SocketAddr> {
+    match (host.trim_start_matches('[').trim_end_matches(']'), port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().or_else(|| {
+            errors.push(ConfigError::new(path, format!("{host} resolves to no address")));
+            None
+        }),
+        Err(e) => {
+            errors.push(ConfigError::new(path, format!("cannot resolve {host}: {e}")));
+            None
+        }
+    }
+}
+
+fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Option<Arc<Provider>> {
+    let path = format!("providers[{i}]");
+    let start = errors.len();
+    if p.name.trim().is_empty() || p.name == "by_model" {
+        errors.push(ConfigError::new(format!("{path}.name"), "must be a non-empty name other than \"by_model\""));
+    }
+    let url = match url::Url::parse(&p.url) {
+        Ok(u) => u,
+        Err(e) => {
+            errors.push(ConfigError::new(format!("{path}.url"), e.to_string()));
+            return None;
+        }
+    };
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        s => {
+            errors.push(ConfigError::new(format!("{path}.url"), format!("scheme {s:?} is not http or https")));
+            return None;
+        }
+    };
+    let Some(host) = url.host_str().map(str::to_string) else {
+        errors.push(ConfigError::new(format!("{path}.url"), "has no host"));
+        return None;
+    };
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        errors.push(ConfigError::new(format!("{path}.url"), "must not carry a query, fragment or credentials"));
+    }
+    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let host_header = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let base_path = url.path().trim_end_matches('/').to_string();
+    let backends: Vec<Arc<Backend>> = match p.backends {
+        None => resolve(&format!("{path}.url"), &host, port, errors)
+            .map(|a| vec![Arc::new(Backend::new(a, 1))])
+            .unwrap_or_default(),
+        Some(list) if list.is_empty() => {
+            errors.push(ConfigError::new(format!("{path}.backends"), "is empty (omit it to use the url's host)"));
+            vec![]
+        }
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, b)| {
+                let bpath = format!("{path}.backends[{j}]");
+                let (addr, weight) = match b {
+                    BackendSection::Address(a) => (a, 1),
+                    BackendSection::Weighted(w) => (w.address, w.weight),
+                };
+                if weight == 0 {
+                    errors.push(ConfigError::new(format!("{bpath}.weight"), "must be at least 1"));
+                }
+                let Some((h, port)) = addr.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h, p)))
+                else {
+                    errors.push(ConfigError::new(&bpath, format!("{addr:?} is not host:port")));
+                    return None;
+                };
+                resolve(&bpath, h, port, errors).map(|a| Arc::new(Backend::new(a, weight)))
+            })
+            .collect(),
+    };
+    let t = p.timeouts;
+    let d = Timeouts::default();
+    let timeouts = Timeouts {
+        connect: t.connect.map(|x| x.0).unwrap_or(d.connect),
+        read: t.read.map(|x| x.0).unwrap_or(d.read),
+        write: t.write.map(|x| x.0).unwrap_or(d.write),
+        idle: t.idle.map(|x| x.0).unwrap_or(d.idle),
+    };
+    let upstream_tls = if tls {
+        let ca = p.tls.ca_file.as_ref().and_then(|f| match load_certs(f) {
+            Ok(certs) => Some(
+                certs
+                    .into_iter()
+                    .map(|der| WrappedX509::new(der, pingora_core::utils::tls::parse_x509))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+            Err(msg) => {
+                errors.push(ConfigError::new(format!("{path}.tls.ca_file"), msg));
+                None
+            }
+        });
+        Some(UpstreamTls {
+            verify: p.tls.verify.unwrap_or(true),
+            sni: p.tls.sni.clone().unwrap_or_else(|| host.clone()),
+            ca,
+        })
+    } else {
+        if p.tls.verify.is_some() || p.tls.ca_file.is_some() || p.tls.sni.is_some() {
+            errors.push(ConfigError::new(format!("{path}.tls"), "is set but the url is plain http"));
+        }
+        None
+    };
+    let api_key = p.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+    if errors.len() > start {
+        return None;
+    }
+    Some(Arc::new(Provider::new(
+        &p.name,
+        host_header,
+        base_path,
+        upstream_tls,
+        api_key,
+        ModelGlobs(p.models.unwrap_or_else(|| vec!["*".to_string()])),
+        backends,
+        timeouts,
+    )))
+}
+
+fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors: &mut Vec<ConfigError>) -> RouteTable {
+    let Some(list) = routes else {
+        return match Route::new("/v1/*", Target::ByModel, None) {
+            Ok(r) => RouteTable::new(vec![r]),
+            Err(msg) => {
+                errors.push(ConfigError::new("routes", msg));
+                RouteTable::default()
+            }
+        };
+    };
+    let mut out = Vec::new();
+    let mut patterns = HashSet::new();
+    for (i, r) in list.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let target = if r.provider == "by_model" {
+            Target::ByModel
+        } else if let Some(idx) = providers.iter().position(|p| *p.name == *r.provider) {
+            Target::Provider(idx)
+        } else {
+            errors.push(ConfigError::new(format!("{path}.provider"), format!("no provider is named {:?}", r.provider)));
+            continue;
+        };
+        if !patterns.insert(r.path.clone()) {
+            errors.push(ConfigError::new(format!("{path}.path"), format!("{:?} is routed twice", r.path)));
+            continue;
+        }
+        if let Some(prefix) = &r.strip_prefix {
+            let literal: String = r.path.split('*').next().unwrap_or("").to_string();
+            if !literal.starts_with(prefix.trim_end_matches('/')) {
+                errors.push(ConfigError::new(
+                    format!("{path}.strip_prefix"),
+                    format!("{prefix:?} is not a prefix of {:?}", r.path),
+                ));
+                continue;
+            }
+        }
+        match Route::new(&r.path, target, r.strip_prefix) {
+            Ok(route) => out.push(route),
+            Err(msg) => errors.push(ConfigError::new(format!("{path}.path"), msg)),
+        }
+    }
+    RouteTable::new(out)
+}
+
+fn log(l: LogSection, errors: &mut Vec<ConfigError>) -> LogSettings {
+    let level = l.level.unwrap_or_else(|| "info".to_string());
+    if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+        errors.push(ConfigError::new("log.level", format!("{level:?} is not one of error, warn, info, debug, trace")));
+    }
+    LogSettings { access_log: l.access_log.unwrap_or(true), level }
+}

@@ -1,0 +1,177 @@
+//! The YAML file as written: serde types that reject unknown fields. Defaults and units are
+//! documented on each field; `conf/gateway.yaml` is the commented reference.
+
+use super::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+    #[serde(default)]
+    pub providers: Vec<ProviderSection>,
+    /// Absent: `/v1/*` routes by the request's `model`.
+    #[serde(default)]
+    pub routes: Option<Vec<RouteSection>>,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// One address or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Listen address(es), `host:port`. Default `0.0.0.0:18080`
+    /// (`MCAS_GATEWAY_HOST`/`MCAS_GATEWAY_PORT` override the first).
+    pub listen: Option<OneOrMany>,
+    /// Worker threads of the proxy service. Default: the number of CPUs.
+    pub threads: Option<usize>,
+    /// Largest request body accepted (413 beyond). Default 16MiB.
+    pub max_body: Option<ByteSize>,
+    /// Serve TLS on every listener with this certificate and key (PEM files).
+    pub tls: Option<TlsListenSection>,
+    /// How long a client connection may stay silent (per read). Default 60s.
+    pub client_read_timeout: Option<HumanDuration>,
+    /// On SIGTERM: how long in-flight requests and streams may run before they are cut. Default 30s.
+    pub grace_period: Option<HumanDuration>,
+    /// After the grace period: how long the runtime may take to stop. Default 5s.
+    pub shutdown_timeout: Option<HumanDuration>,
+    /// PID file (used by `--daemon` and `--upgrade`). Default `/tmp/mcas-gateway.pid`.
+    pub pid_file: Option<String>,
+    /// Socket on which `--upgrade` receives the listeners. Default `/tmp/mcas-gateway-upgrade.sock`.
+    pub upgrade_sock: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenSection {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Admin listener (`/metrics`, `/health`). Default `127.0.0.1:18081`.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    /// What logs and metrics show; never the key.
+    pub name: String,
+    /// The key itself, usually `${ENV_VAR}`.
+    pub key: Option<String>,
+    /// Hex SHA-256 of the key, so the file holds no secret.
+    pub key_sha256: Option<String>,
+    /// Glob patterns of the models this key may use. Default: none.
+    pub models: Vec<String>,
+    /// RFC 3339 instant before which the key is refused.
+    pub not_before: Option<String>,
+    /// RFC 3339 instant from which the key is refused.
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub name: String,
+    /// `scheme://host[:port]/base/path`; the base path is prefixed to every forwarded path.
+    pub url: String,
+    /// Sent upstream as `Authorization: Bearer …` in place of the client's credentials.
+    pub api_key: Option<String>,
+    /// Glob patterns of the models this provider serves. Default `["*"]`.
+    pub models: Option<Vec<String>>,
+    /// Replicas sharing the URL's scheme and base path: `host:port` or `{address, weight}`.
+    pub backends: Option<Vec<BackendSection>>,
+    #[serde(default)]
+    pub timeouts: ProviderTimeouts,
+    #[serde(default)]
+    pub tls: ProviderTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BackendSection {
+    Address(String),
+    Weighted(WeightedBackend),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackend {
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderTimeouts {
+    /// TCP (and TLS) connect. Default 5s; exceeded → 504.
+    pub connect: Option<HumanDuration>,
+    /// Longest silence while waiting for response bytes (time to first token, gaps between
+    /// tokens). Default 300s; exceeded → 504.
+    pub read: Option<HumanDuration>,
+    /// Longest wait to write request bytes upstream. Default 60s.
+    pub write: Option<HumanDuration>,
+    /// How long an idle upstream connection is kept for reuse. Default 60s.
+    pub idle: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderTls {
+    /// Verify the upstream certificate and host name. Default true; false is logged at start.
+    pub verify: Option<bool>,
+    /// Extra CA bundle (PEM) trusted for this provider, besides the system roots.
+    pub ca_file: Option<String>,
+    /// SNI and certificate name to expect. Default: the URL's host.
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// `/v1/*` (a trailing `*` matches the rest of the path), `/exact`, `/a/*/b` (one segment).
+    pub path: String,
+    /// A provider name, or `by_model` to pick by the request body's `model`.
+    pub provider: String,
+    /// Leading path removed before the provider's base path is prefixed.
+    pub strip_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// One JSON line per request on stdout. Default true.
+    pub access_log: Option<bool>,
+    /// `error`, `warn`, `info`, `debug`; `RUST_LOG` wins. Default `info`.
+    pub level: Option<String>,
+}

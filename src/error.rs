@@ -1,0 +1,84 @@
+//! The one table from gateway errors to HTTP status and OpenAI's error body
+//! `{"error":{"message","type","code"}}`. Messages never carry a key or a prompt.
+
+use crate::auth::AuthError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("this API key may not use model \"{0}\"")]
+    ModelNotAllowed(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("the model \"{0}\" does not exist or is not served here")]
+    ModelNotFound(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    GatewayTimeout(String),
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// (HTTP status, OpenAI `type`, OpenAI `code`)
+    pub fn parts(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            GatewayError::BadRequest(_) => (400, "invalid_request_error", "bad_request"),
+            GatewayError::InvalidJson(_) => (400, "invalid_request_error", "invalid_json"),
+            GatewayError::Unauthorized(e) => (
+                401,
+                "invalid_request_error",
+                match e {
+                    AuthError::Missing => "missing_api_key",
+                    AuthError::Invalid => "invalid_api_key",
+                    AuthError::Expired(_) => "expired_api_key",
+                    AuthError::NotYetValid(_) => "api_key_not_yet_valid",
+                },
+            ),
+            GatewayError::ModelNotAllowed(_) => (403, "permission_error", "model_not_allowed"),
+            GatewayError::NotFound(_) => (404, "invalid_request_error", "not_found"),
+            GatewayError::ModelNotFound(_) => (404, "invalid_request_error", "model_not_found"),
+            GatewayError::PayloadTooLarge(_) => (413, "invalid_request_error", "request_too_large"),
+            GatewayError::BadGateway(_) => (502, "upstream_error", "bad_gateway"),
+            GatewayError::Unavailable(_) => (503, "upstream_error", "service_unavailable"),
+            GatewayError::GatewayTimeout(_) => (504, "upstream_error", "upstream_timeout"),
+            GatewayError::Internal => (500, "server_error", "internal_error"),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.parts().0
+    }
+
+    /// The JSON body OpenAI clients parse.
+    pub fn body(&self) -> Vec<u8> {
+        let (_, kind, code) = self.parts();
+        let v = serde_json::json!({"error": {"message": self.to_string(), "type": kind, "code": code}});
+        v.to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let e = GatewayError::ModelNotFound("x".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(e.status(), 404);
+        assert_eq!(GatewayError::Unauthorized(AuthError::Missing).status(), 401);
+    }
+}

@@ -1,0 +1,136 @@
+//! Every metric the gateway exports, in one registry. Labels are bounded: route patterns,
+//! provider and key names from the config, status classes, and model names capped in number.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_ttfb: HistogramVec,
+    pub inflight: IntGauge,
+    pub auth_failures: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub client_cancels: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    models_seen: Mutex<HashSet<String>>,
+}
+
+/// Distinct model names that may appear as label values; later ones count as "other".
+const MAX_MODEL_LABELS: usize = 64;
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new_custom(Some("mcas".into()), None)?;
+    let requests = IntCounterVec::new(
+        Opts::new("requests_total", "Requests answered, by route pattern, provider and status class"),
+        &["route", "provider", "status"],
+    )?;
+    let duration = HistogramVec::new(
+        HistogramOpts::new("request_duration_seconds", "Time from request header to last response byte")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["route", "provider"],
+    )?;
+    let upstream_ttfb = HistogramVec::new(
+        HistogramOpts::new("upstream_ttfb_seconds", "Time from choosing the upstream to its response header")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["provider"],
+    )?;
+    let inflight = IntGauge::new("inflight_requests", "Requests being served now")?;
+    let auth_failures =
+        IntCounterVec::new(Opts::new("auth_failures_total", "Refused credentials by reason"), &["reason"])?;
+    let tokens = IntCounterVec::new(
+        Opts::new("tokens_total", "Tokens reported by upstream usage, by key name, model and kind"),
+        &["key", "model", "kind"],
+    )?;
+    let upstream_errors = IntCounterVec::new(
+        Opts::new("upstream_errors_total", "Upstream failures by provider and kind"),
+        &["provider", "kind"],
+    )?;
+    let client_cancels = IntCounterVec::new(
+        Opts::new("client_cancels_total", "Requests the client abandoned before the response ended"),
+        &["route"],
+    )?;
+    let reloads =
+        IntCounterVec::new(Opts::new("config_reloads_total", "Configuration reloads by result"), &["result"])?;
+    let backend_up =
+        IntGaugeVec::new(Opts::new("backend_up", "1 when the backend is in rotation"), &["provider", "backend"])?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(duration.clone()))?;
+    registry.register(Box::new(upstream_ttfb.clone()))?;
+    registry.register(Box::new(inflight.clone()))?;
+    registry.register(Box::new(auth_failures.clone()))?;
+    registry.register(Box::new(tokens.clone()))?;
+    registry.register(Box::new(upstream_errors.clone()))?;
+    registry.register(Box::new(client_cancels.clone()))?;
+    registry.register(Box::new(reloads.clone()))?;
+    registry.register(Box::new(backend_up.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        duration,
+        upstream_ttfb,
+        inflight,
+        auth_failures,
+        tokens,
+        upstream_errors,
+        client_cancels,
+        reloads,
+        backend_up,
+        models_seen: Mutex::new(HashSet::new()),
+    })
+}
+
+static METRICS: Lazy<Option<Metrics>> = Lazy::new(|| match build() {
+    Ok(m) => Some(m),
+    Err(e) => {
+        log::error!("metrics disabled: {e}");
+        None
+    }
+});
+
+/// The registry, or `None` if it could not be built (logged once; requests are unaffected).
+pub fn metrics() -> Option<&'static Metrics> {
+    METRICS.as_ref()
+}
+
+impl Metrics {
+    /// The model as a label value: the name itself for the first few distinct names, else "other".
+    pub fn model_label(&self, model: &str) -> String {
+        let Ok(mut seen) = self.models_seen.lock() else { return "other".into() };
+        if seen.contains(model) {
+            return model.to_string();
+        }
+        if seen.len() < MAX_MODEL_LABELS {
+            seen.insert(model.to_string());
+            return model.to_string();
+        }
+        "other".into()
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        0 => "none",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

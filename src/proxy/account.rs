@@ -1,0 +1,63 @@
+//! Account: metrics, access log and token counts once a request ends, however it ended
+//! (finished, refused, client gone, upstream failed).
+
+use super::ctx::Ctx;
+use crate::observe::access_log::{self, AccessRecord};
+use crate::observe::metrics::{metrics, status_class};
+use pingora::prelude::*;
+use pingora_proxy::Session;
+
+pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: bool) {
+    let status = session.response_written().map(|r| r.status.as_u16()).or(ctx.local_status).unwrap_or(0);
+    let routed = ctx.routed.as_ref();
+    let route = routed.map(|r| r.route_label.as_str()).or(ctx.route_label.as_deref()).unwrap_or("none");
+    let provider = routed.map(|r| &*r.provider.name).unwrap_or("none");
+    let elapsed = ctx.started.elapsed();
+    let ttfb = match (ctx.upstream.chosen_at, ctx.upstream.header_at) {
+        (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
+        _ => None,
+    };
+    // A client that went away after the response started is a cancel, not an upstream error.
+    let client_gone = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream) && status != 0;
+    if let Some(m) = metrics() {
+        m.requests.with_label_values(&[route, provider, status_class(status)]).inc();
+        m.duration.with_label_values(&[route, provider]).observe(elapsed.as_secs_f64());
+        if let Some(t) = ttfb {
+            m.upstream_ttfb.with_label_values(&[provider]).observe(t.as_secs_f64());
+        }
+        if client_gone {
+            m.client_cancels.with_label_values(&[route]).inc();
+        }
+        if let (Some(u), Some(r)) = (ctx.usage.usage, routed) {
+            let model = m.model_label(r.model.as_deref().unwrap_or("unknown"));
+            let key = &*r.key.name;
+            m.tokens.with_label_values(&[key, &model, "prompt"]).inc_by(u.prompt_tokens);
+            m.tokens.with_label_values(&[key, &model, "completion"]).inc_by(u.completion_tokens);
+        }
+    }
+    if !access_log {
+        return;
+    }
+    let req = session.req_header();
+    let client_ip = routed.and_then(|r| r.client_ip.clone()).or_else(|| super::client_ip(session));
+    let record = AccessRecord {
+        ts: access_log::now_rfc3339(),
+        request_id: &ctx.request_id,
+        client_ip: client_ip.as_deref(),
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        status,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        ttfb_ms: ttfb.map(|t| t.as_secs_f64() * 1000.0),
+        key: routed.map(|r| &*r.key.name).or(ctx.key_name.as_deref()),
+        route: Some(route),
+        provider: routed.map(|r| &*r.provider.name),
+        backend: ctx.upstream.backend.as_ref().map(|b| b.addr.to_string()),
+        model: routed.and_then(|r| r.model.as_deref()),
+        stream: routed.is_some_and(|r| r.stream),
+        prompt_tokens: ctx.usage.usage.map(|u| u.prompt_tokens),
+        completion_tokens: ctx.usage.usage.map(|u| u.completion_tokens),
+        error: e.map(|e| if client_gone { "client closed".to_string() } else { e.etype().as_str().to_string() }),
+    };
+    access_log::write(&record);
+}

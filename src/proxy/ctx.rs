@@ -1,0 +1,102 @@
+//! The per-request context, grouped by the step that fills it.
+
+use super::stream::UsageObserver;
+use crate::auth::KeyEntry;
+use crate::runtime::Runtime;
+use crate::upstream::{Backend, Provider};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the request path learned before choosing an upstream. It travels from the main
+/// request into the subrequest when the body was too large for Pingora's retry buffer.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub runtime: Arc<Runtime>,
+    pub request_id: String,
+    pub started: Instant,
+    pub key: Arc<KeyEntry>,
+    pub route_label: String,
+    pub provider: Arc<Provider>,
+    /// Path and query to send upstream (base path joined).
+    pub upstream_path: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub client_ip: Option<String>,
+    pub client_proto: &'static str,
+}
+
+#[derive(Default)]
+pub struct UpstreamState {
+    /// Indices of backends this request already failed to connect to.
+    pub tried: Vec<usize>,
+    pub backend: Option<Arc<Backend>>,
+    pub chosen_at: Option<Instant>,
+    pub header_at: Option<Instant>,
+    /// Whether `backend.inflight` was incremented (and must be decremented).
+    pub counted: bool,
+}
+
+impl UpstreamState {
+    /// Moves the in-flight count to `backend`.
+    pub fn set_backend(&mut self, backend: Arc<Backend>) {
+        self.release();
+        backend.inflight.fetch_add(1, Ordering::Relaxed);
+        self.backend = Some(backend);
+        self.counted = true;
+    }
+
+    pub fn release(&mut self) {
+        if self.counted {
+            if let Some(b) = &self.backend {
+                b.inflight.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.counted = false;
+        }
+    }
+}
+
+impl Drop for UpstreamState {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+pub struct Ctx {
+    pub started: Instant,
+    pub request_id: String,
+    pub routed: Option<Routed>,
+    pub upstream: UpstreamState,
+    pub usage: UsageObserver,
+    /// Name of the key, once authenticated (for logs of refused requests too).
+    pub key_name: Option<Arc<str>>,
+    /// This main request handed its work to a subrequest: only the subrequest accounts.
+    pub piped: bool,
+    /// The gateway answered itself with this status (local endpoint or refusal).
+    pub local_status: Option<u16>,
+    pub route_label: Option<String>,
+    pub counted_inflight: bool,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Ctx {
+            started: Instant::now(),
+            request_id: String::new(),
+            routed: None,
+            upstream: UpstreamState::default(),
+            usage: UsageObserver::default(),
+            key_name: None,
+            piped: false,
+            local_status: None,
+            route_label: None,
+            counted_inflight: false,
+        }
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

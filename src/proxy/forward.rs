@@ -1,0 +1,62 @@
+//! Forward: pick a backend, build the peer (timeouts, TLS, SNI), and rewrite the request
+//! header: provider path and Host, the provider's key in place of the client's, request id
+//! and forwarding headers.
+
+use super::ctx::{Routed, UpstreamState};
+use crate::upstream::select::select;
+use pingora::prelude::*;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use std::time::Instant;
+
+/// Chooses a backend not yet tried by this request; `None` when all were tried.
+pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
+    let provider = &routed.provider;
+    let (index, backend) = select(provider, &up.tried)?;
+    up.tried.push(index);
+    let (tls, sni) = match &provider.tls {
+        Some(t) => (true, t.sni.clone()),
+        None => (false, String::new()),
+    };
+    let mut peer = HttpPeer::new(backend.addr, tls, sni);
+    let t = &provider.timeouts;
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.total_connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(t.read);
+    peer.options.write_timeout = Some(t.write);
+    peer.options.idle_timeout = Some(t.idle);
+    if let Some(tls) = &provider.tls {
+        peer.options.verify_cert = tls.verify;
+        peer.options.verify_hostname = tls.verify;
+        peer.options.ca = tls.ca.clone();
+    }
+    up.set_backend(backend);
+    up.chosen_at = Some(Instant::now());
+    Some(Box::new(peer))
+}
+
+pub fn rewrite_request(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
+    let uri: http::Uri = routed
+        .upstream_path
+        .parse()
+        .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
+    req.set_uri(uri);
+    req.remove_header(&http::header::AUTHORIZATION);
+    req.remove_header("x-api-key");
+    // The body was already read by the gateway (and 100 Continue answered if asked).
+    req.remove_header(&http::header::EXPECT);
+    if let Some(key) = &routed.provider.api_key {
+        req.insert_header(http::header::AUTHORIZATION, format!("Bearer {}", key.expose()))?;
+    }
+    req.insert_header(http::header::HOST, routed.provider.host_header.as_str())?;
+    req.insert_header("x-request-id", routed.request_id.as_str())?;
+    if let Some(ip) = &routed.client_ip {
+        let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip.clone(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    req.insert_header("x-forwarded-proto", routed.client_proto)?;
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The request path: one Pingora `ProxyHttp` implementation that only dispatches to a module
+//! per step — [`local`] (health), [`auth`], [`route`], [`forward`], [`stream`] (observe),
+//! [`account`] — and [`pipe`] for bodies too large for Pingora's retry buffer.
+
+pub mod account;
+pub mod auth;
+pub mod ctx;
+pub mod forward;
+pub mod local;
+pub mod pipe;
+pub mod respond;
+pub mod route;
+pub mod stream;
+
+use crate::error::GatewayError;
+use crate::observe::metrics::metrics;
+use crate::runtime::Runtime;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ctx::Ctx;
+use pingora::prelude::*;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a step decided.
+pub enum Step {
+    /// Go on to the upstream.
+    Continue,
+    /// The gateway has answered; stop.
+    Answered,
+}
+
+pub struct Gateway {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        Gateway { runtime }
+    }
+
+    /// Local endpoints, authentication, routing — everything before an upstream is chosen.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
+        ctx.request_id = request_id(session.req_header());
+        if let Some(m) = metrics() {
+            m.inflight.inc();
+            ctx.counted_inflight = true;
+        }
+        if let Some(status) = local::try_answer(session, &ctx.request_id).await? {
+            ctx.local_status = Some(status);
+            return Ok(Step::Answered);
+        }
+        let rt = self.runtime.load_full();
+        let key = match auth::authenticate(session.req_header(), &rt.keys) {
+            Ok(k) => k,
+            Err(e) => {
+                if let Some(m) = metrics() {
+                    m.auth_failures.with_label_values(&[e.reason()]).inc();
+                }
+                return self.refuse(session, ctx, GatewayError::Unauthorized(e)).await;
+            }
+        };
+        ctx.key_name = Some(key.name.clone());
+        let meta = route::RequestMeta {
+            request_id: ctx.request_id.clone(),
+            started: ctx.started,
+            client_ip: client_ip(session),
+            client_proto: if rt.server.tls.is_some() { "https" } else { "http" },
+        };
+        let decision = match route::decide(session, &rt, key, meta).await? {
+            Ok(d) => d,
+            Err(e) => return self.refuse(session, ctx, e).await,
+        };
+        match decision.body {
+            route::BodyPlan::Pipe(chunks) => {
+                ctx.piped = true;
+                pipe::run(session, decision.routed, chunks).await?;
+                Ok(Step::Answered)
+            }
+            route::BodyPlan::Replay | route::BodyPlan::Untouched => {
+                ctx.routed = Some(decision.routed);
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
+        ctx.local_status = Some(e.status());
+        respond::error(session, &e, &ctx.request_id).await?;
+        Ok(Step::Answered)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &Ctx) -> bool {
+        session.subrequest_ctx.is_none()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(routed) = pipe::take_routed(session) {
+            ctx.request_id = routed.request_id.clone();
+            ctx.started = routed.started;
+            ctx.routed = Some(routed);
+            return Ok(false);
+        }
+        Ok(matches!(self.admit(session, ctx).await?, Step::Answered))
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(routed) = ctx.routed.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        match forward::peer(routed, &mut ctx.upstream) {
+            Some(p) => Ok(p),
+            None => Error::e_explain(ErrorType::HTTPStatus(503), "no backend left to try"),
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(b) = &ctx.upstream.backend {
+            b.health.record_failure();
+        }
+        if let Some(r) = &ctx.routed {
+            if let Some(m) = metrics() {
+                m.upstream_errors.with_label_values(&[&r.provider.name, "connect"]).inc();
+            }
+            // Nothing was sent yet: another backend may take it.
+            if ctx.upstream.tried.len() < r.provider.backends.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match &ctx.routed {
+            Some(r) => forward::rewrite_request(req, r),
+            None => Error::e_explain(ErrorType::InternalError, "no route decided"),
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        ctx.upstream.header_at = Some(Instant::now());
+        if let Some(b) = &ctx.upstream.backend {
+            b.health.record_success();
+        }
+        let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        ctx.usage.start(ct);
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if !ctx.request_id.is_empty() {
+            resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        ctx.usage.observe(body.as_ref(), end_of_stream);
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = classify(e);
+        let code = match &err {
+            Some(g) => {
+                if let (Some(r), Some(m)) = (&ctx.routed, metrics()) {
+                    m.upstream_errors.with_label_values(&[&r.provider.name, e.etype().as_str()]).inc();
+                }
+                if session.response_written().is_none() {
+                    // Pingora will not reuse this connection: say so, or clients reuse a dead one.
+                    session.set_keepalive(None);
+                    if let Err(write_err) = respond::error(session, g, &ctx.request_id).await {
+                        log::debug!("could not send error response: {write_err}");
+                    }
+                }
+                g.status()
+            }
+            None => 0,
+        };
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.upstream.release();
+        if ctx.counted_inflight {
+            if let Some(m) = metrics() {
+                m.inflight.dec();
+            }
+        }
+        if ctx.piped {
+            return; // the subrequest accounted for this request
+        }
+        let access_log =
+            ctx.routed.as_ref().map(|r| r.runtime.log.access_log).unwrap_or_else(|| self.runtime.load().log.access_log);
+        account::finish(session, e, ctx, access_log);
+    }
+}
+
+/// Maps a Pingora error to the answer the client gets; `None` when the client is gone.
+fn classify(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(503) => Some(GatewayError::Unavailable("no healthy backend for this request".into())),
+        HTTPStatus(code) if *code == 504 => Some(GatewayError::GatewayTimeout("upstream timed out".into())),
+        HTTPStatus(code) if *code >= 500 => Some(GatewayError::BadGateway("upstream failed".into())),
+        HTTPStatus(400) => Some(GatewayError::BadRequest("malformed request".into())),
+        ConnectTimedout => Some(GatewayError::GatewayTimeout("timed out connecting to the upstream".into())),
+        ReadTimedout | WriteTimedout => {
+            Some(GatewayError::GatewayTimeout("the upstream did not answer in time".into()))
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => {
+                Some(GatewayError::BadGateway(format!("upstream unreachable or failed ({})", e.etype().as_str())))
+            }
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => None,
+                _ => Some(GatewayError::BadRequest("malformed request".into())),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal),
+        },
+    }
+}
+
+/// The client's `x-request-id` when it is short and plain, else a fresh random one.
+fn request_id(req: &RequestHeader) -> String {
+    if let Some(v) = req.headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) {
+            if let Ok(s) = v.to_str() {
+                return s.to_string();
+            }
+        }
+    }
+    format!("{:032x}", rand::random::<u128>())
+}
+
+pub fn client_ip(session: &Session) -> Option<String> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string())
+}

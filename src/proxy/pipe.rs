@@ -1,0 +1,44 @@
+//! Bodies larger than Pingora's 64 KiB retry buffer: the main request, having read the whole
+//! body to learn the model, replays it through a subrequest that runs this same `ProxyHttp`
+//! (see PINGORA.md, "the subrequest pipe"). The routing decision travels in the subrequest's
+//! user context so the subrequest skips authentication and routing.
+
+use super::ctx::Routed;
+use super::respond;
+use crate::error::GatewayError;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora_proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
+use pingora_proxy::subrequest::{BodyMode, Ctx as SubCtx};
+use pingora_proxy::Session;
+
+/// In a subrequest: the decision the main request made.
+pub fn take_routed(session: &mut Session) -> Option<Routed> {
+    let sub = session.subrequest_ctx.as_mut()?;
+    let user = sub.user_ctx_mut()?;
+    user.downcast_mut::<Option<Routed>>().and_then(Option::take)
+}
+
+/// Runs the subrequest and pipes its response to the client. Errors after the response
+/// started are the subrequest's to report; the main request only answers when nothing did.
+pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>) -> Result<()> {
+    let request_id = routed.request_id.clone();
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        return respond::error(session, &GatewayError::Internal, &request_id).await;
+    };
+    let user: Box<dyn std::any::Any + Send + Sync> = Box::new(Some(routed));
+    let sub_ctx = SubCtx::builder().body_mode(BodyMode::ExpectBody).user_ctx(user).build();
+    let (sub, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
+    let input = if body.is_empty() { InputBody::NoBody } else { InputBody::Bytes(body) };
+    match pipe_subrequest(session, sub, handle, |t| Ok(Some(t)), InputBodyType::Preset(input)).await {
+        Ok(_) => Ok(()),
+        Err(pe) => {
+            if !pe.state.header_received && session.response_written().is_none() {
+                let e = GatewayError::BadGateway("upstream failed".into());
+                return respond::error(session, &e, &request_id).await;
+            }
+            log::debug!("subrequest pipe ended: {}", pe.error);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Answers the gateway writes itself: JSON bodies with Content-Type, Content-Length and the
+//! request id, keeping the connection usable unless the request body was left unread.
+
+use crate::error::GatewayError;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora_proxy::Session;
+
+pub async fn json(
+    session: &mut Session,
+    status: u16,
+    body: Vec<u8>,
+    request_id: &str,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    if !request_id.is_empty() {
+        h.insert_header("x-request-id", request_id)?;
+    }
+    for (k, v) in extra {
+        h.insert_header(*k, v.as_str())?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body.into()), true).await?;
+    Ok(())
+}
+
+/// Writes `err` as an OpenAI error. When the request body was not read (or only partly),
+/// the connection is closed afterwards rather than draining an upload nobody wants.
+pub async fn error(session: &mut Session, err: &GatewayError, request_id: &str) -> Result<()> {
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    let extra: Vec<(&'static str, String)> = match err {
+        GatewayError::Unauthorized(_) => vec![("www-authenticate", "Bearer".to_string())],
+        _ => vec![],
+    };
+    json(session, err.status(), err.body(), request_id, &extra).await
+}

@@ -1,0 +1,183 @@
+//! Observes response bodies without changing a byte: SSE events are split into lines (events
+//! span chunks, chunks hold several events, LF or CRLF) to find the `usage` object of the
+//! final chunk; plain JSON bodies are kept (bounded) and parsed at the end for `usage`.
+
+use bytes::Bytes;
+
+/// Longest SSE line or JSON body kept for usage parsing; longer ones are not parsed.
+const MAX_KEEP: usize = 4 << 20;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    #[default]
+    Other,
+    Sse,
+    Json,
+}
+
+#[derive(Debug, Default)]
+pub struct UsageObserver {
+    kind: BodyKind,
+    buf: Vec<u8>,
+    overflow: bool,
+    pub usage: Option<Usage>,
+    /// SSE: saw `data: [DONE]`.
+    pub done: bool,
+    pub events: u64,
+}
+
+impl UsageObserver {
+    pub fn start(&mut self, content_type: Option<&str>) {
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        self.kind = if ct.starts_with("text/event-stream") {
+            BodyKind::Sse
+        } else if ct.starts_with("application/json") {
+            BodyKind::Json
+        } else {
+            BodyKind::Other
+        };
+    }
+
+    pub fn kind(&self) -> BodyKind {
+        self.kind
+    }
+
+    pub fn observe(&mut self, chunk: Option<&Bytes>, end: bool) {
+        match self.kind {
+            BodyKind::Other => {}
+            BodyKind::Sse => {
+                if let Some(c) = chunk {
+                    self.feed_sse(c);
+                }
+            }
+            BodyKind::Json => {
+                if let Some(c) = chunk {
+                    self.keep(c);
+                }
+                if end && !self.overflow && !self.buf.is_empty() {
+                    self.usage = parse_usage(&self.buf).or(self.usage);
+                    self.buf = Vec::new();
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, data: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.buf.len() + data.len() > MAX_KEEP {
+            self.overflow = true;
+            self.buf = Vec::new();
+            return;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn feed_sse(&mut self, mut data: &[u8]) {
+        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            let (head, tail) = data.split_at(nl);
+            data = &tail[1..];
+            if self.overflow {
+                // The rest of an over-long line: skip it.
+                self.overflow = false;
+                self.buf.clear();
+                continue;
+            }
+            if self.buf.is_empty() {
+                self.line(head);
+            } else {
+                self.buf.extend_from_slice(head);
+                let line = std::mem::take(&mut self.buf);
+                self.line(&line);
+            }
+        }
+        if !data.is_empty() {
+            self.keep(data);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(payload) = line.strip_prefix(b"data:") else { return };
+        let payload = payload.strip_prefix(b" ").unwrap_or(payload);
+        self.events += 1;
+        if payload == b"[DONE]" {
+            self.done = true;
+            return;
+        }
+        // Only the chunk(s) carrying usage are parsed: the hot path is a substring check.
+        if contains(payload, b"\"usage\"") {
+            if let Some(u) = parse_usage(payload) {
+                self.usage = Some(u);
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn parse_usage(json: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        usage: Option<U>,
+    }
+    #[derive(serde::Deserialize)]
+    struct U {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+    }
+    let doc: Doc = serde_json::from_slice(json).ok()?;
+    let u = doc.usage?;
+    Some(Usage { prompt_tokens: u.prompt_tokens.unwrap_or(0), completion_tokens: u.completion_tokens.unwrap_or(0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(chunks: &[&str]) -> UsageObserver {
+        let mut o = UsageObserver::default();
+        o.start(Some("text/event-stream; charset=utf-8"));
+        for c in chunks {
+            o.observe(Some(&Bytes::copy_from_slice(c.as_bytes())), false);
+        }
+        o.observe(None, true);
+        o
+    }
+
+    #[test]
+    fn usage_split_across_chunks_with_crlf() {
+        let o = feed(&[
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\r\n\r\nda",
+            "ta: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"comp",
+            "letion_tokens\":3}}\r\n\r\ndata: [DONE]\r\n\r\n",
+        ]);
+        assert_eq!(o.usage, Some(Usage { prompt_tokens: 7, completion_tokens: 3 }));
+        assert!(o.done);
+        assert_eq!(o.events, 3);
+    }
+
+    #[test]
+    fn null_usage_is_ignored() {
+        let o = feed(&["data: {\"usage\":null}\n\n", "data: [DONE]\n\n"]);
+        assert_eq!(o.usage, None);
+    }
+
+    #[test]
+    fn json_body() {
+        let mut o = UsageObserver::default();
+        o.start(Some("application/json"));
+        o.observe(Some(&Bytes::from_static(b"{\"usage\":{\"prompt_tokens\":1,")), false);
+        o.observe(Some(&Bytes::from_static(b"\"completion_tokens\":2}}")), true);
+        assert_eq!(o.usage, Some(Usage { prompt_tokens: 1, completion_tokens: 2 }));
+    }
+}

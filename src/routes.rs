@@ -1,0 +1,156 @@
+//! The route table: path patterns → a provider or `by_model`. The longest (most literal)
+//! match wins. Patterns: `/exact`, `/v1/*` (trailing `*` or `**`: the rest of the path,
+//! including nothing), `/a/*/b` (`*` inside: exactly one segment).
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Index into the runtime's providers.
+    Provider(usize),
+    /// Pick the first provider whose `models` match the request body's `model`.
+    ByModel,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub pattern: String,
+    segments: Vec<Segment>,
+    pub target: Target,
+    pub strip_prefix: Option<String>,
+    /// A `/v1/…` route without `strip_prefix`: the provider URL's path stands in for `/v1` (so
+    /// `…/openai/v1` maps `/v1/chat/completions` to `/openai/v1/chat/completions`); a URL
+    /// without a path keeps `/v1`.
+    pub implicit_v1: bool,
+    /// Bounded label for metrics: the pattern as written.
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    One,
+    Rest,
+}
+
+impl Route {
+    pub fn new(pattern: &str, target: Target, strip_prefix: Option<String>) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("path pattern {pattern:?} must start with \"/\""));
+        }
+        let parts: Vec<&str> = pattern[1..].split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let seg = match *p {
+                "**" => Segment::Rest,
+                "*" if last => Segment::Rest,
+                "*" => Segment::One,
+                lit if lit.contains('*') => {
+                    return Err(format!("path pattern {pattern:?}: \"*\" must be a whole segment"))
+                }
+                lit => Segment::Literal(lit.to_string()),
+            };
+            if seg == Segment::Rest && !last {
+                return Err(format!("path pattern {pattern:?}: \"**\" may only end a pattern"));
+            }
+            segments.push(seg);
+        }
+        let implicit_v1 = strip_prefix.is_none() && (pattern == "/v1" || pattern.starts_with("/v1/"));
+        Ok(Route {
+            pattern: pattern.to_string(),
+            segments,
+            target,
+            strip_prefix,
+            implicit_v1,
+            label: pattern.to_string(),
+        })
+    }
+
+    /// The leading path to remove before the provider's base path is prefixed.
+    pub fn strip_for(&self, base_path: &str) -> Option<&str> {
+        if self.implicit_v1 {
+            return (!base_path.is_empty()).then_some("/v1");
+        }
+        self.strip_prefix.as_deref().map(|p| p.trim_end_matches('/'))
+    }
+
+    /// Matches a path (no query).
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else { return false };
+        let mut parts = rest.split('/');
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::One => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(l) => match parts.next() {
+                    Some(p) if p == l => {}
+                    // "/v1/*" also matches "/v1" itself.
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// Orders routes: more literal segments first, then fewer wildcards.
+    fn specificity(&self) -> (usize, usize, bool) {
+        let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+        let ones = self.segments.iter().filter(|s| **s == Segment::One).count();
+        let rest = self.segments.iter().any(|s| *s == Segment::Rest);
+        (literals, usize::MAX - ones, !rest)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
+        RouteTable { routes }
+    }
+
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(p: &str) -> Route {
+        Route::new(p, Target::ByModel, None).unwrap()
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(r("/v1/*").matches("/v1/chat/completions"));
+        assert!(r("/v1/*").matches("/v1/models"));
+        assert!(!r("/v1/*").matches("/v2/models"));
+        assert!(r("/mcp").matches("/mcp"));
+        assert!(!r("/mcp").matches("/mcp/x"));
+        assert!(r("/a/*/b").matches("/a/x/b"));
+        assert!(!r("/a/*/b").matches("/a/x/y/b"));
+        assert!(r("/tools/**").matches("/tools/a/b/c"));
+        assert!(Route::new("v1", Target::ByModel, None).is_err());
+        assert!(Route::new("/a/**/b", Target::ByModel, None).is_err());
+        assert!(Route::new("/a/x*", Target::ByModel, None).is_err());
+    }
+
+    #[test]
+    fn longest_match_wins() {
+        let t = RouteTable::new(vec![r("/v1/*"), Route::new("/v1/embeddings", Target::Provider(1), None).unwrap()]);
+        assert_eq!(t.find("/v1/embeddings").unwrap().target, Target::Provider(1));
+        assert_eq!(t.find("/v1/chat/completions").unwrap().target, Target::ByModel);
+        assert!(t.find("/other").is_none());
+    }
+}

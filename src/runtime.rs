@@ -1,0 +1,50 @@
+//! The compiled, immutable configuration the request path reads. A reload builds a new one
+//! and swaps it in atomically; requests in flight keep the one they started with.
+
+use crate::auth::KeyTable;
+use crate::routes::RouteTable;
+use crate::upstream::Provider;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<String>,
+    pub threads: usize,
+    pub max_body: u64,
+    pub tls: Option<ListenTls>,
+    pub client_read_timeout: Duration,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub access_log: bool,
+    pub level: String,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub server: ServerSettings,
+    pub admin_listen: String,
+    pub keys: KeyTable,
+    pub providers: Vec<Arc<Provider>>,
+    pub routes: RouteTable,
+    pub log: LogSettings,
+}
+
+impl Runtime {
+    /// The first provider whose `models` globs match.
+    pub fn provider_for_model(&self, model: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.models.allows(model))
+    }
+}

@@ -1,0 +1,76 @@
+//! Assembles the Pingora server: the proxy service on the configured listeners, the admin
+//! listener, and the SIGHUP reload watcher, then runs until a signal ends it.
+
+use crate::observe::admin::AdminApp;
+use crate::proxy::Gateway;
+use crate::reload::{Reloader, SighupService};
+use crate::runtime::Runtime;
+use arc_swap::ArcSwap;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Pingora's own flags, passed through.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessFlags {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+pub fn init_logging(level: &str) {
+    let env = env_logger::Env::default().default_filter_or(level);
+    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
+}
+
+/// Starts serving; returns only if Pingora could not start.
+pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -> anyhow::Result<()> {
+    warn_about(&runtime);
+    let mut conf = ServerConf {
+        threads: runtime.server.threads,
+        grace_period_seconds: Some(runtime.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(runtime.server.shutdown_timeout.as_secs()),
+        pid_file: runtime.server.pid_file.clone(),
+        upgrade_sock: runtime.server.upgrade_sock.clone(),
+        ..Default::default()
+    };
+    // Connect failures are retried on the next backend by our own selection (fail_to_connect).
+    conf.max_retries = 16;
+    let opt = Opt { daemon: flags.daemon, upgrade: flags.upgrade, ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let listen = runtime.server.listen.clone();
+    let tls = runtime.server.tls.clone();
+    let admin_listen = runtime.admin_listen.clone();
+    let shared = Arc::new(ArcSwap::from_pointee(runtime));
+    let reloader = Reloader { runtime: shared.clone(), path: config_path };
+
+    let mut proxy =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(shared), "mcas-gateway");
+    for addr in &listen {
+        match &tls {
+            Some(t) => proxy.add_tls(addr, &t.cert, &t.key)?,
+            None => proxy.add_tcp(addr),
+        }
+    }
+    let mut admin =
+        Service::new("mcas-admin".to_string(), AdminApp { reloader: reloader.clone(), started: Instant::now() });
+    admin.add_tcp(&admin_listen);
+    let sighup = pingora::services::background::background_service("sighup-reload", SighupService(reloader));
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(sighup);
+    log::info!("mcas-gateway listening on {} (admin {admin_listen})", listen.join(", "));
+    server.run_forever()
+}
+
+fn warn_about(rt: &Runtime) {
+    for p in &rt.providers {
+        if p.tls.as_ref().is_some_and(|t| !t.verify) {
+            log::warn!("provider {}: TLS certificate verification is OFF (providers[].tls.verify: false)", p.name);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Spawning `mcas-gateway` for tests: the harness picks both ports, writes the config to a
+//! temporary file, and waits until the admin listener answers.
+
+use super::{free_port, spawn, wait_ready, Proc};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub struct Gw {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gw {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+}
+
+/// `server_extra` goes inside `server: { … }` (e.g. `max_body: 1KiB`); `rest` holds the other
+/// sections (keys, providers, …).
+pub async fn spawn_gateway(server_extra: &str, rest: &str, envs: &[(&str, &str)]) -> Gw {
+    let (port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 1s, shutdown_timeout: 1s, \
+         pid_file: \"/tmp/mcas-test-{port}.pid\", upgrade_sock: \"/tmp/mcas-test-{port}.sock\" {comma} {server_extra} }}\n\
+         admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{rest}",
+        comma = if server_extra.is_empty() { "" } else { "," }
+    );
+    spawn_gateway_yaml(&yaml, port, admin_port, envs).await
+}
+
+pub async fn spawn_gateway_yaml(yaml: &str, port: u16, admin_port: u16, envs: &[(&str, &str)]) -> Gw {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, envs, addr);
+    wait_ready(&format!("http://{admin}/health")).await;
+    wait_ready(&format!("http://{addr}/health")).await;
+    Gw { proc, addr, admin, config, _dir: dir }
+}
+
+/// Runs `mcas-gateway --check` on `yaml`; returns (exit code, stdout + stderr).
+pub fn check(yaml: &str, envs: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    check_file(path.to_str().unwrap(), envs)
+}
+
+pub fn check_file(path: &str, envs: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mcas-gateway"));
+    cmd.args(["--config", path, "--check"]);
+    for var in ["MCAS_VLLM_URL", "MCAS_VLLM_KEY", "MCAS_VLLM_URL_KEY", "MCAS_GATEWAY_HOST", "MCAS_GATEWAY_PORT"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(envs.iter().copied());
+    let out = cmd.output().expect("run --check");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+pub fn key_yaml(name: &str, key: &str) -> String {
+    format!("keys:\n  - {{ name: {name}, key: \"{key}\", models: [\"*\"] }}\n")
+}
+
+pub fn provider_yaml(name: &str, url: &str, api_key: &str) -> String {
+    format!("providers:\n  - {{ name: {name}, url: \"{url}\", api_key: \"{api_key}\", models: [\"*\"] }}\n")
+}
+
+/// Like [`spawn_gateway`] but readiness is polled only on the admin listener (for a TLS listener).
+pub async fn spawn_gateway_admin_only(server_extra: &str, rest: &str) -> Gw {
+    let (port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 1s, shutdown_timeout: 1s, \
+         pid_file: \"/tmp/mcas-test-{port}.pid\", upgrade_sock: \"/tmp/mcas-test-{port}.sock\", {server_extra} }}\n\
+         admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{rest}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, &[], addr);
+    wait_ready(&format!("http://{admin}/health")).await;
+    Gw { proc, addr, admin, config, _dir: dir }
+}
