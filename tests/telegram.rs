@@ -24,22 +24,11 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        World {
-            bot: FakeBot::start().await,
-            llm: FakeLlm::start().await,
-            dir: TempDir::new(),
-        }
+        World { bot: FakeBot::start().await, llm: FakeLlm::start().await, dir: TempDir::new() }
     }
 
     fn setup<'a>(&'a self, telegram_yaml: &'a str) -> Setup<'a> {
-        Setup {
-            bot: &self.bot,
-            gateway_url: self.llm.url(),
-            dir: &self.dir.0,
-            telegram_yaml,
-            args: &[],
-            env: &[],
-        }
+        Setup { bot: &self.bot, gateway_url: self.llm.url(), dir: &self.dir.0, telegram_yaml, args: &[], env: &[] }
     }
 
     fn runner(&self) -> Runner {
@@ -68,26 +57,14 @@ async fn private_message_gets_a_streamed_finalised_answer() {
     assert!(drafts.len() >= 2, "progressive drafts expected: {drafts:?}");
     assert!(drafts.iter().all(|d| d.body["draft_id"] == json!(mid)));
     let lens: Vec<usize> = drafts.iter().map(|d| d.text().len()).collect();
-    assert!(
-        lens.windows(2).all(|l| l[0] < l[1]),
-        "drafts grow: {lens:?}"
-    );
-    assert!(
-        gaps(&drafts)
-            .iter()
-            .all(|g| *g >= Duration::from_millis(900)),
-        "≤ 1 preview/s: {:?}",
-        gaps(&drafts)
-    );
+    assert!(lens.windows(2).all(|l| l[0] < l[1]), "drafts grow: {lens:?}");
+    assert!(gaps(&drafts).iter().all(|g| *g >= Duration::from_millis(900)), "≤ 1 preview/s: {:?}", gaps(&drafts));
     assert!(typing[0].at <= drafts[0].at);
 
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].text(), full_answer("slow: tell me a story"));
     assert_eq!(sent[0].body["parse_mode"], "HTML");
-    assert!(
-        sent[0].body.get("reply_parameters").is_none(),
-        "no reply quote in private chats"
-    );
+    assert!(sent[0].body.get("reply_parameters").is_none(), "no reply quote in private chats");
     assert!(w.bot.calls_to("editMessageText", ALICE).is_empty());
 
     runner.wait_handled(1).await;
@@ -99,14 +76,8 @@ async fn private_message_gets_a_streamed_finalised_answer() {
     // What the gateway got: system prompt, then the question; streamed; default model.
     let req = &w.llm.requests()[0];
     assert_eq!(req["model"], "sim-small");
-    assert_eq!(
-        req["messages"][0],
-        json!({"role": "system", "content": "You are a test bot."})
-    );
-    assert_eq!(
-        req["messages"][1],
-        json!({"role": "user", "content": "slow: tell me a story"})
-    );
+    assert_eq!(req["messages"][0], json!({"role": "system", "content": "You are a test bot."}));
+    assert_eq!(req["messages"][1], json!({"role": "user", "content": "slow: tell me a story"}));
 }
 
 #[tokio::test]
@@ -120,28 +91,18 @@ async fn without_drafts_the_reply_is_sent_then_edited_at_most_once_a_second() {
         .bot
         .wait_for("final edit", |s| {
             let edits = s.calls_to("editMessageText", ALICE);
-            edits
-                .last()
-                .is_some_and(|e| e.body["parse_mode"] == "HTML")
-                .then_some(edits)
+            edits.last().is_some_and(|e| e.body["parse_mode"] == "HTML").then_some(edits)
         })
         .await;
     let sent = w.bot.calls_to("sendMessage", ALICE);
     assert_eq!(sent.len(), 1, "one message, then edits");
-    assert!(
-        sent[0].body.get("parse_mode").is_none(),
-        "previews are plain text"
-    );
+    assert!(sent[0].body.get("parse_mode").is_none(), "previews are plain text");
     let last = edits.last().unwrap();
     assert_eq!(last.text(), answer);
     assert!(edits.len() >= 2, "{edits:?}");
     let mut all = vec![sent[0].clone()];
     all.extend(edits.iter().cloned());
-    assert!(
-        gaps(&all).iter().all(|g| *g >= Duration::from_millis(900)),
-        "{:?}",
-        gaps(&all)
-    );
+    assert!(gaps(&all).iter().all(|g| *g >= Duration::from_millis(900)), "{:?}", gaps(&all));
     runner.wait_handled(1).await;
 
     // The fallback lasts for the process: no second draft attempt.
@@ -160,10 +121,7 @@ async fn a_long_answer_is_split_at_paragraphs() {
     assert!(sent.len() >= 3, "{} parts", sent.len());
     for part in &sent {
         assert!(html_to_text(part.text()).encode_utf16().count() <= 4096);
-        assert!(
-            part.text().starts_with("Paragraph ") && part.text().ends_with('.'),
-            "cut inside a paragraph"
-        );
+        assert!(part.text().starts_with("Paragraph ") && part.text().ends_with('.'), "cut inside a paragraph");
     }
     let joined: Vec<String> = sent.iter().map(|c| c.text().to_string()).collect();
     assert_eq!(joined.join("\n\n"), full_answer("a long one please"));
@@ -183,27 +141,15 @@ async fn reset_really_clears_the_history() {
 
     w.bot.push_private(ALICE, "/reset");
     runner.wait_handled(3).await;
-    assert!(w
-        .bot
-        .calls_to("sendMessage", ALICE)
-        .last()
-        .unwrap()
-        .text()
-        .contains("forgot"));
-    let file: Value = serde_json::from_slice(
-        &std::fs::read(w.dir.0.join(format!("state/chats/{ALICE}.json"))).unwrap(),
-    )
-    .unwrap();
+    assert!(w.bot.calls_to("sendMessage", ALICE).last().unwrap().text().contains("forgot"));
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(w.dir.0.join(format!("state/chats/{ALICE}.json"))).unwrap()).unwrap();
     assert_eq!(file["history"], json!([]), "cleared on disk");
 
     w.bot.push_private(ALICE, "third question");
     runner.wait_handled(4).await;
     let third = &w.llm.requests()[2]["messages"];
-    assert_eq!(
-        third.as_array().unwrap().len(),
-        2,
-        "system + question only: {third}"
-    );
+    assert_eq!(third.as_array().unwrap().len(), 2, "system + question only: {third}");
     assert_eq!(third[1]["content"], "third question");
 }
 
@@ -223,18 +169,11 @@ async fn a_restart_neither_repeats_nor_loses_updates() {
     runner.wait_handled(1).await;
     let sent = w.bot.calls_to("sendMessage", ALICE);
     let texts: Vec<&str> = sent.iter().map(|c| c.text()).collect();
-    assert_eq!(
-        texts,
-        [full_answer("before restart"), full_answer("while down")]
-    );
+    assert_eq!(texts, [full_answer("before restart"), full_answer("while down")]);
     let first_poll_after_restart = w.bot.with(|s| s.offsets[polls_before]);
     assert_eq!(first_poll_after_restart, first_id + 1);
     assert_eq!(second_id, first_id + 1);
-    assert_eq!(
-        w.llm.requests().len(),
-        2,
-        "the handled update was not asked again"
-    );
+    assert_eq!(w.llm.requests().len(), 2, "the handled update was not asked again");
 }
 
 #[tokio::test]
@@ -261,31 +200,17 @@ async fn an_update_in_flight_at_a_crash_is_answered_after_restart() {
 #[tokio::test]
 async fn flood_control_retry_after_is_honoured_and_other_chats_proceed() {
     let w = World::new().await;
-    w.bot.inject_error(
-        "sendMessage",
-        Some(ALICE),
-        429,
-        "Too Many Requests: retry after 2",
-        Some(2),
-    );
+    w.bot.inject_error("sendMessage", Some(ALICE), 429, "Too Many Requests: retry after 2", Some(2));
     let runner = w.runner();
     w.bot.push_private(ALICE, "hello");
     // Bob writes once Alice's final message has been refused with 429.
     let limited = w.bot.wait_sent(ALICE, 1).await.remove(0);
     w.bot.push_private(BOB, "hi from bob");
     let retried = w.bot.wait_sent(ALICE, 2).await.remove(1);
-    assert!(
-        retried.at - limited.at >= Duration::from_millis(1950),
-        "waited {:?}",
-        retried.at - limited.at
-    );
+    assert!(retried.at - limited.at >= Duration::from_millis(1950), "waited {:?}", retried.at - limited.at);
     assert_eq!(retried.text(), full_answer("hello"));
     let bob = w.bot.calls_to("sendMessage", BOB);
-    assert_eq!(
-        bob.len(),
-        1,
-        "Bob's answer did not wait for Alice's flood wait"
-    );
+    assert_eq!(bob.len(), 1, "Bob's answer did not wait for Alice's flood wait");
     assert!(bob[0].at < retried.at);
     runner.wait_handled(2).await;
 }
@@ -297,27 +222,16 @@ async fn groups_answer_only_mentions_and_replies() {
     let group = -1001;
     w.bot.push_group(group, ALICE, "just chatting", json!({}));
     runner.wait_handled(1).await;
-    assert!(
-        w.bot.with(|s| s.calls.iter().all(|c| c.chat() != group)),
-        "ignored silently"
-    );
+    assert!(w.bot.with(|s| s.calls.iter().all(|c| c.chat() != group)), "ignored silently");
 
     let text = format!("@{BOT_USERNAME} what is up");
-    let entities =
-        json!({"entities": [{"type": "mention", "offset": 0, "length": BOT_USERNAME.len() + 1}]});
+    let entities = json!({"entities": [{"type": "mention", "offset": 0, "length": BOT_USERNAME.len() + 1}]});
     let (_, asked) = w.bot.push_group(group, ALICE, &text, entities);
     runner.wait_handled(2).await;
     let sent = w.bot.calls_to("sendMessage", group);
     assert_eq!(sent[0].body["reply_parameters"]["message_id"], json!(asked));
-    assert!(
-        w.bot.calls_to("sendMessageDraft", group).is_empty(),
-        "no drafts in groups"
-    );
-    let last = w
-        .bot
-        .calls_to("editMessageText", group)
-        .last()
-        .map(|c| c.text().to_string());
+    assert!(w.bot.calls_to("sendMessageDraft", group).is_empty(), "no drafts in groups");
+    let last = w.bot.calls_to("editMessageText", group).last().map(|c| c.text().to_string());
     let shown = last.unwrap_or_else(|| sent[0].text().to_string());
     assert_eq!(shown, full_answer("what is up"));
 
@@ -326,11 +240,7 @@ async fn groups_answer_only_mentions_and_replies() {
     w.bot.push_group(group, BOB, "and then?", ours);
     runner.wait_handled(3).await;
     assert_eq!(
-        w.llm.requests().last().unwrap()["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()["content"],
+        w.llm.requests().last().unwrap()["messages"].as_array().unwrap().last().unwrap()["content"],
         "and then?"
     );
 }
@@ -346,41 +256,24 @@ async fn a_user_not_on_the_allowlist_is_refused_once() {
     assert_eq!(sent.len(), 1, "one polite refusal");
     assert!(sent[0].text().contains("allowlist") && sent[0].text().contains(&STRANGER.to_string()));
     assert!(w.llm.requests().is_empty(), "nothing reached the gateway");
-    assert!(runner
-        .metrics()
-        .await
-        .contains("mcas_telegram_updates_total{action=\"refused\"} 2"));
+    assert!(runner.metrics().await.contains("mcas_telegram_updates_total{action=\"refused\"} 2"));
 }
 
 #[tokio::test]
 async fn gateway_down_gives_a_clear_message_and_status_503() {
     let w = World::new().await;
-    let setup = Setup {
-        gateway_url: format!("http://127.0.0.1:{}", free_port()),
-        ..w.setup("")
-    };
+    let setup = Setup { gateway_url: format!("http://127.0.0.1:{}", free_port()), ..w.setup("") };
     let runner = Runner::spawn(&setup);
     w.bot.push_private(ALICE, "anyone there?");
     let sent = w.bot.wait_sent(ALICE, 1).await;
     assert!(sent[0].text().contains("unavailable"), "{}", sent[0].text());
-    let (code, status) = runner
-        .wait_status("gateway unreachable", |_, v| {
-            v["gateway"]["reachable"] == false
-        })
-        .await;
+    let (code, status) = runner.wait_status("gateway unreachable", |_, v| v["gateway"]["reachable"] == false).await;
     assert_eq!(code, 503, "{status}");
-    assert!(status["problems"]
-        .to_string()
-        .contains("gateway unreachable"));
+    assert!(status["problems"].to_string().contains("gateway unreachable"));
     let everything = format!("{status}{}{}", runner.metrics().await, runner.log());
-    let chat: Vec<String> = w
-        .bot
-        .with(|s| s.calls.iter().map(|c| c.body.to_string()).collect());
+    let chat: Vec<String> = w.bot.with(|s| s.calls.iter().map(|c| c.body.to_string()).collect());
     for secret in [TOKEN, KEY] {
-        assert!(
-            !everything.contains(secret),
-            "secret leaked to status/metrics/log"
-        );
+        assert!(!everything.contains(secret), "secret leaked to status/metrics/log");
         assert!(!chat.concat().contains(secret), "secret leaked to the chat");
     }
     assert!(!chat.concat().contains("panicked") && !chat.concat().contains("127.0.0.1"));
@@ -393,23 +286,13 @@ async fn gateway_rate_limit_tells_the_user_when_to_retry() {
     let _runner = w.runner();
     w.bot.push_private(ALICE, "quick");
     let sent = w.bot.wait_sent(ALICE, 1).await;
-    assert!(
-        sent[0].text().contains("try again in 7 seconds"),
-        "{}",
-        sent[0].text()
-    );
+    assert!(sent[0].text().contains("try again in 7 seconds"), "{}", sent[0].text());
 }
 
 #[tokio::test]
 async fn rejected_html_is_resent_as_plain_text() {
     let w = World::new().await;
-    w.bot.inject_error(
-        "sendMessage",
-        Some(ALICE),
-        400,
-        "Bad Request: can't parse entities: Unexpected end tag",
-        None,
-    );
+    w.bot.inject_error("sendMessage", Some(ALICE), 400, "Bad Request: can't parse entities: Unexpected end tag", None);
     let runner = w.runner();
     w.bot.push_private(ALICE, "use `a<b` here");
     runner.wait_handled(1).await;
@@ -425,19 +308,12 @@ async fn rejected_html_is_resent_as_plain_text() {
 async fn model_command_offers_only_listed_models() {
     let w = World::new().await;
     let runner = w.runner();
-    for text in [
-        "/model",
-        "/model gpt-99",
-        "/model sim-large",
-        "which model?",
-    ] {
+    for text in ["/model", "/model gpt-99", "/model sim-large", "which model?"] {
         w.bot.push_private(ALICE, text);
     }
     runner.wait_handled(4).await;
     let sent = w.bot.calls_to("sendMessage", ALICE);
-    assert!(
-        sent[0].text().contains("Current model: sim-small") && sent[0].text().contains("sim-large")
-    );
+    assert!(sent[0].text().contains("Current model: sim-small") && sent[0].text().contains("sim-large"));
     assert!(sent[1].text().contains("There is no model gpt-99"));
     assert!(sent[2].text().contains("Model set to sim-large"));
     assert_eq!(w.llm.requests().last().unwrap()["model"], "sim-large");
@@ -447,33 +323,19 @@ async fn model_command_offers_only_listed_models() {
 async fn webhook_mode_checks_the_secret_token() {
     let w = World::new().await;
     let port = free_port();
-    let yaml = format!(
-        "webhook:\n  listen: 127.0.0.1:{port}\n  path: /hook\n  url: https://bot.example/hook"
-    );
-    let setup = Setup {
-        args: &["--webhook"],
-        env: &[("MCAS_TELEGRAM_WEBHOOK_SECRET", "hook-secret_1")],
-        ..w.setup(&yaml)
-    };
+    let yaml = format!("webhook:\n  listen: 127.0.0.1:{port}\n  path: /hook\n  url: https://bot.example/hook");
+    let setup =
+        Setup { args: &["--webhook"], env: &[("MCAS_TELEGRAM_WEBHOOK_SECRET", "hook-secret_1")], ..w.setup(&yaml) };
     let runner = Runner::spawn(&setup);
-    runner
-        .wait_status("up", |_, v| v["mode"] == "webhook")
-        .await;
-    let hook = w
-        .bot
-        .wait_for("setWebhook", |s| {
-            s.calls.iter().find(|c| c.method == "setWebhook").cloned()
-        })
-        .await;
+    runner.wait_status("up", |_, v| v["mode"] == "webhook").await;
+    let hook = w.bot.wait_for("setWebhook", |s| s.calls.iter().find(|c| c.method == "setWebhook").cloned()).await;
     assert_eq!(hook.body["secret_token"], "hook-secret_1");
     assert_eq!(hook.body["allowed_updates"], json!(["message"]));
 
     let update = json!({"update_id": 5, "message": {"message_id": 9, "date": 0, "text": "via hook",
         "chat": {"id": ALICE, "type": "private"}, "from": {"id": ALICE, "is_bot": false, "first_name": "A"}}});
     let post = |secret: Option<&'static str>| {
-        let req = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{port}/hook"))
-            .json(&update);
+        let req = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/hook")).json(&update);
         let req = match secret {
             Some(s) => req.header("X-Telegram-Bot-Api-Secret-Token", s),
             None => req,
@@ -483,19 +345,12 @@ async fn webhook_mode_checks_the_secret_token() {
     assert_eq!(post(None).await, 401);
     assert_eq!(post(Some("wrong")).await, 401);
     assert_eq!(post(Some("hook-secret_1")).await, 200);
-    assert_eq!(
-        post(Some("hook-secret_1")).await,
-        200,
-        "a redelivery is accepted ..."
-    );
+    assert_eq!(post(Some("hook-secret_1")).await, 200, "a redelivery is accepted ...");
     runner.wait_handled(1).await;
     let sent = w.bot.wait_sent(ALICE, 1).await;
     assert_eq!(sent.len(), 1, "... but not answered twice");
     assert_eq!(sent[0].text(), full_answer("via hook"));
-    assert!(
-        w.bot.with(|s| s.offsets.is_empty()),
-        "no polling in webhook mode"
-    );
+    assert!(w.bot.with(|s| s.offsets.is_empty()), "no polling in webhook mode");
 }
 
 #[tokio::test]
@@ -527,45 +382,28 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         cmd.env_remove(k);
     }
     let out = cmd.envs(env.iter().copied()).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
 
 #[test]
 fn the_reference_config_passes_check_and_errors_name_the_field() {
-    let env = [
-        ("MCAS_TELEGRAM_BOT_TOKEN", TOKEN),
-        ("MCAS_GATEWAY_KEY", KEY),
-        ("MCAS_TELEGRAM_WEBHOOK_SECRET", "s_1"),
-    ];
+    let env = [("MCAS_TELEGRAM_BOT_TOKEN", TOKEN), ("MCAS_GATEWAY_KEY", KEY), ("MCAS_TELEGRAM_WEBHOOK_SECRET", "s_1")];
     let (code, out) = check(&["--config", "conf/telegram.yaml", "--check"], &env);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = check(
-        &["--config", "conf/telegram.yaml", "--check", "--webhook"],
-        &env,
-    );
+    let (code, out) = check(&["--config", "conf/telegram.yaml", "--check", "--webhook"], &env);
     assert_eq!(code, 0, "{out}");
 
     let (code, out) = check(&["--config", "conf/telegram.yaml", "--check"], &[]);
     assert_eq!(code, 1);
-    assert!(
-        out.contains("telegram.bot_token") && out.contains("MCAS_TELEGRAM_BOT_TOKEN"),
-        "{out}"
-    );
+    assert!(out.contains("telegram.bot_token") && out.contains("MCAS_TELEGRAM_BOT_TOKEN"), "{out}");
 
     let dir = TempDir::new();
     let bad = dir.0.join("bad.yaml");
     std::fs::write(&bad, "telegram:\n  pol_timeout: 30s\n").unwrap();
     let (code, out) = check(&["--config", bad.to_str().unwrap(), "--check"], &env);
     assert_eq!(code, 1);
-    assert!(
-        out.contains("pol_timeout") && out.contains("telegram"),
-        "{out}"
-    );
+    assert!(out.contains("pol_timeout") && out.contains("telegram"), "{out}");
     assert!(!out.contains(TOKEN) && !out.contains(KEY));
 }
 
@@ -576,20 +414,13 @@ async fn with_sim(w: &World, sim_args: &[&str]) -> (crate::common::Proc, Runner)
     let mut args = vec!["--api-key", KEY, "--models", "sim-small,sim-large"];
     args.extend_from_slice(sim_args);
     let sim = crate::common::spawn_sim(&args).await;
-    let setup = Setup {
-        gateway_url: sim.url(""),
-        ..w.setup("")
-    };
+    let setup = Setup { gateway_url: sim.url(""), ..w.setup("") };
     let runner = Runner::spawn(&setup);
     (sim, runner)
 }
 
 fn sim_answer(tokens: usize) -> String {
-    (1..=tokens)
-        .map(|i| format!("tok{i} "))
-        .collect::<String>()
-        .trim()
-        .to_string()
+    (1..=tokens).map(|i| format!("tok{i} ")).collect::<String>().trim().to_string()
 }
 
 #[tokio::test]
@@ -602,19 +433,9 @@ async fn streams_an_answer_from_mcas_sim() {
     let drafts = w.bot.calls_to("sendMessageDraft", ALICE);
     assert!(drafts.len() >= 2, "{drafts:?}");
     for d in &drafts {
-        assert!(
-            sim_answer(30).starts_with(d.text()),
-            "a draft is a prefix of the answer: {}",
-            d.text()
-        );
+        assert!(sim_answer(30).starts_with(d.text()), "a draft is a prefix of the answer: {}", d.text());
     }
-    assert!(
-        gaps(&drafts)
-            .iter()
-            .all(|g| *g >= Duration::from_millis(900)),
-        "{:?}",
-        gaps(&drafts)
-    );
+    assert!(gaps(&drafts).iter().all(|g| *g >= Duration::from_millis(900)), "{:?}", gaps(&drafts));
     runner.wait_handled(1).await;
     assert_eq!(runner.status().await.0, 200);
 }
@@ -638,20 +459,9 @@ async fn a_stream_cut_by_mcas_sim_is_reported_and_not_remembered() {
     let (_sim, runner) = with_sim(&w, &["--tokens", "20", "--close-rate", "1"]).await;
     w.bot.push_private(ALICE, "first");
     let sent = w.bot.wait_sent(ALICE, 1).await;
-    assert!(
-        sent[0].text().starts_with("tok1 tok2"),
-        "{}",
-        sent[0].text()
-    );
-    assert!(
-        sent[0].text().contains("the answer was interrupted"),
-        "{}",
-        sent[0].text()
-    );
+    assert!(sent[0].text().starts_with("tok1 tok2"), "{}", sent[0].text());
+    assert!(sent[0].text().contains("the answer was interrupted"), "{}", sent[0].text());
     runner.wait_handled(1).await;
     let file = w.dir.0.join(format!("state/chats/{ALICE}.json"));
-    assert!(
-        !file.exists(),
-        "a broken exchange is not kept in the history"
-    );
+    assert!(!file.exists(), "a broken exchange is not kept in the history");
 }

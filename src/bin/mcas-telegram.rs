@@ -24,17 +24,11 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
-    let mut args = Args {
-        config: None,
-        check: false,
-        webhook: false,
-    };
+    let mut args = Args { config: None, check: false, webhook: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--config" | "-c" => {
-                args.config = Some(it.next().context("--config needs a file")?.into())
-            }
+            "--config" | "-c" => args.config = Some(it.next().context("--config needs a file")?.into()),
             "--check" | "-t" => args.check = true,
             "--webhook" => args.webhook = true,
             "--help" | "-h" => return Ok(None),

@@ -42,10 +42,7 @@ pub async fn answer(ctx: &Ctx, msg: &Message, to: Target, question: &str) {
     let started = Instant::now();
     let chat_id = to.chat_id;
     let mut state = ctx.store.load_chat(chat_id).await;
-    let model = state
-        .model
-        .clone()
-        .unwrap_or_else(|| ctx.config.gateway.model.clone());
+    let model = state.model.clone().unwrap_or_else(|| ctx.config.gateway.model.clone());
     let mut messages = Vec::with_capacity(state.history.len() + 2);
     if let Some(prompt) = &ctx.config.chat.system_prompt {
         messages.push(ChatMessage::new("system", prompt.as_str()));
@@ -54,11 +51,7 @@ pub async fn answer(ctx: &Ctx, msg: &Message, to: Target, question: &str) {
     messages.push(ChatMessage::new("user", question));
 
     let tg = &ctx.config.telegram;
-    let interval = if msg.chat.is_private() {
-        tg.edit_interval
-    } else {
-        tg.group_edit_interval
-    };
+    let interval = if msg.chat.is_private() { tg.edit_interval } else { tg.group_edit_interval };
     let mut reply = Reply::new(
         &ctx.bot,
         to,
@@ -86,11 +79,7 @@ pub async fn answer(ctx: &Ctx, msg: &Message, to: Target, question: &str) {
             if err.is_outage() {
                 ctx.health.gateway(Err(err.to_string()));
             }
-            let shown = if text.trim().is_empty() {
-                notice
-            } else {
-                format!("{text}\n\n({notice})")
-            };
+            let shown = if text.trim().is_empty() { notice } else { format!("{text}\n\n({notice})") };
             reply.finish(&shown).await
         }
     };
@@ -161,18 +150,12 @@ fn explain(err: &GatewayError, model: &str) -> (&'static str, String) {
         }
         GatewayError::Unauthorized { .. } => (
             "unauthorized",
-            "Sorry, I can't reach the model right now. The operator will have to look into it."
-                .to_string(),
+            "Sorry, I can't reach the model right now. The operator will have to look into it.".to_string(),
         ),
-        GatewayError::Status { .. } | GatewayError::Network(_) => (
-            "unavailable",
-            "Sorry, the model service is unavailable right now. Please try again later."
-                .to_string(),
-        ),
-        GatewayError::Stream(_) => (
-            "stream",
-            "Sorry, the answer was interrupted. Please try again.".to_string(),
-        ),
+        GatewayError::Status { .. } | GatewayError::Network(_) => {
+            ("unavailable", "Sorry, the model service is unavailable right now. Please try again later.".to_string())
+        }
+        GatewayError::Stream(_) => ("stream", "Sorry, the answer was interrupted. Please try again.".to_string()),
     }
 }
 
@@ -182,9 +165,7 @@ mod tests {
 
     #[test]
     fn user_texts_say_when_and_hide_details() {
-        let e = GatewayError::RateLimited {
-            retry_after: Some(Duration::from_secs(7)),
-        };
+        let e = GatewayError::RateLimited { retry_after: Some(Duration::from_secs(7)) };
         assert!(explain(&e, "m").1.contains("in 7 seconds"));
         let e = GatewayError::Network("tcp connect error: Connection refused".into());
         let (outcome, text) = explain(&e, "m");

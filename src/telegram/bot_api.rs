@@ -25,34 +25,19 @@ const POLL_SLACK: Duration = Duration::from_secs(15);
 pub enum BotError {
     /// Telegram answered `ok: false`.
     #[error("{method}: Telegram error {code}: {description}")]
-    Api {
-        method: &'static str,
-        code: i64,
-        description: String,
-        retry_after: Option<Duration>,
-    },
+    Api { method: &'static str, code: i64, description: String, retry_after: Option<Duration> },
     /// No answer: connect, TLS, timeout. Never contains the URL.
     #[error("{method}: network error: {message}")]
-    Network {
-        method: &'static str,
-        message: String,
-    },
+    Network { method: &'static str, message: String },
     #[error("{method}: unreadable answer: {message}")]
-    Decode {
-        method: &'static str,
-        message: String,
-    },
+    Decode { method: &'static str, message: String },
 }
 
 impl BotError {
     /// `Some` on flood control (429): wait exactly this long, then retry.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            BotError::Api {
-                code: 429,
-                retry_after,
-                ..
-            } => Some(retry_after.unwrap_or(Duration::from_secs(1))),
+            BotError::Api { code: 429, retry_after, .. } => Some(retry_after.unwrap_or(Duration::from_secs(1))),
             _ => None,
         }
     }
@@ -76,9 +61,9 @@ impl BotError {
     /// Case-insensitive search in Telegram's description ("can't parse entities", ...).
     pub fn mentions(&self, needle: &str) -> bool {
         match self {
-            BotError::Api { description, .. } => description
-                .to_ascii_lowercase()
-                .contains(&needle.to_ascii_lowercase()),
+            BotError::Api { description, .. } => {
+                description.to_ascii_lowercase().contains(&needle.to_ascii_lowercase())
+            }
             _ => false,
         }
     }
@@ -124,10 +109,7 @@ impl BotApi {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| BotError::Network {
-                method: "client",
-                message: describe(e),
-            })?;
+            .map_err(|e| BotError::Network { method: "client", message: describe(e) })?;
         let base = Secret::new(format!("{api_url}/bot{}", token.expose()));
         Ok(BotApi { http, base })
     }
@@ -139,18 +121,8 @@ impl BotApi {
         timeout: Duration,
     ) -> Result<T, BotError> {
         let url = format!("{}/{method}", self.base.expose());
-        let net = |e| BotError::Network {
-            method,
-            message: describe(e),
-        };
-        let resp = self
-            .http
-            .post(url)
-            .json(body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(net)?;
+        let net = |e| BotError::Network { method, message: describe(e) };
+        let resp = self.http.post(url).json(body).timeout(timeout).send().await.map_err(net)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(net)?;
         let envelope: Envelope<T> = match serde_json::from_slice(&bytes) {
@@ -164,27 +136,16 @@ impl BotApi {
                     retry_after: None,
                 })
             }
-            Err(e) => {
-                return Err(BotError::Decode {
-                    method,
-                    message: e.to_string(),
-                })
-            }
+            Err(e) => return Err(BotError::Decode { method, message: e.to_string() }),
         };
         match (envelope.ok, envelope.result) {
             (true, Some(result)) => Ok(result),
-            (true, None) => Err(BotError::Decode {
-                method,
-                message: "ok without result".to_string(),
-            }),
+            (true, None) => Err(BotError::Decode { method, message: "ok without result".to_string() }),
             (false, _) => Err(BotError::Api {
                 method,
                 code: envelope.error_code.unwrap_or(i64::from(status.as_u16())),
                 description: envelope.description.unwrap_or_default(),
-                retry_after: envelope
-                    .parameters
-                    .and_then(|p| p.retry_after)
-                    .map(Duration::from_secs),
+                retry_after: envelope.parameters.and_then(|p| p.retry_after).map(Duration::from_secs),
             }),
         }
     }
@@ -211,11 +172,7 @@ impl BotApi {
     }
 
     /// Long poll: returns at once when updates wait, else after `timeout` with none.
-    pub async fn get_updates(
-        &self,
-        offset: i64,
-        timeout: Duration,
-    ) -> Result<Vec<Update>, BotError> {
+    pub async fn get_updates(&self, offset: i64, timeout: Duration) -> Result<Vec<Update>, BotError> {
         let body = json!({
             "offset": offset,
             "limit": 100,
@@ -225,20 +182,14 @@ impl BotApi {
         self.call("getUpdates", &body, timeout + POLL_SLACK).await
     }
 
-    pub async fn send_message(
-        &self,
-        to: Target,
-        text: &str,
-        format: Format,
-    ) -> Result<Message, BotError> {
+    pub async fn send_message(&self, to: Target, text: &str, format: Format) -> Result<Message, BotError> {
         let mut body = json!({ "chat_id": to.chat_id, "text": text });
         if let Some(thread) = to.thread_id {
             body["message_thread_id"] = json!(thread);
         }
         if let Some(id) = to.reply_to {
             // Still deliver the answer if the question was deleted meanwhile.
-            body["reply_parameters"] =
-                json!({ "message_id": id, "allow_sending_without_reply": true });
+            body["reply_parameters"] = json!({ "message_id": id, "allow_sending_without_reply": true });
         }
         if format == Format::Html {
             body["parse_mode"] = json!("HTML");
@@ -258,25 +209,16 @@ impl BotApi {
         if format == Format::Html {
             body["parse_mode"] = json!("HTML");
         }
-        self.call::<Value>("editMessageText", &body, CALL_TIMEOUT)
-            .await
-            .map(drop)
+        self.call::<Value>("editMessageText", &body, CALL_TIMEOUT).await.map(drop)
     }
 
     /// Private chats only (Bot API 9.5+): an ephemeral preview animated per `draft_id`.
-    pub async fn send_message_draft(
-        &self,
-        to: Target,
-        draft_id: i64,
-        text: &str,
-    ) -> Result<(), BotError> {
+    pub async fn send_message_draft(&self, to: Target, draft_id: i64, text: &str) -> Result<(), BotError> {
         let mut body = json!({ "chat_id": to.chat_id, "draft_id": draft_id, "text": text });
         if let Some(thread) = to.thread_id {
             body["message_thread_id"] = json!(thread);
         }
-        self.call::<Value>("sendMessageDraft", &body, CALL_TIMEOUT)
-            .await
-            .map(drop)
+        self.call::<Value>("sendMessageDraft", &body, CALL_TIMEOUT).await.map(drop)
     }
 
     pub async fn send_typing(&self, to: Target) -> Result<(), BotError> {
@@ -284,9 +226,7 @@ impl BotApi {
         if let Some(thread) = to.thread_id {
             body["message_thread_id"] = json!(thread);
         }
-        self.call::<Value>("sendChatAction", &body, CALL_TIMEOUT)
-            .await
-            .map(drop)
+        self.call::<Value>("sendChatAction", &body, CALL_TIMEOUT).await.map(drop)
     }
 }
 
@@ -304,12 +244,8 @@ mod tests {
         };
         assert_eq!(flood.retry_after(), Some(Duration::from_secs(3)));
         assert!(!flood.is_transient());
-        let down = BotError::Api {
-            method: "sendMessage",
-            code: 502,
-            description: "Bad Gateway".into(),
-            retry_after: None,
-        };
+        let down =
+            BotError::Api { method: "sendMessage", code: 502, description: "Bad Gateway".into(), retry_after: None };
         assert!(down.is_transient() && down.retry_after().is_none());
         let entities = BotError::Api {
             method: "sendMessage",

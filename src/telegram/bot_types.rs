@@ -100,12 +100,7 @@ mod tests {
     fn entity_offsets_are_utf16() {
         // The emoji takes two UTF-16 units, so the mention starts at 3, not 2.
         let text = "😀 @bot hi";
-        let e = MessageEntity {
-            kind: "mention".into(),
-            offset: 3,
-            length: 4,
-            user: None,
-        };
+        let e = MessageEntity { kind: "mention".into(), offset: 3, length: 4, user: None };
         assert_eq!(e.text_in(text).as_deref(), Some("@bot"));
         let bad = MessageEntity { offset: 50, ..e };
         assert_eq!(bad.text_in(text), None);

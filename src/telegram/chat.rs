@@ -105,41 +105,27 @@ pub fn classify(msg: &Message, me: &Me, allowed: &AllowedUsers) -> Action {
     }
     let mention = format!("@{}", me.username.to_ascii_lowercase());
     if let Some(command) = text.strip_prefix('/') {
-        let (head, arg) = command
-            .split_once(char::is_whitespace)
-            .unwrap_or((command, ""));
+        let (head, arg) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
         let (name, target) = head.split_once('@').unwrap_or((head, ""));
         if !target.is_empty() && !target.eq_ignore_ascii_case(&me.username) {
             return Action::Ignore; // meant for another bot
         }
-        return Action::Command {
-            name: name.to_ascii_lowercase(),
-            arg: arg.trim().to_string(),
-        };
+        return Action::Command { name: name.to_ascii_lowercase(), arg: arg.trim().to_string() };
     }
     let question = strip_ascii_ci(text, &mention);
     if question.trim().is_empty() {
-        return Action::Command {
-            name: "help".to_string(),
-            arg: String::new(),
-        };
+        return Action::Command { name: "help".to_string(), arg: String::new() };
     }
     Action::Ask(question.trim().to_string())
 }
 
 /// In a group: an @mention, a command sent to `/cmd@us`, or a reply to one of our messages.
 fn addressed(msg: &Message, text: &str, me: &Me) -> bool {
-    let replied_to_us = msg
-        .reply_to_message
-        .as_ref()
-        .and_then(|m| m.from.as_ref())
-        .is_some_and(|u| u.id == me.id);
+    let replied_to_us = msg.reply_to_message.as_ref().and_then(|m| m.from.as_ref()).is_some_and(|u| u.id == me.id);
     let mention = format!("@{}", me.username);
     replied_to_us
         || msg.entities.iter().any(|e| match e.kind.as_str() {
-            "mention" => e
-                .text_in(text)
-                .is_some_and(|t| t.eq_ignore_ascii_case(&mention)),
+            "mention" => e.text_in(text).is_some_and(|t| t.eq_ignore_ascii_case(&mention)),
             "text_mention" => e.user.as_ref().is_some_and(|u| u.id == me.id),
             "bot_command" => e.text_in(text).is_some_and(|t| {
                 let lower = t.to_ascii_lowercase();
@@ -194,10 +180,7 @@ pub async fn handle(ctx: &Ctx, msg: Message) {
         Action::Ignore => {}
         Action::Refuse => {
             let user = msg.from.as_ref().map_or(0, |u| u.id);
-            log::info!(
-                "chat {}: refusing user {user} (not on the allowlist)",
-                to.chat_id
-            );
+            log::info!("chat {}: refusing user {user} (not on the allowlist)", to.chat_id);
             if ctx.first_refusal(to.chat_id, user) {
                 let text = format!(
                     "Sorry, I only talk to people on my allowlist. \
@@ -213,10 +196,7 @@ pub async fn handle(ctx: &Ctx, msg: Message) {
 
 async fn command(ctx: &Ctx, to: Target, name: &str, arg: &str) {
     let text = match name {
-        "start" => format!(
-            "Hello! I answer with the model {}.\n\n{HELP}",
-            ctx.config.gateway.model
-        ),
+        "start" => format!("Hello! I answer with the model {}.\n\n{HELP}", ctx.config.gateway.model),
         "help" => HELP.to_string(),
         "reset" => {
             let mut state = ctx.store.load_chat(to.chat_id).await;
@@ -239,10 +219,7 @@ async fn command(ctx: &Ctx, to: Target, name: &str, arg: &str) {
 /// `/model` lists, `/model NAME` switches; only to models the gateway lists for our key.
 async fn model_command(ctx: &Ctx, chat_id: i64, arg: &str) -> String {
     let mut state = ctx.store.load_chat(chat_id).await;
-    let current = state
-        .model
-        .clone()
-        .unwrap_or_else(|| ctx.config.gateway.model.clone());
+    let current = state.model.clone().unwrap_or_else(|| ctx.config.gateway.model.clone());
     let models = match ctx.gateway.models().await {
         Ok(m) => m,
         Err(e) => {

@@ -4,31 +4,18 @@ use super::*;
 use crate::telegram::bot_types::{Chat, MessageEntity, User};
 
 fn me() -> Me {
-    Me {
-        id: 42,
-        username: "McasBot".into(),
-    }
+    Me { id: 42, username: "McasBot".into() }
 }
 
 fn allow(ids: &[i64]) -> AllowedUsers {
-    AllowedUsers {
-        all: false,
-        ids: ids.iter().copied().collect(),
-    }
+    AllowedUsers { all: false, ids: ids.iter().copied().collect() }
 }
 
 fn msg(kind: &str, from: i64, text: &str) -> Message {
     Message {
         message_id: 1,
-        chat: Chat {
-            id: if kind == "private" { from } else { -100 },
-            kind: kind.into(),
-        },
-        from: Some(User {
-            id: from,
-            is_bot: false,
-            username: None,
-        }),
+        chat: Chat { id: if kind == "private" { from } else { -100 }, kind: kind.into() },
+        from: Some(User { id: from, is_bot: false, username: None }),
         text: Some(text.into()),
         entities: vec![],
         reply_to_message: None,
@@ -49,75 +36,38 @@ fn entity(kind: &str, text: &str, needle: &str) -> MessageEntity {
 #[test]
 fn private_text_is_a_question_and_commands_parse() {
     let a = allow(&[7]);
-    assert_eq!(
-        classify(&msg("private", 7, "hi there"), &me(), &a),
-        Action::Ask("hi there".into())
-    );
+    assert_eq!(classify(&msg("private", 7, "hi there"), &me(), &a), Action::Ask("hi there".into()));
     assert_eq!(
         classify(&msg("private", 7, "/model  big-one "), &me(), &a),
-        Action::Command {
-            name: "model".into(),
-            arg: "big-one".into()
-        }
+        Action::Command { name: "model".into(), arg: "big-one".into() }
     );
     assert_eq!(
         classify(&msg("private", 7, "/RESET@mcasbot"), &me(), &a),
-        Action::Command {
-            name: "reset".into(),
-            arg: String::new()
-        }
+        Action::Command { name: "reset".into(), arg: String::new() }
     );
-    assert_eq!(
-        classify(&msg("private", 7, "/reset@otherbot"), &me(), &a),
-        Action::Ignore
-    );
+    assert_eq!(classify(&msg("private", 7, "/reset@otherbot"), &me(), &a), Action::Ignore);
 }
 
 #[test]
 fn strangers_are_refused_and_star_allows_all() {
-    assert_eq!(
-        classify(&msg("private", 8, "hi"), &me(), &allow(&[7])),
-        Action::Refuse
-    );
-    assert_eq!(
-        classify(&msg("private", 8, "hi"), &me(), &allow(&[])),
-        Action::Refuse
-    );
-    let all = AllowedUsers {
-        all: true,
-        ids: Default::default(),
-    };
-    assert_eq!(
-        classify(&msg("private", 8, "hi"), &me(), &all),
-        Action::Ask("hi".into())
-    );
+    assert_eq!(classify(&msg("private", 8, "hi"), &me(), &allow(&[7])), Action::Refuse);
+    assert_eq!(classify(&msg("private", 8, "hi"), &me(), &allow(&[])), Action::Refuse);
+    let all = AllowedUsers { all: true, ids: Default::default() };
+    assert_eq!(classify(&msg("private", 8, "hi"), &me(), &all), Action::Ask("hi".into()));
 }
 
 #[test]
 fn groups_need_a_mention_or_a_reply() {
     let a = allow(&[7]);
-    assert_eq!(
-        classify(&msg("group", 7, "hello all"), &me(), &a),
-        Action::Ignore
-    );
+    assert_eq!(classify(&msg("group", 7, "hello all"), &me(), &a), Action::Ignore);
     // Not addressed: silence even for strangers.
-    assert_eq!(
-        classify(&msg("supergroup", 9, "hello"), &me(), &a),
-        Action::Ignore
-    );
+    assert_eq!(classify(&msg("supergroup", 9, "hello"), &me(), &a), Action::Ignore);
 
     let text = "😀 @mcasbot what is 2+2?";
     let mut m = msg("group", 7, text);
     m.entities = vec![entity("mention", text, "@mcasbot")];
-    assert_eq!(
-        classify(&m, &me(), &a),
-        Action::Ask("😀  what is 2+2?".into())
-    );
-    m.from = Some(User {
-        id: 9,
-        is_bot: false,
-        username: None,
-    });
+    assert_eq!(classify(&m, &me(), &a), Action::Ask("😀  what is 2+2?".into()));
+    m.from = Some(User { id: 9, is_bot: false, username: None });
     assert_eq!(classify(&m, &me(), &a), Action::Refuse);
 
     let mut other = msg("group", 7, "@someone hi");
@@ -147,8 +97,5 @@ fn bots_and_non_text_are_ignored() {
     let mut photo = msg("private", 7, "");
     photo.text = None;
     assert_eq!(classify(&photo, &me(), &a), Action::Ignore);
-    assert!(matches!(
-        classify(&msg("private", 7, "@McasBot"), &me(), &a),
-        Action::Command { .. }
-    ));
+    assert!(matches!(classify(&msg("private", 7, "@McasBot"), &me(), &a), Action::Command { .. }));
 }

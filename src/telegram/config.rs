@@ -59,9 +59,7 @@ impl AllowedUsers {
             if item == "*" {
                 out.all = true;
             } else {
-                let id = item
-                    .parse::<i64>()
-                    .map_err(|_| format!("`{item}` is not a numeric user id or `*`"))?;
+                let id = item.parse::<i64>().map_err(|_| format!("`{item}` is not a numeric user id or `*`"))?;
                 out.ids.insert(id);
             }
         }
@@ -145,10 +143,7 @@ impl fmt::Display for FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     /// serde_yaml names the path of the bad field (e.g. `telegram: unknown field ...`).
     #[error("{path}: {message}")]
     Yaml { path: String, message: String },
@@ -169,10 +164,8 @@ impl Config {
     pub fn load(path: Option<&Path>, webhook: bool, env: Env<'_>) -> Result<Config, ConfigError> {
         let (text, origin) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.display().to_string(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
                 (text, p.display().to_string())
             }
             None => (String::new(), "environment".to_string()),
@@ -181,19 +174,12 @@ impl Config {
     }
 
     /// Parses YAML text (empty means "environment only"); `origin` names it in errors.
-    pub fn from_yaml(
-        text: &str,
-        origin: &str,
-        webhook: bool,
-        env: Env<'_>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_yaml(text: &str, origin: &str, webhook: bool, env: Env<'_>) -> Result<Config, ConfigError> {
         let raw: super::config_file::RawConfig = if text.trim().is_empty() {
             Default::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
-                path: origin.to_string(),
-                message: e.to_string(),
-            })?
+            serde_yaml::from_str(text)
+                .map_err(|e| ConfigError::Yaml { path: origin.to_string(), message: e.to_string() })?
         };
         super::config_file::resolve(raw, webhook, env).map_err(ConfigError::Invalid)
     }

@@ -99,10 +99,7 @@ struct Value {
 
 impl Resolver<'_> {
     fn fail(&mut self, field: &str, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.to_string(),
-            message: message.into(),
-        });
+        self.errors.push(FieldError { field: field.to_string(), message: message.into() });
     }
 
     /// Environment wins; an empty variable counts as unset.
@@ -168,10 +165,7 @@ impl Resolver<'_> {
         match humantime::parse_duration(&v.text) {
             Ok(d) => d,
             Err(e) => {
-                self.fail(
-                    &v.label,
-                    format!("`{}` is not a duration like 30s: {e}", v.text),
-                );
+                self.fail(&v.label, format!("`{}` is not a duration like 30s: {e}", v.text));
                 default
             }
         }
@@ -203,35 +197,19 @@ impl Resolver<'_> {
 }
 
 /// Turns the raw file plus the environment into a [`Config`], or lists every problem.
-pub(super) fn resolve(
-    raw: RawConfig,
-    webhook: bool,
-    env: Env<'_>,
-) -> Result<Config, Vec<FieldError>> {
-    let mut r = Resolver {
-        env,
-        errors: Vec::new(),
-    };
+pub(super) fn resolve(raw: RawConfig, webhook: bool, env: Env<'_>) -> Result<Config, Vec<FieldError>> {
+    let mut r = Resolver { env, errors: Vec::new() };
     let telegram = telegram(&mut r, raw.telegram, webhook);
     let gateway = gateway(&mut r, raw.gateway);
     let chat = chat(&mut r, raw.chat);
     let state_dir = r.required(raw.state_dir, "state_dir", Some(ENV_STATE_DIR));
     let listen = r
         .pick(raw.status.listen, "status.listen", Some(ENV_STATUS_LISTEN))
-        .unwrap_or_else(|| Value {
-            text: DEFAULT_STATUS_LISTEN.to_string(),
-            label: "status.listen".to_string(),
-        });
+        .unwrap_or_else(|| Value { text: DEFAULT_STATUS_LISTEN.to_string(), label: "status.listen".to_string() });
     let status_listen = r.socket(listen);
     match (telegram, gateway, state_dir, status_listen) {
         (Some(telegram), Some(gateway), Some(dir), Some(status_listen)) if r.errors.is_empty() => {
-            Ok(Config {
-                telegram,
-                gateway,
-                chat,
-                state_dir: PathBuf::from(dir.text),
-                status_listen,
-            })
+            Ok(Config { telegram, gateway, chat, state_dir: PathBuf::from(dir.text), status_listen })
         }
         _ => Err(r.errors),
     }
@@ -243,18 +221,12 @@ fn telegram(r: &mut Resolver<'_>, raw: RawTelegram, webhook: bool) -> Option<Tel
         // The token goes into URL paths; never echo it, only say what is wrong.
         let ok = t.text.contains(':') && !t.text.contains(['/', ' ', '?', '#']);
         if !ok {
-            r.fail(
-                &t.label,
-                "does not look like a bot token (<digits>:<secret>)",
-            );
+            r.fail(&t.label, "does not look like a bot token (<digits>:<secret>)");
         }
     }
     let api = r
         .pick(raw.api_url, "telegram.api_url", Some(ENV_API_URL))
-        .unwrap_or_else(|| Value {
-            text: DEFAULT_API_URL.to_string(),
-            label: "telegram.api_url".to_string(),
-        });
+        .unwrap_or_else(|| Value { text: DEFAULT_API_URL.to_string(), label: "telegram.api_url".to_string() });
     let api_url = r.base_url(api);
     let allowed_users = allowed(r, raw.allowed_users);
     let poll_timeout = r.duration(raw.poll_timeout, "telegram.poll_timeout", secs(30));
@@ -262,16 +234,8 @@ fn telegram(r: &mut Resolver<'_>, raw: RawTelegram, webhook: bool) -> Option<Tel
         r.fail("telegram.poll_timeout", "must be between 1s and 60s");
     }
     let edit_interval = r.duration(raw.edit_interval, "telegram.edit_interval", secs(1));
-    let group_edit_interval = r.duration(
-        raw.group_edit_interval,
-        "telegram.group_edit_interval",
-        secs(3),
-    );
-    let webhook = if webhook {
-        webhook_config(r, raw.webhook)
-    } else {
-        None
-    };
+    let group_edit_interval = r.duration(raw.group_edit_interval, "telegram.group_edit_interval", secs(3));
+    let webhook = if webhook { webhook_config(r, raw.webhook) } else { None };
     Some(TelegramConfig {
         bot_token: Secret::new(token?.text),
         api_url: api_url?,
@@ -319,28 +283,17 @@ fn webhook_config(r: &mut Resolver<'_>, raw: Option<RawWebhook>) -> Option<Webho
     };
     let listen = r.required(raw.listen, "telegram.webhook.listen", None)?;
     let listen = r.socket(listen);
-    let path = r
-        .pick(raw.path, "telegram.webhook.path", None)
-        .map_or_else(|| "/telegram/webhook".to_string(), |v| v.text);
+    let path =
+        r.pick(raw.path, "telegram.webhook.path", None).map_or_else(|| "/telegram/webhook".to_string(), |v| v.text);
     if !path.starts_with('/') {
         r.fail("telegram.webhook.path", "must start with /");
     }
-    let secret = r.required(
-        raw.secret_token,
-        "telegram.webhook.secret_token",
-        Some(ENV_WEBHOOK_SECRET),
-    )?;
+    let secret = r.required(raw.secret_token, "telegram.webhook.secret_token", Some(ENV_WEBHOOK_SECRET))?;
     // Telegram's own rule for secret_token: 1-256 of A-Z a-z 0-9 _ -.
-    let valid = secret.text.len() <= 256
-        && secret
-            .text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let valid =
+        secret.text.len() <= 256 && secret.text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !valid {
-        r.fail(
-            &secret.label,
-            "must be 1-256 characters of A-Z, a-z, 0-9, _ and -",
-        );
+        r.fail(&secret.label, "must be 1-256 characters of A-Z, a-z, 0-9, _ and -");
     }
     let url = r.pick(raw.url, "telegram.webhook.url", None);
     let url = match url {
@@ -350,21 +303,13 @@ fn webhook_config(r: &mut Resolver<'_>, raw: Option<RawWebhook>) -> Option<Webho
         }
         other => other.map(|v| v.text),
     };
-    Some(WebhookConfig {
-        listen: listen?,
-        path,
-        secret_token: Secret::new(secret.text),
-        url,
-    })
+    Some(WebhookConfig { listen: listen?, path, secret_token: Secret::new(secret.text), url })
 }
 
 fn gateway(r: &mut Resolver<'_>, raw: RawGateway) -> Option<GatewayConfig> {
     let url = r
         .pick(raw.url, "gateway.url", Some(ENV_GATEWAY_URL))
-        .unwrap_or_else(|| Value {
-            text: DEFAULT_GATEWAY_URL.to_string(),
-            label: "gateway.url".to_string(),
-        });
+        .unwrap_or_else(|| Value { text: DEFAULT_GATEWAY_URL.to_string(), label: "gateway.url".to_string() });
     let label = url.label.clone();
     let url = r.base_url(url);
     if url.as_deref().is_some_and(|u| u.ends_with("/v1")) {
@@ -377,13 +322,7 @@ fn gateway(r: &mut Resolver<'_>, raw: RawGateway) -> Option<GatewayConfig> {
     if probe_interval < secs(1) {
         r.fail("gateway.probe_interval", "must be at least 1s");
     }
-    Some(GatewayConfig {
-        url: url?,
-        key: Secret::new(key?.text),
-        model: model?.text,
-        timeout,
-        probe_interval,
-    })
+    Some(GatewayConfig { url: url?, key: Secret::new(key?.text), model: model?.text, timeout, probe_interval })
 }
 
 fn chat(r: &mut Resolver<'_>, raw: RawChat) -> ChatConfig {
@@ -395,16 +334,9 @@ fn chat(r: &mut Resolver<'_>, raw: RawChat) -> ChatConfig {
     let history_chars = raw.history_chars.unwrap_or(16_000);
     if !history_messages.is_multiple_of(2) {
         // History is kept as user/assistant pairs so roles keep alternating.
-        r.fail(
-            "chat.history_messages",
-            "must be even (pairs of user and assistant)",
-        );
+        r.fail("chat.history_messages", "must be even (pairs of user and assistant)");
     }
-    ChatConfig {
-        system_prompt,
-        history_messages,
-        history_chars,
-    }
+    ChatConfig { system_prompt, history_messages, history_chars }
 }
 
 fn secs(n: u64) -> Duration {

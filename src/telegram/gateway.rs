@@ -20,10 +20,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.to_string(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.to_string(), content: content.into() }
     }
 }
 
@@ -71,22 +68,14 @@ impl Gateway {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| GatewayError::Network(describe(e)))?;
-        Ok(Gateway {
-            http,
-            url: url.to_string(),
-            key: key.clone(),
-            timeout,
-        })
+        Ok(Gateway { http, url: url.to_string(), key: key.clone(), timeout })
     }
 
     /// Model ids this key may use.
     pub async fn models(&self) -> Result<Vec<String>, GatewayError> {
         let req = self.http.get(format!("{}/v1/models", self.url));
         let resp = self.send(req).await?;
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|e| GatewayError::Stream(describe(e)))?;
+        let body: Value = resp.json().await.map_err(|e| GatewayError::Stream(describe(e)))?;
         let ids = body["data"]
             .as_array()
             .map(|a| a.iter().filter_map(|m| m["id"].as_str()).map(String::from))
@@ -96,23 +85,11 @@ impl Gateway {
     }
 
     /// Starts a streamed completion; read it with [`ChatStream::next_delta`].
-    pub async fn stream_chat(
-        &self,
-        model: &str,
-        messages: &[ChatMessage],
-    ) -> Result<ChatStream, GatewayError> {
+    pub async fn stream_chat(&self, model: &str, messages: &[ChatMessage]) -> Result<ChatStream, GatewayError> {
         let body = json!({ "model": model, "messages": messages, "stream": true });
-        let req = self
-            .http
-            .post(format!("{}/v1/chat/completions", self.url))
-            .json(&body);
+        let req = self.http.post(format!("{}/v1/chat/completions", self.url)).json(&body);
         let resp = self.send(req).await?;
-        Ok(ChatStream {
-            body: Box::pin(resp.bytes_stream()),
-            buf: Vec::new(),
-            idle: self.timeout,
-            done: false,
-        })
+        Ok(ChatStream { body: Box::pin(resp.bytes_stream()), buf: Vec::new(), idle: self.timeout, done: false })
     }
 
     /// Sends with the key and turns non-2xx answers into typed errors.
@@ -138,9 +115,7 @@ impl Gateway {
         Err(match status {
             429 => GatewayError::RateLimited { retry_after },
             404 => GatewayError::Model { status, message },
-            403 if code.contains("model") || message.contains("model") => {
-                GatewayError::Model { status, message }
-            }
+            403 if code.contains("model") || message.contains("model") => GatewayError::Model { status, message },
             401 | 403 => GatewayError::Unauthorized { status },
             _ => GatewayError::Status { status, message },
         })
@@ -150,12 +125,7 @@ impl Gateway {
 /// Message and code of an OpenAI-style error body, shortened for logs.
 fn error_message(body: &str) -> (String, String) {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let message = v["error"]["message"]
-        .as_str()
-        .unwrap_or(body)
-        .chars()
-        .take(200)
-        .collect();
+    let message = v["error"]["message"].as_str().unwrap_or(body).chars().take(200).collect();
     let code = v["error"]["code"].as_str().unwrap_or("").to_string();
     (message, code)
 }
@@ -216,8 +186,7 @@ fn parse_line(line: &str) -> Result<Line, GatewayError> {
     if data == "[DONE]" {
         return Ok(Line::Done);
     }
-    let v: Value =
-        serde_json::from_str(data).map_err(|e| GatewayError::Stream(format!("bad chunk: {e}")))?;
+    let v: Value = serde_json::from_str(data).map_err(|e| GatewayError::Stream(format!("bad chunk: {e}")))?;
     if let Some(err) = v.get("error") {
         let msg = err["message"].as_str().unwrap_or("error in stream");
         return Err(GatewayError::Stream(msg.chars().take(200).collect()));
@@ -254,8 +223,7 @@ mod tests {
             "ta: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n",
             "\ndata: [DONE]\n\n",
         ];
-        let chunks: Vec<reqwest::Result<Bytes>> =
-            parts.iter().map(|p| Ok(Bytes::from(*p))).collect();
+        let chunks: Vec<reqwest::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from(*p))).collect();
         let mut s = ChatStream {
             body: Box::pin(futures_util::stream::iter(chunks)),
             buf: Vec::new(),
@@ -271,9 +239,8 @@ mod tests {
 
     #[tokio::test]
     async fn stream_without_done_is_an_error() {
-        let chunks: Vec<reqwest::Result<Bytes>> = vec![Ok(Bytes::from(
-            "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n",
-        ))];
+        let chunks: Vec<reqwest::Result<Bytes>> =
+            vec![Ok(Bytes::from("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n"))];
         let mut s = ChatStream {
             body: Box::pin(futures_util::stream::iter(chunks)),
             buf: Vec::new(),

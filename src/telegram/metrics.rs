@@ -1,9 +1,7 @@
 //! Every metric of the runner, in its own registry (not the process default, which the
 //! gateway's library code may share). Labels are bounded enums, never chat or user ids.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -33,46 +31,21 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok::<_, prometheus::Error>(c)
         };
-        let updates = counter_vec(
-            "mcas_telegram_updates_total",
-            "Updates received, by action taken",
-            "action",
-        )?;
+        let updates = counter_vec("mcas_telegram_updates_total", "Updates received, by action taken", "action")?;
         let errors = counter_vec("mcas_telegram_errors_total", "Failures by source", "source")?;
         let polls = counter_vec("mcas_telegram_polls_total", "getUpdates calls", "result")?;
-        let completions = counter_vec(
-            "mcas_telegram_completions_total",
-            "Gateway chat completions by outcome",
-            "outcome",
-        )?;
-        let handled = IntCounter::new(
-            "mcas_telegram_messages_handled_total",
-            "Updates handled and confirmed",
-        )?;
+        let completions =
+            counter_vec("mcas_telegram_completions_total", "Gateway chat completions by outcome", "outcome")?;
+        let handled = IntCounter::new("mcas_telegram_messages_handled_total", "Updates handled and confirmed")?;
         registry.register(Box::new(handled.clone()))?;
         let histogram = |name: &str, help: &str| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(SECONDS.to_vec()))?;
             registry.register(Box::new(h.clone()))?;
             Ok::<_, prometheus::Error>(h)
         };
-        let first_token = histogram(
-            "mcas_telegram_first_token_seconds",
-            "Time from message to first answer token",
-        )?;
-        let reply = histogram(
-            "mcas_telegram_reply_seconds",
-            "Time from message to finished reply",
-        )?;
-        Ok(Metrics {
-            registry,
-            updates,
-            handled,
-            errors,
-            polls,
-            completions,
-            first_token,
-            reply,
-        })
+        let first_token = histogram("mcas_telegram_first_token_seconds", "Time from message to first answer token")?;
+        let reply = histogram("mcas_telegram_reply_seconds", "Time from message to finished reply")?;
+        Ok(Metrics { registry, updates, handled, errors, polls, completions, first_token, reply })
     }
 
     pub fn error(&self, source: &str) {
@@ -80,16 +53,11 @@ impl Metrics {
     }
 
     pub fn error_count(&self) -> u64 {
-        ["telegram", "gateway", "state"]
-            .iter()
-            .map(|s| self.errors.with_label_values(&[s]).get())
-            .sum()
+        ["telegram", "gateway", "state"].iter().map(|s| self.errors.with_label_values(&[s]).get()).sum()
     }
 
     /// Prometheus text format.
     pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
 }

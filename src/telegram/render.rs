@@ -61,11 +61,7 @@ fn code_block(body: &str) -> String {
         _ => ("", body),
     };
     let code = escape(code.trim_end_matches('\n'));
-    if lang.is_empty()
-        || !lang
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-_#".contains(c))
-    {
+    if lang.is_empty() || !lang.chars().all(|c| c.is_ascii_alphanumeric() || "+-_#".contains(c)) {
         format!("<pre>{code}</pre>")
     } else {
         format!("<pre><code class=\"language-{lang}\">{code}</code></pre>")
@@ -106,10 +102,7 @@ mod tests {
 
     #[test]
     fn converts_code_and_bold() {
-        assert_eq!(
-            html("use `a<b` **now**"),
-            "use <code>a&lt;b</code> <b>now</b>"
-        );
+        assert_eq!(html("use `a<b` **now**"), "use <code>a&lt;b</code> <b>now</b>");
         assert_eq!(
             html("see:\n```rust\nfn f() {}\n```\ndone"),
             "see:\n<pre><code class=\"language-rust\">fn f() {}</code></pre>\ndone"

@@ -50,22 +50,11 @@ impl<'a> Reply<'a> {
         drafts_supported: &'a AtomicBool,
     ) -> Self {
         let display = match mode {
-            StreamMode::Draft if private && drafts_supported.load(Ordering::Relaxed) => {
-                Display::Draft
-            }
+            StreamMode::Draft if private && drafts_supported.load(Ordering::Relaxed) => Display::Draft,
             StreamMode::Draft | StreamMode::Edit => Display::Edit { message_id: None },
             StreamMode::Off => Display::Off,
         };
-        Reply {
-            bot,
-            to,
-            display,
-            interval,
-            next_at: Instant::now(),
-            draft_id,
-            drafts_supported,
-            visible: false,
-        }
+        Reply { bot, to, display, interval, next_at: Instant::now(), draft_id, drafts_supported, visible: false }
     }
 
     pub fn is_visible(&self) -> bool {
@@ -80,10 +69,7 @@ impl<'a> Reply<'a> {
         let shown = preview(text.trim(), MESSAGE_LIMIT);
         let result = match self.display {
             Display::Draft => {
-                let r = self
-                    .bot
-                    .send_message_draft(self.to, self.draft_id, &shown)
-                    .await;
+                let r = self.bot.send_message_draft(self.to, self.draft_id, &shown).await;
                 if let Err(e) = &r {
                     if e.code() == Some(404) || e.mentions("method not found") {
                         // An older or self-hosted Bot API: edits for the rest of the process.
@@ -100,24 +86,15 @@ impl<'a> Reply<'a> {
                 }
                 r
             }
-            Display::Edit { message_id: None } => {
-                match self.bot.send_message(self.to, &shown, Format::Plain).await {
-                    Ok(m) => {
-                        self.display = Display::Edit {
-                            message_id: Some(m.message_id),
-                        };
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+            Display::Edit { message_id: None } => match self.bot.send_message(self.to, &shown, Format::Plain).await {
+                Ok(m) => {
+                    self.display = Display::Edit { message_id: Some(m.message_id) };
+                    Ok(())
                 }
-            }
-            Display::Edit {
-                message_id: Some(id),
-            } => {
-                let r = self
-                    .bot
-                    .edit_message_text(self.to.chat_id, id, &shown, Format::Plain)
-                    .await;
+                Err(e) => Err(e),
+            },
+            Display::Edit { message_id: Some(id) } => {
+                let r = self.bot.edit_message_text(self.to.chat_id, id, &shown, Format::Plain).await;
                 match r {
                     Err(e) if e.mentions("message is not modified") => Ok(()),
                     other => other,
@@ -162,10 +139,7 @@ impl<'a> Reply<'a> {
                 _ => None,
             };
             // Only the first message of the answer replies to the question.
-            let to = Target {
-                reply_to: if i == 0 { self.to.reply_to } else { None },
-                ..self.to
-            };
+            let to = Target { reply_to: if i == 0 { self.to.reply_to } else { None }, ..self.to };
             self.deliver(to, edit, part).await?;
         }
         Ok(())
@@ -191,20 +165,10 @@ impl<'a> Reply<'a> {
         }
     }
 
-    async fn put(
-        &self,
-        to: Target,
-        edit: Option<i64>,
-        text: &str,
-        format: Format,
-    ) -> Result<(), BotError> {
+    async fn put(&self, to: Target, edit: Option<i64>, text: &str, format: Format) -> Result<(), BotError> {
         retrying(|| async move {
             match edit {
-                Some(id) => {
-                    self.bot
-                        .edit_message_text(to.chat_id, id, text, format)
-                        .await
-                }
+                Some(id) => self.bot.edit_message_text(to.chat_id, id, text, format).await,
                 None => self.bot.send_message(to, text, format).await.map(drop),
             }
         })

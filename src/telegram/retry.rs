@@ -25,11 +25,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            next: base,
-            base,
-            cap,
-        }
+        Backoff { next: base, base, cap }
     }
 
     pub fn delay(&mut self) -> Duration {
@@ -88,10 +84,7 @@ mod tests {
         let ds: Vec<Duration> = (0..5).map(|_| b.delay()).collect();
         let ranges = [(50, 100), (100, 200), (200, 400), (200, 400), (200, 400)];
         for (d, (lo, hi)) in ds.iter().zip(ranges) {
-            assert!(
-                *d >= Duration::from_millis(lo) && *d <= Duration::from_millis(hi),
-                "{d:?}"
-            );
+            assert!(*d >= Duration::from_millis(lo) && *d <= Duration::from_millis(hi), "{d:?}");
         }
         b.reset();
         assert!(b.delay() <= Duration::from_millis(100));

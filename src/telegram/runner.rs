@@ -23,10 +23,7 @@ pub enum RunError {
     #[error("state directory: {0}")]
     State(#[from] StateError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
@@ -113,10 +110,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn join_error(e: tokio::task::JoinError) -> StateError {
-    StateError::Io {
-        path: "updates.json".to_string(),
-        source: std::io::Error::other(e),
-    }
+    StateError::Io { path: "updates.json".to_string(), source: std::io::Error::other(e) }
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -129,28 +123,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let status = bind(config.status_listen.to_string()).await?;
     log::info!("status on http://{}/status", config.status_listen);
-    tokio::spawn(serve(
-        status,
-        status_handler(health.clone(), metrics.clone()),
-    ));
+    tokio::spawn(serve(status, status_handler(health.clone(), metrics.clone())));
 
     let bot = BotApi::new(&config.telegram.api_url, &config.telegram.bot_token)?;
     let g = &config.gateway;
     let gateway = Gateway::new(&g.url, &g.key, g.timeout)?;
-    tokio::spawn(probe(
-        gateway.clone(),
-        g.model.clone(),
-        g.probe_interval,
-        health.clone(),
-    ));
+    tokio::spawn(probe(gateway.clone(), g.model.clone(), g.probe_interval, health.clone()));
 
     let me = identify(&bot, &health).await;
-    log::info!(
-        "bot @{} (id {}) answering with {}",
-        me.username,
-        me.id,
-        g.model
-    );
+    log::info!("bot @{} (id {}) answering with {}", me.username, me.id, g.model);
     let allowed = &config.telegram.allowed_users;
     if !allowed.all && allowed.ids.is_empty() {
         log::warn!("the allowlist is empty: everybody will be refused");
@@ -188,9 +169,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 }
 
 async fn bind(addr: String) -> Result<TcpListener, RunError> {
-    TcpListener::bind(&addr)
-        .await
-        .map_err(|source| RunError::Listen { addr, source })
+    TcpListener::bind(&addr).await.map_err(|source| RunError::Listen { addr, source })
 }
 
 /// `getMe`, retried until Telegram answers: a runner started before the network is up
@@ -201,10 +180,7 @@ async fn identify(bot: &BotApi, health: &Health) -> Me {
         match bot.get_me().await {
             Ok(user) => {
                 health.telegram(Ok(()), false);
-                return Me {
-                    id: user.id,
-                    username: user.username.unwrap_or_default(),
-                };
+                return Me { id: user.id, username: user.username.unwrap_or_default() };
             }
             Err(e) => {
                 log::error!("{e}");

@@ -19,19 +19,13 @@ use super::gateway::ChatMessage;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("state file {path} is not valid JSON: {message}")]
     Corrupt { path: String, message: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| StateError::Io { path: path.display().to_string(), source }
 }
 
 /// Replaces `path` with `bytes` atomically.
@@ -57,10 +51,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sta
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }),
+            .map_err(|e| StateError::Corrupt { path: path.display().to_string(), message: e.to_string() }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path)(e)),
     }
@@ -89,9 +80,7 @@ impl ChatState {
         self.history.push(ChatMessage::new("user", user));
         self.history.push(ChatMessage::new("assistant", answer));
         let chars = |h: &[ChatMessage]| h.iter().map(|m| m.content.chars().count()).sum::<usize>();
-        while !self.history.is_empty()
-            && (self.history.len() > max_messages || chars(&self.history) > max_chars)
-        {
+        while !self.history.is_empty() && (self.history.len() > max_messages || chars(&self.history) > max_chars) {
             self.history.remove(0);
             while self.history.first().is_some_and(|m| m.role != "user") {
                 self.history.remove(0);
@@ -111,9 +100,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StateError> {
         let chats = dir.join("chats");
         std::fs::create_dir_all(&chats).map_err(io_err(&chats))?;
-        Ok(Store {
-            dir: dir.to_path_buf(),
-        })
+        Ok(Store { dir: dir.to_path_buf() })
     }
 
     fn chat_path(&self, chat_id: i64) -> PathBuf {
@@ -153,12 +140,8 @@ impl Store {
     }
 }
 
-async fn blocking(
-    f: impl FnOnce() -> Result<(), StateError> + Send + 'static,
-) -> Result<(), StateError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(io_err(Path::new("."))(std::io::Error::other(e))))
+async fn blocking(f: impl FnOnce() -> Result<(), StateError> + Send + 'static) -> Result<(), StateError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(io_err(Path::new("."))(std::io::Error::other(e))))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -182,11 +165,7 @@ impl Ledger {
     pub fn load(path: PathBuf) -> Result<Ledger, StateError> {
         let file: LedgerFile = read_json(&path)?.unwrap_or_default();
         let pending = file.pending.into_iter().map(|u| (u.update_id, u)).collect();
-        Ok(Ledger {
-            path,
-            offset: file.offset,
-            pending,
-        })
+        Ok(Ledger { path, offset: file.offset, pending })
     }
 
     pub fn offset(&self) -> i64 {
@@ -201,10 +180,7 @@ impl Ledger {
     /// Journals a batch and returns the updates not seen before (Telegram may resend a batch
     /// whose confirmation was lost; a webhook may deliver twice).
     pub fn accept(&mut self, updates: Vec<Update>) -> Result<Vec<Update>, StateError> {
-        let fresh: Vec<Update> = updates
-            .into_iter()
-            .filter(|u| u.update_id >= self.offset)
-            .collect();
+        let fresh: Vec<Update> = updates.into_iter().filter(|u| u.update_id >= self.offset).collect();
         if fresh.is_empty() {
             return Ok(fresh);
         }
@@ -235,15 +211,8 @@ impl Ledger {
 }
 
 /// Small and rare (a few writes per message), so callers may hold a lock around it.
-fn write_ledger(
-    path: &Path,
-    offset: i64,
-    pending: &BTreeMap<i64, Update>,
-) -> Result<(), StateError> {
-    let file = LedgerFile {
-        offset,
-        pending: pending.values().cloned().collect(),
-    };
+fn write_ledger(path: &Path, offset: i64, pending: &BTreeMap<i64, Update>) -> Result<(), StateError> {
+    let file = LedgerFile { offset, pending: pending.values().cloned().collect() };
     write_atomic(path, &to_json(&file))
 }
 
@@ -260,10 +229,7 @@ mod tests {
     }
 
     fn update(id: i64) -> Update {
-        let chat = Chat {
-            id: 1,
-            kind: "private".into(),
-        };
+        let chat = Chat { id: 1, kind: "private".into() };
         let message = Message {
             message_id: id,
             chat,
@@ -273,10 +239,7 @@ mod tests {
             reply_to_message: None,
             message_thread_id: None,
         };
-        Update {
-            update_id: id,
-            message: Some(message),
-        }
+        Update { update_id: id, message: Some(message) }
     }
 
     #[test]
@@ -312,10 +275,7 @@ mod tests {
         assert_eq!(s.history[0].content, "q4");
         assert_eq!(s.history[0].role, "user");
         s.remember("q", &"y".repeat(100), 10, 30);
-        assert!(
-            s.history.is_empty(),
-            "an exchange over the bound is not kept"
-        );
+        assert!(s.history.is_empty(), "an exchange over the bound is not kept");
     }
 
     #[tokio::test]

@@ -38,8 +38,7 @@ struct Inner {
 }
 
 fn unix(t: Option<SystemTime>) -> Value {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(Value::Null, |d| json!(d.as_secs()))
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(Value::Null, |d| json!(d.as_secs()))
 }
 
 impl Health {
@@ -156,18 +155,10 @@ pub fn status_handler(
         let resp = match (req.method(), req.uri().path()) {
             (&Method::GET, "/status") => {
                 let (healthy, body) = health.report(&metrics);
-                let code = if healthy {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
+                let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                 respond(code, "application/json", body.to_string())
             }
-            (&Method::GET, "/metrics") => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics.render(),
-            ),
+            (&Method::GET, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         };
         std::future::ready(resp)
@@ -197,10 +188,7 @@ where
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
                 log::debug!("http connection: {e}");
             }
         });

@@ -20,11 +20,7 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 /// Updates are small; anything bigger is not from Telegram.
 const MAX_BODY: usize = 1 << 20;
 
-pub async fn run(
-    runner: Arc<Runner>,
-    hook: WebhookConfig,
-    listener: TcpListener,
-) -> Result<(), RunError> {
+pub async fn run(runner: Arc<Runner>, hook: WebhookConfig, listener: TcpListener) -> Result<(), RunError> {
     let ctx = runner.ctx.clone();
     if let Some(url) = &hook.url {
         retrying(|| ctx.bot.set_webhook(url, &hook.secret_token)).await?;
@@ -41,11 +37,7 @@ pub async fn run(
     };
     tokio::spawn(serve(listener, handler));
     // Nothing polls in this mode, so ask Telegram now and then whether it is reachable.
-    let every = ctx
-        .config
-        .gateway
-        .probe_interval
-        .max(Duration::from_secs(30));
+    let every = ctx.config.gateway.probe_interval.max(Duration::from_secs(30));
     loop {
         let result = ctx.bot.get_me().await.map(drop).map_err(|e| e.to_string());
         ctx.health.telegram(result, false);
@@ -53,19 +45,11 @@ pub async fn run(
     }
 }
 
-async fn handle(
-    runner: &Arc<Runner>,
-    hook: &WebhookConfig,
-    req: Request<Incoming>,
-) -> HttpResponse {
+async fn handle(runner: &Arc<Runner>, hook: &WebhookConfig, req: Request<Incoming>) -> HttpResponse {
     if req.method() != Method::POST || req.uri().path() != hook.path {
         return respond(StatusCode::NOT_FOUND, "text/plain", "not found\n");
     }
-    let secret = req
-        .headers()
-        .get(SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
+    let secret = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !hook.secret_token.matches(secret) {
         log::warn!("webhook: request without the right secret token");
         return respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized\n");
@@ -88,11 +72,7 @@ async fn handle(
             // 500 makes Telegram redeliver later, which is what we want if the disk failed.
             log::error!("{e}");
             runner.ctx.metrics.error("state");
-            respond(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                "state error\n",
-            )
+            respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "state error\n")
         }
     }
 }

@@ -59,11 +59,7 @@ pub struct State {
 
 impl State {
     pub fn calls_to(&self, method: &str, chat: i64) -> Vec<Call> {
-        self.calls
-            .iter()
-            .filter(|c| c.method == method && c.chat() == chat)
-            .cloned()
-            .collect()
+        self.calls.iter().filter(|c| c.method == method && c.chat() == chat).cloned().collect()
     }
 }
 
@@ -77,17 +73,9 @@ impl FakeBot {
     pub async fn start() -> FakeBot {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State {
-            next_update_id: 1000,
-            next_message_id: 1,
-            ..Default::default()
-        }));
+        let state = Arc::new(Mutex::new(State { next_update_id: 1000, next_message_id: 1, ..Default::default() }));
         let (changed, _) = watch::channel(0u64);
-        let bot = FakeBot {
-            addr,
-            state,
-            changed,
-        };
+        let bot = FakeBot { addr, state, changed };
         let (state, changed) = (bot.state.clone(), bot.changed.clone());
         tokio::spawn(async move {
             loop {
@@ -101,9 +89,7 @@ impl FakeBot {
                         async move { Ok::<_, Infallible>(serve(req, state, changed).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
                 });
             }
         });
@@ -132,8 +118,7 @@ impl FakeBot {
             s.next_message_id += 1;
             message["message_id"] = json!(mid);
             message["date"] = json!(1_700_000_000);
-            s.updates
-                .push(json!({ "update_id": uid, "message": message }));
+            s.updates.push(json!({ "update_id": uid, "message": message }));
             (uid, mid)
         })
     }
@@ -173,14 +158,7 @@ impl FakeBot {
             body["parameters"] = json!({ "retry_after": r });
         }
         self.with(|s| {
-            s.injected
-                .entry(method.to_string())
-                .or_default()
-                .push_back(Injected {
-                    chat,
-                    status: code,
-                    body,
-                })
+            s.injected.entry(method.to_string()).or_default().push_back(Injected { chat, status: code, body })
         });
     }
 
@@ -204,22 +182,10 @@ impl FakeBot {
             if let Some(v) = f(&self.state.lock().unwrap()) {
                 return v;
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                let calls: Vec<String> = self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .calls
-                    .iter()
-                    .map(|c| format!("{} {}", c.method, c.body))
-                    .collect();
-                panic!(
-                    "timed out waiting for {what}; calls so far:\n{}",
-                    calls.join("\n")
-                );
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                let calls: Vec<String> =
+                    self.state.lock().unwrap().calls.iter().map(|c| format!("{} {}", c.method, c.body)).collect();
+                panic!("timed out waiting for {what}; calls so far:\n{}", calls.join("\n"));
             }
         }
     }
@@ -237,8 +203,7 @@ impl FakeBot {
 fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -247,51 +212,26 @@ fn ok(result: Value) -> Response<Full<Bytes>> {
 }
 
 fn bad_request(description: &str) -> Response<Full<Bytes>> {
-    reply(
-        400,
-        json!({ "ok": false, "error_code": 400, "description": format!("Bad Request: {description}") }),
-    )
+    reply(400, json!({ "ok": false, "error_code": 400, "description": format!("Bad Request: {description}") }))
 }
 
-async fn serve(
-    req: Request<Incoming>,
-    state: Arc<Mutex<State>>,
-    changed: watch::Sender<u64>,
-) -> Response<Full<Bytes>> {
+async fn serve(req: Request<Incoming>, state: Arc<Mutex<State>>, changed: watch::Sender<u64>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(json!({}));
     let Some((token, method)) = path.strip_prefix("/bot").and_then(|p| p.split_once('/')) else {
-        return reply(
-            404,
-            json!({ "ok": false, "error_code": 404, "description": "Not Found" }),
-        );
+        return reply(404, json!({ "ok": false, "error_code": 404, "description": "Not Found" }));
     };
     if token != TOKEN {
-        return reply(
-            401,
-            json!({ "ok": false, "error_code": 401, "description": "Unauthorized" }),
-        );
+        return reply(401, json!({ "ok": false, "error_code": 401, "description": "Unauthorized" }));
     }
     let method = method.to_string();
     let injected = {
         let mut s = state.lock().unwrap();
-        s.calls.push(Call {
-            method: method.clone(),
-            body: body.clone(),
-            at: Instant::now(),
-        });
+        s.calls.push(Call { method: method.clone(), body: body.clone(), at: Instant::now() });
         let chat = body["chat_id"].as_i64();
         let queue = s.injected.entry(method.clone()).or_default();
-        match queue
-            .iter()
-            .position(|i| i.chat.is_none() || i.chat == chat)
-        {
+        match queue.iter().position(|i| i.chat.is_none() || i.chat == chat) {
             Some(pos) => queue.remove(pos),
             None => None,
         }
@@ -301,42 +241,26 @@ async fn serve(
         return reply(inj.status, inj.body);
     }
     match method.as_str() {
-        "getMe" => ok(
-            json!({ "id": BOT_ID, "is_bot": true, "first_name": "MCAS", "username": BOT_USERNAME }),
-        ),
+        "getMe" => ok(json!({ "id": BOT_ID, "is_bot": true, "first_name": "MCAS", "username": BOT_USERNAME })),
         "deleteWebhook" | "setWebhook" | "sendChatAction" => ok(json!(true)),
         "getUpdates" => get_updates(&body, &state, &changed).await,
         "sendMessage" | "editMessageText" => message(&method, &body, &state, &changed),
         "sendMessageDraft" => {
             let s = state.lock().unwrap();
             if s.drafts_unsupported {
-                reply(
-                    404,
-                    json!({ "ok": false, "error_code": 404, "description": "Not Found" }),
-                )
+                reply(404, json!({ "ok": false, "error_code": 404, "description": "Not Found" }))
             } else if body["chat_id"].as_i64().unwrap_or(0) < 0 {
                 bad_request("TEXTDRAFT_PEER_INVALID")
             } else {
                 ok(json!(true))
             }
         }
-        _ => reply(
-            404,
-            json!({ "ok": false, "error_code": 404, "description": "Not Found" }),
-        ),
+        _ => reply(404, json!({ "ok": false, "error_code": 404, "description": "Not Found" })),
     }
 }
 
-async fn get_updates(
-    body: &Value,
-    state: &Mutex<State>,
-    changed: &watch::Sender<u64>,
-) -> Response<Full<Bytes>> {
-    assert_eq!(
-        body["allowed_updates"],
-        json!(["message"]),
-        "allowed_updates must be explicit"
-    );
+async fn get_updates(body: &Value, state: &Mutex<State>, changed: &watch::Sender<u64>) -> Response<Full<Bytes>> {
+    assert_eq!(body["allowed_updates"], json!(["message"]), "allowed_updates must be explicit");
     let offset = body["offset"].as_i64().unwrap_or(0);
     let timeout = Duration::from_secs(body["timeout"].as_u64().unwrap_or(0));
     let deadline = tokio::time::Instant::now() + timeout;
@@ -347,8 +271,7 @@ async fn get_updates(
             let mut s = state.lock().unwrap();
             if !s.keep_confirmed {
                 // Telegram forgets everything below the offset: it is confirmed.
-                s.updates
-                    .retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
+                s.updates.retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
             }
             let ready: Vec<Value> = s
                 .updates
@@ -361,32 +284,20 @@ async fn get_updates(
                 return ok(json!(ready));
             }
         }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
             return ok(json!([]));
         }
     }
 }
 
-fn message(
-    method: &str,
-    body: &Value,
-    state: &Mutex<State>,
-    changed: &watch::Sender<u64>,
-) -> Response<Full<Bytes>> {
+fn message(method: &str, body: &Value, state: &Mutex<State>, changed: &watch::Sender<u64>) -> Response<Full<Bytes>> {
     let text = body["text"].as_str().unwrap_or("");
     let chat = body["chat_id"].as_i64().unwrap_or(0);
     if text.trim().is_empty() {
         return bad_request("message text is empty");
     }
     // Telegram's limit is on the text after entity parsing.
-    let visible = if body["parse_mode"] == "HTML" {
-        html_to_text(text)
-    } else {
-        text.to_string()
-    };
+    let visible = if body["parse_mode"] == "HTML" { html_to_text(text) } else { text.to_string() };
     if visible.encode_utf16().count() > 4096 {
         return bad_request("message is too long");
     }
@@ -400,7 +311,9 @@ fn message(
         match s.texts.get(&(chat, id)) {
             None => return bad_request("message to edit not found"),
             Some(old) if old == text && body["parse_mode"].is_null() => {
-                return bad_request("message is not modified: specified new message content and reply markup are exactly the same")
+                return bad_request(
+                    "message is not modified: specified new message content and reply markup are exactly the same",
+                )
             }
             Some(_) => id,
         }
@@ -428,7 +341,5 @@ pub fn html_to_text(html: &str) -> String {
             _ => {}
         }
     }
-    out.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
+    out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }

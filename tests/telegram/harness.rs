@@ -39,11 +39,7 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new() -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "mcas-tg-it-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("mcas-tg-it-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -76,26 +72,12 @@ pub fn env_for(setup: &Setup<'_>, status: SocketAddr) -> Vec<(String, String)> {
         ("MCAS_GATEWAY_URL".into(), setup.gateway_url.clone()),
         ("MCAS_GATEWAY_KEY".into(), KEY.into()),
         ("MCAS_TELEGRAM_MODEL".into(), "sim-small".into()),
-        (
-            "MCAS_TELEGRAM_ALLOWED_USERS".into(),
-            format!("{ALICE},{BOB}"),
-        ),
-        (
-            "MCAS_TELEGRAM_STATE_DIR".into(),
-            setup.dir.join("state").display().to_string(),
-        ),
+        ("MCAS_TELEGRAM_ALLOWED_USERS".into(), format!("{ALICE},{BOB}")),
+        ("MCAS_TELEGRAM_STATE_DIR".into(), setup.dir.join("state").display().to_string()),
         ("MCAS_TELEGRAM_STATUS_LISTEN".into(), status.to_string()),
-        (
-            "RUST_LOG".into(),
-            "debug,hyper=info,reqwest=info,hyper_util=info".into(),
-        ),
+        ("RUST_LOG".into(), "debug,hyper=info,reqwest=info,hyper_util=info".into()),
     ];
-    env.extend(
-        setup
-            .env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+    env.extend(setup.env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
 }
 
@@ -121,27 +103,19 @@ impl Runner {
             cmd.env_remove(var);
         }
         cmd.envs(env_for(setup, status));
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().unwrap();
         Runner { child, status, log }
     }
 
     /// GET /status → (HTTP status, JSON).
     pub async fn status(&self) -> (u16, Value) {
-        let resp = reqwest::get(format!("http://{}/status", self.status))
-            .await
-            .unwrap();
+        let resp = reqwest::get(format!("http://{}/status", self.status)).await.unwrap();
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.status))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        reqwest::get(format!("http://{}/metrics", self.status)).await.unwrap().text().await.unwrap()
     }
 
     /// Polls `/status` until `f` accepts it (the listener may not be up yet).
@@ -165,8 +139,7 @@ impl Runner {
 
     pub async fn wait_handled(&self, n: u64) {
         let what = format!("messages_handled >= {n}");
-        self.wait_status(&what, |_, v| v["messages_handled"].as_u64() >= Some(n))
-            .await;
+        self.wait_status(&what, |_, v| v["messages_handled"].as_u64() >= Some(n)).await;
     }
 
     pub fn log(&self) -> String {
