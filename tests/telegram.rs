@@ -465,3 +465,64 @@ async fn a_stream_cut_by_mcas_sim_is_reported_and_not_remembered() {
     let file = w.dir.0.join(format!("state/chats/{ALICE}.json"));
     assert!(!file.exists(), "a broken exchange is not kept in the history");
 }
+
+// ---- Through the real gateway in front of mcas-sim ----
+
+const PROVIDER_KEY: &str = "provider-key-for-sim";
+
+/// mcas-sim behind mcas-gateway (runner key `KEY`, provider key `PROVIDER_KEY`), and the
+/// runner pointed at the gateway with `runner_key`.
+async fn with_gateway(
+    w: &World,
+    sim_args: &[&str],
+    runner_key: &str,
+) -> (crate::common::Proc, crate::common::gateway::Gw, Runner) {
+    use crate::common::gateway::{key_yaml, provider_yaml, spawn_gateway};
+    let mut args = vec!["--api-key", PROVIDER_KEY, "--models", "sim-small,sim-large"];
+    args.extend_from_slice(sim_args);
+    let sim = crate::common::spawn_sim(&args).await;
+    let rest = format!("{}{}", key_yaml("tg", KEY), provider_yaml("vllm", &sim.url("/v1"), PROVIDER_KEY));
+    let gw = spawn_gateway("", &rest, &[]).await;
+    let env = [("MCAS_GATEWAY_KEY", runner_key)];
+    let setup = Setup { gateway_url: gw.url(""), env: &env, ..w.setup("") };
+    let runner = Runner::spawn(&setup);
+    (sim, gw, runner)
+}
+
+#[tokio::test]
+async fn answers_through_the_gateway_in_front_of_mcas_sim() {
+    let w = World::new().await;
+    let (_sim, _gw, runner) = with_gateway(&w, &["--tokens", "25", "--itl-ms", "100"], KEY).await;
+    w.bot.push_private(ALICE, "hello gateway");
+    let sent = w.bot.wait_sent(ALICE, 1).await;
+    assert_eq!(sent[0].text(), sim_answer(25));
+    let drafts = w.bot.calls_to("sendMessageDraft", ALICE);
+    assert!(drafts.len() >= 2, "streamed through the gateway: {drafts:?}");
+    assert!(drafts.iter().all(|d| sim_answer(25).starts_with(d.text())));
+
+    // /model lists what the gateway lists for this key, and switching works end to end.
+    w.bot.push_private(ALICE, "/model sim-large");
+    w.bot.push_private(ALICE, "/reset");
+    w.bot.push_private(ALICE, "again");
+    runner.wait_handled(4).await;
+    let sent = w.bot.calls_to("sendMessage", ALICE);
+    assert!(sent[1].text().contains("Model set to sim-large"), "{}", sent[1].text());
+    assert_eq!(sent[3].text(), sim_answer(25));
+    let (code, status) = runner.status().await;
+    assert_eq!(code, 200, "{status}");
+}
+
+#[tokio::test]
+async fn a_key_the_gateway_refuses_gives_an_apology_and_status_503() {
+    let w = World::new().await;
+    let (_sim, _gw, runner) = with_gateway(&w, &["--tokens", "5"], "wrong-key-SECRET").await;
+    w.bot.push_private(ALICE, "hello?");
+    let sent = w.bot.wait_sent(ALICE, 1).await;
+    assert!(sent[0].text().starts_with("Sorry, I can't reach the model"), "{}", sent[0].text());
+    let (code, status) = runner.wait_status("gateway refused", |_, v| v["gateway"]["reachable"] == false).await;
+    assert_eq!(code, 503, "{status}");
+    let log = runner.log();
+    assert!(log.contains("gateway refused the key (401)"), "a log line says why");
+    let everything = format!("{status}{log}{}", sent[0].body);
+    assert!(!everything.contains("wrong-key-SECRET") && !everything.contains(TOKEN));
+}
