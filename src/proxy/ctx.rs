@@ -74,7 +74,6 @@ pub struct Ctx {
     pub piped: bool,
     /// The gateway answered itself with this status (local endpoint or refusal).
     pub local_status: Option<u16>,
-    pub route_label: Option<String>,
     pub counted_inflight: bool,
 }
 
@@ -89,7 +88,6 @@ impl Ctx {
             key_name: None,
             piped: false,
             local_status: None,
-            route_label: None,
             counted_inflight: false,
         }
     }

@@ -102,6 +102,10 @@ impl ProxyHttp for Gateway {
         Ctx::new()
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression module that is
+    /// still consulted on every header and chunk; SSE must never be compressed anyway.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn allow_spawning_subrequest(&self, session: &Session, _ctx: &Ctx) -> bool {
         session.subrequest_ctx.is_none()
     }
