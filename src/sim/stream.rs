@@ -1,0 +1,203 @@
+//! Streamed answers: one SSE event per token, produced as time passes and handed to hyper one
+//! frame at a time, so each event leaves when it is produced (hyper flushes whenever the body
+//! is pending).
+//!
+//! Order: wait `ttft`; for chat a role chunk; token 1; then `itl` before every further token;
+//! a chunk with `finish_reason`; the usage chunk (`"choices":[]`) only if asked; `[DONE]`.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use prometheus::IntCounter;
+
+use super::openai::{push_token, Answer, Kind};
+use super::response::Body;
+
+/// How a streamed answer is produced.
+pub struct Pace {
+    pub ttft: Duration,
+    pub itl: Duration,
+    /// Cut the connection after this many tokens (the `close` failure).
+    pub cut_after: Option<u32>,
+    pub include_usage: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Wait,
+    Tokens,
+    Finish,
+    Usage,
+    Done,
+    End,
+}
+
+struct Gen<G> {
+    answer: Answer,
+    pace: Pace,
+    /// `data: {"id":..,"object":..,"created":..,"model":..,"choices":[` — JSON-escaped once.
+    head: String,
+    phase: Phase,
+    /// Next token, 1-based.
+    next: u32,
+    generated: IntCounter,
+    /// Held until the body ends or is dropped (the in-flight gauge guard).
+    _guard: G,
+}
+
+/// The SSE body of an answer; `guard` lives as long as the body.
+pub fn body<G: Send + 'static>(
+    answer: Answer,
+    pace: Pace,
+    generated: IntCounter,
+    guard: G,
+) -> Body {
+    let object = match answer.kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Text => "text_completion",
+    };
+    let head = format!(
+        "data: {{\"id\":{},\"object\":\"{object}\",\"created\":{},\"model\":{},\"choices\":[",
+        json_str(&answer.id),
+        answer.created,
+        json_str(&answer.model),
+    );
+    let gen = Gen {
+        answer,
+        pace,
+        head,
+        phase: Phase::Wait,
+        next: 1,
+        generated,
+        _guard: guard,
+    };
+    let events = stream::unfold(gen, |mut g| async move {
+        let item = g.step().await?;
+        Some((item.map(Frame::data), g))
+    });
+    StreamBody::new(events).boxed_unsync()
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+impl<G> Gen<G> {
+    /// The next event, or an error that makes hyper cut the connection, or the end.
+    async fn step(&mut self) -> Option<Result<Bytes, io::Error>> {
+        loop {
+            match self.phase {
+                Phase::Wait => {
+                    sleep(self.pace.ttft).await;
+                    self.phase = Phase::Tokens;
+                    if self.answer.kind == Kind::Chat {
+                        return Some(Ok(self.event(
+                            r#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}"#,
+                        )));
+                    }
+                }
+                Phase::Tokens if self.next > self.answer.tokens => self.phase = Phase::Finish,
+                Phase::Tokens => {
+                    if self.pace.cut_after.is_some_and(|cut| self.next > cut) {
+                        return Some(self.cut().await);
+                    }
+                    if self.next > 1 {
+                        sleep(self.pace.itl).await;
+                    }
+                    self.generated.inc();
+                    let event = self.token_event(self.next);
+                    self.next += 1;
+                    return Some(Ok(event));
+                }
+                Phase::Finish => {
+                    self.phase = if self.pace.include_usage {
+                        Phase::Usage
+                    } else {
+                        Phase::Done
+                    };
+                    let finish = self.answer.finish;
+                    let choice = match self.answer.kind {
+                        Kind::Chat => format!(
+                            r#"{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}"#
+                        ),
+                        Kind::Text => format!(
+                            r#"{{"index":0,"text":"","logprobs":null,"finish_reason":"{finish}"}}"#
+                        ),
+                    };
+                    return Some(Ok(self.event(&choice)));
+                }
+                Phase::Usage => {
+                    self.phase = Phase::Done;
+                    let usage = serde_json::to_string(&self.answer.usage).unwrap_or_default();
+                    return Some(Ok(self.event(&format!("],\"usage\":{usage}"))));
+                }
+                Phase::Done => {
+                    self.phase = Phase::End;
+                    return Some(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+                }
+                Phase::End => return None,
+            }
+        }
+    }
+
+    /// `head` + `choice` + `]}` + blank line. A `choice` starting with `]` closes the list
+    /// itself (the usage chunk).
+    fn event(&self, choice: &str) -> Bytes {
+        let mut s = String::with_capacity(self.head.len() + choice.len() + 8);
+        s.push_str(&self.head);
+        s.push_str(choice);
+        if !choice.starts_with(']') {
+            s.push(']');
+        }
+        s.push_str("}\n\n");
+        Bytes::from(s)
+    }
+
+    fn token_event(&self, i: u32) -> Bytes {
+        let mut choice = String::with_capacity(96);
+        choice.push_str(match self.answer.kind {
+            Kind::Chat => r#"{"index":0,"delta":{"content":""#,
+            Kind::Text => r#"{"index":0,"text":""#,
+        });
+        push_token(&mut choice, i);
+        choice.push_str(match self.answer.kind {
+            Kind::Chat => r#""},"logprobs":null,"finish_reason":null}"#,
+            Kind::Text => r#"","logprobs":null,"finish_reason":null}"#,
+        });
+        self.event(&choice)
+    }
+
+    /// Lets hyper flush what was sent (it flushes when the body is pending), then fails.
+    async fn cut(&mut self) -> Result<Bytes, io::Error> {
+        self.phase = Phase::End;
+        tokio::task::yield_now().await;
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "mcas-sim: simulated connection cut",
+        ))
+    }
+}
+
+/// A non-streamed body that sends its first half and then cuts the connection.
+pub fn cut_body(full: Vec<u8>) -> Body {
+    let full = Bytes::from(full);
+    let first: Result<Frame<Bytes>, io::Error> = Ok(Frame::data(full.slice(..full.len() / 2)));
+    let events = stream::iter([first]).chain(stream::once(async {
+        tokio::task::yield_now().await;
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "mcas-sim: simulated connection cut",
+        ))
+    }));
+    StreamBody::new(events).boxed_unsync()
+}
+
+async fn sleep(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
