@@ -16,6 +16,10 @@ pub struct Route {
     segments: Vec<Segment>,
     pub target: Target,
     pub strip_prefix: Option<String>,
+    /// A `/v1/…` route without `strip_prefix`: the provider URL's path stands in for `/v1` (so
+    /// `…/openai/v1` maps `/v1/chat/completions` to `/openai/v1/chat/completions`); a URL
+    /// without a path keeps `/v1`.
+    pub implicit_v1: bool,
     /// Bounded label for metrics: the pattern as written.
     pub label: String,
 }
@@ -50,7 +54,23 @@ impl Route {
             }
             segments.push(seg);
         }
-        Ok(Route { pattern: pattern.to_string(), segments, target, strip_prefix, label: pattern.to_string() })
+        let implicit_v1 = strip_prefix.is_none() && (pattern == "/v1" || pattern.starts_with("/v1/"));
+        Ok(Route {
+            pattern: pattern.to_string(),
+            segments,
+            target,
+            strip_prefix,
+            implicit_v1,
+            label: pattern.to_string(),
+        })
+    }
+
+    /// The leading path to remove before the provider's base path is prefixed.
+    pub fn strip_for(&self, base_path: &str) -> Option<&str> {
+        if self.implicit_v1 {
+            return (!base_path.is_empty()).then_some("/v1");
+        }
+        self.strip_prefix.as_deref().map(|p| p.trim_end_matches('/'))
     }
 
     /// Matches a path (no query).

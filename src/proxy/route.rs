@@ -88,8 +88,8 @@ pub async fn decide(
     let Some(provider) = provider else {
         return Ok(Err(GatewayError::Unavailable("no provider is configured for this route".into())));
     };
-    let stripped = match &route.strip_prefix {
-        Some(prefix) => path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(&path).to_string(),
+    let stripped = match route.strip_for(&provider.base_path) {
+        Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
         None => path.clone(),
     };
     let mut upstream_path = provider.upstream_path(&stripped);
@@ -113,7 +113,8 @@ pub async fn decide(
     Ok(Ok(Decision { routed, body: plan }))
 }
 
-/// POST/PUT/PATCH with a JSON (or unspecified) content type.
+/// POST/PUT/PATCH bodies are read as JSON, except uploads (`multipart/*`, octet streams), which
+/// stream through untouched. (`curl -d` labels JSON as form data, so that counts as JSON.)
 fn wants_json_read(session: &Session) -> bool {
     let req = session.req_header();
     if !matches!(req.method, http::Method::POST | http::Method::PUT | http::Method::PATCH) {
@@ -123,7 +124,7 @@ fn wants_json_read(session: &Session) -> bool {
         None => true,
         Some(ct) => {
             let ct = ct.to_ascii_lowercase();
-            ct.starts_with("application/json") || ct.contains("+json")
+            !(ct.starts_with("multipart/") || ct.starts_with("application/octet-stream"))
         }
     }
 }
