@@ -4,7 +4,8 @@
 //! Run: `cargo bench --bench load`. Environment: `MCAS_BENCH_SECS` (seconds per round, default 5),
 //! `MCAS_BENCH_ROUNDS` (default 3), `MCAS_BENCH_CONNS` (connections for the throughput workloads, default 32),
 //! `MCAS_BENCH_NGINX` (path of the nginx binary; default `nginx` on PATH, then /usr/sbin/nginx),
-//! `MCAS_BENCH_NO_PIN=1` (do not pin with taskset).
+//! `MCAS_BENCH_NO_PIN=1` (do not pin with taskset); for profiling, `MCAS_BENCH_TARGETS=gateway` and
+//! `MCAS_BENCH_WORKLOADS=streamed` (comma lists) run only those, with no summary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
@@ -659,12 +660,15 @@ fn main() {
         rt.block_on(precheck(t));
     }
 
+    // For profiling: MCAS_BENCH_TARGETS=gateway MCAS_BENCH_WORKLOADS=streamed runs only those, without summary.
+    let pick = |var: &str, name: &str| std::env::var(var).map_or(true, |v| v.split(',').any(|x| x.trim() == name));
+    let filtered = std::env::var("MCAS_BENCH_TARGETS").is_ok() || std::env::var("MCAS_BENCH_WORKLOADS").is_ok();
     let workloads = [Workload::Plain, Workload::Stream, Workload::Ttft];
     let mut results: HashMap<(Workload, &'static str), Vec<RoundResult>> = HashMap::new();
-    for w in workloads {
+    for w in workloads.into_iter().filter(|w| pick("MCAS_BENCH_WORKLOADS", w.label())) {
         let c = if w == Workload::Ttft { 1 } else { conns };
         for round in 1..=rounds {
-            for t in &targets {
+            for t in targets.iter().filter(|t| pick("MCAS_BENCH_TARGETS", t.name)) {
                 let r = rt.block_on(run_round(t, sim_pid, w, c, dur, tck));
                 println!(
                     "round {round}/{rounds} {:<12} {:<8} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  ttft p50 {:>6} ms  \
@@ -685,6 +689,10 @@ fn main() {
     }
     println!();
     load("at end");
+    if filtered {
+        println!("(filtered run: no summary)");
+        return;
+    }
 
     let sum: HashMap<(Workload, &str), Summary> = results.iter().map(|(k, v)| (*k, summarize(v))).collect();
     println!("\n## Results (medians of {rounds} rounds of {secs} s)\n");
