@@ -37,6 +37,9 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     };
     // Connect failures are retried on the next backend by our own selection (fail_to_connect).
     conf.max_retries = 16;
+    // One single-threaded runtime per thread: connections stay on the thread that accepted
+    // them, which spares the cross-thread wake-ups of a work-stealing runtime on every request.
+    conf.work_stealing = false;
     let opt = Opt { daemon: flags.daemon, upgrade: flags.upgrade, ..Default::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();

@@ -81,7 +81,7 @@ impl UsageObserver {
     }
 
     fn feed_sse(&mut self, mut data: &[u8]) {
-        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', data) {
             let (head, tail) = data.split_at(nl);
             data = &tail[1..];
             if self.overflow {
@@ -122,7 +122,7 @@ impl UsageObserver {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 fn parse_usage(json: &[u8]) -> Option<Usage> {
