@@ -20,6 +20,7 @@ pub struct Metrics {
     pub client_cancels: IntCounterVec,
     pub reloads: IntCounterVec,
     pub backend_up: IntGaugeVec,
+    pub fleet: FleetMetrics,
     models_seen: Mutex<HashSet<String>>,
 }
 
@@ -74,6 +75,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(client_cancels.clone()))?;
     registry.register(Box::new(reloads.clone()))?;
     registry.register(Box::new(backend_up.clone()))?;
+    let fleet = fleet_metrics(&registry)?;
     Ok(Metrics {
         registry,
         requests,
@@ -86,8 +88,44 @@ fn build() -> Result<Metrics, prometheus::Error> {
         client_cancels,
         reloads,
         backend_up,
+        fleet,
         models_seen: Mutex::new(HashSet::new()),
     })
+}
+
+/// Backend selection, retries, circuit and health transitions (labels: provider and backend
+/// address from the config, states from a fixed set).
+pub struct FleetMetrics {
+    pub backend_selections: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub circuit_transitions: IntCounterVec,
+    pub health_transitions: IntCounterVec,
+}
+
+fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error> {
+    let m = FleetMetrics {
+        backend_selections: IntCounterVec::new(
+            Opts::new("backend_selections_total", "Requests sent to each backend (retries included)"),
+            &["provider", "backend"],
+        )?,
+        retries: IntCounterVec::new(
+            Opts::new("upstream_retries_total", "Requests retried on another backend after a failed connect"),
+            &["provider"],
+        )?,
+        circuit_transitions: IntCounterVec::new(
+            Opts::new("circuit_transitions_total", "Circuit breaker state changes by the state entered"),
+            &["provider", "backend", "state"],
+        )?,
+        health_transitions: IntCounterVec::new(
+            Opts::new("health_transitions_total", "Active health changes by the state entered (up, down)"),
+            &["provider", "backend", "state"],
+        )?,
+    };
+    registry.register(Box::new(m.backend_selections.clone()))?;
+    registry.register(Box::new(m.retries.clone()))?;
+    registry.register(Box::new(m.circuit_transitions.clone()))?;
+    registry.register(Box::new(m.health_transitions.clone()))?;
+    Ok(m)
 }
 
 static METRICS: Lazy<Option<Metrics>> = Lazy::new(|| match build() {

@@ -24,6 +24,8 @@ pub struct Routed {
     pub stream: bool,
     pub client_ip: Option<String>,
     pub client_proto: &'static str,
+    /// Bytes the provider's ketama ring is walked from (see `providers[].hash_key`).
+    pub hash_key: Vec<u8>,
 }
 
 #[derive(Default)]
