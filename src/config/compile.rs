@@ -355,6 +355,10 @@ fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors
             }
         }
         match Route::new(&r.path, target, r.strip_prefix) {
+            Ok(route) if out.iter().any(|o: &Route| o.same_paths(&route)) => errors.push(ConfigError::new(
+                format!("{path}.path"),
+                format!("{:?} is unreachable: an earlier route matches exactly the same paths", r.path),
+            )),
             Ok(route) => out.push(route),
             Err(msg) => errors.push(ConfigError::new(format!("{path}.path"), msg)),
         }
