@@ -219,7 +219,8 @@ impl Provider {
             ring: &self.ring,
             key,
             epsilon: self.fleet.epsilon,
-            cursor: if self.fleet.balance == Balance::Ketama { 0 } else { self.next_cursor() },
+            // Round robin's position; for the others it only breaks ties.
+            cursor: self.next_cursor(),
             tried,
         };
         let i = select::choose(&req, &slots)?;
