@@ -500,3 +500,44 @@ fn fleet_config_errors_name_their_path() {
     let (code, out) = check(&format!("{base}{ok}"), &[]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test]
+async fn https_probes_use_the_sni_name_and_the_providers_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let s = sims(1, &[]).await;
+    // Gateway A terminates TLS (and answers /health itself); B probes it as a fleet backend.
+    let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
+    let inner = format!(
+        "keys:\n  - {{ name: b, key: inner-key, models: [\"*\"] }}\nproviders:\n  - {{ name: sim, url: \"http://{}/v1\" }}\n",
+        s[0].addr
+    );
+    let a = crate::common::gateway::spawn_gateway_admin_only(&tls, &inner).await;
+    let backend = format!("127.0.0.1:{}", a.addr.port());
+    let provider = |name: &str, tls: &str| {
+        format!(
+            "  - {{ name: {name}, url: \"https://localhost:{}/v1\", api_key: inner-key, backends: [\"{backend}\"], \
+             health: {{ interval: 100ms, unhealthy_after: 1 }}{tls} }}\n",
+            a.addr.port()
+        )
+    };
+    let yaml = format!(
+        "keys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"] }}\nproviders:\n{}{}",
+        provider("trusted", &format!(", tls: {{ ca_file: \"{}\" }}", cert_path.display())),
+        provider("untrusted", "")
+    );
+    let gw = spawn_gateway("", &yaml, &[]).await;
+    wait_for("the unverifiable backend marked down", Duration::from_secs(3), async || {
+        backend_state(&gw, "untrusted", &backend).await["healthy"] == false
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let trusted = backend_state(&gw, "trusted", &backend).await;
+    assert_eq!(trusted["healthy"], true, "{trusted}");
+    assert_eq!(trusted["consecutive_failures"], 0, "{trusted}");
+    let resp = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body(false)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
