@@ -36,7 +36,7 @@ pub fn compile(file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Runtim
             errors.push(ConfigError::new("providers", format!("provider name {:?} is used twice", p.name)));
         }
     }
-    super::fleet::cross_check(&providers, errors);
+    super::upstream::cross_check(&providers, errors);
     let routes = routes(file.routes, &providers, errors);
     let log = log(file.log, errors);
     if errors.len() > start {
@@ -202,7 +202,7 @@ fn resolve(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>) -> 
 fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Option<Arc<Provider>> {
     let path = format!("providers[{i}]");
     let start = errors.len();
-    let fleet = super::fleet::fleet(&path, &p, errors);
+    let fleet = super::upstream::fleet(&path, &p, errors);
     if p.name.trim().is_empty() || p.name == "by_model" {
         errors.push(ConfigError::new(format!("{path}.name"), "must be a non-empty name other than \"by_model\""));
     }

@@ -7,9 +7,9 @@
 pub mod compile;
 pub mod env;
 pub mod expand;
-pub mod fleet;
 pub mod schema;
 pub mod units;
+pub mod upstream;
 
 use crate::runtime::Runtime;
 use std::fmt;

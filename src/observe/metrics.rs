@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 pub struct Metrics {
     pub registry: Registry,
+    pub fleet: FleetMetrics,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub upstream_ttfb: HistogramVec,
@@ -20,7 +21,6 @@ pub struct Metrics {
     pub client_cancels: IntCounterVec,
     pub reloads: IntCounterVec,
     pub backend_up: IntGaugeVec,
-    pub fleet: FleetMetrics,
     models_seen: Mutex<HashSet<String>>,
 }
 
@@ -32,6 +32,7 @@ const LATENCY_BUCKETS: &[f64] =
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new_custom(Some("mcas".into()), None)?;
+    let fleet = fleet_metrics(&registry)?;
     let requests = IntCounterVec::new(
         Opts::new("requests_total", "Requests answered, by route pattern, provider and status class"),
         &["route", "provider", "status"],
@@ -75,9 +76,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(client_cancels.clone()))?;
     registry.register(Box::new(reloads.clone()))?;
     registry.register(Box::new(backend_up.clone()))?;
-    let fleet = fleet_metrics(&registry)?;
     Ok(Metrics {
         registry,
+        fleet,
         requests,
         duration,
         upstream_ttfb,
@@ -88,7 +89,6 @@ fn build() -> Result<Metrics, prometheus::Error> {
         client_cancels,
         reloads,
         backend_up,
-        fleet,
         models_seen: Mutex::new(HashSet::new()),
     })
 }

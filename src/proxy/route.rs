@@ -31,81 +31,13 @@ pub enum BodyPlan {
 /// The fields of an OpenAI request body the gateway needs; everything else is skipped.
 #[derive(serde::Deserialize, Default)]
 struct Peek {
-    model: Option<String>,
-    stream: Option<bool>,
     /// OpenAI's end-user id (a hash key source); kept raw so an odd type is not an error.
     user: Option<Box<RawValue>>,
     /// Only the first system and first user messages are kept (see [`FirstMessages`]).
     #[serde(default)]
     messages: FirstMessages,
-}
-
-/// The raw `content` of the first system and the first user message, for the prefix
-/// fingerprint: in a multi-turn chat they stay the same while the history grows.
-#[derive(Default)]
-struct FirstMessages {
-    system: Option<Box<RawValue>>,
-    user: Option<Box<RawValue>>,
-}
-
-impl<'de> serde::Deserialize<'de> for FirstMessages {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FirstMessages;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of messages")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<FirstMessages, A::Error> {
-                #[derive(serde::Deserialize)]
-                struct Msg {
-                    role: Option<String>,
-                    content: Option<Box<RawValue>>,
-                }
-                let mut out = FirstMessages::default();
-                while out.system.is_none() || out.user.is_none() {
-                    let Some(m) = seq.next_element::<Msg>()? else { return Ok(out) };
-                    let slot = match m.role.as_deref() {
-                        Some("system" | "developer") => &mut out.system,
-                        Some("user") => &mut out.user,
-                        _ => continue,
-                    };
-                    if slot.is_none() {
-                        *slot = m.content;
-                    }
-                }
-                // Both found: skip the rest of the history without keeping it.
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(out)
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
-impl Peek {
-    /// SHA-256 of the model and the first system and user messages; `None` without a user
-    /// message (nothing conversation-like to keep together).
-    fn prefix_fingerprint(&self) -> Option<[u8; 32]> {
-        use sha2::{Digest, Sha256};
-        let user = self.messages.user.as_ref()?;
-        let mut h = Sha256::new();
-        h.update(self.model.as_deref().unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(self.messages.system.as_ref().map(|s| s.get()).unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(user.get().as_bytes());
-        Some(h.finalize().into())
-    }
-
-    /// `user` as text: a JSON string's value, else the raw JSON.
-    fn user(&self) -> Option<&str> {
-        let raw = self.user.as_ref()?.get();
-        Some(raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(raw))
-    }
+    model: Option<String>,
+    stream: Option<bool>,
 }
 
 pub struct Decision {
@@ -194,12 +126,12 @@ pub async fn decide(
         key,
         route_label,
         provider,
+        hash_key,
         upstream_path,
         model: peek.model,
         stream: peek.stream.unwrap_or(false),
         client_ip: meta.client_ip,
         client_proto: meta.client_proto,
-        hash_key,
     };
     Ok(Ok(Decision { routed, body: plan }))
 }
@@ -268,6 +200,74 @@ fn parse_peek(chunks: &[Bytes], len: usize) -> Result<Peek, GatewayError> {
 /// The path for an error message: bounded, printable, no query (it may hold a key).
 fn safe_path(path: &str) -> String {
     path.chars().filter(|c| c.is_ascii_graphic()).take(200).collect()
+}
+
+/// The raw `content` of the first system and the first user message, for the prefix
+/// fingerprint: in a multi-turn chat they stay the same while the history grows.
+#[derive(Default)]
+struct FirstMessages {
+    system: Option<Box<RawValue>>,
+    user: Option<Box<RawValue>>,
+}
+
+impl<'de> serde::Deserialize<'de> for FirstMessages {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FirstMessages;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of messages")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<FirstMessages, A::Error> {
+                #[derive(serde::Deserialize)]
+                struct Msg {
+                    role: Option<String>,
+                    content: Option<Box<RawValue>>,
+                }
+                let mut out = FirstMessages::default();
+                while out.system.is_none() || out.user.is_none() {
+                    let Some(m) = seq.next_element::<Msg>()? else { return Ok(out) };
+                    let slot = match m.role.as_deref() {
+                        Some("system" | "developer") => &mut out.system,
+                        Some("user") => &mut out.user,
+                        _ => continue,
+                    };
+                    if slot.is_none() {
+                        *slot = m.content;
+                    }
+                }
+                // Both found: skip the rest of the history without keeping it.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl Peek {
+    /// SHA-256 of the model and the first system and user messages; `None` without a user
+    /// message (nothing conversation-like to keep together).
+    fn prefix_fingerprint(&self) -> Option<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let user = self.messages.user.as_ref()?;
+        let mut h = Sha256::new();
+        h.update(self.model.as_deref().unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(self.messages.system.as_ref().map(|s| s.get()).unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(user.get().as_bytes());
+        Some(h.finalize().into())
+    }
+
+    /// `user` as text: a JSON string's value, else the raw JSON.
+    fn user(&self) -> Option<&str> {
+        let raw = self.user.as_ref()?.get();
+        Some(raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(raw))
+    }
 }
 
 #[cfg(test)]

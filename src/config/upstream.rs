@@ -1,4 +1,4 @@
-//! Validation of a provider's fleet settings (balance, hash key, bounded load, health checks,
+//! Validation of a provider's upstream fleet settings (balance, hash key, bounded load, health checks,
 //! circuit breaker, retries, fallbacks) into [`Fleet`].
 
 use super::schema::{BalanceSection, EpsilonSection, ProviderSection};
