@@ -65,6 +65,12 @@ impl Route {
         })
     }
 
+    /// Matches exactly the same paths as `other` (`/v1/*` and `/v1/**`): one of the two
+    /// could never be chosen.
+    pub fn same_paths(&self, other: &Route) -> bool {
+        self.segments == other.segments
+    }
+
     /// The leading path to remove before the provider's base path is prefixed.
     pub fn strip_for(&self, base_path: &str) -> Option<&str> {
         if self.implicit_v1 {

@@ -47,4 +47,20 @@ impl Runtime {
     pub fn provider_for_model(&self, model: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.models.allows(model))
     }
+
+    /// `provider` when any of its backends may take a request, else its first fallback that
+    /// can (one level: a fallback's own fallbacks are not followed); `None` when none can.
+    pub fn serving(&self, provider: &Arc<Provider>) -> Option<Arc<Provider>> {
+        let now = crate::upstream::clock::now_ms();
+        if provider.any_usable(now) {
+            return Some(provider.clone());
+        }
+        provider
+            .fleet
+            .fallbacks
+            .iter()
+            .filter_map(|name| self.providers.iter().find(|p| *p.name == **name))
+            .find(|p| p.any_usable(now))
+            .cloned()
+    }
 }

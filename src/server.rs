@@ -50,8 +50,11 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Reloader { runtime: shared.clone(), path: config_path };
 
-    let mut proxy =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(shared), "mcas-gateway");
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "mcas-gateway",
+    );
     for addr in &listen {
         match &tls {
             Some(t) => proxy.add_tls(addr, &t.cert, &t.key)?,
@@ -62,10 +65,15 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
         Service::new("mcas-admin".to_string(), AdminApp { reloader: reloader.clone(), started: Instant::now() });
     admin.add_tcp(&admin_listen);
     let sighup = pingora::services::background::background_service("sighup-reload", SighupService(reloader));
+    let probes = pingora::services::background::background_service(
+        "health-probes",
+        crate::upstream::probe::ProbeService { runtime: shared.clone() },
+    );
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(sighup);
+    server.add_service(probes);
     log::info!("mcas-gateway listening on {} (admin {admin_listen})", listen.join(", "));
     server.run_forever()
 }

@@ -36,6 +36,7 @@ pub fn compile(file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Runtim
             errors.push(ConfigError::new("providers", format!("provider name {:?} is used twice", p.name)));
         }
     }
+    super::upstream::cross_check(&providers, errors);
     let routes = routes(file.routes, &providers, errors);
     let log = log(file.log, errors);
     if errors.len() > start {
@@ -201,6 +202,7 @@ fn resolve(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>) -> 
 fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Option<Arc<Provider>> {
     let path = format!("providers[{i}]");
     let start = errors.len();
+    let fleet = super::upstream::fleet(&path, &p, errors);
     if p.name.trim().is_empty() || p.name == "by_model" {
         errors.push(ConfigError::new(format!("{path}.name"), "must be a non-empty name other than \"by_model\""));
     }
@@ -269,11 +271,13 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         write: t.write.map(|x| x.0).unwrap_or(d.write),
         idle: t.idle.map(|x| x.0).unwrap_or(d.idle),
     };
+    let mut ca_der = Vec::new();
     let upstream_tls = if tls {
         let ca = p.tls.ca_file.as_ref().and_then(|f| match load_certs(f) {
             Ok(certs) => Some(
                 certs
                     .into_iter()
+                    .inspect(|der| ca_der.push(der.clone()))
                     .map(|der| WrappedX509::new(der, pingora_core::utils::tls::parse_x509))
                     .collect::<Vec<_>>()
                     .into(),
@@ -287,6 +291,7 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
             verify: p.tls.verify.unwrap_or(true),
             sni: p.tls.sni.clone().unwrap_or_else(|| host.clone()),
             ca,
+            ca_der,
         })
     } else {
         if p.tls.verify.is_some() || p.tls.ca_file.is_some() || p.tls.sni.is_some() {
@@ -298,16 +303,19 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
     if errors.len() > start {
         return None;
     }
-    Some(Arc::new(Provider::new(
-        &p.name,
-        host_header,
-        base_path,
-        upstream_tls,
-        api_key,
-        ModelGlobs(p.models.unwrap_or_else(|| vec!["*".to_string()])),
-        backends,
-        timeouts,
-    )))
+    Some(Arc::new(
+        Provider::new(
+            &p.name,
+            host_header,
+            base_path,
+            upstream_tls,
+            api_key,
+            ModelGlobs(p.models.unwrap_or_else(|| vec!["*".to_string()])),
+            backends,
+            timeouts,
+        )
+        .with_fleet(fleet),
+    ))
 }
 
 fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors: &mut Vec<ConfigError>) -> RouteTable {
@@ -347,6 +355,10 @@ fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors
             }
         }
         match Route::new(&r.path, target, r.strip_prefix) {
+            Ok(route) if out.iter().any(|o: &Route| o.same_paths(&route)) => errors.push(ConfigError::new(
+                format!("{path}.path"),
+                format!("{:?} is unreachable: an earlier route matches exactly the same paths", r.path),
+            )),
             Ok(route) => out.push(route),
             Err(msg) => errors.push(ConfigError::new(format!("{path}.path"), msg)),
         }

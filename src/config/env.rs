@@ -69,10 +69,7 @@ pub fn apply_overrides(mut file: FileConfig, env: &Env, errors: &mut Vec<ConfigE
             name: DEFAULT_PROVIDER.to_string(),
             url: url.unwrap_or_else(|| DEFAULT_VLLM_URL.to_string()),
             api_key: key,
-            models: None,
-            backends: None,
-            timeouts: Default::default(),
-            tls: Default::default(),
+            ..Default::default()
         });
     } else if let Some(p) = file.providers.iter_mut().find(|p| p.name == DEFAULT_PROVIDER) {
         if let Some(url) = url {

@@ -9,6 +9,7 @@ pub mod env;
 pub mod expand;
 pub mod schema;
 pub mod units;
+pub mod upstream;
 
 use crate::runtime::Runtime;
 use std::fmt;

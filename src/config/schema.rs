@@ -94,7 +94,7 @@ pub struct KeySection {
     pub expires: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     pub name: String,
@@ -110,6 +110,67 @@ pub struct ProviderSection {
     pub timeouts: ProviderTimeouts,
     #[serde(default)]
     pub tls: ProviderTls,
+    /// `ketama` (default), `round_robin` or `least_inflight`.
+    pub balance: Option<BalanceSection>,
+    /// Ordered sources of the ketama key, the first present wins: `header:NAME`, `api_key`,
+    /// `body:user`, `prefix`, `client_ip`. Default
+    /// `[header:x-session-id, body:user, prefix, api_key, client_ip]`.
+    pub hash_key: Option<Vec<String>>,
+    /// Bounded load (ketama): no backend takes more than `(1 + epsilon) ×` the mean in-flight
+    /// requests. Default 0.25; `off` for plain consistent hashing.
+    pub epsilon: Option<EpsilonSection>,
+    /// Active health checks. Default: on for providers with `backends:`, off otherwise.
+    pub health: Option<HealthSection>,
+    /// Circuit breaker fed by connect failures, timeouts and 5xx.
+    pub circuit: Option<CircuitSection>,
+    /// Extra attempts on other backends after a failed connect (nothing is retried once bytes
+    /// went upstream). Default 2.
+    pub retries: Option<usize>,
+    /// Providers to use, in order, when every backend of this one is down or open.
+    pub fallbacks: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceSection {
+    Ketama,
+    RoundRobin,
+    LeastInflight,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EpsilonSection {
+    Value(f64),
+    Word(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// Default true once the section is present.
+    pub enabled: Option<bool>,
+    /// Path probed with `GET` (from the backend's root), with the provider's key. Default `/health`.
+    pub path: Option<String>,
+    /// Time between probes of one backend. Default 5s.
+    pub interval: Option<HumanDuration>,
+    /// A probe not answered 2xx within this fails. Default 2s.
+    pub timeout: Option<HumanDuration>,
+    /// Failed probes in a row that mark a backend down. Default 2.
+    pub unhealthy_after: Option<u32>,
+    /// Good probes in a row that mark it up again. Default 2.
+    pub healthy_after: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitSection {
+    /// Failures within `window` that open the circuit. Default 5.
+    pub failures: Option<u32>,
+    /// Failure-counting window. Default 10s.
+    pub window: Option<HumanDuration>,
+    /// Time an open circuit refuses traffic before one half-open probe request. Default 5s.
+    pub cooldown: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,7 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 impl AdminApp {
     fn health(&self) -> serde_json::Value {
         let rt = self.reloader.runtime.load();
+        let now = crate::upstream::clock::now_ms();
         let providers: Vec<_> = rt
             .providers
             .iter()
@@ -39,23 +40,31 @@ impl AdminApp {
                     .backends
                     .iter()
                     .map(|b| {
-                        let up = b.health.is_up();
+                        let up = p.usable(b, now);
                         if let Some(m) = metrics() {
                             m.backend_up.with_label_values(&[&*p.name, b.addr.to_string().as_str()]).set(up as i64);
                         }
                         json!({
                             "address": b.addr.to_string(),
-                            "healthy": up,
+                            "weight": b.weight,
+                            "healthy": b.health.is_up(),
+                            "in_rotation": up,
+                            "circuit": b.circuit.state().as_str(),
                             "consecutive_failures": b.health.consecutive_failures(),
                             "inflight": b.inflight.load(Ordering::Relaxed),
                         })
                     })
                     .collect();
-                let up = p.backends.iter().any(|b| b.health.is_up());
-                json!({"name": &*p.name, "healthy": up, "backends": backends})
+                json!({
+                    "name": &*p.name,
+                    "healthy": p.any_usable(now),
+                    "balance": p.fleet.balance.as_str(),
+                    "probed": p.fleet.health.is_some(),
+                    "backends": backends,
+                })
             })
             .collect();
-        let all_up = rt.providers.iter().all(|p| p.backends.iter().any(|b| b.health.is_up()));
+        let all_up = rt.providers.iter().all(|p| p.any_usable(now));
         json!({
             "status": if all_up { "ok" } else { "degraded" },
             "version": env!("CARGO_PKG_VERSION"),

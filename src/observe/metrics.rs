@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 pub struct Metrics {
     pub registry: Registry,
+    pub fleet: FleetMetrics,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub upstream_ttfb: HistogramVec,
@@ -31,6 +32,7 @@ const LATENCY_BUCKETS: &[f64] =
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new_custom(Some("mcas".into()), None)?;
+    let fleet = fleet_metrics(&registry)?;
     let requests = IntCounterVec::new(
         Opts::new("requests_total", "Requests answered, by route pattern, provider and status class"),
         &["route", "provider", "status"],
@@ -76,6 +78,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(backend_up.clone()))?;
     Ok(Metrics {
         registry,
+        fleet,
         requests,
         duration,
         upstream_ttfb,
@@ -88,6 +91,41 @@ fn build() -> Result<Metrics, prometheus::Error> {
         backend_up,
         models_seen: Mutex::new(HashSet::new()),
     })
+}
+
+/// Backend selection, retries, circuit and health transitions (labels: provider and backend
+/// address from the config, states from a fixed set).
+pub struct FleetMetrics {
+    pub backend_selections: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub circuit_transitions: IntCounterVec,
+    pub health_transitions: IntCounterVec,
+}
+
+fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error> {
+    let m = FleetMetrics {
+        backend_selections: IntCounterVec::new(
+            Opts::new("backend_selections_total", "Requests sent to each backend (retries included)"),
+            &["provider", "backend"],
+        )?,
+        retries: IntCounterVec::new(
+            Opts::new("upstream_retries_total", "Requests retried on another backend after a failed connect"),
+            &["provider"],
+        )?,
+        circuit_transitions: IntCounterVec::new(
+            Opts::new("circuit_transitions_total", "Circuit breaker state changes by the state entered"),
+            &["provider", "backend", "state"],
+        )?,
+        health_transitions: IntCounterVec::new(
+            Opts::new("health_transitions_total", "Active health changes by the state entered (up, down)"),
+            &["provider", "backend", "state"],
+        )?,
+    };
+    registry.register(Box::new(m.backend_selections.clone()))?;
+    registry.register(Box::new(m.retries.clone()))?;
+    registry.register(Box::new(m.circuit_transitions.clone()))?;
+    registry.register(Box::new(m.health_transitions.clone()))?;
+    Ok(m)
 }
 
 static METRICS: Lazy<Option<Metrics>> = Lazy::new(|| match build() {

@@ -18,6 +18,8 @@ pub struct Routed {
     pub key: Arc<KeyEntry>,
     pub route_label: String,
     pub provider: Arc<Provider>,
+    /// Bytes the provider's ketama ring is walked from (see `providers[].hash_key`).
+    pub hash_key: Vec<u8>,
     /// Path and query to send upstream (base path joined).
     pub upstream_path: String,
     pub model: Option<String>,

@@ -3,16 +3,17 @@
 //! and forwarding headers.
 
 use super::ctx::{Routed, UpstreamState};
-use crate::upstream::select::select;
+use crate::observe::metrics::metrics;
+use crate::upstream::clock;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use std::time::Instant;
 
-/// Chooses a backend not yet tried by this request; `None` when all were tried.
+/// Chooses a backend not yet tried by this request; `None` when none is left.
 pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let provider = &routed.provider;
-    let (index, backend) = select(provider, &up.tried)?;
+    let (index, backend) = provider.pick(&routed.hash_key, &up.tried)?;
     up.tried.push(index);
     let (tls, sni) = match &provider.tls {
         Some(t) => (true, t.sni.clone()),
@@ -59,4 +60,46 @@ pub fn rewrite_request(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     }
     req.insert_header("x-forwarded-proto", routed.client_proto)?;
     Ok(())
+}
+
+/// After a failed connect (nothing was sent): counts it against the backend's circuit and
+/// says whether the request may move to the next backend on the ring.
+pub fn connect_failed(routed: &Routed, up: &UpstreamState) -> bool {
+    let p = &routed.provider;
+    if let Some(b) = &up.backend {
+        p.record_failure(b);
+    }
+    let now = clock::now_ms();
+    let attempts = up.tried.len();
+    let left = p.backends.iter().enumerate().any(|(i, b)| !up.tried.contains(&i) && p.usable(b, now));
+    let retry = attempts <= p.fleet.retries && left;
+    if retry {
+        if let Some(m) = metrics() {
+            m.fleet.retries.with_label_values(&[&*p.name]).inc();
+        }
+    }
+    retry
+}
+
+/// The response header arrived: 5xx counts against the circuit, anything else closes it.
+pub fn responded(routed: &Routed, up: &UpstreamState, status: u16) {
+    if let Some(b) = &up.backend {
+        if status >= 500 {
+            routed.provider.record_failure(b);
+        } else {
+            routed.provider.record_success(b);
+        }
+    }
+}
+
+/// A request failed after connecting but before any response header (read/write timeout,
+/// reset): counts against the circuit. Connect failures were counted in [`connect_failed`].
+pub fn failed_before_header(routed: &Routed, up: &UpstreamState, e: &Error) {
+    use ErrorType::*;
+    let after_connect = matches!(e.etype(), ReadTimedout | WriteTimedout | ReadError | WriteError | ConnectionClosed);
+    if up.header_at.is_none() && after_connect && *e.esource() == ErrorSource::Upstream {
+        if let Some(b) = &up.backend {
+            routed.provider.record_failure(b);
+        }
+    }
 }

@@ -137,15 +137,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(b) = &ctx.upstream.backend {
-            b.health.record_failure();
-        }
         if let Some(r) = &ctx.routed {
             if let Some(m) = metrics() {
                 m.upstream_errors.with_label_values(&[&r.provider.name, "connect"]).inc();
             }
-            // Nothing was sent yet: another backend may take it.
-            if ctx.upstream.tried.len() < r.provider.backends.len() {
+            // Nothing was sent yet: the next backend on the ring may take it.
+            if forward::connect_failed(r, &ctx.upstream) {
                 e.set_retry(true);
             }
         }
@@ -174,8 +171,8 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         ctx.upstream.header_at = Some(Instant::now());
-        if let Some(b) = &ctx.upstream.backend {
-            b.health.record_success();
+        if let Some(r) = &ctx.routed {
+            forward::responded(r, &ctx.upstream, resp.status.as_u16());
         }
         let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         ctx.usage.start(ct);
@@ -201,6 +198,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(r) = &ctx.routed {
+            forward::failed_before_header(r, &ctx.upstream, e);
+        }
         let err = classify(e);
         let code = match &err {
             Some(g) => {

@@ -6,9 +6,11 @@ use crate::auth::KeyEntry;
 use crate::error::GatewayError;
 use crate::routes::Target;
 use crate::runtime::Runtime;
+use crate::upstream::hash_key::{key_for, KeyInputs};
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +31,11 @@ pub enum BodyPlan {
 /// The fields of an OpenAI request body the gateway needs; everything else is skipped.
 #[derive(serde::Deserialize, Default)]
 struct Peek {
+    /// OpenAI's end-user id (a hash key source); kept raw so an odd type is not an error.
+    user: Option<Box<RawValue>>,
+    /// Only the first system and first user messages are kept (see [`FirstMessages`]).
+    #[serde(default)]
+    messages: FirstMessages,
     model: Option<String>,
     stream: Option<bool>,
 }
@@ -88,6 +95,21 @@ pub async fn decide(
     let Some(provider) = provider else {
         return Ok(Err(GatewayError::Unavailable("no provider is configured for this route".into())));
     };
+    // Every backend down or open: a fallback, or 503 at once rather than waiting on timeouts.
+    let Some(provider) = rt.serving(&provider) else {
+        return Ok(Err(GatewayError::Unavailable(format!("every backend of provider {:?} is down", provider.name))));
+    };
+    let fingerprint = peek.prefix_fingerprint();
+    let inputs = KeyInputs {
+        headers: &session.req_header().headers,
+        key_name: &key.name,
+        user: peek.user(),
+        prefix: fingerprint.as_ref().map(|f| f.as_slice()),
+        client_ip: meta.client_ip.as_deref(),
+    };
+    // No source present: a random key spreads such requests like round robin would.
+    let hash_key =
+        key_for(&provider.fleet.hash_key, &inputs).unwrap_or_else(|| rand::random::<u64>().to_le_bytes().to_vec());
     let stripped = match route.strip_for(&provider.base_path) {
         Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
         None => path.clone(),
@@ -104,6 +126,7 @@ pub async fn decide(
         key,
         route_label,
         provider,
+        hash_key,
         upstream_path,
         model: peek.model,
         stream: peek.stream.unwrap_or(false),
@@ -177,4 +200,98 @@ fn parse_peek(chunks: &[Bytes], len: usize) -> Result<Peek, GatewayError> {
 /// The path for an error message: bounded, printable, no query (it may hold a key).
 fn safe_path(path: &str) -> String {
     path.chars().filter(|c| c.is_ascii_graphic()).take(200).collect()
+}
+
+/// The raw `content` of the first system and the first user message, for the prefix
+/// fingerprint: in a multi-turn chat they stay the same while the history grows.
+#[derive(Default)]
+struct FirstMessages {
+    system: Option<Box<RawValue>>,
+    user: Option<Box<RawValue>>,
+}
+
+impl<'de> serde::Deserialize<'de> for FirstMessages {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FirstMessages;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of messages")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<FirstMessages, A::Error> {
+                #[derive(serde::Deserialize)]
+                struct Msg {
+                    role: Option<String>,
+                    content: Option<Box<RawValue>>,
+                }
+                let mut out = FirstMessages::default();
+                while out.system.is_none() || out.user.is_none() {
+                    let Some(m) = seq.next_element::<Msg>()? else { return Ok(out) };
+                    let slot = match m.role.as_deref() {
+                        Some("system" | "developer") => &mut out.system,
+                        Some("user") => &mut out.user,
+                        _ => continue,
+                    };
+                    if slot.is_none() {
+                        *slot = m.content;
+                    }
+                }
+                // Both found: skip the rest of the history without keeping it.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl Peek {
+    /// SHA-256 of the model and the first system and user messages; `None` without a user
+    /// message (nothing conversation-like to keep together).
+    fn prefix_fingerprint(&self) -> Option<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let user = self.messages.user.as_ref()?;
+        let mut h = Sha256::new();
+        h.update(self.model.as_deref().unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(self.messages.system.as_ref().map(|s| s.get()).unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(user.get().as_bytes());
+        Some(h.finalize().into())
+    }
+
+    /// `user` as text: a JSON string's value, else the raw JSON.
+    fn user(&self) -> Option<&str> {
+        let raw = self.user.as_ref()?.get();
+        Some(raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(raw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peek(body: &str) -> Peek {
+        parse_peek(&[Bytes::from(body.to_string())], body.len()).unwrap()
+    }
+
+    #[test]
+    fn prefix_fingerprint_follows_the_conversation_start() {
+        let turn1 = r#"{"model":"m","user":"u1","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
+        let turn2 = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}],"model":"m"}"#;
+        let other =
+            r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"bye"}]}"#;
+        let (a, b, c) = (peek(turn1), peek(turn2), peek(other));
+        assert_eq!(a.prefix_fingerprint(), b.prefix_fingerprint());
+        assert_ne!(a.prefix_fingerprint(), c.prefix_fingerprint());
+        assert_eq!(a.user(), Some("u1"));
+        assert_eq!(b.model.as_deref(), Some("m"));
+        assert!(peek(r#"{"model":"m","prompt":"x"}"#).prefix_fingerprint().is_none());
+        let parts = peek(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true}"#);
+        assert!(parts.prefix_fingerprint().is_some());
+        assert_eq!(parts.stream, Some(true));
+    }
 }

@@ -1,50 +1,97 @@
-//! Passive health: consecutive connect failures mark a backend down for a cool-down, after
-//! which one request may probe it again. (Active probes run beside this in the fleet work.)
+//! Active health state of one backend, fed by the probes in [`super::probe`]: `unhealthy_after`
+//! failed probes in a row take it out of rotation, `healthy_after` good ones bring it back.
+//! A backend counts as healthy until its first probes say otherwise (as in Pingora's LB).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Failures in a row that take a backend out of rotation.
-pub const FAILURES_TO_MARK_DOWN: u32 = 3;
-/// How long a backend marked down is skipped before it may be tried again.
-pub const COOL_DOWN: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Default)]
-pub struct PassiveHealth {
-    consecutive_failures: AtomicU32,
-    /// Unix milliseconds until which the backend is skipped (0: not down).
-    down_until_ms: AtomicU64,
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSettings {
+    /// Probed path (from the root of the backend, not the provider's base path). Default `/health`.
+    pub path: String,
+    /// Time between two probes of a backend. Default 5s.
+    pub interval: Duration,
+    /// A probe not answered 2xx within this counts as failed. Default 2s.
+    pub timeout: Duration,
+    /// Failed probes in a row that mark a backend down. Default 2.
+    pub unhealthy_after: u32,
+    /// Good probes in a row that mark a down backend up. Default 2.
+    pub healthy_after: u32,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            unhealthy_after: 2,
+            healthy_after: 2,
+        }
+    }
 }
 
-impl PassiveHealth {
+#[derive(Debug)]
+pub struct ActiveHealth {
+    up: AtomicBool,
+    /// Probe results in a row that disagree with `up`.
+    streak: AtomicU32,
+    /// Consecutive failed probes (for `/health`).
+    failures: AtomicU32,
+    /// Clock value (see [`super::clock`]) at which the next probe is due; 0 = now.
+    next_probe: AtomicU64,
+}
+
+impl Default for ActiveHealth {
+    fn default() -> Self {
+        ActiveHealth {
+            up: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            next_probe: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ActiveHealth {
     pub fn is_up(&self) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
-    }
-
-    pub fn record_success(&self) {
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.down_until_ms.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Returns true when this failure took the backend down.
-    pub fn record_failure(&self) -> bool {
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= FAILURES_TO_MARK_DOWN {
-            let until = now_ms() + COOL_DOWN.as_millis() as u64;
-            let prev = self.down_until_ms.swap(until, Ordering::Relaxed);
-            return prev <= now_ms();
-        }
-        false
+        self.up.load(Ordering::Relaxed)
     }
 
     pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Claims the next probe if it is due (one prober wins even with several runners).
+    pub fn claim_probe(&self, now: u64, interval: Duration) -> bool {
+        let due = self.next_probe.load(Ordering::Relaxed);
+        due <= now
+            && self
+                .next_probe
+                .compare_exchange(due, now + interval.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Records one probe; returns `Some(up)` when this result changed the state.
+    pub fn record(&self, ok: bool, s: &HealthSettings) -> Option<bool> {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let up = self.is_up();
+        if ok == up {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if up { s.unhealthy_after } else { s.healthy_after };
+        if n >= needed {
+            self.streak.store(0, Ordering::Relaxed);
+            self.up.store(ok, Ordering::Relaxed);
+            return Some(ok);
+        }
+        None
     }
 }
 
@@ -53,14 +100,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marks_down_after_threshold_and_recovers_on_success() {
-        let h = PassiveHealth::default();
+    fn thresholds_in_both_directions() {
+        let s = HealthSettings { unhealthy_after: 2, healthy_after: 3, ..Default::default() };
+        let h = ActiveHealth::default();
         assert!(h.is_up());
-        assert!(!h.record_failure());
-        assert!(!h.record_failure());
-        assert!(h.record_failure());
+        assert_eq!(h.record(false, &s), None);
+        assert_eq!(h.record(true, &s), None); // the streak is broken
+        assert_eq!(h.record(false, &s), None);
+        assert_eq!(h.record(false, &s), Some(false));
         assert!(!h.is_up());
-        h.record_success();
+        assert_eq!(h.consecutive_failures(), 2);
+        assert_eq!(h.record(true, &s), None);
+        assert_eq!(h.record(true, &s), None);
+        assert_eq!(h.record(true, &s), Some(true));
         assert!(h.is_up());
+    }
+
+    #[test]
+    fn one_claim_per_interval() {
+        let h = ActiveHealth::default();
+        assert!(h.claim_probe(10, Duration::from_millis(100)));
+        assert!(!h.claim_probe(50, Duration::from_millis(100)));
+        assert!(h.claim_probe(110, Duration::from_millis(100)));
     }
 }

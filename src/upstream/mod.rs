@@ -1,13 +1,26 @@
 //! Provider pools: where a request may go. A provider is one URL (scheme, host, base path)
-//! with one or more backends (socket addresses resolved at load), its key and timeouts.
+//! with one or more backends (socket addresses resolved at load), its key and timeouts, and
+//! how it spreads requests over its backends ([`Fleet`]): balance policy and hash key
+//! ([`select`], [`ketama`], [`hash_key`]), active health ([`health`], probed by [`probe`]),
+//! circuit breaker ([`circuit`]), retries and fallbacks.
 
+pub mod circuit;
+pub mod clock;
+pub mod hash_key;
 pub mod health;
+pub mod ketama;
+pub mod probe;
 pub mod select;
 
 use crate::auth::ModelGlobs;
+use crate::observe::metrics::metrics;
 use crate::secret::Secret;
-use health::PassiveHealth;
+use circuit::{Circuit, CircuitSettings, CircuitState};
+use hash_key::HashSource;
+use health::{ActiveHealth, HealthSettings};
+use ketama::Ring;
 use pingora_core::utils::tls::WrappedX509;
+use select::{Balance, Slot};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,6 +54,8 @@ pub struct UpstreamTls {
     pub sni: String,
     /// Extra trusted CAs (with the system roots' place taken by these when set).
     pub ca: Option<Arc<[WrappedX509]>>,
+    /// The same CAs as DER, for the health probes' HTTP client.
+    pub ca_der: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -59,12 +74,52 @@ pub struct Backend {
     pub weight: usize,
     /// Requests in flight on this backend right now.
     pub inflight: AtomicUsize,
-    pub health: PassiveHealth,
+    /// Set by the active probes.
+    pub health: ActiveHealth,
+    /// Fed by the request path (connect failures, timeouts, 5xx).
+    pub circuit: Circuit,
 }
 
 impl Backend {
     pub fn new(addr: SocketAddr, weight: usize) -> Self {
-        Backend { addr, weight, inflight: AtomicUsize::new(0), health: PassiveHealth::default() }
+        Backend {
+            addr,
+            weight,
+            inflight: AtomicUsize::new(0),
+            health: ActiveHealth::default(),
+            circuit: Circuit::default(),
+        }
+    }
+}
+
+/// How a provider spreads requests over its backends and copes with their failures.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub balance: Balance,
+    /// Ordered sources of the ketama key; the first one present wins.
+    pub hash_key: Vec<HashSource>,
+    /// Bounded-load epsilon; `None` turns bounded load off.
+    pub epsilon: Option<f64>,
+    /// Active probes; `None`: not probed (backends count as healthy).
+    pub health: Option<HealthSettings>,
+    pub circuit: CircuitSettings,
+    /// Extra attempts on other backends after a failed connect. Default 2.
+    pub retries: usize,
+    /// Providers tried, in order, when every backend of this one is down or open.
+    pub fallbacks: Vec<String>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            balance: Balance::Ketama,
+            hash_key: HashSource::defaults(),
+            epsilon: Some(0.25),
+            health: None,
+            circuit: CircuitSettings::default(),
+            retries: 2,
+            fallbacks: Vec::new(),
+        }
     }
 }
 
@@ -81,6 +136,9 @@ pub struct Provider {
     pub models: ModelGlobs,
     pub backends: Vec<Arc<Backend>>,
     pub timeouts: Timeouts,
+    pub fleet: Fleet,
+    /// The consistent-hash ring over `backends` (addresses and weights).
+    pub ring: Ring,
     /// Round-robin cursor.
     cursor: AtomicUsize,
 }
@@ -97,6 +155,7 @@ impl Provider {
         backends: Vec<Arc<Backend>>,
         timeouts: Timeouts,
     ) -> Self {
+        let ring = Ring::new(&backends.iter().map(|b| (b.addr, b.weight)).collect::<Vec<_>>());
         Provider {
             name: name.into(),
             host_header,
@@ -106,8 +165,15 @@ impl Provider {
             models,
             backends,
             timeouts,
+            fleet: Fleet::default(),
+            ring,
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    pub fn with_fleet(mut self, fleet: Fleet) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// Joins the base path and the (already prefix-stripped) request path.
@@ -123,5 +189,68 @@ impl Provider {
 
     pub fn next_cursor(&self) -> usize {
         self.cursor.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Provider {
+    /// Healthy (or not probed) and its circuit lets a request through.
+    pub fn usable(&self, b: &Backend, now: u64) -> bool {
+        b.health.is_up() && b.circuit.allows(&self.fleet.circuit, now)
+    }
+
+    pub fn any_usable(&self, now: u64) -> bool {
+        self.backends.iter().any(|b| self.usable(b, now))
+    }
+
+    /// Chooses a backend for `key`, skipping `tried`; `None` when nothing is left.
+    pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
+        let now = clock::now_ms();
+        let slots: Vec<Slot> = self
+            .backends
+            .iter()
+            .map(|b| Slot {
+                usable: self.usable(b, now),
+                inflight: b.inflight.load(Ordering::Relaxed),
+                weight: b.weight,
+            })
+            .collect();
+        let req = select::Request {
+            balance: self.fleet.balance,
+            ring: &self.ring,
+            key,
+            epsilon: self.fleet.epsilon,
+            // Round robin's position; for the others it only breaks ties.
+            cursor: self.next_cursor(),
+            tried,
+        };
+        let i = select::choose(&req, &slots)?;
+        let b = self.backends.get(i)?.clone();
+        if let Some(state) = b.circuit.on_selected(&self.fleet.circuit, now) {
+            self.circuit_changed(&b, state);
+        }
+        if let Some(m) = metrics() {
+            m.fleet.backend_selections.with_label_values(&[&*self.name, &b.addr.to_string()]).inc();
+        }
+        Some((i, b))
+    }
+
+    /// A connect failure, timeout or 5xx from `b`.
+    pub fn record_failure(&self, b: &Backend) {
+        if let Some(state) = b.circuit.record_failure(&self.fleet.circuit, clock::now_ms()) {
+            self.circuit_changed(b, state);
+        }
+    }
+
+    pub fn record_success(&self, b: &Backend) {
+        if let Some(state) = b.circuit.record_success() {
+            self.circuit_changed(b, state);
+        }
+    }
+
+    fn circuit_changed(&self, b: &Backend, state: CircuitState) {
+        log::warn!("provider {} backend {}: circuit {}", self.name, b.addr, state.as_str());
+        if let Some(m) = metrics() {
+            m.fleet.circuit_transitions.with_label_values(&[&*self.name, &b.addr.to_string(), state.as_str()]).inc();
+        }
     }
 }

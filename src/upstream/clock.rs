@@ -1,0 +1,12 @@
+//! A monotonic millisecond clock for health and circuit state kept in atomics. Functions that
+//! decide take `now` as an argument so tests can drive time.
+
+use once_cell::sync::Lazy;
+use std::time::Instant;
+
+static START: Lazy<Instant> = Lazy::new(Instant::now);
+
+/// Milliseconds since the process first asked (monotonic; starts at 1 so 0 can mean "never").
+pub fn now_ms() -> u64 {
+    START.elapsed().as_millis() as u64 + 1
+}

@@ -1,0 +1,109 @@
+//! Active health checks: one Pingora background service for every provider. Each tick it
+//! reads the current runtime (so reloads are picked up), and for every backend whose probe is
+//! due sends `GET <path>` with the provider's key, Host and (for https) SNI and CA settings.
+//! Only a 2xx answer within the timeout counts as good.
+
+use super::health::HealthSettings;
+use super::{clock, Backend, Provider};
+use crate::observe::metrics::metrics;
+use crate::runtime::Runtime;
+use arc_swap::ArcSwap;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the runner looks for due probes (the finest useful `interval`).
+const TICK: Duration = Duration::from_millis(50);
+
+pub struct ProbeService {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for ProbeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => probe_due(&self.runtime.load_full()),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn probe_due(rt: &Runtime) {
+    let now = clock::now_ms();
+    for p in &rt.providers {
+        let Some(settings) = &p.fleet.health else { continue };
+        for b in &p.backends {
+            if b.health.claim_probe(now, settings.interval) {
+                let (p, b, s) = (p.clone(), b.clone(), settings.clone());
+                tokio::spawn(async move {
+                    let result = probe(&p, &b, &s).await;
+                    record(&p, &b, &s, result);
+                });
+            }
+        }
+    }
+}
+
+fn record(p: &Provider, b: &Backend, s: &HealthSettings, result: Result<(), String>) {
+    if let Err(why) = &result {
+        log::debug!("provider {} backend {}: probe failed: {why}", p.name, b.addr);
+    }
+    if let Some(up) = b.health.record(result.is_ok(), s) {
+        let to = if up { "up" } else { "down" };
+        match &result {
+            Ok(()) => log::info!("provider {} backend {}: healthy again", p.name, b.addr),
+            Err(why) => log::warn!("provider {} backend {}: marked down ({why})", p.name, b.addr),
+        }
+        if let Some(m) = metrics() {
+            m.fleet.health_transitions.with_label_values(&[&*p.name, &b.addr.to_string(), to]).inc();
+        }
+    }
+}
+
+/// One probe. Plain HTTP goes to the address with the provider's Host header; HTTPS resolves
+/// the SNI name to the backend's address so the certificate is checked against that name.
+async fn probe(p: &Provider, b: &Backend, s: &HealthSettings) -> Result<(), String> {
+    let mut builder = reqwest::Client::builder().timeout(s.timeout).connect_timeout(s.timeout).no_proxy();
+    let url = match &p.tls {
+        None => format!("http://{}{}", b.addr, s.path),
+        Some(tls) => {
+            builder = builder.resolve(&tls.sni, b.addr).danger_accept_invalid_certs(!tls.verify);
+            for der in &tls.ca_der {
+                let cert = reqwest::Certificate::from_der(der).map_err(|e| format!("CA: {e}"))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            format!("https://{}:{}{}", tls.sni, b.addr.port(), s.path)
+        }
+    };
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let mut req = client.get(&url);
+    if p.tls.is_none() {
+        req = req.header(http::header::HOST, p.host_header.as_str());
+    }
+    if let Some(key) = &p.api_key {
+        req = req.bearer_auth(key.expose());
+    }
+    let resp = req.send().await.map_err(without_url)?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {}", resp.status().as_u16()))
+    }
+}
+
+/// reqwest errors carry the URL; keep logs short and free of anything but the kind.
+fn without_url(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connect failed".into()
+    } else {
+        e.without_url().to_string()
+    }
+}
