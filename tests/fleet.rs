@@ -134,7 +134,9 @@ async fn bounded_load_holds_under_a_hot_key() {
                     .post(&url)
                     .bearer_auth(KEY)
                     .header("x-session-id", key)
-                    .header("x-sim-ttft-ms", "30")
+                    // Long enough that the 16 workers' requests overlap even on a loaded machine:
+                    // the bound is on requests in flight, so the test needs them in flight together.
+                    .header("x-sim-ttft-ms", "150")
                     .json(&body(false))
                     .send()
                     .await
