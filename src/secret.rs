@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -13,6 +13,12 @@ impl Secret {
     /// The only way to the clear text; call it where the value goes on the wire.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Constant-time comparison with a value that arrived from the network.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == candidate.len() && bool::from(self.0.as_bytes().ct_eq(candidate))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::runtime::Runtime;
 use std::fmt;
 
 /// Looks up an environment variable; tests pass a closure instead of touching the process env.
-pub type Env<'a> = dyn Fn(&str) -> Option<String> + Sync + 'a;
+pub type Env<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
 /// The process environment.
 pub fn process_env(name: &str) -> Option<String> {

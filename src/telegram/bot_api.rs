@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::bot_types::{Envelope, Message, Update, User};
-use super::secret::Secret;
+use crate::secret::Secret;
 
 /// Only messages: the runner reads nothing else, and an omitted list would keep whatever an
 /// earlier client configured.

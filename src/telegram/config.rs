@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::secret::Secret;
+use crate::secret::Secret;
 
 /// Binding environment variables (DESIGN.md and issue 6).
 pub const ENV_BOT_TOKEN: &str = "MCAS_TELEGRAM_BOT_TOKEN";

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::config::*;
-use super::secret::Secret;
+use crate::secret::Secret;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,33 +129,15 @@ impl Resolver<'_> {
         value
     }
 
-    /// Expands `${VAR}` and `${VAR:-default}`; an unset variable without default is an error.
+    /// Expands `${VAR}` and `${VAR:-default}` with the gateway's expander (same rules, `$$` for `$`).
     fn expand(&mut self, raw: &str, field: &str) -> Option<String> {
-        let mut out = String::new();
-        let mut rest = raw;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let Some(len) = rest[start..].find('}') else {
-                self.fail(field, "unterminated `${`");
-                return None;
-            };
-            let inner = &rest[start + 2..start + len];
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            match ((self.env)(name).filter(|v| !v.is_empty()), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    self.fail(field, format!("environment variable {name} is not set"));
-                    return None;
-                }
+        match crate::config::expand::expand_str(raw, self.env) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                self.fail(field, msg);
+                None
             }
-            rest = &rest[start + len + 1..];
         }
-        out.push_str(rest);
-        Some(out)
     }
 
     fn duration(&mut self, file: Option<String>, field: &str, default: Duration) -> Duration {

@@ -18,7 +18,6 @@ pub mod render;
 pub mod reply;
 pub mod retry;
 pub mod runner;
-pub mod secret;
 pub mod split;
 pub mod state;
 pub mod status;
