@@ -24,6 +24,10 @@ pub struct Routed {
     pub stream: bool,
     pub client_ip: Option<String>,
     pub client_proto: &'static str,
+    /// The gateway added `stream_options.include_usage`: remove the usage event it causes.
+    pub strip_usage: bool,
+    /// The body was rewritten to this length (the subrequest fixes `Content-Length`).
+    pub body_len: Option<usize>,
 }
 
 #[derive(Default)]
@@ -76,6 +80,8 @@ pub struct Ctx {
     pub local_status: Option<u16>,
     pub route_label: Option<String>,
     pub counted_inflight: bool,
+    pub limit: super::limit::LimitCtx,
+    pub rewrite: super::rewrite::ResponseRewrite,
 }
 
 impl Ctx {
@@ -91,6 +97,8 @@ impl Ctx {
             local_status: None,
             route_label: None,
             counted_inflight: false,
+            limit: Default::default(),
+            rewrite: Default::default(),
         }
     }
 }

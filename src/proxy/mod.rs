@@ -6,9 +6,11 @@ pub mod account;
 pub mod auth;
 pub mod ctx;
 pub mod forward;
+pub mod limit;
 pub mod local;
 pub mod pipe;
 pub mod respond;
+pub mod rewrite;
 pub mod route;
 pub mod stream;
 
@@ -35,11 +37,13 @@ pub enum Step {
 
 pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
+    /// Per-address pre-auth state; outlives reloads.
+    pub guard: Arc<crate::limits::ip::IpGuard>,
 }
 
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
-        Gateway { runtime }
+        Gateway { runtime, guard: Default::default() }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -54,16 +58,27 @@ impl Gateway {
             return Ok(Step::Answered);
         }
         let rt = self.runtime.load_full();
+        let ip = limit::client_addr(session, &rt.limits);
+        if let Err(e) = limit::guard(&self.guard, &rt.limits, ip) {
+            return self.refuse(session, ctx, e).await;
+        }
         let key = match auth::authenticate(session.req_header(), &rt.keys) {
             Ok(k) => k,
             Err(e) => {
                 if let Some(m) = metrics() {
                     m.auth_failures.with_label_values(&[e.reason()]).inc();
                 }
+                limit::auth_failed(&self.guard, &rt.limits, ip);
                 return self.refuse(session, ctx, GatewayError::Unauthorized(e)).await;
             }
         };
         ctx.key_name = Some(key.name.clone());
+        if let Err(e) = limit::admit(&key, &mut ctx.limit) {
+            return self.refuse(session, ctx, e).await;
+        }
+        if session.req_header().method == http::Method::GET && session.req_header().uri.path().ends_with("/models") {
+            ctx.rewrite = rewrite::ResponseRewrite::Models(rewrite::ModelsFilter::new(key.models.clone()));
+        }
         let meta = route::RequestMeta {
             request_id: ctx.request_id.clone(),
             started: ctx.started,
@@ -89,7 +104,8 @@ impl Gateway {
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
         ctx.local_status = Some(e.status());
-        respond::error(session, &e, &ctx.request_id).await?;
+        let extra = limit::answer_headers(ctx, &e);
+        respond::error_with(session, &e, &ctx.request_id, extra).await?;
         Ok(Step::Answered)
     }
 }
@@ -110,6 +126,15 @@ impl ProxyHttp for Gateway {
         if let Some(routed) = pipe::take_routed(session) {
             ctx.request_id = routed.request_id.clone();
             ctx.started = routed.started;
+            if let Some(len) = routed.body_len {
+                // The body was rewritten: frame the piped body by its new length.
+                let req = session.req_header_mut();
+                req.remove_header(&http::header::TRANSFER_ENCODING);
+                req.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+            }
+            if routed.strip_usage {
+                ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
+            }
             ctx.routed = Some(routed);
             return Ok(false);
         }
@@ -182,6 +207,21 @@ impl ProxyHttp for Gateway {
         if !ctx.request_id.is_empty() {
             resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         }
+        for (name, value) in limit::headers(ctx) {
+            resp.insert_header(name, value)?;
+        }
+        let changes_length = match &mut ctx.rewrite {
+            rewrite::ResponseRewrite::None => false,
+            rewrite::ResponseRewrite::StripUsage(_) => ctx.usage.kind() == stream::BodyKind::Sse,
+            rewrite::ResponseRewrite::Models(f) => {
+                f.active = resp.status == 200 && ctx.usage.kind() == stream::BodyKind::Json;
+                f.active
+            }
+        };
+        if changes_length {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
         Ok(())
     }
 
@@ -193,6 +233,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         ctx.usage.observe(body.as_ref(), end_of_stream);
+        match &mut ctx.rewrite {
+            rewrite::ResponseRewrite::None => {}
+            rewrite::ResponseRewrite::StripUsage(s) => {
+                if ctx.usage.kind() == stream::BodyKind::Sse {
+                    s.filter(body, end_of_stream)
+                }
+            }
+            rewrite::ResponseRewrite::Models(f) => f.filter(body, end_of_stream),
+        }
         Ok(None)
     }
 
@@ -219,6 +268,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.upstream.release();
+        limit::finish(ctx);
         if ctx.counted_inflight {
             if let Some(m) = metrics() {
                 m.inflight.dec();

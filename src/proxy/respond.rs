@@ -30,12 +30,21 @@ pub async fn json(
 /// Writes `err` as an OpenAI error. When the request body was not read (or only partly),
 /// the connection is closed afterwards rather than draining an upload nobody wants.
 pub async fn error(session: &mut Session, err: &GatewayError, request_id: &str) -> Result<()> {
+    error_with(session, err, request_id, Vec::new()).await
+}
+
+/// [`error`] with extra headers (`x-ratelimit-*`, `Retry-After`).
+pub async fn error_with(
+    session: &mut Session,
+    err: &GatewayError,
+    request_id: &str,
+    mut extra: Vec<(&'static str, String)>,
+) -> Result<()> {
     if !session.is_body_done() {
         session.set_keepalive(None);
     }
-    let extra: Vec<(&'static str, String)> = match err {
-        GatewayError::Unauthorized(_) => vec![("www-authenticate", "Bearer".to_string())],
-        _ => vec![],
-    };
+    if let GatewayError::Unauthorized(_) = err {
+        extra.push(("www-authenticate", "Bearer".to_string()));
+    }
     json(session, err.status(), err.body(), request_id, &extra).await
 }

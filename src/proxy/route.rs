@@ -2,6 +2,7 @@
 //! key may use the model, pick the provider, and decide how the body reaches the upstream.
 
 use super::ctx::Routed;
+use super::rewrite;
 use crate::auth::KeyEntry;
 use crate::error::GatewayError;
 use crate::routes::Target;
@@ -31,6 +32,12 @@ pub enum BodyPlan {
 struct Peek {
     model: Option<String>,
     stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct StreamOptions {
+    include_usage: Option<bool>,
 }
 
 pub struct Decision {
@@ -56,7 +63,7 @@ pub async fn decide(
         return Ok(Err(GatewayError::NotFound(safe_path(&path))));
     };
     let route_label = route.label.clone();
-    let (mut plan, mut peek) = (BodyPlan::Untouched, Peek::default());
+    let (mut plan, mut peek, mut body_len) = (BodyPlan::Untouched, Peek::default(), None);
     if wants_json_read(session) {
         let body = match read_body(session, rt.server.max_body).await? {
             Ok(chunks) => chunks,
@@ -69,7 +76,17 @@ pub async fn decide(
                 Err(e) => return Ok(Err(e)),
             };
         }
-        plan = if len > RETRY_BUFFER_LIMIT { BodyPlan::Pipe(body) } else { BodyPlan::Replay };
+        let asked_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let added_usage = (peek.stream == Some(true) && !asked_usage).then(|| rewrite::with_include_usage(&body));
+        plan = match added_usage.flatten() {
+            // A changed body cannot be replayed from Pingora's retry buffer: pipe it.
+            Some(new) => {
+                body_len = Some(new.len());
+                BodyPlan::Pipe(vec![new])
+            }
+            None if len > RETRY_BUFFER_LIMIT => BodyPlan::Pipe(body),
+            None => BodyPlan::Replay,
+        };
     }
     if let Some(model) = &peek.model {
         if !key.models.allows(model) {
@@ -94,8 +111,12 @@ pub async fn decide(
     };
     let mut upstream_path = provider.upstream_path(&stripped);
     if let Some(q) = session.req_header().uri.query() {
-        upstream_path.push('?');
-        upstream_path.push_str(q);
+        let q =
+            if super::auth::is_websocket(session.req_header()) { super::auth::strip_query_key(q) } else { q.into() };
+        if !q.is_empty() {
+            upstream_path.push('?');
+            upstream_path.push_str(&q);
+        }
     }
     let routed = Routed {
         runtime: rt.clone(),
@@ -109,6 +130,8 @@ pub async fn decide(
         stream: peek.stream.unwrap_or(false),
         client_ip: meta.client_ip,
         client_proto: meta.client_proto,
+        strip_usage: body_len.is_some(),
+        body_len,
     };
     Ok(Ok(Decision { routed, body: plan }))
 }
