@@ -3,5 +3,6 @@
 
 mod common;
 mod gateway;
+mod limits;
 mod sim;
 mod telegram;

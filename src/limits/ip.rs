@@ -9,7 +9,7 @@
 
 use super::{LimitKind, Refusal};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -74,9 +74,7 @@ impl Default for IpGuard {
 
 impl IpGuard {
     fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
     }
 
     /// Called for every request before the key is checked.
