@@ -28,6 +28,8 @@ pub struct Routed {
     pub strip_usage: bool,
     /// The body was rewritten to this length (the subrequest fixes `Content-Length`).
     pub body_len: Option<usize>,
+    /// The rewritten body, when it replaces the retry buffer (bodies up to 64 KiB).
+    pub new_body: Option<bytes::Bytes>,
 }
 
 #[derive(Default)]

@@ -76,8 +76,10 @@ impl Gateway {
         if let Err(e) = limit::admit(&key, &mut ctx.limit) {
             return self.refuse(session, ctx, e).await;
         }
-        if session.req_header().method == http::Method::GET && session.req_header().uri.path().ends_with("/models") {
-            ctx.rewrite = rewrite::ResponseRewrite::Models(rewrite::ModelsFilter::new(key.models.clone()));
+        match rewrite::models_request(session.req_header(), &key.models) {
+            Ok(Some(filter)) => ctx.rewrite = rewrite::ResponseRewrite::Models(filter),
+            Ok(None) => {}
+            Err(e) => return self.refuse(session, ctx, e).await,
         }
         let meta = route::RequestMeta {
             request_id: ctx.request_id.clone(),
@@ -96,6 +98,9 @@ impl Gateway {
                 Ok(Step::Answered)
             }
             route::BodyPlan::Replay | route::BodyPlan::Untouched => {
+                if decision.routed.strip_usage {
+                    ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
+                }
                 ctx.routed = Some(decision.routed);
                 Ok(Step::Continue)
             }
@@ -180,9 +185,31 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         match &ctx.routed {
-            Some(r) => forward::rewrite_request(req, r),
+            Some(r) => {
+                forward::rewrite_request(req, r)?;
+                if let Some(len) = r.body_len {
+                    req.remove_header(&http::header::TRANSFER_ENCODING);
+                    req.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+                }
+                Ok(())
+            }
             None => Error::e_explain(ErrorType::InternalError, "no route decided"),
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // The retry buffer (the whole body, read in `route`) is replayed here, on every
+        // attempt: send the rewritten body instead.
+        if let (Some(new), Some(_)) = (ctx.routed.as_ref().and_then(|r| r.new_body.as_ref()), body.as_ref()) {
+            *body = Some(new.clone());
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -214,7 +241,7 @@ impl ProxyHttp for Gateway {
             rewrite::ResponseRewrite::None => false,
             rewrite::ResponseRewrite::StripUsage(_) => ctx.usage.kind() == stream::BodyKind::Sse,
             rewrite::ResponseRewrite::Models(f) => {
-                f.active = resp.status == 200 && ctx.usage.kind() == stream::BodyKind::Json;
+                f.active = resp.status == 200;
                 f.active
             }
         };

@@ -5,7 +5,9 @@
 //! - `GET …/models` lists only the models the key may use.
 
 use crate::auth::ModelGlobs;
+use crate::error::GatewayError;
 use bytes::Bytes;
+use pingora_http::RequestHeader;
 use serde_json::Value;
 
 /// An event or models list larger than this is passed on (events) or refused (lists) whole.
@@ -121,6 +123,22 @@ fn is_usage_event(event: &[u8]) -> bool {
     match serde_json::from_slice::<Chunk>(&data) {
         Ok(c) => c.usage.is_some() && c.choices.is_some_and(|v| v.is_empty()),
         Err(_) => false,
+    }
+}
+
+/// `GET …/models`: filter the list the upstream returns. `GET …/models/{id}` of a model the
+/// key may not use: refused like a completion for it would be.
+pub fn models_request(req: &RequestHeader, globs: &ModelGlobs) -> Result<Option<ModelsFilter>, GatewayError> {
+    if req.method != http::Method::GET {
+        return Ok(None);
+    }
+    let path = req.uri.path();
+    if path.ends_with("/models") {
+        return Ok(Some(ModelsFilter::new(globs.clone())));
+    }
+    match path.rsplit_once("/models/") {
+        Some((_, id)) if !id.is_empty() && !globs.allows(id) => Err(GatewayError::ModelNotAllowed(id.to_string())),
+        _ => Ok(None),
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn decide(
         return Ok(Err(GatewayError::NotFound(safe_path(&path))));
     };
     let route_label = route.label.clone();
-    let (mut plan, mut peek, mut body_len) = (BodyPlan::Untouched, Peek::default(), None);
+    let (mut plan, mut peek, mut body_len, mut new_body) = (BodyPlan::Untouched, Peek::default(), None, None);
     if wants_json_read(session) {
         let body = match read_body(session, rt.server.max_body).await? {
             Ok(chunks) => chunks,
@@ -79,10 +79,16 @@ pub async fn decide(
         let asked_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
         let added_usage = (peek.stream == Some(true) && !asked_usage).then(|| rewrite::with_include_usage(&body));
         plan = match added_usage.flatten() {
-            // A changed body cannot be replayed from Pingora's retry buffer: pipe it.
+            // Small: Pingora replays the retry buffer through `request_body_filter`, which
+            // swaps in the new body. Large: the new body goes through the subrequest pipe.
             Some(new) => {
                 body_len = Some(new.len());
-                BodyPlan::Pipe(vec![new])
+                if len > RETRY_BUFFER_LIMIT {
+                    BodyPlan::Pipe(vec![new])
+                } else {
+                    new_body = Some(new);
+                    BodyPlan::Replay
+                }
             }
             None if len > RETRY_BUFFER_LIMIT => BodyPlan::Pipe(body),
             None => BodyPlan::Replay,
@@ -132,6 +138,7 @@ pub async fn decide(
         client_proto: meta.client_proto,
         strip_usage: body_len.is_some(),
         body_len,
+        new_body,
     };
     Ok(Ok(Decision { routed, body: plan }))
 }
