@@ -71,6 +71,20 @@ pub fn strip_query_key(q: &str) -> String {
         .join("&")
 }
 
+/// Removes `api_key` from the query of a WebSocket upgrade, in place, so neither the upstream
+/// nor a log line that quotes the request target (Pingora's own error lines do) sees it.
+pub fn scrub_query_key(req: &mut RequestHeader) {
+    let Some(q) = req.uri.query().filter(|q| q.contains(QUERY_PARAM)) else { return };
+    if !is_websocket(req) {
+        return;
+    }
+    let kept = strip_query_key(q);
+    let target = if kept.is_empty() { req.uri.path().to_string() } else { format!("{}?{kept}", req.uri.path()) };
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        req.set_uri(uri);
+    }
+}
+
 /// `Sec-WebSocket-Protocol` without key entries; `None` when nothing else was offered.
 pub fn strip_protocol_key(req: &RequestHeader) -> Option<Option<String>> {
     let values: Vec<&str> =
@@ -118,5 +132,8 @@ mod tests {
         assert_eq!(strip_protocol_key(&r), Some(None));
         assert_eq!(strip_query_key("a=1&api_key=k&b=%20"), "a=1&b=%20");
         assert_eq!(strip_query_key("api_key=k"), "");
+        let mut r = req("/ws?api_key=k1&x=2", &ws);
+        scrub_query_key(&mut r);
+        assert_eq!(r.raw_path(), b"/ws?x=2");
     }
 }

@@ -62,7 +62,9 @@ impl Gateway {
         if let Err(e) = limit::guard(&self.guard, &rt.limits, ip) {
             return self.refuse(session, ctx, e).await;
         }
-        let key = match auth::authenticate(session.req_header(), &rt.keys) {
+        let authenticated = auth::authenticate(session.req_header(), &rt.keys);
+        auth::scrub_query_key(session.req_header_mut());
+        let key = match authenticated {
             Ok(k) => k,
             Err(e) => {
                 if let Some(m) = metrics() {

@@ -117,12 +117,8 @@ pub async fn decide(
     };
     let mut upstream_path = provider.upstream_path(&stripped);
     if let Some(q) = session.req_header().uri.query() {
-        let q =
-            if super::auth::is_websocket(session.req_header()) { super::auth::strip_query_key(q) } else { q.into() };
-        if !q.is_empty() {
-            upstream_path.push('?');
-            upstream_path.push_str(&q);
-        }
+        upstream_path.push('?');
+        upstream_path.push_str(q);
     }
     let routed = Routed {
         runtime: rt.clone(),
