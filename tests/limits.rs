@@ -538,3 +538,50 @@ fn check_reports_limit_errors_with_their_paths() {
     let (code, out) = check(ok, &[]);
     assert_eq!((code, out.trim()), (0, "config ok"));
 }
+
+#[tokio::test]
+async fn token_budget_is_released_when_the_window_ends() {
+    let sim = spawn_sim(&["--tokens", "20"]).await;
+    let rest = format!(
+        "limits: {{ window: 2s }}\nkeys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"], limits: {{ tpm: 10 }} }}\n{}",
+        provider(&sim)
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    let t0 = Instant::now();
+    let r = post(&gw, KEY, &chat(false, false)).await;
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens").as_deref(), Some("10"));
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let (s, code, retry) = refusal(post(&gw, KEY, &chat(false, false)).await).await;
+    assert_eq!((s, code.as_str()), (429, "rate_limit_tokens"));
+    assert!(["1", "2"].contains(&retry.as_deref().unwrap()), "{retry:?}");
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(t0.elapsed())).await;
+    let r = post(&gw, KEY, &chat(false, false)).await;
+    assert_eq!(r.status(), 200, "the token budget was not released");
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens").as_deref(), Some("10"));
+}
+
+/// 10,000 configured keys, each allowed one request per window: every key's first request
+/// passes (no key is charged for another's traffic), every second one is refused.
+#[tokio::test]
+async fn ten_thousand_keys_each_counted_on_its_own() {
+    let sim = spawn_sim(&["--tokens", "1"]).await;
+    let mut keys = String::from("limits: { defaults: { rpm: 1 } }\nkeys:\n");
+    for i in 0..10_000 {
+        keys.push_str(&format!("  - {{ name: k{i}, key: sk-many-{i:05}, models: [\"*\"] }}\n"));
+    }
+    let gw = spawn_gateway("", &format!("{keys}{}", provider(&sim)), &[]).await;
+    let picked: Vec<usize> = (0..300).map(|i| (i * 7919) % 10_000).collect();
+    let c = client();
+    let statuses = futures_util::future::join_all(picked.iter().map(|i| {
+        let req =
+            c.post(gw.url("/v1/chat/completions")).bearer_auth(format!("sk-many-{i:05}")).json(&chat(false, false));
+        async move { req.send().await.unwrap().status().as_u16() }
+    }))
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for i in picked.iter().take(20) {
+        let r = post(&gw, &format!("sk-many-{i:05}"), &chat(false, false)).await;
+        assert_eq!(r.status(), 429);
+    }
+}
