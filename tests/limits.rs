@@ -204,6 +204,13 @@ async fn requests_per_window_reached_and_released_with_headers() {
     let r = client().post(gw.url("/v1/chat/completions")).bearer_auth("k-free").body("{bad").send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(header(&r, "x-ratelimit-limit-requests").as_deref(), Some("50"));
+    // Upstream errors, passed on (500) or answered by the gateway (504), carry them as well.
+    for (fail, status) in [("error", 500), ("hang", 504)] {
+        let r = client().post(gw.url("/v1/chat/completions")).bearer_auth("k-free").header("x-sim-fail", fail);
+        let r = r.json(&chat(false, false)).send().await.unwrap();
+        assert_eq!(r.status(), status);
+        assert_eq!(header(&r, "x-ratelimit-limit-requests").as_deref(), Some("50"), "{fail}");
+    }
     // Released when the window ends.
     tokio::time::sleep(Duration::from_millis(2100).saturating_sub(t0.elapsed())).await;
     let r = post(&gw, KEY, &chat(false, false)).await;

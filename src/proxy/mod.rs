@@ -284,7 +284,8 @@ impl ProxyHttp for Gateway {
                 if session.response_written().is_none() {
                     // Pingora will not reuse this connection: say so, or clients reuse a dead one.
                     session.set_keepalive(None);
-                    if let Err(write_err) = respond::error(session, g, &ctx.request_id).await {
+                    let extra = limit::headers(ctx);
+                    if let Err(write_err) = respond::error_with(session, g, &ctx.request_id, extra).await {
                         log::debug!("could not send error response: {write_err}");
                     }
                 }
