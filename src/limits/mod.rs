@@ -11,6 +11,7 @@
 pub mod cidr;
 pub mod ip;
 
+use http::HeaderValue;
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -148,17 +149,18 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// OpenAI's headers for the limits that are set (an unlimited dimension has none).
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(6);
-        let reset = format_reset(self.reset);
+    /// Values are built without intermediate strings: they are on every response.
+    pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
+        let mut out = Vec::with_capacity(7);
+        let reset = HeaderValue::from_str(&format_reset(self.reset)).unwrap_or(HeaderValue::from_static("0s"));
         if let Some(l) = self.limits.rpm {
-            out.push(("x-ratelimit-limit-requests", l.to_string()));
-            out.push(("x-ratelimit-remaining-requests", l.saturating_sub(self.requests).to_string()));
+            out.push(("x-ratelimit-limit-requests", HeaderValue::from(l)));
+            out.push(("x-ratelimit-remaining-requests", HeaderValue::from(l.saturating_sub(self.requests))));
             out.push(("x-ratelimit-reset-requests", reset.clone()));
         }
         if let Some(l) = self.limits.tpm {
-            out.push(("x-ratelimit-limit-tokens", l.to_string()));
-            out.push(("x-ratelimit-remaining-tokens", l.saturating_sub(self.tokens).to_string()));
+            out.push(("x-ratelimit-limit-tokens", HeaderValue::from(l)));
+            out.push(("x-ratelimit-remaining-tokens", HeaderValue::from(l.saturating_sub(self.tokens))));
             out.push(("x-ratelimit-reset-tokens", reset));
         }
         out

@@ -8,6 +8,7 @@ use crate::error::GatewayError;
 use crate::limits::ip::IpGuard;
 use crate::limits::{cidr, now_ms, LimitSettings, Refusal, Slot};
 use crate::observe::metrics::metrics;
+use http::HeaderValue;
 use pingora_proxy::Session;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ fn key_of(ctx: &Ctx) -> Option<&Arc<KeyEntry>> {
 }
 
 /// `x-ratelimit-*` for the limits the key has (none for an unlimited one).
-pub fn headers(ctx: &Ctx) -> Vec<(&'static str, String)> {
+pub fn headers(ctx: &Ctx) -> Vec<(&'static str, HeaderValue)> {
     match key_of(ctx) {
         Some(k) if !k.limits.is_unlimited() => k.state.snapshot(&k.limits, now_ms()).headers(),
         _ => Vec::new(),
@@ -81,10 +82,10 @@ pub fn headers(ctx: &Ctx) -> Vec<(&'static str, String)> {
 }
 
 /// Headers for an answer the gateway writes itself: the limits, and `Retry-After` on a 429.
-pub fn answer_headers(ctx: &Ctx, e: &GatewayError) -> Vec<(&'static str, String)> {
+pub fn answer_headers(ctx: &Ctx, e: &GatewayError) -> Vec<(&'static str, HeaderValue)> {
     let mut h = headers(ctx);
     if let GatewayError::RateLimited(r) = e {
-        h.push(("retry-after", r.retry_after_secs().to_string()));
+        h.push(("retry-after", HeaderValue::from(r.retry_after_secs())));
     }
     h
 }

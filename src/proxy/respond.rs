@@ -2,6 +2,7 @@
 //! request id, keeping the connection usable unless the request body was left unread.
 
 use crate::error::GatewayError;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora_proxy::Session;
@@ -11,7 +12,7 @@ pub async fn json(
     status: u16,
     body: Vec<u8>,
     request_id: &str,
-    extra: &[(&'static str, String)],
+    extra: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
     let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
     h.insert_header("content-type", "application/json")?;
@@ -20,7 +21,7 @@ pub async fn json(
         h.insert_header("x-request-id", request_id)?;
     }
     for (k, v) in extra {
-        h.insert_header(*k, v.as_str())?;
+        h.insert_header(*k, v.clone())?;
     }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body.into()), true).await?;
@@ -38,13 +39,13 @@ pub async fn error_with(
     session: &mut Session,
     err: &GatewayError,
     request_id: &str,
-    mut extra: Vec<(&'static str, String)>,
+    mut extra: Vec<(&'static str, HeaderValue)>,
 ) -> Result<()> {
     if !session.is_body_done() {
         session.set_keepalive(None);
     }
     if let GatewayError::Unauthorized(_) = err {
-        extra.push(("www-authenticate", "Bearer".to_string()));
+        extra.push(("www-authenticate", HeaderValue::from_static("Bearer")));
     }
     json(session, err.status(), err.body(), request_id, &extra).await
 }
