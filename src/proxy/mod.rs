@@ -135,9 +135,7 @@ impl ProxyHttp for Gateway {
             ctx.started = routed.started;
             if let Some(len) = routed.body_len {
                 // The body was rewritten: frame the piped body by its new length.
-                let req = session.req_header_mut();
-                req.remove_header(&http::header::TRANSFER_ENCODING);
-                req.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+                rewrite::set_body_length(session.req_header_mut(), len)?;
             }
             if routed.strip_usage {
                 ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
@@ -189,11 +187,10 @@ impl ProxyHttp for Gateway {
         match &ctx.routed {
             Some(r) => {
                 forward::rewrite_request(req, r)?;
-                if let Some(len) = r.body_len {
-                    req.remove_header(&http::header::TRANSFER_ENCODING);
-                    req.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+                match r.body_len {
+                    Some(len) => rewrite::set_body_length(req, len),
+                    None => Ok(()),
                 }
-                Ok(())
             }
             None => Error::e_explain(ErrorType::InternalError, "no route decided"),
         }
@@ -239,19 +236,7 @@ impl ProxyHttp for Gateway {
         for (name, value) in limit::headers(ctx) {
             resp.insert_header(name, value)?;
         }
-        let changes_length = match &mut ctx.rewrite {
-            rewrite::ResponseRewrite::None => false,
-            rewrite::ResponseRewrite::StripUsage(_) => ctx.usage.kind() == stream::BodyKind::Sse,
-            rewrite::ResponseRewrite::Models(f) => {
-                f.active = resp.status == 200;
-                f.active
-            }
-        };
-        if changes_length {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
-        Ok(())
+        ctx.rewrite.response_header(resp, ctx.usage.kind())
     }
 
     fn response_body_filter(
@@ -262,15 +247,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         ctx.usage.observe(body.as_ref(), end_of_stream);
-        match &mut ctx.rewrite {
-            rewrite::ResponseRewrite::None => {}
-            rewrite::ResponseRewrite::StripUsage(s) => {
-                if ctx.usage.kind() == stream::BodyKind::Sse {
-                    s.filter(body, end_of_stream)
-                }
-            }
-            rewrite::ResponseRewrite::Models(f) => f.filter(body, end_of_stream),
-        }
+        ctx.rewrite.response_body(body, end_of_stream, ctx.usage.kind());
         Ok(None)
     }
 

@@ -4,10 +4,11 @@
 //!   before the client sees it — every other byte is passed on unchanged;
 //! - `GET …/models` lists only the models the key may use.
 
+use super::stream::BodyKind;
 use crate::auth::ModelGlobs;
 use crate::error::GatewayError;
 use bytes::Bytes;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::Value;
 
 /// An event or models list larger than this is passed on (events) or refused (lists) whole.
@@ -20,6 +21,41 @@ pub enum ResponseRewrite {
     None,
     StripUsage(SseStrip),
     Models(ModelsFilter),
+}
+
+impl ResponseRewrite {
+    /// In `response_filter`: a body that will change length loses its `Content-Length`.
+    pub fn response_header(&mut self, resp: &mut ResponseHeader, kind: BodyKind) -> pingora::Result<()> {
+        let changes_length = match self {
+            ResponseRewrite::None => false,
+            ResponseRewrite::StripUsage(_) => kind == BodyKind::Sse,
+            ResponseRewrite::Models(f) => {
+                f.active = resp.status == 200;
+                f.active
+            }
+        };
+        if changes_length {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(())
+    }
+
+    /// In `response_body_filter`, after the usage observer saw the original bytes.
+    pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool, kind: BodyKind) {
+        match self {
+            ResponseRewrite::None => {}
+            ResponseRewrite::StripUsage(s) if kind == BodyKind::Sse => s.filter(body, end),
+            ResponseRewrite::StripUsage(_) => {}
+            ResponseRewrite::Models(f) => f.filter(body, end),
+        }
+    }
+}
+
+/// A request whose body was rewritten is framed by its new length.
+pub fn set_body_length(req: &mut RequestHeader, len: usize) -> pingora::Result<()> {
+    req.remove_header(&http::header::TRANSFER_ENCODING);
+    req.insert_header(http::header::CONTENT_LENGTH, len.to_string())
 }
 
 /// The request body with `stream_options.include_usage: true`, or `None` when it is not a
