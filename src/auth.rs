@@ -1,6 +1,7 @@
 //! The key table: client keys stored as SHA-256 digests, looked up by digest (no scan of the
 //! key list), confirmed with a constant-time comparison. Keys are never kept in clear.
 
+use crate::limits::{KeyLimits, KeyState};
 use crate::secret::Secret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -26,6 +27,9 @@ pub struct KeyEntry {
     pub models: ModelGlobs,
     pub not_before: Option<SystemTime>,
     pub expires: Option<SystemTime>,
+    pub limits: KeyLimits,
+    /// Counters; handed over to the key of the same name on reload.
+    pub state: Arc<KeyState>,
 }
 
 impl KeyEntry {
@@ -36,7 +40,20 @@ impl KeyEntry {
         not_before: Option<SystemTime>,
         expires: Option<SystemTime>,
     ) -> Self {
-        KeyEntry { name: name.into(), digest, models, not_before, expires }
+        KeyEntry {
+            name: name.into(),
+            digest,
+            models,
+            not_before,
+            expires,
+            limits: KeyLimits::default(),
+            state: KeyState::new(),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: KeyLimits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -79,6 +96,18 @@ impl KeyTable {
     pub fn insert(&mut self, entry: KeyEntry) -> bool {
         let digest = entry.digest;
         self.by_digest.insert(digest, Arc::new(entry)).is_none()
+    }
+
+    /// Gives each key the counters of the key with the same name in `old`, so a reload (key
+    /// rotation included) never resets a window or forgets requests in flight.
+    pub fn carry_limit_state(&mut self, old: &KeyTable) {
+        let by_name: HashMap<&str, &Arc<KeyState>> = old.by_digest.values().map(|e| (&*e.name, &e.state)).collect();
+        for entry in self.by_digest.values_mut() {
+            let Some(state) = by_name.get(&*entry.name) else { continue };
+            if let Some(e) = Arc::get_mut(entry) {
+                e.state = Arc::clone(state);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

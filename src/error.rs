@@ -27,6 +27,8 @@ pub enum GatewayError {
     GatewayTimeout(String),
     #[error("internal error")]
     Internal,
+    #[error("{}", .0.kind.message())]
+    RateLimited(crate::limits::Refusal),
 }
 
 impl GatewayError {
@@ -53,6 +55,7 @@ impl GatewayError {
             GatewayError::Unavailable(_) => (503, "upstream_error", "service_unavailable"),
             GatewayError::GatewayTimeout(_) => (504, "upstream_error", "upstream_timeout"),
             GatewayError::Internal => (500, "server_error", "internal_error"),
+            GatewayError::RateLimited(r) => (429, "rate_limit_exceeded", r.kind.code()),
         }
     }
 

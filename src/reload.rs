@@ -1,6 +1,6 @@
 //! Configuration reload (SIGHUP or `POST /reload` on the admin listener): compile the file
 //! anew and swap it in whole, or keep the running one and say why. Backends that stay keep
-//! their health state and in-flight counts.
+//! their health state and in-flight counts; keys that stay (by name) keep their limit counters.
 
 use crate::config::{self, ConfigErrors};
 use crate::observe::metrics::metrics;
@@ -48,6 +48,7 @@ impl Reloader {
 
 /// Reuses the backend objects (health, in-flight) of backends present before and after.
 fn carry_over(old: &Runtime, new: &mut Runtime) {
+    new.keys.carry_limit_state(&old.keys);
     for p in new.providers.iter_mut() {
         let Some(prev) = old.providers.iter().find(|o| o.name == p.name) else { continue };
         let Some(p) = Arc::get_mut(p) else { continue };

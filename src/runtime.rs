@@ -40,6 +40,7 @@ pub struct Runtime {
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,
     pub log: LogSettings,
+    pub limits: crate::limits::LimitSettings,
 }
 
 impl Runtime {

@@ -4,5 +4,6 @@
 mod common;
 mod fleet;
 mod gateway;
+mod limits;
 mod sim;
 mod telegram;

@@ -19,15 +19,16 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:18081";
 pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
 
 /// Compiles the file; returns `None` (with `errors` filled) when anything is wrong.
-pub fn compile(file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Runtime> {
+pub fn compile(mut file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Runtime> {
     let start = errors.len();
+    let limits = super::limits::compile(&file.limits, file.server.trusted_proxies.take(), errors);
     let server = server(file.server, errors);
     let admin_listen = file.admin.listen.unwrap_or_else(|| DEFAULT_ADMIN.to_string());
     check_addr("admin.listen", &admin_listen, errors);
     if server.listen.contains(&admin_listen) {
         errors.push(ConfigError::new("admin.listen", "must differ from every server.listen address"));
     }
-    let keys = keys(file.keys, errors);
+    let keys = keys(file.keys, &limits, errors);
     let providers: Vec<Arc<Provider>> =
         file.providers.into_iter().enumerate().filter_map(|(i, p)| provider(i, p, errors)).collect();
     let mut seen = HashSet::new();
@@ -42,7 +43,7 @@ pub fn compile(file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Runtim
     if errors.len() > start {
         return None;
     }
-    Some(Runtime { server, admin_listen, keys, providers, routes, log })
+    Some(Runtime { server, admin_listen, keys, providers, routes, log, limits: limits.settings })
 }
 
 fn check_addr(path: &str, addr: &str, errors: &mut Vec<ConfigError>) {
@@ -132,7 +133,7 @@ fn parse_time(path: &str, text: &Option<String>, errors: &mut Vec<ConfigError>) 
     }
 }
 
-fn keys(keys: Vec<KeySection>, errors: &mut Vec<ConfigError>) -> KeyTable {
+fn keys(keys: Vec<KeySection>, limits: &super::limits::Compiled, errors: &mut Vec<ConfigError>) -> KeyTable {
     let mut table = KeyTable::default();
     let mut names = HashSet::new();
     if keys.is_empty() {
@@ -179,7 +180,9 @@ fn keys(keys: Vec<KeySection>, errors: &mut Vec<ConfigError>) -> KeyTable {
         };
         let not_before = parse_time(&format!("{path}.not_before"), &k.not_before, errors);
         let expires = parse_time(&format!("{path}.expires"), &k.expires, errors);
-        if !table.insert(KeyEntry::new(&k.name, digest, ModelGlobs(k.models), not_before, expires)) {
+        let key_limits = super::limits::key(&path, k.limits, limits, errors);
+        let entry = KeyEntry::new(&k.name, digest, ModelGlobs(k.models), not_before, expires).with_limits(key_limits);
+        if !table.insert(entry) {
             errors.push(ConfigError::new(&path, "the same key is configured twice"));
         }
     }

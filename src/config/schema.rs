@@ -20,6 +20,9 @@ pub struct FileConfig {
     pub routes: Option<Vec<RouteSection>>,
     #[serde(default)]
     pub log: LogSection,
+    /// Per-key defaults and the per-address pre-authentication guard.
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 /// One address or a list of them.
@@ -61,6 +64,9 @@ pub struct ServerSection {
     pub pid_file: Option<String>,
     /// Socket on which `--upgrade` receives the listeners. Default `/tmp/mcas-gateway-upgrade.sock`.
     pub upgrade_sock: Option<String>,
+    /// Peers (CIDR blocks or addresses) whose `X-Forwarded-For` is believed for the client
+    /// address used by `limits.per_ip`. Default: none (the TCP peer is the client).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +98,8 @@ pub struct KeySection {
     pub not_before: Option<String>,
     /// RFC 3339 instant from which the key is refused.
     pub expires: Option<String>,
+    /// This key's limits; each absent field takes `limits.defaults`.
+    pub limits: Option<KeyLimitsSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,4 +243,40 @@ pub struct LogSection {
     pub access_log: Option<bool>,
     /// `error`, `warn`, `info`, `debug`; `RUST_LOG` wins. Default `info`.
     pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Limits of keys that set none themselves. Default: unlimited.
+    pub defaults: Option<KeyLimitsSection>,
+    /// Per client address, before the key is checked.
+    pub per_ip: Option<PerIpSection>,
+    /// Length of the counting window of `rpm` and `tpm`. Default 60s.
+    pub window: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitsSection {
+    /// Requests per window (429 `rate_limit_requests`).
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion, from `usage`) per window (429 `rate_limit_tokens`).
+    pub tpm: Option<u64>,
+    /// Requests in flight, streams included (429 `rate_limit_concurrency`).
+    pub concurrency: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerIpSection {
+    /// Requests per minute from one client address. Default: unlimited.
+    pub rpm: Option<u64>,
+    /// Failed authentications per minute from one address before it is refused for
+    /// `cooloff`. Default 20; 0 turns the guard off.
+    pub auth_failures_per_min: Option<u64>,
+    /// How long an address that failed too often is refused (429). Default 60s.
+    pub cooloff: Option<HumanDuration>,
+    /// Addresses tracked at once (least recently seen evicted beyond). Default 100000.
+    pub max_tracked: Option<usize>,
 }

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub client_cancels: IntCounterVec,
     pub reloads: IntCounterVec,
     pub backend_up: IntGaugeVec,
+    pub limit_refusals: IntCounterVec,
     models_seen: Mutex<HashSet<String>>,
 }
 
@@ -76,6 +77,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(client_cancels.clone()))?;
     registry.register(Box::new(reloads.clone()))?;
     registry.register(Box::new(backend_up.clone()))?;
+    let limit_refusals = IntCounterVec::new(
+        Opts::new("limit_refusals_total", "Requests refused with 429, by limit and key name (\"none\" before auth)"),
+        &["reason", "key"],
+    )?;
+    registry.register(Box::new(limit_refusals.clone()))?;
     Ok(Metrics {
         registry,
         fleet,
@@ -89,6 +95,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         client_cancels,
         reloads,
         backend_up,
+        limit_refusals,
         models_seen: Mutex::new(HashSet::new()),
     })
 }

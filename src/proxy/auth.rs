@@ -1,4 +1,9 @@
 //! Finds the client's credential in the request and checks it against the key table.
+//!
+//! `Authorization: Bearer <key>` or `x-api-key: <key>` on any request. WebSocket upgrades,
+//! whose browser clients cannot set headers, may instead carry the key in the `api_key` query
+//! parameter or as a `Sec-WebSocket-Protocol` entry `openai-insecure-api-key.<key>` (the form
+//! OpenAI's browser clients use) or `api_key.<key>`; both are removed before forwarding.
 
 use crate::auth::{AuthError, KeyEntry, KeyTable};
 use crate::secret::Secret;
@@ -6,7 +11,9 @@ use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// `Authorization: Bearer <key>` or `x-api-key: <key>`.
+pub const QUERY_PARAM: &str = "api_key";
+pub const PROTOCOL_PREFIXES: [&str; 2] = ["openai-insecure-api-key.", "api_key."];
+
 pub fn credential(req: &RequestHeader) -> Option<Secret> {
     if let Some(v) = req.headers.get(http::header::AUTHORIZATION) {
         let v = v.to_str().ok()?.trim();
@@ -17,11 +24,116 @@ pub fn credential(req: &RequestHeader) -> Option<Secret> {
         }
         return None;
     }
-    let v = req.headers.get("x-api-key")?.to_str().ok()?.trim();
-    (!v.is_empty()).then(|| Secret::new(v))
+    if let Some(v) = req.headers.get("x-api-key") {
+        let v = v.to_str().ok()?.trim();
+        return (!v.is_empty()).then(|| Secret::new(v));
+    }
+    if is_websocket(req) {
+        return websocket_credential(req);
+    }
+    None
+}
+
+/// `Upgrade: websocket`.
+pub fn is_websocket(req: &RequestHeader) -> bool {
+    req.headers.get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+fn websocket_credential(req: &RequestHeader) -> Option<Secret> {
+    if let Some(q) = req.uri.query() {
+        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+            if k == QUERY_PARAM && !v.is_empty() {
+                return Some(Secret::new(&*v));
+            }
+        }
+    }
+    for value in req.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(v) = value.to_str() else { continue };
+        for entry in v.split(',').map(str::trim) {
+            if let Some(key) = PROTOCOL_PREFIXES.iter().find_map(|p| entry.strip_prefix(p)) {
+                if !key.is_empty() {
+                    return Some(Secret::new(key));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The query without `api_key` (other parameters keep their order and encoding).
+pub fn strip_query_key(q: &str) -> String {
+    q.split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            name != QUERY_PARAM
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Removes `api_key` from the query of a WebSocket upgrade, in place, so neither the upstream
+/// nor a log line that quotes the request target (Pingora's own error lines do) sees it.
+pub fn scrub_query_key(req: &mut RequestHeader) {
+    let Some(q) = req.uri.query().filter(|q| q.contains(QUERY_PARAM)) else { return };
+    if !is_websocket(req) {
+        return;
+    }
+    let kept = strip_query_key(q);
+    let target = if kept.is_empty() { req.uri.path().to_string() } else { format!("{}?{kept}", req.uri.path()) };
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        req.set_uri(uri);
+    }
+}
+
+/// `Sec-WebSocket-Protocol` without key entries; `None` when nothing else was offered.
+pub fn strip_protocol_key(req: &RequestHeader) -> Option<Option<String>> {
+    let values: Vec<&str> =
+        req.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok()).collect();
+    if values.is_empty() {
+        return None;
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !PROTOCOL_PREFIXES.iter().any(|p| e.starts_with(p)))
+        .collect();
+    Some((!kept.is_empty()).then(|| kept.join(", ")))
 }
 
 pub fn authenticate(req: &RequestHeader, keys: &KeyTable) -> Result<Arc<KeyEntry>, AuthError> {
     let presented = credential(req).ok_or(AuthError::Missing)?;
     keys.check(&presented, SystemTime::now())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn websocket_forms_only_on_upgrades() {
+        let ws = [("upgrade", "websocket"), ("connection", "upgrade")];
+        let r = req("/ws?a=1&api_key=k1", &ws);
+        assert_eq!(credential(&r).unwrap().expose(), "k1");
+        assert!(credential(&req("/ws?api_key=k1", &[])).is_none(), "query keys only on upgrades");
+        let r = req("/ws", &[ws[0], ws[1], ("sec-websocket-protocol", "chat, openai-insecure-api-key.k2")]);
+        assert_eq!(credential(&r).unwrap().expose(), "k2");
+        assert_eq!(strip_protocol_key(&r), Some(Some("chat".to_string())));
+        let r = req("/ws", &[("sec-websocket-protocol", "api_key.k3")]);
+        assert_eq!(strip_protocol_key(&r), Some(None));
+        assert_eq!(strip_query_key("a=1&api_key=k&b=%20"), "a=1&b=%20");
+        assert_eq!(strip_query_key("api_key=k"), "");
+        let mut r = req("/ws?api_key=k1&x=2", &ws);
+        scrub_query_key(&mut r);
+        assert_eq!(r.raw_path(), b"/ws?x=2");
+    }
 }

@@ -26,6 +26,12 @@ pub struct Routed {
     pub stream: bool,
     pub client_ip: Option<String>,
     pub client_proto: &'static str,
+    /// The gateway added `stream_options.include_usage`: remove the usage event it causes.
+    pub strip_usage: bool,
+    /// The body was rewritten to this length (the subrequest fixes `Content-Length`).
+    pub body_len: Option<usize>,
+    /// The rewritten body, when it replaces the retry buffer (bodies up to 64 KiB).
+    pub new_body: Option<bytes::Bytes>,
 }
 
 #[derive(Default)]
@@ -77,6 +83,8 @@ pub struct Ctx {
     /// The gateway answered itself with this status (local endpoint or refusal).
     pub local_status: Option<u16>,
     pub counted_inflight: bool,
+    pub limit: super::limit::LimitCtx,
+    pub rewrite: super::rewrite::ResponseRewrite,
 }
 
 impl Ctx {
@@ -91,6 +99,8 @@ impl Ctx {
             piped: false,
             local_status: None,
             counted_inflight: false,
+            limit: Default::default(),
+            rewrite: Default::default(),
         }
     }
 }

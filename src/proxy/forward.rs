@@ -44,6 +44,12 @@ pub fn rewrite_request(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     req.set_uri(uri);
     req.remove_header(&http::header::AUTHORIZATION);
     req.remove_header("x-api-key");
+    if let Some(kept) = super::auth::strip_protocol_key(req) {
+        req.remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL);
+        if let Some(v) = kept {
+            req.insert_header(http::header::SEC_WEBSOCKET_PROTOCOL, v)?;
+        }
+    }
     // The body was already read by the gateway (and 100 Continue answered if asked).
     req.remove_header(&http::header::EXPECT);
     if let Some(key) = &routed.provider.api_key {

@@ -6,9 +6,11 @@ pub mod account;
 pub mod auth;
 pub mod ctx;
 pub mod forward;
+pub mod limit;
 pub mod local;
 pub mod pipe;
 pub mod respond;
+pub mod rewrite;
 pub mod route;
 pub mod stream;
 
@@ -35,11 +37,13 @@ pub enum Step {
 
 pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
+    /// Per-address pre-auth state; outlives reloads.
+    pub guard: Arc<crate::limits::ip::IpGuard>,
 }
 
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
-        Gateway { runtime }
+        Gateway { runtime, guard: Default::default() }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -54,16 +58,31 @@ impl Gateway {
             return Ok(Step::Answered);
         }
         let rt = self.runtime.load_full();
-        let key = match auth::authenticate(session.req_header(), &rt.keys) {
+        let ip = limit::client_addr(session, &rt.limits);
+        if let Err(e) = limit::guard(&self.guard, &rt.limits, ip) {
+            return self.refuse(session, ctx, e).await;
+        }
+        let authenticated = auth::authenticate(session.req_header(), &rt.keys);
+        auth::scrub_query_key(session.req_header_mut());
+        let key = match authenticated {
             Ok(k) => k,
             Err(e) => {
                 if let Some(m) = metrics() {
                     m.auth_failures.with_label_values(&[e.reason()]).inc();
                 }
+                limit::auth_failed(&self.guard, &rt.limits, ip);
                 return self.refuse(session, ctx, GatewayError::Unauthorized(e)).await;
             }
         };
         ctx.key_name = Some(key.name.clone());
+        if let Err(e) = limit::admit(&key, &mut ctx.limit) {
+            return self.refuse(session, ctx, e).await;
+        }
+        match rewrite::models_request(session.req_header(), &key.models) {
+            Ok(Some(filter)) => ctx.rewrite = rewrite::ResponseRewrite::Models(filter),
+            Ok(None) => {}
+            Err(e) => return self.refuse(session, ctx, e).await,
+        }
         let meta = route::RequestMeta {
             request_id: ctx.request_id.clone(),
             started: ctx.started,
@@ -81,6 +100,9 @@ impl Gateway {
                 Ok(Step::Answered)
             }
             route::BodyPlan::Replay | route::BodyPlan::Untouched => {
+                if decision.routed.strip_usage {
+                    ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
+                }
                 ctx.routed = Some(decision.routed);
                 Ok(Step::Continue)
             }
@@ -89,7 +111,8 @@ impl Gateway {
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
         ctx.local_status = Some(e.status());
-        respond::error(session, &e, &ctx.request_id).await?;
+        let extra = limit::answer_headers(ctx, &e);
+        respond::error_with(session, &e, &ctx.request_id, extra).await?;
         Ok(Step::Answered)
     }
 }
@@ -114,6 +137,13 @@ impl ProxyHttp for Gateway {
         if let Some(routed) = pipe::take_routed(session) {
             ctx.request_id = routed.request_id.clone();
             ctx.started = routed.started;
+            if let Some(len) = routed.body_len {
+                // The body was rewritten: frame the piped body by its new length.
+                rewrite::set_body_length(session.req_header_mut(), len)?;
+            }
+            if routed.strip_usage {
+                ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
+            }
             ctx.routed = Some(routed);
             return Ok(false);
         }
@@ -156,9 +186,30 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         match &ctx.routed {
-            Some(r) => forward::rewrite_request(req, r),
+            Some(r) => {
+                forward::rewrite_request(req, r)?;
+                match r.body_len {
+                    Some(len) => rewrite::set_body_length(req, len),
+                    None => Ok(()),
+                }
+            }
             None => Error::e_explain(ErrorType::InternalError, "no route decided"),
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // The retry buffer (the whole body, read in `route`) is replayed here, on every
+        // attempt: send the rewritten body instead.
+        if let (Some(new), Some(_)) = (ctx.routed.as_ref().and_then(|r| r.new_body.as_ref()), body.as_ref()) {
+            *body = Some(new.clone());
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -183,7 +234,10 @@ impl ProxyHttp for Gateway {
         if !ctx.request_id.is_empty() {
             resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         }
-        Ok(())
+        for (name, value) in limit::headers(ctx) {
+            resp.insert_header(name, value)?;
+        }
+        ctx.rewrite.response_header(resp, ctx.usage.kind())
     }
 
     fn response_body_filter(
@@ -194,6 +248,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         ctx.usage.observe(body.as_ref(), end_of_stream);
+        ctx.rewrite.response_body(body, end_of_stream, ctx.usage.kind());
         Ok(None)
     }
 
@@ -210,7 +265,8 @@ impl ProxyHttp for Gateway {
                 if session.response_written().is_none() {
                     // Pingora will not reuse this connection: say so, or clients reuse a dead one.
                     session.set_keepalive(None);
-                    if let Err(write_err) = respond::error(session, g, &ctx.request_id).await {
+                    let extra = limit::headers(ctx);
+                    if let Err(write_err) = respond::error_with(session, g, &ctx.request_id, extra).await {
                         log::debug!("could not send error response: {write_err}");
                     }
                 }
@@ -223,6 +279,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.upstream.release();
+        limit::finish(ctx);
         if ctx.counted_inflight {
             if let Some(m) = metrics() {
                 m.inflight.dec();

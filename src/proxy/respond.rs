@@ -2,6 +2,7 @@
 //! request id, keeping the connection usable unless the request body was left unread.
 
 use crate::error::GatewayError;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora_proxy::Session;
@@ -11,7 +12,7 @@ pub async fn json(
     status: u16,
     body: Vec<u8>,
     request_id: &str,
-    extra: &[(&'static str, String)],
+    extra: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
     let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
     h.insert_header("content-type", "application/json")?;
@@ -20,7 +21,7 @@ pub async fn json(
         h.insert_header("x-request-id", request_id)?;
     }
     for (k, v) in extra {
-        h.insert_header(*k, v.as_str())?;
+        h.insert_header(*k, v.clone())?;
     }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body.into()), true).await?;
@@ -30,12 +31,21 @@ pub async fn json(
 /// Writes `err` as an OpenAI error. When the request body was not read (or only partly),
 /// the connection is closed afterwards rather than draining an upload nobody wants.
 pub async fn error(session: &mut Session, err: &GatewayError, request_id: &str) -> Result<()> {
+    error_with(session, err, request_id, Vec::new()).await
+}
+
+/// [`error`] with extra headers (`x-ratelimit-*`, `Retry-After`).
+pub async fn error_with(
+    session: &mut Session,
+    err: &GatewayError,
+    request_id: &str,
+    mut extra: Vec<(&'static str, HeaderValue)>,
+) -> Result<()> {
     if !session.is_body_done() {
         session.set_keepalive(None);
     }
-    let extra: Vec<(&'static str, String)> = match err {
-        GatewayError::Unauthorized(_) => vec![("www-authenticate", "Bearer".to_string())],
-        _ => vec![],
-    };
+    if let GatewayError::Unauthorized(_) = err {
+        extra.push(("www-authenticate", HeaderValue::from_static("Bearer")));
+    }
     json(session, err.status(), err.body(), request_id, &extra).await
 }

@@ -2,6 +2,7 @@
 //! key may use the model, pick the provider, and decide how the body reaches the upstream.
 
 use super::ctx::Routed;
+use super::rewrite;
 use crate::auth::KeyEntry;
 use crate::error::GatewayError;
 use crate::routes::Target;
@@ -38,6 +39,12 @@ struct Peek {
     messages: FirstMessages,
     model: Option<String>,
     stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct StreamOptions {
+    include_usage: Option<bool>,
 }
 
 pub struct Decision {
@@ -63,7 +70,7 @@ pub async fn decide(
         return Ok(Err(GatewayError::NotFound(safe_path(&path))));
     };
     let route_label = route.label.clone();
-    let (mut plan, mut peek) = (BodyPlan::Untouched, Peek::default());
+    let (mut plan, mut peek, mut body_len, mut new_body) = (BodyPlan::Untouched, Peek::default(), None, None);
     if wants_json_read(session) {
         let body = match read_body(session, rt.server.max_body).await? {
             Ok(chunks) => chunks,
@@ -76,7 +83,23 @@ pub async fn decide(
                 Err(e) => return Ok(Err(e)),
             };
         }
-        plan = if len > RETRY_BUFFER_LIMIT { BodyPlan::Pipe(body) } else { BodyPlan::Replay };
+        let asked_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let added_usage = (peek.stream == Some(true) && !asked_usage).then(|| rewrite::with_include_usage(&body));
+        plan = match added_usage.flatten() {
+            // Small: Pingora replays the retry buffer through `request_body_filter`, which
+            // swaps in the new body. Large: the new body goes through the subrequest pipe.
+            Some(new) => {
+                body_len = Some(new.len());
+                if len > RETRY_BUFFER_LIMIT {
+                    BodyPlan::Pipe(vec![new])
+                } else {
+                    new_body = Some(new);
+                    BodyPlan::Replay
+                }
+            }
+            None if len > RETRY_BUFFER_LIMIT => BodyPlan::Pipe(body),
+            None => BodyPlan::Replay,
+        };
     }
     if let Some(model) = &peek.model {
         if !key.models.allows(model) {
@@ -132,6 +155,9 @@ pub async fn decide(
         stream: peek.stream.unwrap_or(false),
         client_ip: meta.client_ip,
         client_proto: meta.client_proto,
+        strip_usage: body_len.is_some(),
+        body_len,
+        new_body,
     };
     Ok(Ok(Decision { routed, body: plan }))
 }

@@ -1,0 +1,193 @@
+//! The pre-authentication guard, per client address: a request rate, and a count of failed
+//! authentications that, once reached, refuses the address for a cooling-off period — so keys
+//! cannot be guessed at line rate.
+//!
+//! State lives in a bounded map (16 shards, `max_tracked` addresses in all). A full shard first
+//! drops entries that are idle and not cooling off; if still full, it evicts the least recently
+//! seen of a few sampled entries (approximate LRU, O(1)). Counts are exact for tracked
+//! addresses: unlike a count-min sketch, nobody else's traffic is ever charged to an address.
+
+use super::{LimitKind, Refusal};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const SHARDS: usize = 16;
+const EVICTION_SAMPLE: usize = 8;
+/// Both per-address counts are per minute.
+const WINDOW_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpLimits {
+    /// Requests per minute from one address, before authentication. `None`: unlimited.
+    pub rpm: Option<u64>,
+    /// Failed authentications per minute that start a cooling-off period. `None`: off.
+    pub auth_failures_per_min: Option<u64>,
+    pub cooloff: Duration,
+    pub max_tracked: usize,
+}
+
+pub const DEFAULT_AUTH_FAILURES: u64 = 20;
+pub const DEFAULT_COOLOFF: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+
+impl Default for IpLimits {
+    fn default() -> Self {
+        IpLimits {
+            rpm: None,
+            auth_failures_per_min: Some(DEFAULT_AUTH_FAILURES),
+            cooloff: DEFAULT_COOLOFF,
+            max_tracked: DEFAULT_MAX_TRACKED,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Entry {
+    req_start: u64,
+    requests: u64,
+    fail_start: u64,
+    failures: u64,
+    cool_until: u64,
+    last_seen: u64,
+}
+
+impl Entry {
+    fn idle(&self, now: u64) -> bool {
+        now >= self.cool_until && now >= self.last_seen.saturating_add(WINDOW_MS)
+    }
+}
+
+#[derive(Debug)]
+pub struct IpGuard {
+    shards: Vec<Mutex<HashMap<IpAddr, Entry>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for IpGuard {
+    fn default() -> Self {
+        IpGuard { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: Default::default() }
+    }
+}
+
+impl IpGuard {
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, Entry>> {
+        &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
+    }
+
+    /// Called for every request before the key is checked.
+    pub fn check(&self, ip: IpAddr, l: &IpLimits, now: u64) -> Result<(), Refusal> {
+        if l.rpm.is_none() && l.auth_failures_per_min.is_none() {
+            return Ok(());
+        }
+        let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rpm) = l.rpm else {
+            // Only failures are limited: look, but do not track addresses that never failed.
+            return match map.get(&ip) {
+                Some(e) if e.cool_until > now => Err(cooling(e, now)),
+                _ => Ok(()),
+            };
+        };
+        let e = entry(&mut map, ip, l, now);
+        if e.cool_until > now {
+            return Err(cooling(e, now));
+        }
+        if now >= e.req_start.saturating_add(WINDOW_MS) || e.requests == 0 {
+            e.req_start = now;
+            e.requests = 0;
+        }
+        if e.requests >= rpm {
+            let left = (e.req_start + WINDOW_MS).saturating_sub(now);
+            return Err(Refusal { kind: LimitKind::IpRequests, retry_after: Duration::from_millis(left) });
+        }
+        e.requests += 1;
+        Ok(())
+    }
+
+    /// Called when a presented credential was refused.
+    pub fn failed(&self, ip: IpAddr, l: &IpLimits, now: u64) {
+        let Some(max) = l.auth_failures_per_min else { return };
+        let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        let e = entry(&mut map, ip, l, now);
+        if now >= e.fail_start.saturating_add(WINDOW_MS) || e.failures == 0 {
+            e.fail_start = now;
+            e.failures = 0;
+        }
+        e.failures += 1;
+        if e.failures >= max {
+            e.cool_until = now.saturating_add(l.cooloff.as_millis() as u64);
+            e.failures = 0;
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|m| m.len()).unwrap_or(0)).sum()
+    }
+}
+
+fn cooling(e: &Entry, now: u64) -> Refusal {
+    Refusal { kind: LimitKind::AuthFailures, retry_after: Duration::from_millis(e.cool_until - now) }
+}
+
+fn entry<'a>(map: &'a mut HashMap<IpAddr, Entry>, ip: IpAddr, l: &IpLimits, now: u64) -> &'a mut Entry {
+    let cap = (l.max_tracked / SHARDS).max(1);
+    if !map.contains_key(&ip) && map.len() >= cap {
+        map.retain(|_, e| !e.idle(now));
+        if map.len() >= cap {
+            let victim = map.iter().take(EVICTION_SAMPLE).min_by_key(|(_, e)| e.last_seen).map(|(k, _)| *k);
+            if let Some(v) = victim {
+                map.remove(&v);
+            }
+        }
+    }
+    let e = map.entry(ip).or_default();
+    e.last_seen = now;
+    e
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(n.into())
+    }
+
+    #[test]
+    fn failures_start_a_cooloff() {
+        let g = IpGuard::default();
+        let l = IpLimits { auth_failures_per_min: Some(3), cooloff: Duration::from_secs(10), ..Default::default() };
+        for _ in 0..2 {
+            g.failed(ip(1), &l, 100);
+        }
+        assert!(g.check(ip(1), &l, 100).is_ok());
+        g.failed(ip(1), &l, 200);
+        let r = g.check(ip(1), &l, 300).unwrap_err();
+        assert_eq!((r.kind, r.retry_after_secs()), (LimitKind::AuthFailures, 10));
+        assert!(g.check(ip(2), &l, 300).is_ok(), "other addresses are not affected");
+        assert!(g.check(ip(1), &l, 10_200).is_ok(), "the cooloff ends");
+    }
+
+    #[test]
+    fn request_rate_per_address() {
+        let g = IpGuard::default();
+        let l = IpLimits { rpm: Some(2), ..Default::default() };
+        assert!(g.check(ip(1), &l, 0).is_ok());
+        assert!(g.check(ip(1), &l, 1).is_ok());
+        assert_eq!(g.check(ip(1), &l, 2).unwrap_err().kind, LimitKind::IpRequests);
+        assert!(g.check(ip(1), &l, 60_001).is_ok());
+    }
+
+    #[test]
+    fn map_is_bounded() {
+        let g = IpGuard::default();
+        let l = IpLimits { rpm: Some(100), max_tracked: 1600, ..Default::default() };
+        for n in 0..50_000 {
+            g.check(ip(n), &l, 5).unwrap();
+        }
+        assert!(g.tracked() <= 1600, "{}", g.tracked());
+    }
+}

@@ -1,0 +1,101 @@
+//! Limit: the per-address guard before authentication, the per-key limits after it, the
+//! `x-ratelimit-*` headers on every authenticated response, and charging the tokens a
+//! response reported.
+
+use super::ctx::Ctx;
+use crate::auth::KeyEntry;
+use crate::error::GatewayError;
+use crate::limits::ip::IpGuard;
+use crate::limits::{cidr, now_ms, LimitSettings, Refusal, Slot};
+use crate::observe::metrics::metrics;
+use http::HeaderValue;
+use pingora_proxy::Session;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What the limit step keeps for the rest of the request.
+#[derive(Debug, Default)]
+pub struct LimitCtx {
+    /// The authenticated key (for the headers of answers the gateway writes itself).
+    pub key: Option<Arc<KeyEntry>>,
+    /// Held while the request is in flight; dropped with the context however it ends.
+    pub slot: Option<Slot>,
+}
+
+/// The client address limits apply to (see `server.trusted_proxies`).
+pub fn client_addr(session: &Session, s: &LimitSettings) -> Option<IpAddr> {
+    let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())?;
+    if s.trusted_proxies.is_empty() {
+        return Some(peer);
+    }
+    let xff = session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    Some(cidr::client_addr(peer, xff, &s.trusted_proxies))
+}
+
+fn refused(r: Refusal, key: &str) -> GatewayError {
+    if let Some(m) = metrics() {
+        m.limit_refusals.with_label_values(&[r.kind.code(), key]).inc();
+    }
+    GatewayError::RateLimited(r)
+}
+
+/// Before authentication: the address's request rate and its cooling-off after failures.
+pub fn guard(g: &IpGuard, s: &LimitSettings, ip: Option<IpAddr>) -> Result<(), GatewayError> {
+    match ip {
+        Some(ip) => g.check(ip, &s.per_ip, now_ms()).map_err(|r| refused(r, "none")),
+        None => Ok(()),
+    }
+}
+
+pub fn auth_failed(g: &IpGuard, s: &LimitSettings, ip: Option<IpAddr>) {
+    if let Some(ip) = ip {
+        g.failed(ip, &s.per_ip, now_ms());
+    }
+}
+
+/// After authentication: the key's rpm, tpm and concurrency.
+pub fn admit(key: &Arc<KeyEntry>, lc: &mut LimitCtx) -> Result<(), GatewayError> {
+    lc.key = Some(key.clone());
+    if key.limits.is_unlimited() {
+        return Ok(());
+    }
+    match key.state.admit(&key.limits, now_ms()) {
+        Ok((slot, _)) => {
+            lc.slot = slot;
+            Ok(())
+        }
+        Err(r) => Err(refused(r, &key.name)),
+    }
+}
+
+/// The key this request authenticated as, in the main request or a piped subrequest.
+fn key_of(ctx: &Ctx) -> Option<&Arc<KeyEntry>> {
+    ctx.routed.as_ref().map(|r| &r.key).or(ctx.limit.key.as_ref())
+}
+
+/// `x-ratelimit-*` for the limits the key has (none for an unlimited one).
+pub fn headers(ctx: &Ctx) -> Vec<(&'static str, HeaderValue)> {
+    match key_of(ctx) {
+        Some(k) if !k.limits.is_unlimited() => k.state.snapshot(&k.limits, now_ms()).headers(),
+        _ => Vec::new(),
+    }
+}
+
+/// Headers for an answer the gateway writes itself: the limits, and `Retry-After` on a 429.
+pub fn answer_headers(ctx: &Ctx, e: &GatewayError) -> Vec<(&'static str, HeaderValue)> {
+    let mut h = headers(ctx);
+    if let GatewayError::RateLimited(r) = e {
+        h.push(("retry-after", HeaderValue::from(r.retry_after_secs())));
+    }
+    h
+}
+
+/// At the end of a request: charge the tokens its response reported, release the slot.
+pub fn finish(ctx: &mut Ctx) {
+    ctx.limit.slot = None;
+    let (Some(u), Some(r)) = (ctx.usage.usage, ctx.routed.as_ref()) else { return };
+    let k = &r.key;
+    if k.limits.tpm.is_some() {
+        k.state.charge(&k.limits, u.prompt_tokens + u.completion_tokens, now_ms());
+    }
+}
