@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod mcp;
 pub mod observe;
 pub mod proxy;
 pub mod reload;

@@ -40,6 +40,8 @@ pub struct Runtime {
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,
     pub log: LogSettings,
+    /// Seals MCP backend identities; `Some` whenever a route has `kind: mcp`.
+    pub mcp: Option<crate::mcp::seal::Sealer>,
 }
 
 impl Runtime {

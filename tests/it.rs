@@ -4,4 +4,5 @@
 mod common;
 mod gateway;
 mod sim;
+mod streams;
 mod telegram;

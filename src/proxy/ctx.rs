@@ -24,6 +24,8 @@ pub struct Routed {
     pub stream: bool,
     pub client_ip: Option<String>,
     pub client_proto: &'static str,
+    /// WebSocket, event-stream and MCP settings of the route, and MCP pinning.
+    pub streams: super::streams::RouteStreams,
 }
 
 #[derive(Default)]
@@ -76,6 +78,8 @@ pub struct Ctx {
     pub local_status: Option<u16>,
     pub route_label: Option<String>,
     pub counted_inflight: bool,
+    /// Long-lived connections: MCP endpoint rewriting, concurrency slots.
+    pub streams: super::streams::StreamState,
 }
 
 impl Ctx {
@@ -91,6 +95,7 @@ impl Ctx {
             local_status: None,
             route_label: None,
             counted_inflight: false,
+            streams: Default::default(),
         }
     }
 }

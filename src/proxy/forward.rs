@@ -12,7 +12,10 @@ use std::time::Instant;
 /// Chooses a backend not yet tried by this request; `None` when all were tried.
 pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let provider = &routed.provider;
-    let (index, backend) = select(provider, &up.tried)?;
+    let (index, backend) = match super::streams::pinned_backend(routed, &up.tried) {
+        Some(pinned) => pinned?,
+        None => select(provider, &up.tried)?,
+    };
     up.tried.push(index);
     let (tls, sni) = match &provider.tls {
         Some(t) => (true, t.sni.clone()),
@@ -22,7 +25,7 @@ pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let t = &provider.timeouts;
     peer.options.connection_timeout = Some(t.connect);
     peer.options.total_connection_timeout = Some(t.connect);
-    peer.options.read_timeout = Some(t.read);
+    peer.options.read_timeout = Some(routed.streams.idle(provider));
     peer.options.write_timeout = Some(t.write);
     peer.options.idle_timeout = Some(t.idle);
     if let Some(tls) = &provider.tls {

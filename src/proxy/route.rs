@@ -20,8 +20,9 @@ pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 pub enum BodyPlan {
     /// Not read (no body, or not JSON): Pingora streams it.
     Untouched,
-    /// Read whole and small: Pingora replays it from its retry buffer.
-    Replay,
+    /// Read whole and small: Pingora replays it from its retry buffer (the bytes are kept for
+    /// the heartbeat relay, which replays them itself).
+    Replay(Vec<Bytes>),
     /// Read whole and too large to replay: hand these bytes to a subrequest.
     Pipe(Vec<Bytes>),
 }
@@ -69,7 +70,7 @@ pub async fn decide(
                 Err(e) => return Ok(Err(e)),
             };
         }
-        plan = if len > RETRY_BUFFER_LIMIT { BodyPlan::Pipe(body) } else { BodyPlan::Replay };
+        plan = if len > RETRY_BUFFER_LIMIT { BodyPlan::Pipe(body) } else { BodyPlan::Replay(body) };
     }
     if let Some(model) = &peek.model {
         if !key.models.allows(model) {
@@ -97,6 +98,7 @@ pub async fn decide(
         upstream_path.push('?');
         upstream_path.push_str(q);
     }
+    let streams = super::streams::RouteStreams::new(route, &provider);
     let routed = Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
@@ -109,6 +111,7 @@ pub async fn decide(
         stream: peek.stream.unwrap_or(false),
         client_ip: meta.client_ip,
         client_proto: meta.client_proto,
+        streams,
     };
     Ok(Ok(Decision { routed, body: plan }))
 }

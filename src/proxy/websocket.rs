@@ -1,0 +1,38 @@
+//! WebSocket upgrades: allowed per route (`routes[].websocket`), else 426 so clients fall back
+//! to SSE. An allowed upgrade becomes a byte tunnel in Pingora (frames, pings and close codes
+//! pass untouched); the gateway only stretches the per-read timeouts to the route's idle
+//! timeout on both sides, since Pingora's default downstream read timeout (60 s) would cut a
+//! tunnel whose client listens silently.
+
+use super::respond;
+use crate::secret::Secret;
+use pingora::prelude::*;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use std::time::Duration;
+
+/// 426 Upgrade Required, with `Upgrade: websocket` and an OpenAI-shaped body.
+pub async fn refuse_upgrade(session: &mut Session, request_id: &str) -> Result<u16> {
+    let body = serde_json::json!({"error": {
+        "message": "this route does not accept WebSocket upgrades; use HTTP (SSE) instead",
+        "type": "invalid_request_error",
+        "code": "websocket_not_allowed",
+    }});
+    session.set_keepalive(None);
+    let extra = [("upgrade", "websocket".to_string())];
+    respond::json(session, 426, body.to_string().into_bytes(), request_id, &extra).await?;
+    Ok(426)
+}
+
+/// Lets the client stay silent for `idle` between reads on an upgraded connection.
+pub fn open_tunnel(session: &mut Session, idle: Duration) {
+    session.set_read_timeout(Some(idle));
+}
+
+/// Hook for the key forms only WebSocket clients use (the `api_key` query parameter, a key in
+/// `Sec-WebSocket-Protocol`). Branch `limits` owns credential parsing (src/proxy/auth.rs);
+/// until it lands, upgrades authenticate with `Authorization: Bearer` / `x-api-key` like any
+/// request, and this returns `None`.
+pub fn upgrade_credential(_req: &RequestHeader) -> Option<Secret> {
+    None
+}
