@@ -153,3 +153,203 @@ async fn silent_websocket_client_survives_90_seconds() {
     ws.send(Message::text("after 90 s")).await.unwrap();
     assert_eq!(next_non_push(&mut ws).await, Message::text("after 90 s"));
 }
+
+/// A scripted SSE upstream: answers one request per connection with `steps` — bytes to send,
+/// or a pause — then closes (a close-delimited body).
+enum Step {
+    Send(&'static str),
+    Pause(u64),
+}
+
+async fn scripted_sse(steps: Vec<Step>) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let steps = std::sync::Arc::new(steps);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let steps = steps.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for s in steps.iter() {
+                    match s {
+                        Step::Send(t) => {
+                            if sock.write_all(t.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Step::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+                    }
+                }
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn gw_for_addr(addr: std::net::SocketAddr, server_extra: &str, routes: &str) -> Gw {
+    let rest = format!(
+        "{}providers:\n  - {{ name: up, url: \"http://{addr}\", models: [\"*\"] }}\nroutes:\n{routes}",
+        key_yaml("alice", KEY)
+    );
+    spawn_gateway(server_extra, &rest, &[]).await
+}
+
+/// Reads the whole body, noting when each chunk arrived.
+async fn timed_body(resp: reqwest::Response) -> (String, Vec<(Duration, String)>) {
+    let t0 = Instant::now();
+    let mut stream = resp.bytes_stream();
+    let (mut all, mut chunks) = (String::new(), Vec::new());
+    // An error (a cut stream) ends the body like its end does; callers check what arrived.
+    while let Some(Ok(c)) = stream.next().await {
+        let s = String::from_utf8_lossy(&c).to_string();
+        all.push_str(&s);
+        chunks.push((t0.elapsed(), s));
+    }
+    (all, chunks)
+}
+
+#[tokio::test]
+async fn heartbeats_only_at_event_boundaries() {
+    let (addr, _up) = scripted_sse(vec![
+        Step::Send("data: first\n\n"),
+        Step::Pause(700),
+        Step::Send("data: hal"),
+        Step::Pause(700),
+        Step::Send("f\r\n\r\n"),
+        Step::Pause(700),
+        Step::Send("event: x\r\ndata: last\r\n\r\n"),
+    ])
+    .await;
+    let routes = "  - { path: \"/events\", provider: up, heartbeat: 200ms }\n";
+    let gw = gw_for_addr(addr, "", routes).await;
+    let resp = reqwest::Client::new()
+        .get(gw.url("/events"))
+        .bearer_auth(KEY)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let (all, _) = timed_body(resp).await;
+    let ka = ": keepalive\n\n";
+    let without: String = all.replace(ka, "");
+    assert_eq!(without, "data: first\n\ndata: half\r\n\r\nevent: x\r\ndata: last\r\n\r\n", "{all:?}");
+    // Keepalives in both event-boundary pauses, none inside the split event.
+    let after_first = &all[all.find("data: first\n\n").unwrap()..all.find("data: hal").unwrap()];
+    assert!(after_first.matches(ka).count() >= 2, "{all:?}");
+    assert!(!all.contains("data: hal: keepalive") && all.contains("data: half\r\n\r\n"), "{all:?}");
+    let after_half = &all[all.find("data: half").unwrap()..all.find("event: x").unwrap()];
+    assert!(after_half.matches(ka).count() >= 2, "{all:?}");
+    let metrics = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("mcas_sse_heartbeats_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn streamed_tokens_pass_unbuffered_with_and_without_heartbeat() {
+    let sim = spawn_sim(&["--itl-ms", "100", "--tokens", "8"]).await;
+    let routes = "  - { path: \"/hb/v1/*\", provider: sim, strip_prefix: \"/hb\", heartbeat: 30s }\n";
+    let gw = gw(&sim, "", routes).await;
+    for path in ["/v1/chat/completions", "/hb/v1/chat/completions"] {
+        let body =
+            serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+        let resp = reqwest::Client::new().post(gw.url(path)).bearer_auth(KEY).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let (all, chunks) = timed_body(resp).await;
+        assert!(all.trim_end().ends_with("data: [DONE]"), "{path}: {all}");
+        let times: Vec<Duration> = chunks.iter().filter(|(_, c)| c.contains("\"content\"")).map(|(t, _)| *t).collect();
+        assert!(times.len() >= 6, "{path}: tokens arrived in {} chunks", times.len());
+        let spread = *times.last().unwrap() - times[0];
+        assert!(spread >= Duration::from_millis(500), "{path}: tokens arrived together ({spread:?}): buffered");
+    }
+}
+
+#[tokio::test]
+async fn silent_stream_ends_at_idle_timeout() {
+    let sim = spawn_sim(&["--itl-ms", "3000", "--tokens", "3"]).await;
+    let routes = "  - { path: \"/short/v1/*\", provider: sim, strip_prefix: \"/short\", idle_timeout: 1s }\n";
+    let gw = gw(&sim, "", routes).await;
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+    let t0 = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(gw.url("/short/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (all, _) = timed_body(resp).await;
+    assert!(!all.contains("[DONE]"), "{all}");
+    assert!(t0.elapsed() < Duration::from_millis(2900), "{:?}", t0.elapsed());
+}
+
+/// A client that reads slowly from a fast 50 MB stream: the gateway must not buffer it (its
+/// resident memory stays flat while the upstream could produce far more), then the client
+/// catches up and gets every byte.
+#[tokio::test]
+async fn slow_reader_keeps_gateway_memory_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = spawn_sim(&[]).await;
+    let routes = "  - { path: \"/hb/v1/*\", provider: sim, strip_prefix: \"/hb\", heartbeat: 30s }\n";
+    let gw = gw(&sim, "", routes).await;
+    for path in ["/v1/chat/completions", "/hb/v1/chat/completions"] {
+        let body = r#"{"messages":[{"role":"user","content":"hi"}],"model":"sim-model","stream":true}"#;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\nx-sim-tokens: 240000\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut s = sock.connect(gw.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let before = gw.proc.rss_kib();
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut total, mut peak) = (0usize, before);
+        // 5 s at 16 KiB per 20 ms (~800 KB/s): the sim could send 50 MB in ~2 s.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            let n = s.read(&mut buf[..16 * 1024]).await.unwrap();
+            assert!(n > 0, "stream ended early");
+            total += n;
+            peak = peak.max(gw.proc.rss_kib());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let slow_total = total;
+        let mut tail = Vec::new();
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n;
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 4096 {
+                tail.drain(..tail.len() - 4096);
+            }
+        }
+        let tail = String::from_utf8_lossy(&tail);
+        assert!(tail.contains("data: [DONE]"), "{path}: stream incomplete");
+        assert!(total > 50_000_000, "{path}: only {total} bytes");
+        let growth = peak.saturating_sub(before);
+        eprintln!(
+            "slow reader {path}: {slow_total} bytes read slowly, {total} total; gateway RSS {before} KiB -> peak {peak} KiB (+{growth} KiB)"
+        );
+        assert!(growth < 16 * 1024, "{path}: gateway grew by {growth} KiB while the client read slowly");
+    }
+}
