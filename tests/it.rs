@@ -3,6 +3,7 @@
 
 mod common;
 mod gateway;
+mod mcp;
 mod sim;
 mod streams;
 mod telegram;

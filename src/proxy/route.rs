@@ -58,7 +58,9 @@ pub async fn decide(
     };
     let route_label = route.label.clone();
     let (mut plan, mut peek) = (BodyPlan::Untouched, Peek::default());
-    if wants_json_read(session) {
+    // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
+    let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
+    if !mcp && wants_json_read(session) {
         let body = match read_body(session, rt.server.max_body).await? {
             Ok(chunks) => chunks,
             Err(e) => return Ok(Err(e)),

@@ -24,6 +24,8 @@ pub struct RouteStreams {
     /// A long-lived response is expected: `Accept: text/event-stream` on a GET, or
     /// `"stream": true` in the body.
     pub event_stream: bool,
+    /// The request is a GET (an MCP GET without a session id opens a legacy SSE stream).
+    pub get: bool,
     /// MCP: the backend this request must reach, and what it knows the session as.
     pub pin: Option<crate::mcp::seal::Pinned>,
 }
@@ -76,6 +78,7 @@ pub async fn admit(
     let event_stream = !upgrade && (routed.stream || (req.method == http::Method::GET && accepts_sse));
     routed.streams.upgrade = upgrade;
     routed.streams.event_stream = event_stream;
+    routed.streams.get = req.method == http::Method::GET;
     if upgrade && !routed.streams.opts.websocket {
         return Ok(Admit::Answered(websocket::refuse_upgrade(session, request_id).await?));
     }
@@ -132,7 +135,7 @@ pub fn upstream_response(resp: &mut pingora_http::ResponseHeader, ctx: &mut supe
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
     // A GET stream opened without a session id is the legacy transport's `GET …/sse`.
-    if is_sse && routed.streams.pin.is_none() && routed.streams.event_stream && !routed.stream {
+    if is_sse && routed.streams.pin.is_none() && routed.streams.get {
         if let (Some(sealer), Some(b)) = (routed.runtime.mcp.as_ref(), ctx.upstream.backend.as_ref()) {
             ctx.streams.endpoint = Some(EndpointRewriter::new(
                 sealer.clone(),
