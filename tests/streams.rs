@@ -353,3 +353,79 @@ async fn slow_reader_keeps_gateway_memory_bounded() {
         assert!(growth < 16 * 1024, "{path}: gateway grew by {growth} KiB while the client read slowly");
     }
 }
+
+fn three_keys() -> String {
+    "keys:\n  - { name: alice, key: \"alice-key-0123456789\", models: [\"*\"] }\n  - { name: bob, key: \"bob-key-0123456789\", models: [\"*\"] }\n  - { name: carol, key: \"carol-key-0123456789\", models: [\"*\"] }\n".to_string()
+}
+
+async fn refused_status(gw: &Gw, path: &str, key: &str) -> (u16, String) {
+    match connect(gw, path, Some(key)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Ok(_) => (101, String::new()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn connection_caps_per_key_and_per_route() {
+    let sim = spawn_sim(&["--itl-ms", "100", "--tokens", "40"]).await;
+    let rest = format!(
+        "{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/v1/*\", provider: by_model, max_streams_per_key: 1, max_streams: 2 }}\n  - {{ path: \"/ws\", provider: sim, websocket: true, max_tunnels_per_key: 1, max_tunnels: 2 }}\n",
+        three_keys(),
+        sim.addr
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    let alice = "alice-key-0123456789";
+    let bob = "bob-key-0123456789";
+    let carol = "carol-key-0123456789";
+
+    // Tunnels: one per key, two in all.
+    let _t1 = connect(&gw, "/ws", Some(alice)).await.unwrap();
+    let (status, body) = refused_status(&gw, "/ws", alice).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_connections"), "{body}");
+    let _t2 = connect(&gw, "/ws", Some(bob)).await.unwrap();
+    let (status, body) = refused_status(&gw, "/ws", carol).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("connection_limit"), "{body}");
+    let metrics = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("mcas_open_tunnels{key=\"alice\",route=\"/ws\"} 1"), "{metrics}");
+    drop(_t1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _t3 = connect(&gw, "/ws", Some(carol)).await.expect("a closed tunnel gives its place back");
+
+    // Event streams: the same rules, on `stream: true` requests.
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+    let start = |key: &'static str| {
+        let (url, body) = (gw.url("/v1/chat/completions"), body.clone());
+        async move { reqwest::Client::new().post(url).bearer_auth(key).json(&body).send().await.unwrap() }
+    };
+    let s1 = start(alice).await;
+    assert_eq!(s1.status(), 200);
+    let refused = start(alice).await;
+    assert_eq!(refused.status(), 429);
+    let v: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let s2 = start(bob).await;
+    assert_eq!(s2.status(), 200);
+    assert_eq!(start(carol).await.status(), 503);
+    let metrics = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("mcas_open_streams{key=\"bob\",route=\"/v1/*\"} 1"), "{metrics}");
+    // A non-streamed request is not capped.
+    let plain = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model"});
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(alice)
+        .header("x-sim-itl-ms", "0")
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = (s1.bytes().await, s2.bytes().await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(start(carol).await.status(), 200, "finished streams give their places back");
+}
