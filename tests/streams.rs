@@ -398,7 +398,8 @@ async fn connection_caps_per_key_and_per_route() {
     let _t3 = connect(&gw, "/ws", Some(carol)).await.expect("a closed tunnel gives its place back");
 
     // Event streams: the same rules, on `stream: true` requests.
-    let body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
     let start = |key: &'static str| {
         let (url, body) = (gw.url("/v1/chat/completions"), body.clone());
         async move { reqwest::Client::new().post(url).bearer_auth(key).json(&body).send().await.unwrap() }
@@ -428,4 +429,66 @@ async fn connection_caps_per_key_and_per_route() {
     let _ = (s1.bytes().await, s2.bytes().await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(start(carol).await.status(), 200, "finished streams give their places back");
+}
+
+/// SIGTERM: the listener closes at once, a stream in flight finishes within the grace period
+/// (1 s in the test harness), a longer one is cut after it, a tunnel too, and the process exits.
+/// Pingora cuts tunnels at the end of the grace period with a TCP close, not a WebSocket
+/// close frame (1001): the gateway has no hook that can write into an idle tunnel.
+#[tokio::test]
+async fn sigterm_drains_streams_then_exits() {
+    let sim = spawn_sim(&[]).await;
+    let mut gw = gw(&sim, "", "  - { path: \"/ws\", provider: sim, websocket: true }\n").await;
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+    let client = reqwest::Client::new();
+    let short = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-sim-itl-ms", "100")
+        .header("x-sim-tokens", "6")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let long = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-sim-itl-ms", "100")
+        .header("x-sim-tokens", "100")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut ws = connect(&gw, "/ws?push_ms=100", Some(KEY)).await.unwrap();
+    let t0 = Instant::now();
+    gw.proc.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections.
+    let refused =
+        reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap().get(gw.url("/health")).send().await;
+    assert!(refused.is_err(), "a new request was served after SIGTERM: {refused:?}");
+    let (short_all, _) = timed_body(short).await;
+    assert!(short_all.trim_end().ends_with("data: [DONE]"), "the short stream did not finish: {short_all}");
+    let ws_task = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Text(_)) => continue,
+                other => {
+                    last = Some(format!("{other:?}"));
+                    break;
+                }
+            }
+        }
+        (Instant::now(), last)
+    });
+    let (long_all, _) = timed_body(long).await;
+    assert!(!long_all.contains("[DONE]"), "the 10 s stream outlived the 1 s grace period");
+    let cut_at = t0.elapsed();
+    assert!(cut_at < Duration::from_secs(5), "stream cut after {cut_at:?}");
+    let (ws_end, how) = tokio::time::timeout(Duration::from_secs(10), ws_task).await.expect("tunnel ended").unwrap();
+    eprintln!("drain: long stream cut after {cut_at:?}; tunnel ended after {:?} with {how:?}", ws_end - t0);
+    let status = gw.proc.wait_exit(Duration::from_secs(10)).expect("gateway exited");
+    eprintln!("drain: gateway exited {status} after {:?}", t0.elapsed());
 }
