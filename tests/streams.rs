@@ -492,3 +492,35 @@ async fn sigterm_drains_streams_then_exits() {
     let status = gw.proc.wait_exit(Duration::from_secs(10)).expect("gateway exited");
     eprintln!("drain: gateway exited {status} after {:?}", t0.elapsed());
 }
+
+#[test]
+fn stream_options_are_validated_with_their_yaml_path() {
+    use crate::common::gateway::check;
+    let base = "keys:\n  - { name: a, key: \"k-0123456789\", models: [\"*\"] }\nproviders:\n  - { name: p, url: \"http://127.0.0.1:9\" }\n";
+    let cases = [
+        ("routes:\n  - { path: \"/mcp\", provider: p, kind: mcp }\n", "mcp.session_key"),
+        (
+            "mcp: { session_key: \"abcd\" }\nroutes:\n  - { path: \"/mcp\", provider: p, kind: mcp }\n",
+            "mcp.session_key: must be 32 bytes",
+        ),
+        ("routes:\n  - { path: \"/x\", provider: p, kind: grpc }\n", "routes[0].kind"),
+        ("routes:\n  - { path: \"/x\", provider: p, heartbeat: 10s, idle_timeout: 5s }\n", "routes[0].heartbeat"),
+        ("routes:\n  - { path: \"/x\", provider: p, idle_timeout: 0s }\n", "routes[0].idle_timeout"),
+        (
+            "routes:\n  - { path: \"/x\", provider: p, max_tunnels: 3 }\n",
+            "routes[0].max_tunnels: is set but websocket is false",
+        ),
+        ("routes:\n  - { path: \"/x\", provider: p, max_streams: 0 }\n", "routes[0].max_streams"),
+        ("routes:\n  - { path: \"/x\", provider: p, websocket: maybe }\n", "routes[0].websocket"),
+    ];
+    for (extra, expect) in cases {
+        let (code, out) = check(&format!("{base}{extra}"), &[]);
+        assert_eq!(code, 1, "{extra}: {out}");
+        assert!(out.contains(expect), "{extra}: expected {expect:?} in {out}");
+    }
+    let ok = format!(
+        "{base}mcp: {{ session_key: \"${{K}}\" }}\nroutes:\n  - {{ path: \"/mcp\", provider: p, kind: mcp, heartbeat: 15s, idle_timeout: 10m }}\n  - {{ path: \"/ws\", provider: p, websocket: true, max_tunnels: 10, max_tunnels_per_key: 2 }}\n"
+    );
+    let (code, out) = check(&ok, &[("K", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")]);
+    assert_eq!(code, 0, "{out}");
+}
