@@ -6,4 +6,5 @@ mod gateway;
 mod mcp;
 mod sim;
 mod streams;
+mod streams_bench;
 mod telegram;
