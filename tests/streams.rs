@@ -524,3 +524,82 @@ fn stream_options_are_validated_with_their_yaml_path() {
     let (code, out) = check(&ok, &[("K", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Graceful upgrade: a second process started with `--upgrade` takes the listening sockets
+/// when the first gets SIGQUIT; requests during the hand-over all succeed (none refused) and a
+/// stream on the old process finishes there.
+#[tokio::test]
+async fn graceful_upgrade_refuses_nothing_and_keeps_streams() {
+    use crate::common::{free_port, spawn, wait_ready};
+    let sim = spawn_sim(&[]).await;
+    let (port, admin) = (free_port(), free_port());
+    let sock = format!("/tmp/mcas-test-upgrade-{port}.sock");
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 5s, shutdown_timeout: 1s, pid_file: \"/tmp/mcas-test-upgrade-{port}.pid\", upgrade_sock: \"{sock}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\n",
+        key_yaml("alice", KEY),
+        sim.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let bin = env!("CARGO_BIN_EXE_mcas-gateway");
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let mut old = spawn(bin, &args, &[], addr);
+    wait_ready(&format!("http://{addr}/health")).await;
+
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+    let stream = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-sim-itl-ms", "100")
+        .header("x-sim-tokens", "25")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
+    let mut up_args = args.clone();
+    up_args.push("--upgrade".into());
+    let _new = spawn(bin, &up_args, &[], addr);
+    let t0 = Instant::now();
+    while !std::path::Path::new(&sock).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the new process never opened {sock}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Requests on fresh connections, before, during and after the hand-over.
+    let hammer = tokio::spawn(async move {
+        let client =
+            reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(5)).build().unwrap();
+        let (mut ok, mut failed) = (0, Vec::new());
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            match client.get(format!("http://{addr}/health")).send().await {
+                Ok(r) if r.status() == 200 => ok += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::process::Command::new("kill").args(["-QUIT", &old.pid().to_string()]).status();
+    let (all, _) = timed_body(stream).await;
+    assert!(all.trim_end().ends_with("data: [DONE]"), "the stream on the old process was cut: {all}");
+    let (ok, failed) = hammer.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the upgrade: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        failed.first()
+    );
+    assert!(ok > 50, "{ok}");
+    assert!(old.wait_exit(Duration::from_secs(10)).is_some(), "the old process did not exit");
+    // The new process serves on its own.
+    let resp = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = std::fs::remove_file(&sock);
+}
