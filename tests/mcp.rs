@@ -206,3 +206,52 @@ async fn forged_stale_and_foreign_session_ids_get_404_and_sessions_cross_instanc
         .unwrap();
     assert_eq!(resp.status(), 403);
 }
+
+/// What a pinned MCP request looks like upstream (the sim's echo reports it): the backend's
+/// own session id, MCP and resumption headers untouched, Host and Origin of the backend, the
+/// legacy `session_id` unsealed in the query.
+#[tokio::test]
+async fn pinned_requests_carry_the_backend_id_and_mcp_headers() {
+    let sim = crate::common::spawn_sim(&[]).await;
+    let prov = format!("  - {{ name: sim, url: \"http://{}\" }}\n", sim.addr);
+    let gw = gateway(&prov, "  - { path: \"/tools/*\", provider: sim, strip_prefix: \"/tools\", kind: mcp }\n").await;
+    let sealer = Sealer::from_text(SESSION_KEY_HEX).unwrap();
+    let sealed = sealer.seal(&Pinned { provider: "sim".into(), backend: sim.addr, token: "backend-sid-1".into() });
+    let v: Value = reqwest::Client::new()
+        .post(gw.url("/tools/echo"))
+        .bearer_auth(KEY)
+        .header("mcp-session-id", &sealed)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", "evt-41")
+        .header("mcp-custom-thing", "kept")
+        .header("origin", format!("http://{}", gw.addr))
+        .body("[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["mcp-session-id"], "backend-sid-1", "{v}");
+    assert_eq!(h["mcp-protocol-version"], "2025-11-25");
+    assert_eq!(h["last-event-id"], "evt-41");
+    assert_eq!(h["mcp-custom-thing"], "kept");
+    assert_eq!(h["host"], sim.addr.to_string());
+    assert_eq!(h["origin"], format!("http://{}", sim.addr));
+    assert!(h.get("authorization").is_none(), "the client's key went upstream: {v}");
+    assert!(v["body_len"].as_u64().unwrap() > 0, "a JSON-RPC batch passes unparsed");
+
+    let legacy = sealer.seal(&Pinned { provider: "sim".into(), backend: sim.addr, token: "abc123".into() });
+    let v: Value = reqwest::Client::new()
+        .post(gw.url(&format!("/tools/messages/echo?session_id={legacy}")))
+        .bearer_auth(KEY)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["path"], "/messages/echo?session_id=abc123", "{v}");
+}
