@@ -603,3 +603,39 @@ async fn graceful_upgrade_refuses_nothing_and_keeps_streams() {
     assert_eq!(resp.status(), 200);
     let _ = std::fs::remove_file(&sock);
 }
+
+/// A client that leaves a silent stream on the heartbeat relay is noticed at once, not at the
+/// next heartbeat: the stream, its slot and its upstream connection are released.
+#[tokio::test]
+async fn relay_notices_a_departed_client_at_once() {
+    let sim = spawn_sim(&[]).await;
+    let routes = "  - { path: \"/hb/v1/*\", provider: sim, strip_prefix: \"/hb\", heartbeat: 60s, max_streams: 5 }\n";
+    let gw = gw(&sim, "", routes).await;
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+    let resp = reqwest::Client::new()
+        .post(gw.url("/hb/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-sim-tokens", "2")
+        .header("x-sim-itl-ms", "3600000")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let gauge = "mcas_open_streams{key=\"alice\",route=\"/hb/v1/*\"}";
+    let metrics = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("{gauge} 1")), "{metrics}");
+    drop(stream);
+    let t0 = Instant::now();
+    loop {
+        let metrics = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+        if metrics.contains(&format!("{gauge} 0")) && metrics.contains("mcas_inflight_requests 0") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the departed client's stream is still held: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

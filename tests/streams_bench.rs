@@ -85,7 +85,18 @@ async fn hold(gw: &Gw, label: &str, n: usize, make: impl Fn() -> (String, &'stat
     );
     drop(socks);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    println!("BENCH {label}: after closing all, gateway RSS {} KiB", gw.proc.rss_kib());
+    let metrics = reqwest::get(gw.admin_url("/metrics")).await.map(|r| r.text());
+    let inflight = match metrics {
+        Ok(text) => text
+            .await
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("mcas_inflight_requests"))
+            .unwrap_or("")
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    println!("BENCH {label}: after closing all, gateway RSS {} KiB; {inflight}", gw.proc.rss_kib());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

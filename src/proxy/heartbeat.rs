@@ -113,12 +113,39 @@ pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>, every:
     }
 }
 
+/// What woke the relay.
+enum Event {
+    /// The client closed its connection.
+    ClientGone(Box<Error>),
+    /// The client sent bytes (a pipelined request): stop watching it.
+    ClientSpoke,
+    /// Nothing arrived for `every`.
+    Silent,
+    /// A task from the subrequest; `None` when it is done.
+    Task(Option<HttpTask>),
+}
+
 async fn relay(session: &mut Session, rx: &mut tokio::sync::mpsc::Receiver<HttpTask>, every: Duration) -> Result<()> {
     let mut boundary = Boundary::default();
     let mut sse = false;
+    let mut watch_client = true;
     loop {
-        match tokio::time::timeout(every, rx.recv()).await {
-            Err(_silent) => {
+        // The client is watched too, so a stream whose client left ends at once instead of
+        // at the next heartbeat or upstream byte.
+        let event = tokio::select! {
+            r = session.downstream_session.read_body_or_idle(true), if watch_client => match r {
+                Err(e) => Event::ClientGone(e),
+                Ok(_) => Event::ClientSpoke,
+            },
+            t = tokio::time::timeout(every, rx.recv()) => match t {
+                Err(_) => Event::Silent,
+                Ok(task) => Event::Task(task),
+            },
+        };
+        match event {
+            Event::ClientGone(e) => return Err(e),
+            Event::ClientSpoke => watch_client = false,
+            Event::Silent => {
                 if sse && boundary.at_boundary() {
                     session.write_response_body(Some(Bytes::from_static(KEEPALIVE)), false).await?;
                     if let Some(m) = crate::observe::metrics::metrics() {
@@ -126,8 +153,8 @@ async fn relay(session: &mut Session, rx: &mut tokio::sync::mpsc::Receiver<HttpT
                     }
                 }
             }
-            Ok(None) => return Ok(()),
-            Ok(Some(task)) => {
+            Event::Task(None) => return Ok(()),
+            Event::Task(Some(task)) => {
                 match &task {
                     HttpTask::Header(h, _) => {
                         sse = h
