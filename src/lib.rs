@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod limits;
+pub mod mcp;
 pub mod observe;
 pub mod proxy;
 pub mod reload;

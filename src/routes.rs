@@ -22,6 +22,32 @@ pub struct Route {
     pub implicit_v1: bool,
     /// Bounded label for metrics: the pattern as written.
     pub label: String,
+    /// WebSocket, MCP and long-stream settings.
+    pub opts: RouteOpts,
+}
+
+/// What kind of backends a route leads to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteKind {
+    /// OpenAI-compatible model servers.
+    #[default]
+    OpenAi,
+    /// MCP servers: session ids and legacy endpoint URLs are sealed and pinned to a backend.
+    Mcp,
+}
+
+/// Per-route stream settings (see `routes[]` in `conf/gateway.yaml`).
+#[derive(Debug, Clone, Default)]
+pub struct RouteOpts {
+    pub websocket: bool,
+    pub kind: RouteKind,
+    /// Tunnel and stream idle timeout; `None`: the provider's read timeout.
+    pub idle_timeout: Option<std::time::Duration>,
+    pub heartbeat: Option<std::time::Duration>,
+    pub max_streams: Option<usize>,
+    pub max_tunnels: Option<usize>,
+    pub max_streams_per_key: Option<usize>,
+    pub max_tunnels_per_key: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +88,7 @@ impl Route {
             strip_prefix,
             implicit_v1,
             label: pattern.to_string(),
+            opts: RouteOpts::default(),
         })
     }
 

@@ -41,6 +41,8 @@ pub struct Runtime {
     pub routes: RouteTable,
     pub log: LogSettings,
     pub limits: crate::limits::LimitSettings,
+    /// Seals MCP backend identities; `Some` whenever a route has `kind: mcp`.
+    pub mcp: Option<crate::mcp::seal::Sealer>,
 }
 
 impl Runtime {

@@ -5,5 +5,8 @@ mod common;
 mod fleet;
 mod gateway;
 mod limits;
+mod mcp;
 mod sim;
+mod streams;
+mod streams_bench;
 mod telegram;

@@ -70,7 +70,7 @@ async fn refusal(r: reqwest::Response) -> (u16, String, Option<String>) {
 async fn every_way_of_presenting_a_key() {
     let sim = spawn_sim(&[]).await;
     let rest = format!(
-        "keys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"] }}\n  - {{ name: bob, key_sha256: \"{}\", models: [\"*\"] }}\n{}routes:\n  - {{ path: \"/ws\", provider: vllm }}\n  - {{ path: \"/v1/*\", provider: by_model }}\n",
+        "keys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"] }}\n  - {{ name: bob, key_sha256: \"{}\", models: [\"*\"] }}\n{}routes:\n  - {{ path: \"/ws\", provider: vllm, websocket: true }}\n  - {{ path: \"/v1/*\", provider: by_model, websocket: true }}\n",
         sha(HASHED_KEY),
         provider(&sim)
     );
@@ -484,7 +484,7 @@ async fn brute_force_guard_per_address() {
 async fn no_key_hash_or_prompt_in_logs_metrics_or_error_bodies() {
     let sim = spawn_sim(&[]).await;
     let rest = format!(
-        "limits: {{ defaults: {{ rpm: 3 }} }}\nkeys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"sim-*\"] }}\n  - {{ name: bob, key_sha256: \"{}\", models: [\"*\"], limits: {{ concurrency: 5, rpm: 100 }} }}\n{}  - {{ name: dead, url: \"http://127.0.0.1:{}/v1\", models: [\"dead-*\"] }}\nroutes:\n  - {{ path: \"/ws\", provider: vllm }}\n  - {{ path: \"/deadws\", provider: dead }}\n  - {{ path: \"/v1/*\", provider: by_model }}\n",
+        "limits: {{ defaults: {{ rpm: 3 }} }}\nkeys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"sim-*\"] }}\n  - {{ name: bob, key_sha256: \"{}\", models: [\"*\"], limits: {{ concurrency: 5, rpm: 100 }} }}\n{}  - {{ name: dead, url: \"http://127.0.0.1:{}/v1\", models: [\"dead-*\"] }}\nroutes:\n  - {{ path: \"/ws\", provider: vllm, websocket: true }}\n  - {{ path: \"/deadws\", provider: dead, websocket: true }}\n  - {{ path: \"/v1/*\", provider: by_model }}\n",
         sha(HASHED_KEY),
         provider(&sim),
         crate::common::free_port()

@@ -4,7 +4,7 @@
 use super::schema::*;
 use super::ConfigError;
 use crate::auth::{KeyEntry, KeyTable, ModelGlobs};
-use crate::routes::{Route, RouteTable, Target};
+use crate::routes::{Route, RouteKind, RouteOpts, RouteTable, Target};
 use crate::runtime::{ListenTls, LogSettings, Runtime, ServerSettings};
 use crate::secret::Secret;
 use crate::upstream::{Backend, Provider, Timeouts, UpstreamTls};
@@ -40,10 +40,11 @@ pub fn compile(mut file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Ru
     super::upstream::cross_check(&providers, errors);
     let routes = routes(file.routes, &providers, errors);
     let log = log(file.log, errors);
+    let mcp = mcp(file.mcp, &routes, errors);
     if errors.len() > start {
         return None;
     }
-    Some(Runtime { server, admin_listen, keys, providers, routes, log, limits: limits.settings })
+    Some(Runtime { server, admin_listen, keys, providers, routes, log, limits: limits.settings, mcp })
 }
 
 fn check_addr(path: &str, addr: &str, errors: &mut Vec<ConfigError>) {
@@ -357,12 +358,16 @@ fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors
                 continue;
             }
         }
+        let opts = route_opts(&path, &r, errors);
         match Route::new(&r.path, target, r.strip_prefix) {
             Ok(route) if out.iter().any(|o: &Route| o.same_paths(&route)) => errors.push(ConfigError::new(
                 format!("{path}.path"),
                 format!("{:?} is unreachable: an earlier route matches exactly the same paths", r.path),
             )),
-            Ok(route) => out.push(route),
+            Ok(mut route) => {
+                route.opts = opts;
+                out.push(route)
+            }
             Err(msg) => errors.push(ConfigError::new(format!("{path}.path"), msg)),
         }
     }
@@ -375,4 +380,72 @@ fn log(l: LogSection, errors: &mut Vec<ConfigError>) -> LogSettings {
         errors.push(ConfigError::new("log.level", format!("{level:?} is not one of error, warn, info, debug, trace")));
     }
     LogSettings { access_log: l.access_log.unwrap_or(true), level }
+}
+
+fn route_opts(path: &str, r: &RouteSection, errors: &mut Vec<ConfigError>) -> RouteOpts {
+    let kind = match r.kind.as_deref() {
+        None | Some("openai") => RouteKind::OpenAi,
+        Some("mcp") => RouteKind::Mcp,
+        Some(other) => {
+            errors.push(ConfigError::new(format!("{path}.kind"), format!("{other:?} is not openai or mcp")));
+            RouteKind::OpenAi
+        }
+    };
+    let positive = |field: &str, d: Option<super::units::HumanDuration>, errors: &mut Vec<ConfigError>| {
+        let d = d.map(|d| d.0);
+        if d.is_some_and(|d| d.is_zero()) {
+            errors.push(ConfigError::new(format!("{path}.{field}"), "must be more than 0 (omit it for the default)"));
+        }
+        d
+    };
+    let idle_timeout = positive("idle_timeout", r.idle_timeout, errors);
+    let heartbeat = positive("heartbeat", r.heartbeat, errors);
+    if let (Some(h), Some(i)) = (heartbeat, idle_timeout) {
+        if h >= i {
+            errors.push(ConfigError::new(format!("{path}.heartbeat"), "must be shorter than idle_timeout"));
+        }
+    }
+    for (field, v) in [
+        ("max_streams", r.max_streams),
+        ("max_tunnels", r.max_tunnels),
+        ("max_streams_per_key", r.max_streams_per_key),
+        ("max_tunnels_per_key", r.max_tunnels_per_key),
+    ] {
+        if v == Some(0) {
+            errors.push(ConfigError::new(format!("{path}.{field}"), "must be at least 1 (omit it for no cap)"));
+        }
+    }
+    if !r.websocket && (r.max_tunnels.is_some() || r.max_tunnels_per_key.is_some()) {
+        errors.push(ConfigError::new(format!("{path}.max_tunnels"), "is set but websocket is false"));
+    }
+    RouteOpts {
+        websocket: r.websocket,
+        kind,
+        idle_timeout,
+        heartbeat,
+        max_streams: r.max_streams,
+        max_tunnels: r.max_tunnels,
+        max_streams_per_key: r.max_streams_per_key,
+        max_tunnels_per_key: r.max_tunnels_per_key,
+    }
+}
+
+fn mcp(m: Option<McpSection>, routes: &RouteTable, errors: &mut Vec<ConfigError>) -> Option<crate::mcp::seal::Sealer> {
+    let needs = routes.routes().iter().any(|r| r.opts.kind == RouteKind::Mcp);
+    let Some(m) = m else {
+        if needs {
+            errors.push(ConfigError::new(
+                "mcp.session_key",
+                "routes of kind mcp need a session key (32 bytes, hex or base64), e.g. \"${MCAS_MCP_SESSION_KEY}\"",
+            ));
+        }
+        return None;
+    };
+    match crate::mcp::seal::Sealer::from_text(&m.session_key) {
+        Ok(s) => Some(s),
+        Err(msg) => {
+            errors.push(ConfigError::new("mcp.session_key", msg));
+            None
+        }
+    }
 }

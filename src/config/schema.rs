@@ -23,6 +23,18 @@ pub struct FileConfig {
     /// Per-key defaults and the per-address pre-authentication guard.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// MCP session sealing (routes with `kind: mcp`).
+    #[serde(default)]
+    pub mcp: Option<McpSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSection {
+    /// 32-byte key (64 hex digits or base64) sealing backend identities into the session ids
+    /// and endpoint URLs clients see; usually `${MCAS_MCP_SESSION_KEY}`. Every gateway instance
+    /// that serves the same clients needs the same key.
+    pub session_key: String,
 }
 
 /// One address or a list of them.
@@ -234,6 +246,25 @@ pub struct RouteSection {
     pub provider: String,
     /// Leading path removed before the provider's base path is prefixed.
     pub strip_prefix: Option<String>,
+    /// Accept `Upgrade: websocket` and tunnel it. Default false (426 to upgrade requests).
+    #[serde(default)]
+    pub websocket: bool,
+    /// `openai` (default) or `mcp` (backends are MCP servers: sessions are sealed and pinned).
+    pub kind: Option<String>,
+    /// Longest silence (per read, either side) of a WebSocket tunnel or an event stream before
+    /// the gateway ends it. Default: the provider's `timeouts.read` (300s).
+    pub idle_timeout: Option<HumanDuration>,
+    /// When an event stream has been silent this long, send `: keepalive` (at an event
+    /// boundary). Default: off.
+    pub heartbeat: Option<HumanDuration>,
+    /// Concurrent event streams on this route, all keys together (503 beyond). Default: no cap.
+    pub max_streams: Option<usize>,
+    /// Concurrent WebSocket tunnels on this route, all keys together (503 beyond). Default: no cap.
+    pub max_tunnels: Option<usize>,
+    /// Concurrent event streams on this route per key (429 beyond). Default: no cap.
+    pub max_streams_per_key: Option<usize>,
+    /// Concurrent WebSocket tunnels on this route per key (429 beyond). Default: no cap.
+    pub max_tunnels_per_key: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub backend_up: IntGaugeVec,
     pub limit_refusals: IntCounterVec,
+    pub open_streams: IntGaugeVec,
+    pub open_tunnels: IntGaugeVec,
+    pub heartbeats: prometheus::IntCounter,
+    pub mcp_unknown_sessions: prometheus::IntCounter,
     models_seen: Mutex<HashSet<String>>,
 }
 
@@ -67,6 +71,23 @@ fn build() -> Result<Metrics, prometheus::Error> {
         IntCounterVec::new(Opts::new("config_reloads_total", "Configuration reloads by result"), &["result"])?;
     let backend_up =
         IntGaugeVec::new(Opts::new("backend_up", "1 when the backend is in rotation"), &["provider", "backend"])?;
+    let open_streams = IntGaugeVec::new(
+        Opts::new("open_streams", "Event streams open now, by route and key name"),
+        &["route", "key"],
+    )?;
+    let open_tunnels = IntGaugeVec::new(
+        Opts::new("open_tunnels", "WebSocket tunnels open now, by route and key name"),
+        &["route", "key"],
+    )?;
+    let heartbeats = prometheus::IntCounter::new("sse_heartbeats_total", "Keepalive comments sent on silent streams")?;
+    let mcp_unknown_sessions = prometheus::IntCounter::new(
+        "mcp_unknown_sessions_total",
+        "MCP requests refused with 404: session id forged, stale or of a removed backend",
+    )?;
+    registry.register(Box::new(open_streams.clone()))?;
+    registry.register(Box::new(open_tunnels.clone()))?;
+    registry.register(Box::new(heartbeats.clone()))?;
+    registry.register(Box::new(mcp_unknown_sessions.clone()))?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(upstream_ttfb.clone()))?;
@@ -96,6 +117,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         reloads,
         backend_up,
         limit_refusals,
+        open_streams,
+        open_tunnels,
+        heartbeats,
+        mcp_unknown_sessions,
         models_seen: Mutex::new(HashSet::new()),
     })
 }

@@ -32,6 +32,8 @@ pub struct Routed {
     pub body_len: Option<usize>,
     /// The rewritten body, when it replaces the retry buffer (bodies up to 64 KiB).
     pub new_body: Option<bytes::Bytes>,
+    /// WebSocket, event-stream and MCP settings of the route, and MCP pinning.
+    pub streams: super::streams::RouteStreams,
 }
 
 #[derive(Default)]
@@ -82,9 +84,13 @@ pub struct Ctx {
     pub piped: bool,
     /// The gateway answered itself with this status (local endpoint or refusal).
     pub local_status: Option<u16>,
+    /// The route pattern of a request the gateway answered after routing (426, caps).
+    pub route_label: Option<String>,
     pub counted_inflight: bool,
     pub limit: super::limit::LimitCtx,
     pub rewrite: super::rewrite::ResponseRewrite,
+    /// Long-lived connections: MCP endpoint rewriting, concurrency slots.
+    pub streams: super::streams::StreamState,
 }
 
 impl Ctx {
@@ -98,9 +104,11 @@ impl Ctx {
             key_name: None,
             piped: false,
             local_status: None,
+            route_label: None,
             counted_inflight: false,
             limit: Default::default(),
             rewrite: Default::default(),
+            streams: Default::default(),
         }
     }
 }

@@ -13,7 +13,10 @@ use std::time::Instant;
 /// Chooses a backend not yet tried by this request; `None` when none is left.
 pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let provider = &routed.provider;
-    let (index, backend) = provider.pick(&routed.hash_key, &up.tried)?;
+    let (index, backend) = match super::streams::pinned_backend(routed, &up.tried) {
+        Some(pinned) => pinned?,
+        None => provider.pick(&routed.hash_key, &up.tried)?,
+    };
     up.tried.push(index);
     let (tls, sni) = match &provider.tls {
         Some(t) => (true, t.sni.clone()),
@@ -23,7 +26,7 @@ pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let t = &provider.timeouts;
     peer.options.connection_timeout = Some(t.connect);
     peer.options.total_connection_timeout = Some(t.connect);
-    peer.options.read_timeout = Some(t.read);
+    peer.options.read_timeout = Some(routed.streams.idle(provider));
     peer.options.write_timeout = Some(t.write);
     peer.options.idle_timeout = Some(t.idle);
     if let Some(tls) = &provider.tls {

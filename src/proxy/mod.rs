@@ -4,8 +4,10 @@
 
 pub mod account;
 pub mod auth;
+pub mod conn_limits;
 pub mod ctx;
 pub mod forward;
+pub mod heartbeat;
 pub mod limit;
 pub mod local;
 pub mod pipe;
@@ -13,6 +15,8 @@ pub mod respond;
 pub mod rewrite;
 pub mod route;
 pub mod stream;
+pub mod streams;
+pub mod websocket;
 
 use crate::error::GatewayError;
 use crate::observe::metrics::metrics;
@@ -93,17 +97,35 @@ impl Gateway {
             Ok(d) => d,
             Err(e) => return self.refuse(session, ctx, e).await,
         };
-        match decision.body {
+        let route::Decision { mut routed, body } = decision;
+        match streams::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
+            streams::Admit::Answered(status) => {
+                ctx.local_status = Some(status);
+                ctx.route_label = Some(routed.route_label.clone());
+                return Ok(Step::Answered);
+            }
+            streams::Admit::Heartbeat(every) => {
+                ctx.piped = true;
+                let chunks = match body {
+                    route::BodyPlan::Pipe(c) | route::BodyPlan::Replay(c) => c,
+                    route::BodyPlan::Untouched => Vec::new(),
+                };
+                heartbeat::run(session, routed, chunks, every).await?;
+                return Ok(Step::Answered);
+            }
+            streams::Admit::Continue => {}
+        }
+        match body {
             route::BodyPlan::Pipe(chunks) => {
                 ctx.piped = true;
-                pipe::run(session, decision.routed, chunks).await?;
+                pipe::run(session, routed, chunks).await?;
                 Ok(Step::Answered)
             }
-            route::BodyPlan::Replay | route::BodyPlan::Untouched => {
-                if decision.routed.strip_usage {
+            route::BodyPlan::Replay(_) | route::BodyPlan::Untouched => {
+                if routed.strip_usage {
                     ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
                 }
-                ctx.routed = Some(decision.routed);
+                ctx.routed = Some(routed);
                 Ok(Step::Continue)
             }
         }
@@ -188,10 +210,10 @@ impl ProxyHttp for Gateway {
         match &ctx.routed {
             Some(r) => {
                 forward::rewrite_request(req, r)?;
-                match r.body_len {
-                    Some(len) => rewrite::set_body_length(req, len),
-                    None => Ok(()),
+                if let Some(len) = r.body_len {
+                    rewrite::set_body_length(req, len)?;
                 }
+                streams::upstream_request(req, r)
             }
             None => Error::e_explain(ErrorType::InternalError, "no route decided"),
         }
@@ -227,7 +249,7 @@ impl ProxyHttp for Gateway {
         }
         let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         ctx.usage.start(ct);
-        Ok(())
+        streams::upstream_response(resp, ctx)
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
@@ -247,6 +269,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        streams::response_body(body, end_of_stream, &mut ctx.streams);
         ctx.usage.observe(body.as_ref(), end_of_stream);
         ctx.rewrite.response_body(body, end_of_stream, ctx.usage.kind());
         Ok(None)

@@ -23,8 +23,9 @@ pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 pub enum BodyPlan {
     /// Not read (no body, or not JSON): Pingora streams it.
     Untouched,
-    /// Read whole and small: Pingora replays it from its retry buffer.
-    Replay,
+    /// Read whole and small: Pingora replays it from its retry buffer (the bytes are kept for
+    /// the heartbeat relay, which replays them itself).
+    Replay(Vec<Bytes>),
     /// Read whole and too large to replay: hand these bytes to a subrequest.
     Pipe(Vec<Bytes>),
 }
@@ -71,7 +72,9 @@ pub async fn decide(
     };
     let route_label = route.label.clone();
     let (mut plan, mut peek, mut body_len, mut new_body) = (BodyPlan::Untouched, Peek::default(), None, None);
-    if wants_json_read(session) {
+    // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
+    let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
+    if !mcp && wants_json_read(session) {
         let body = match read_body(session, rt.server.max_body).await? {
             Ok(chunks) => chunks,
             Err(e) => return Ok(Err(e)),
@@ -93,12 +96,12 @@ pub async fn decide(
                 if len > RETRY_BUFFER_LIMIT {
                     BodyPlan::Pipe(vec![new])
                 } else {
-                    new_body = Some(new);
-                    BodyPlan::Replay
+                    new_body = Some(new.clone());
+                    BodyPlan::Replay(vec![new])
                 }
             }
             None if len > RETRY_BUFFER_LIMIT => BodyPlan::Pipe(body),
-            None => BodyPlan::Replay,
+            None => BodyPlan::Replay(body),
         };
     }
     if let Some(model) = &peek.model {
@@ -142,6 +145,7 @@ pub async fn decide(
         upstream_path.push('?');
         upstream_path.push_str(q);
     }
+    let streams = super::streams::RouteStreams::new(route, &provider);
     let routed = Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
@@ -158,6 +162,7 @@ pub async fn decide(
         strip_usage: body_len.is_some(),
         body_len,
         new_body,
+        streams,
     };
     Ok(Ok(Decision { routed, body: plan }))
 }

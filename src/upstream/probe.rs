@@ -90,10 +90,14 @@ async fn probe(p: &Provider, b: &Backend, s: &HealthSettings) -> Result<(), Stri
         req = req.bearer_auth(key.expose());
     }
     let resp = req.send().await.map_err(without_url)?;
-    if resp.status().is_success() {
-        Ok(())
+    // A server that answers is up unless it failed (5xx) or refuses the provider's key (401/403,
+    // so every request would fail). 404 counts as up: MCP servers and hosted APIs have no
+    // health path, and an answer still proves the process is serving.
+    let status = resp.status();
+    if status.is_server_error() || status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+        Err(format!("status {}", status.as_u16()))
     } else {
-        Err(format!("status {}", resp.status().as_u16()))
+        Ok(())
     }
 }
 

@@ -1,0 +1,224 @@
+//! Legacy HTTP+SSE (2024-11-05): the server's first event, `event: endpoint`, names the URL
+//! for the client's POSTs (`/messages/?session_id=<hex>`). The gateway rewrites it so the
+//! URL lies in the gateway's own path space (the route's prefix in place of the provider's
+//! base path) and carries a sealed token naming the backend that owns the stream; it stays
+//! relative and same-origin, as SDK clients require. Events are parsed as SSE: they may be
+//! split across chunks, share a chunk, and end lines with LF, CRLF or CR. Everything after
+//! the endpoint event passes untouched; nothing is held beyond `MAX_HELD` bytes.
+
+use super::seal::{Pinned, Sealer};
+use bytes::{Bytes, BytesMut};
+use std::net::SocketAddr;
+
+const MAX_HELD: usize = 64 * 1024;
+const PARAMS: [&str; 2] = ["session_id", "sessionId"];
+
+#[derive(Debug)]
+pub struct EndpointRewriter {
+    sealer: Sealer,
+    provider: String,
+    backend: SocketAddr,
+    /// Provider base path to remove, client prefix to put in its place.
+    base_path: String,
+    client_prefix: String,
+    held: BytesMut,
+    done: bool,
+}
+
+impl EndpointRewriter {
+    pub fn new(sealer: Sealer, provider: &str, backend: SocketAddr, base_path: &str, client_prefix: &str) -> Self {
+        EndpointRewriter {
+            sealer,
+            provider: provider.to_string(),
+            backend,
+            base_path: base_path.to_string(),
+            client_prefix: client_prefix.to_string(),
+            held: BytesMut::new(),
+            done: false,
+        }
+    }
+
+    /// Takes a chunk from the upstream, returns what to send now.
+    pub fn feed(&mut self, chunk: Bytes, end: bool) -> Bytes {
+        if self.done {
+            return chunk;
+        }
+        self.held.extend_from_slice(&chunk);
+        let mut out = BytesMut::new();
+        let mut pos = 0;
+        while let Some((event_end, lines)) = next_event(&self.held[pos..]) {
+            let raw = &self.held[pos..pos + event_end];
+            if is_endpoint(&lines) {
+                out.extend_from_slice(&self.rewrite(raw, &lines));
+                pos += event_end;
+                self.done = true;
+                break;
+            }
+            out.extend_from_slice(raw);
+            pos += event_end;
+        }
+        let rest = self.held.split_off(pos);
+        self.held = rest;
+        if self.done || end || self.held.len() > MAX_HELD {
+            if !self.done && self.held.len() > MAX_HELD {
+                log::warn!("MCP SSE stream: no endpoint event in the first {MAX_HELD} bytes; passing it through");
+            }
+            self.done = true;
+            out.extend_from_slice(&self.held);
+            self.held.clear();
+        }
+        out.freeze()
+    }
+
+    fn rewrite(&self, raw: &[u8], lines: &[Line]) -> Vec<u8> {
+        let eol: &[u8] = lines.first().map(|l| l.eol).unwrap_or(b"\n");
+        let mut out = Vec::with_capacity(raw.len() + 128);
+        for l in lines {
+            if let Some(value) = field(l.text, b"data") {
+                let url = String::from_utf8_lossy(value);
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(self.map_url(&url).as_bytes());
+            } else {
+                out.extend_from_slice(l.text);
+            }
+            out.extend_from_slice(l.eol);
+        }
+        out.extend_from_slice(eol);
+        out
+    }
+
+    /// The backend's message URL as the client must see it: path-absolute, gateway prefix,
+    /// sealed session token.
+    pub fn map_url(&self, url: &str) -> String {
+        let Ok(base) = url::Url::parse("http://backend.invalid/") else { return url.to_string() };
+        let Ok(u) = base.join(url.trim()) else { return url.to_string() };
+        let path = u.path();
+        let tail = match path.strip_prefix(self.base_path.as_str()) {
+            Some(t) if self.base_path.is_empty() || t.is_empty() || t.starts_with('/') => t,
+            _ => {
+                log::warn!("MCP endpoint {path:?} lies outside the provider's base path; left as is");
+                path
+            }
+        };
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        let mut sealed_one = false;
+        for (k, v) in u.query_pairs() {
+            if !sealed_one && PARAMS.contains(&k.as_ref()) {
+                let pin = Pinned { provider: self.provider.clone(), backend: self.backend, token: v.into_owned() };
+                query.append_pair(&k, &self.sealer.seal(&pin));
+                sealed_one = true;
+            } else {
+                query.append_pair(&k, &v);
+            }
+        }
+        let query = query.finish();
+        let mut out = format!("{}{}", self.client_prefix, tail);
+        if !query.is_empty() {
+            out.push('?');
+            out.push_str(&query);
+        }
+        out
+    }
+}
+
+struct Line<'a> {
+    text: &'a [u8],
+    eol: &'a [u8],
+}
+
+/// The first complete event in `buf` (ended by a blank line): its length including the blank
+/// line, and its lines. `None` until a whole event is there.
+fn next_event(buf: &[u8]) -> Option<(usize, Vec<Line<'_>>)> {
+    let mut lines = Vec::new();
+    let mut pos = 0;
+    loop {
+        let rest = &buf[pos..];
+        let i = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
+        let eol_len = if rest[i] == b'\r' {
+            match rest.get(i + 1) {
+                Some(b'\n') => 2,
+                Some(_) => 1,
+                None => return None, // a CR at the end: its LF may be in the next chunk
+            }
+        } else {
+            1
+        };
+        let text = &rest[..i];
+        let eol = &rest[i..i + eol_len];
+        pos += i + eol_len;
+        if text.is_empty() {
+            return Some((pos, lines));
+        }
+        lines.push(Line { text, eol });
+    }
+}
+
+fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
+    Some(rest.strip_prefix(b" ").unwrap_or(rest))
+}
+
+fn is_endpoint(lines: &[Line]) -> bool {
+    lines.iter().any(|l| field(l.text, b"event") == Some(b"endpoint"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw() -> EndpointRewriter {
+        let s = Sealer::new([3; 32]);
+        EndpointRewriter::new(s, "mcp", "127.0.0.1:9000".parse().unwrap(), "", "/mcp-legacy")
+    }
+
+    fn run(chunks: &[&str]) -> String {
+        let mut r = rw();
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            out.extend_from_slice(&r.feed(Bytes::copy_from_slice(c.as_bytes()), i + 1 == chunks.len()));
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn token_of(out: &str) -> String {
+        let at = out.find("session_id=").unwrap() + "session_id=".len();
+        out[at..].split(|c: char| c.is_whitespace() || c == '&').next().unwrap().to_string()
+    }
+
+    #[test]
+    fn rewrites_split_crlf_endpoint() {
+        let out = run(&["event: endpo", "int\r\ndata: /messages/?session_id=abc\r", "\n\r\n: ping\r\n\r\n"]);
+        assert!(out.starts_with("event: endpoint\r\ndata: /mcp-legacy/messages/?session_id="), "{out}");
+        assert!(out.ends_with("\r\n\r\n: ping\r\n\r\n"), "{out}");
+        let pin = Sealer::new([3; 32]).open(&token_of(&out)).unwrap();
+        assert_eq!(pin.token, "abc");
+        assert_eq!(pin.backend, "127.0.0.1:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn lf_and_later_events_untouched() {
+        let out =
+            run(&["event: endpoint\ndata: /messages/?session_id=x\n\nevent: message\ndata: {\"session_id=\":1}\n\n"]);
+        assert!(out.starts_with("event: endpoint\ndata: /mcp-legacy/messages/?session_id="), "{out}");
+        assert!(out.ends_with("\n\nevent: message\ndata: {\"session_id=\":1}\n\n"), "{out}");
+    }
+
+    #[test]
+    fn absolute_url_becomes_relative() {
+        let out = run(&["event: endpoint\ndata: http://10.0.0.1:9000/messages?sessionId=q&x=1\n\n"]);
+        assert!(out.starts_with("event: endpoint\ndata: /mcp-legacy/messages?sessionId="), "{out}");
+        assert!(out.contains("&x=1\n\n"), "{out}");
+    }
+
+    #[test]
+    fn base_path_is_swapped() {
+        let s = Sealer::new([3; 32]);
+        let r = EndpointRewriter::new(s, "mcp", "127.0.0.1:9000".parse().unwrap(), "/srv", "/tools");
+        assert!(r.map_url("/srv/messages/?session_id=1").starts_with("/tools/messages/?session_id="));
+    }
+
+    #[test]
+    fn nothing_held_past_the_end() {
+        assert_eq!(run(&["data: no endpoint here\n"]), "data: no endpoint here\n");
+    }
+}
