@@ -275,6 +275,13 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A client that leaves mid-stream is routine for LLM traffic: it is counted
+    /// (`mcas_client_cancels_total`) and logged in the access log, not as an ERROR line.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        e.esource() == &ErrorSource::Downstream
+            && matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if let Some(r) = &ctx.routed {
             forward::failed_before_header(r, &ctx.upstream, e);
