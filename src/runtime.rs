@@ -18,6 +18,9 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     pub pid_file: String,
     pub upgrade_sock: String,
+    /// Gateway-wide caps on open event streams and WebSocket tunnels (`None`: no cap).
+    pub max_streams: Option<usize>,
+    pub max_tunnels: Option<usize>,
 }
 
 #[derive(Debug, Clone)]

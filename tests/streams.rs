@@ -639,3 +639,33 @@ async fn relay_notices_a_departed_client_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn gateway_wide_caps_count_every_route() {
+    let sim = spawn_sim(&["--itl-ms", "100", "--tokens", "40"]).await;
+    let rest = format!(
+        "{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/v1/*\", provider: by_model }}\n  - {{ path: \"/ws\", provider: sim, websocket: true }}\n  - {{ path: \"/chat/ws\", provider: sim, websocket: true, strip_prefix: \"/chat\" }}\n",
+        three_keys(),
+        sim.addr
+    );
+    let gw = spawn_gateway("max_streams: 1, max_tunnels: 1", &rest, &[]).await;
+    let (alice, bob) = ("alice-key-0123456789", "bob-key-0123456789");
+    let _t1 = connect(&gw, "/ws", Some(alice)).await.unwrap();
+    // Another route and another key: still over the gateway's one tunnel.
+    let (status, body) = refused_status(&gw, "/chat/ws", bob).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("connection_limit") && body.contains("in all"), "{body}");
+    drop(_t1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _t2 = connect(&gw, "/chat/ws", Some(bob)).await.expect("the closed tunnel gave its place back");
+
+    let body =
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+    let c = reqwest::Client::new();
+    let s1 = c.post(gw.url("/v1/chat/completions")).bearer_auth(alice).json(&body).send().await.unwrap();
+    assert_eq!(s1.status(), 200);
+    let refused = c.post(gw.url("/v1/chat/completions")).bearer_auth(bob).json(&body).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let v: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "connection_limit");
+}

@@ -84,7 +84,17 @@ fn server(s: ServerSection, errors: &mut Vec<ConfigError>) -> ServerSettings {
         shutdown_timeout: s.shutdown_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
         pid_file: s.pid_file.unwrap_or_else(|| "/tmp/mcas-gateway.pid".to_string()),
         upgrade_sock: s.upgrade_sock.unwrap_or_else(|| "/tmp/mcas-gateway-upgrade.sock".to_string()),
+        max_streams: positive("server.max_streams", s.max_streams, errors),
+        max_tunnels: positive("server.max_tunnels", s.max_tunnels, errors),
     }
+}
+
+/// A cap that, when set, must allow at least one.
+fn positive(path: &str, v: Option<usize>, errors: &mut Vec<ConfigError>) -> Option<usize> {
+    if v == Some(0) {
+        errors.push(ConfigError::new(path, "must be at least 1 (omit it for no cap)"));
+    }
+    v
 }
 
 enum PemKind {

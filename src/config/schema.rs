@@ -76,6 +76,10 @@ pub struct ServerSection {
     pub pid_file: Option<String>,
     /// Socket on which `--upgrade` receives the listeners. Default `/tmp/mcas-gateway-upgrade.sock`.
     pub upgrade_sock: Option<String>,
+    /// Event streams (SSE responses) open at once over the whole gateway; beyond → 503. Default: no cap.
+    pub max_streams: Option<usize>,
+    /// WebSocket tunnels open at once over the whole gateway; beyond → 503. Default: no cap.
+    pub max_tunnels: Option<usize>,
     /// Peers (CIDR blocks or addresses) whose `X-Forwarded-For` is believed for the client
     /// address used by `limits.per_ip`. Default: none (the TCP peer is the client).
     pub trusted_proxies: Option<Vec<String>>,

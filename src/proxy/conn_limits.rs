@@ -1,6 +1,6 @@
-//! Caps on concurrent long-lived connections per route: event streams and WebSocket tunnels,
-//! over all keys (`max_streams`, `max_tunnels`: 503) and per key (`max_streams_per_key`,
-//! `max_tunnels_per_key`: 429). A [`Slot`] holds one place and gives it back on drop, however
+//! Caps on concurrent long-lived connections: event streams and WebSocket tunnels, gateway-wide
+//! (`server.max_streams`, `server.max_tunnels`: 503), per route over all keys (`max_streams`,
+//! `max_tunnels`: 503) and per key on a route (`max_streams_per_key`, `max_tunnels_per_key`: 429). A [`Slot`] holds one place and gives it back on drop, however
 //! the connection ends. Counters are process-wide and keyed by route pattern and key name
 //! (both from the config, so bounded), so they survive a reload.
 
@@ -30,6 +30,9 @@ impl Kind {
 }
 
 type CounterKey = (Kind, String, Option<String>);
+/// Counter name of the gateway-wide caps (`server.max_streams`, `server.max_tunnels`); route
+/// patterns start with "/", so it cannot collide with one.
+const GATEWAY: &str = "*";
 static COUNTERS: Lazy<Mutex<HashMap<CounterKey, Arc<AtomicUsize>>>> = Lazy::new(Default::default);
 
 fn counter(kind: Kind, route: &str, key: Option<&str>) -> Arc<AtomicUsize> {
@@ -76,17 +79,20 @@ pub async fn acquire(
     request_id: &str,
 ) -> Result<Option<u16>> {
     let o = &routed.streams.opts;
-    let (kind, global, per_key) = if routed.streams.upgrade {
-        (Kind::Tunnel, o.max_tunnels, o.max_tunnels_per_key)
+    let server = &routed.runtime.server;
+    let (kind, per_route, per_key, gateway) = if routed.streams.upgrade {
+        (Kind::Tunnel, o.max_tunnels, o.max_tunnels_per_key, server.max_tunnels)
     } else {
-        (Kind::Stream, o.max_streams, o.max_streams_per_key)
+        (Kind::Stream, o.max_streams, o.max_streams_per_key, server.max_streams)
     };
     let route = routed.route_label.as_str();
     let key = &*routed.key.name;
-    let mut held = Vec::with_capacity(2);
-    let checks = [(per_key, Some(key), 429u16), (global, None, 503u16)];
-    for (cap, key_part, status) in checks {
-        let c = counter(kind, route, key_part);
+    let mut held = Vec::with_capacity(3);
+    // (cap, counter's route, counter's key, status): per key on the route, the route, the gateway.
+    let checks =
+        [(per_key, route, Some(key), 429u16), (per_route, route, None, 503u16), (gateway, GATEWAY, None, 503u16)];
+    for (cap, counted_route, key_part, status) in checks {
+        let c = counter(kind, counted_route, key_part);
         let now = c.fetch_add(1, Ordering::AcqRel) + 1;
         held.push(c);
         if cap.is_some_and(|cap| now > cap) {
@@ -101,11 +107,8 @@ pub async fn acquire(
                     "too_many_connections",
                 )
             } else {
-                (
-                    format!("the gateway already holds {cap} {} on this route", kind.noun()),
-                    "server_error",
-                    "connection_limit",
-                )
+                let scope = if counted_route == GATEWAY { "in all" } else { "on this route" };
+                (format!("the gateway already holds {cap} {} {scope}", kind.noun()), "server_error", "connection_limit")
             };
             let body = serde_json::json!({"error": {"message": message, "type": kind_s, "code": code}});
             session.set_keepalive(None);
