@@ -17,5 +17,6 @@ pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod sse;
 pub mod telegram;
 pub mod upstream;

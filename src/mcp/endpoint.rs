@@ -7,6 +7,7 @@
 //! the endpoint event passes untouched; nothing is held beyond `MAX_HELD` bytes.
 
 use super::seal::{Pinned, Sealer};
+use crate::sse::{next_event, Line};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 
@@ -118,38 +119,6 @@ impl EndpointRewriter {
             out.push_str(&query);
         }
         out
-    }
-}
-
-struct Line<'a> {
-    text: &'a [u8],
-    eol: &'a [u8],
-}
-
-/// The first complete event in `buf` (ended by a blank line): its length including the blank
-/// line, and its lines. `None` until a whole event is there.
-fn next_event(buf: &[u8]) -> Option<(usize, Vec<Line<'_>>)> {
-    let mut lines = Vec::new();
-    let mut pos = 0;
-    loop {
-        let rest = &buf[pos..];
-        let i = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
-        let eol_len = if rest[i] == b'\r' {
-            match rest.get(i + 1) {
-                Some(b'\n') => 2,
-                Some(_) => 1,
-                None => return None, // a CR at the end: its LF may be in the next chunk
-            }
-        } else {
-            1
-        };
-        let text = &rest[..i];
-        let eol = &rest[i..i + eol_len];
-        pos += i + eol_len;
-        if text.is_empty() {
-            return Some((pos, lines));
-        }
-        lines.push(Line { text, eol });
     }
 }
 

@@ -7,6 +7,7 @@
 use super::stream::BodyKind;
 use crate::auth::ModelGlobs;
 use crate::error::GatewayError;
+use crate::sse;
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::Value;
@@ -90,14 +91,14 @@ impl SseStrip {
         }
         let chunk = body.take().unwrap_or_default();
         // Fast path: whole events and no usage in sight.
-        if self.held.is_empty() && (chunk.is_empty() || ends_event(&chunk)) && !contains(&chunk, b"\"usage\"") {
+        if self.held.is_empty() && (chunk.is_empty() || ends_event(&chunk)) && !sse::contains(&chunk, b"\"usage\"") {
             *body = (!chunk.is_empty()).then_some(chunk);
             return;
         }
         self.held.extend_from_slice(&chunk);
         let mut out = Vec::with_capacity(self.held.len());
         let mut rest: &[u8] = &self.held;
-        while let Some(end_at) = event_end(rest) {
+        while let Some(end_at) = sse::event_len(rest) {
             let (event, tail) = rest.split_at(end_at);
             if !self.removed && is_usage_event(event) {
                 self.removed = true;
@@ -119,29 +120,8 @@ fn ends_event(b: &[u8]) -> bool {
     b.ends_with(b"\n\n") || b.ends_with(b"\r\n\r\n")
 }
 
-/// Index just past the blank line that ends the first event in `b`.
-fn event_end(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(p) = b[i..].iter().position(|&c| c == b'\n') {
-        let nl = i + p;
-        let next = &b[nl + 1..];
-        if next.starts_with(b"\n") {
-            return Some(nl + 2);
-        }
-        if next.starts_with(b"\r\n") {
-            return Some(nl + 3);
-        }
-        i = nl + 1;
-    }
-    None
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 fn is_usage_event(event: &[u8]) -> bool {
-    if !contains(event, b"\"usage\"") {
+    if !sse::contains(event, b"\"usage\"") {
         return false;
     }
     #[derive(serde::Deserialize)]

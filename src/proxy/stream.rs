@@ -113,16 +113,12 @@ impl UsageObserver {
             return;
         }
         // Only the chunk(s) carrying usage are parsed: the hot path is a substring check.
-        if contains(payload, b"\"usage\"") {
+        if crate::sse::contains(payload, b"\"usage\"") {
             if let Some(u) = parse_usage(payload) {
                 self.usage = Some(u);
             }
         }
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
 }
 
 fn parse_usage(json: &[u8]) -> Option<Usage> {
