@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod limits;
 pub mod mcp;

@@ -6,7 +6,10 @@ use crate::proxy::Gateway;
 use crate::reload::{Reloader, SighupService};
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::*;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 use std::sync::Arc;
@@ -50,16 +53,16 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Reloader { runtime: shared.clone(), path: config_path };
 
+    // Pingora's grace period is whole seconds.
+    let grace = std::time::Duration::from_secs(shared.load().server.grace_period.as_secs());
+    let drain = crate::drain::Drain::new(grace);
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(shared.clone()),
+        Gateway::new(shared.clone(), drain.clone()),
         "mcas-gateway",
     );
     for addr in &listen {
-        match &tls {
-            Some(t) => proxy.add_tls(addr, &t.cert, &t.key)?,
-            None => proxy.add_tcp(addr),
-        }
+        proxy.add_listener(listener(addr, tls.as_ref())?);
     }
     let mut admin =
         Service::new("mcas-admin".to_string(), AdminApp { reloader: reloader.clone(), started: Instant::now() });
@@ -74,8 +77,27 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     server.add_service(admin);
     server.add_service(sighup);
     server.add_service(probes);
+    server.add_service(pingora::services::background::background_service(
+        "drain",
+        crate::drain::DrainService { drain, grace },
+    ));
     log::info!("mcas-gateway listening on {} (admin {admin_listen})", listen.join(", "));
     server.run_forever()
+}
+
+/// One client listener. Pingora's default 64 KiB read buffer in front of every accepted
+/// socket would be resident for the life of each idle stream or tunnel; its HTTP/1 layer
+/// reads headers and bodies into buffers of its own, so plain TCP needs none, and TLS
+/// (which reads record by record) gets one TLS record's worth.
+fn listener(addr: &str, tls: Option<&crate::runtime::ListenTls>) -> anyhow::Result<ListenerConfig> {
+    const TLS_READ_BUFFER: usize = 16 * 1024 + 256;
+    let config = ListenerConfig::tcp(addr);
+    Ok(match tls {
+        None => config.l4_buffer(L4BufferSettings::default().read(0)),
+        Some(t) => config
+            .tls(TlsSettings::intermediate(&t.cert, &t.key)?)
+            .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
+    })
 }
 
 fn warn_about(rt: &Runtime) {

@@ -471,24 +471,31 @@ async fn sigterm_drains_streams_then_exits() {
     let (short_all, _) = timed_body(short).await;
     assert!(short_all.trim_end().ends_with("data: [DONE]"), "the short stream did not finish: {short_all}");
     let ws_task = tokio::spawn(async move {
-        let mut last = None;
-        while let Some(m) = ws.next().await {
-            match m {
-                Ok(Message::Text(_)) => continue,
-                other => {
-                    last = Some(format!("{other:?}"));
-                    break;
-                }
+        // The pushes flow until the gateway says goodbye.
+        let mut pushes_after_term = 0;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(_))) => pushes_after_term += 1,
+                other => return (Instant::now(), pushes_after_term, other),
             }
         }
-        (Instant::now(), last)
     });
     let (long_all, _) = timed_body(long).await;
     assert!(!long_all.contains("[DONE]"), "the 10 s stream outlived the 1 s grace period");
     let cut_at = t0.elapsed();
     assert!(cut_at < Duration::from_secs(5), "stream cut after {cut_at:?}");
-    let (ws_end, how) = tokio::time::timeout(Duration::from_secs(10), ws_task).await.expect("tunnel ended").unwrap();
-    eprintln!("drain: long stream cut after {cut_at:?}; tunnel ended after {:?} with {how:?}", ws_end - t0);
+    let (ws_end, pushes, how) =
+        tokio::time::timeout(Duration::from_secs(10), ws_task).await.expect("tunnel ended").unwrap();
+    eprintln!("drain: long stream cut after {cut_at:?}; tunnel closed after {:?} with {how:?}", ws_end - t0);
+    // The tunnel ran through the grace period, then the gateway closed it with 1001.
+    assert!(pushes >= 3, "only {pushes} pushes during the grace period");
+    match how {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away, "{f:?}"),
+        other => panic!("expected a close frame with 1001 (Going Away), got {other:?}"),
+    }
+    // The backend was told the same.
+    let sim_metrics = reqwest::get(format!("http://{}/metrics", sim.addr)).await.unwrap().text().await.unwrap();
+    assert!(sim_metrics.contains("mcas_sim_ws_closes_total{code=\"1001\"} 1"), "{sim_metrics}");
     let status = gw.proc.wait_exit(Duration::from_secs(10)).expect("gateway exited");
     eprintln!("drain: gateway exited {status} after {:?}", t0.elapsed());
 }
@@ -668,4 +675,48 @@ async fn gateway_wide_caps_count_every_route() {
     assert_eq!(refused.status(), 503);
     let v: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(v["error"]["code"], "connection_limit");
+}
+
+/// The tunnel's upstream side: a backend that refuses the upgrade is passed through (status
+/// and body), a backend that is down fails over to the next one, and with none left the
+/// client gets an OpenAI-shaped 502.
+#[tokio::test]
+async fn upgrade_refused_or_unreachable_backends() {
+    let sim = spawn_sim(&[]).await;
+    let dead = crate::common::free_port();
+    let rest = format!(
+        "{}providers:\n  - {{ name: pair, url: \"http://{}\", backends: [\"127.0.0.1:{dead}\", \"{}\"], models: [\"*\"] }}\n  - {{ name: gone, url: \"http://127.0.0.1:{dead}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/ws\", provider: pair, websocket: true }}\n  - {{ path: \"/gone/ws\", provider: gone, websocket: true, strip_prefix: \"/gone\" }}\n",
+        key_yaml("alice", KEY),
+        sim.addr,
+        sim.addr
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    // Whichever backend the ring names first, the upgrade ends on the live one.
+    for _ in 0..4 {
+        let mut ws = connect(&gw, "/ws", Some(KEY)).await.expect("failed over to the live backend");
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(next_non_push(&mut ws).await, Message::text("hi"));
+    }
+    // The sim answers an upgrade to something other than WebSocket with 400 and a body.
+    let raw = |path: &str, upgrade: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {KEY}\r\nconnection: upgrade\r\nupgrade: {upgrade}\r\n\r\n"
+        )
+    };
+    let answer = raw_exchange(gw.addr, &raw("/ws", "h2c")).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("expected a WebSocket upgrade") && answer.contains("x-request-id"), "{answer}");
+    let answer = raw_exchange(gw.addr, &raw("/gone/ws", "websocket")).await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("\"type\":\"upstream_error\"") && answer.contains("ConnectRefused"), "{answer}");
+}
+
+/// Sends `req` on a fresh connection and reads until the server closes it (or 5 s pass).
+async fn raw_exchange(addr: std::net::SocketAddr, req: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
 }

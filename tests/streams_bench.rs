@@ -95,7 +95,7 @@ async fn hold(gw: &Gw, label: &str, n: usize, make: impl Fn() -> (String, &'stat
     tokio::time::sleep(window).await;
     let cpu1 = cpu_seconds(pid);
     let rss2 = gw.proc.rss_kib();
-    let per_conn = (rss2.max(rss1) - rss0) as f64 * 1024.0 / n as f64;
+    let per_conn = (rss2.max(rss1) as f64 - rss0 as f64) * 1024.0 / n as f64;
     println!(
         "BENCH {label}: {n} held (opened in {:.1?}); gateway RSS {rss0} KiB -> {rss2} KiB: {:.1} KiB per connection; CPU while holding: {:.2}% of one core ({:.3} s over {:?})",
         opened_in,
@@ -121,6 +121,12 @@ async fn hold(gw: &Gw, label: &str, n: usize, make: impl Fn() -> (String, &'stat
     println!("BENCH {label}: after closing all, gateway RSS {} KiB; {inflight}; open fds {fds}", gw.proc.rss_kib());
 }
 
+/// The phases to run, from `MCAS_BENCH_PHASES` (comma-separated): `sse`, `ws`, `hb`.
+fn phases() -> Vec<String> {
+    let v = std::env::var("MCAS_BENCH_PHASES").unwrap_or_else(|_| "sse,ws,hb".into());
+    v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load benchmark: run explicitly (see the module docs)"]
 async fn streams_bench_idle_connections() {
@@ -131,10 +137,9 @@ async fn streams_bench_idle_connections() {
         key_yaml("bench", KEY),
         sim.addr
     );
-    // Optional allocator tuning under test, e.g. MCAS_BENCH_GW_ENV=MALLOC_MMAP_THRESHOLD_=32768.
+    // Optional allocator tuning under test, e.g. MCAS_BENCH_GW_ENV=MIMALLOC_PURGE_DELAY=0.
     let env_kv = std::env::var("MCAS_BENCH_GW_ENV").unwrap_or_default();
     let envs: Vec<(&str, &str)> = env_kv.split_once('=').into_iter().collect();
-    let gw = spawn_gateway("", &rest, &envs).await;
     println!("BENCH gateway env: {env_kv:?}");
     println!(
         "BENCH machine: {} CPUs; gateway threads: 1; debug_assertions: {}",
@@ -151,19 +156,29 @@ async fn streams_bench_idle_connections() {
             (req, &b"\"content\""[..])
         }
     };
-    hold(&gw, "idle SSE streams", n, sse("/v1/chat/completions")).await;
-    // Same load again: shows whether the memory of closed connections is reused (no leak).
-    let repeat: usize = std::env::var("MCAS_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    for round in 0..repeat {
-        hold(&gw, &format!("idle SSE streams, round {}", round + 2), n, sse("/v1/chat/completions")).await;
-    }
     let ws = || {
         let req = format!(
             "GET /ws HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {KEY}\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
         (req, &b"\r\n\r\n"[..])
     };
-    hold(&gw, "idle WebSocket tunnels", n, ws).await;
-    let hb_n = std::env::var("MCAS_BENCH_HB_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
-    hold(&gw, "idle SSE streams via the heartbeat relay", hb_n, sse("/hb/v1/chat/completions")).await;
+    // Same load again (`MCAS_BENCH_REPEAT`): shows whether the memory of closed connections
+    // is reused (no leak).
+    let repeat: usize = std::env::var("MCAS_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    // Each phase in a gateway of its own, so each starts from a cold heap.
+    for phase in phases() {
+        let gw = spawn_gateway("", &rest, &envs).await;
+        for round in 0..=repeat {
+            let label = |what: &str| if round == 0 { what.to_string() } else { format!("{what}, round {}", round + 1) };
+            match phase.as_str() {
+                "sse" => hold(&gw, &label("idle SSE streams"), n, sse("/v1/chat/completions")).await,
+                "ws" => hold(&gw, &label("idle WebSocket tunnels"), n, ws).await,
+                "hb" => {
+                    hold(&gw, &label("idle SSE streams via the heartbeat relay"), n, sse("/hb/v1/chat/completions"))
+                        .await
+                }
+                other => panic!("unknown phase {other:?} in MCAS_BENCH_PHASES (sse, ws, hb)"),
+            }
+        }
+    }
 }

@@ -16,7 +16,9 @@ pub mod rewrite;
 pub mod route;
 pub mod stream;
 pub mod streams;
+pub mod tunnel;
 pub mod websocket;
+pub mod ws_frames;
 
 use crate::error::GatewayError;
 use crate::observe::metrics::metrics;
@@ -43,11 +45,16 @@ pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// Per-address pre-auth state; outlives reloads.
     pub guard: Arc<crate::limits::ip::IpGuard>,
+    /// Connects WebSocket tunnels to their backends.
+    tunnels: pingora_core::connectors::http::v1::Connector,
+    /// Announces the end of the grace period to tunnels.
+    drain: crate::drain::Drain,
 }
 
 impl Gateway {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
-        Gateway { runtime, guard: Default::default() }
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, drain: crate::drain::Drain) -> Self {
+        let tunnels = pingora_core::connectors::http::v1::Connector::new(None);
+        Gateway { runtime, guard: Default::default(), tunnels, drain }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -111,6 +118,12 @@ impl Gateway {
                     route::BodyPlan::Untouched => Vec::new(),
                 };
                 heartbeat::run(session, routed, chunks, every).await?;
+                return Ok(Step::Answered);
+            }
+            streams::Admit::Tunnel => {
+                ctx.routed = Some(routed);
+                // Boxed: only tunnels pay for the relay's state.
+                Box::pin(tunnel::run(session, ctx, &self.tunnels, self.drain.subscribe())).await?;
                 return Ok(Step::Answered);
             }
             streams::Admit::Continue => {}
@@ -253,13 +266,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        if !ctx.request_id.is_empty() {
-            resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        }
-        for (name, value) in limit::headers(ctx) {
-            resp.insert_header(name, value)?;
-        }
-        ctx.rewrite.response_header(resp, ctx.usage.kind())
+        response_headers(resp, ctx)
     }
 
     fn response_body_filter(
@@ -322,6 +329,18 @@ impl ProxyHttp for Gateway {
             ctx.routed.as_ref().map(|r| r.runtime.log.access_log).unwrap_or_else(|| self.runtime.load().log.access_log);
         account::finish(session, e, ctx, access_log);
     }
+}
+
+/// What the gateway adds to every upstream response header: request id, rate-limit headers,
+/// and the body rewrite's framing.
+fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    if !ctx.request_id.is_empty() {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    }
+    for (name, value) in limit::headers(ctx) {
+        resp.insert_header(name, value)?;
+    }
+    ctx.rewrite.response_header(resp, ctx.usage.kind())
 }
 
 /// Maps a Pingora error to the answer the client gets; `None` when the client is gone.

@@ -57,6 +57,8 @@ pub enum Admit {
     Continue,
     /// Run it through the heartbeat pipe.
     Heartbeat(Duration),
+    /// An allowed upgrade: run the gateway's own tunnel.
+    Tunnel,
     /// Answered already with this status.
     Answered(u16),
 }
@@ -93,8 +95,7 @@ pub async fn admit(
         }
     }
     if upgrade {
-        websocket::open_tunnel(session, routed.streams.idle(&routed.provider));
-        return Ok(Admit::Continue);
+        return Ok(Admit::Tunnel);
     }
     // `server.client_read_timeout` for everything that is not a tunnel.
     session.set_read_timeout(Some(routed.runtime.server.client_read_timeout));

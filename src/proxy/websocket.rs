@@ -1,13 +1,9 @@
 //! WebSocket upgrades: allowed per route (`routes[].websocket`), else 426 so clients fall back
-//! to SSE. An allowed upgrade becomes a byte tunnel in Pingora (frames, pings and close codes
-//! pass untouched); the gateway only stretches the per-read timeouts to the route's idle
-//! timeout on both sides, since Pingora's default downstream read timeout (60 s) would cut a
-//! tunnel whose client listens silently.
+//! to SSE. An allowed upgrade becomes a tunnel ([`super::tunnel`]).
 
 use super::respond;
 use pingora::prelude::*;
 use pingora_proxy::Session;
-use std::time::Duration;
 
 /// 426 Upgrade Required, with `Upgrade: websocket` and an OpenAI-shaped body.
 pub async fn refuse_upgrade(session: &mut Session, request_id: &str) -> Result<u16> {
@@ -20,9 +16,4 @@ pub async fn refuse_upgrade(session: &mut Session, request_id: &str) -> Result<u
     let extra = [("upgrade", http::HeaderValue::from_static("websocket"))];
     respond::json(session, 426, body.to_string().into_bytes(), request_id, &extra).await?;
     Ok(426)
-}
-
-/// Lets the client stay silent for `idle` between reads on an upgraded connection.
-pub fn open_tunnel(session: &mut Session, idle: Duration) {
-    session.set_read_timeout(Some(idle));
 }

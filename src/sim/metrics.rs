@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Prompt tokens looked up in the prefix cache, and those found.
     pub prefix_queries: IntCounter,
     pub prefix_hits: IntCounter,
+    /// WebSocket close frames received, by close code.
+    pub ws_closes: IntCounterVec,
 }
 
 impl Metrics {
@@ -34,6 +36,11 @@ impl Metrics {
         let prefix_queries =
             IntCounter::new("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache")?;
         let prefix_hits = IntCounter::new("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache")?;
+        let ws_closes = IntCounterVec::new(
+            Opts::new("mcas_sim_ws_closes_total", "WebSocket close frames received, by close code"),
+            &["code"],
+        )?;
+        registry.register(Box::new(ws_closes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(running.clone()))?;
         registry.register(Box::new(prompt_tokens.clone()))?;
@@ -47,7 +54,17 @@ impl Metrics {
                     .then(|| requests.with_label_values(&[e.label(), "200"]))
             })
             .collect();
-        Ok(Metrics { registry, requests, ok, running, prompt_tokens, generation_tokens, prefix_queries, prefix_hits })
+        Ok(Metrics {
+            registry,
+            requests,
+            ok,
+            running,
+            prompt_tokens,
+            generation_tokens,
+            prefix_queries,
+            prefix_hits,
+            ws_closes,
+        })
     }
 
     /// Counts one answered request (at the time its head is sent).

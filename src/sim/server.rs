@@ -102,7 +102,7 @@ async fn dispatch(r: &Replica, endpoint: Endpoint, req: Request<Incoming>) -> Re
             response::full(r.metrics.render()),
         ),
         Endpoint::Echo => echo::handle(r, req).await,
-        Endpoint::Ws => ws::upgrade(req),
+        Endpoint::Ws => ws::upgrade(req, r.metrics.ws_closes.clone()),
         Endpoint::NotFound => response::error(
             StatusCode::NOT_FOUND,
             &format!("no route for {} {}", req.method(), req.uri().path()),

@@ -1,7 +1,8 @@
 //! `GET …/ws` with `Upgrade: websocket`: an echo server. Text and binary frames come back as
 //! they are; tungstenite answers pings and echoes a Close frame's code and reason.
 //! `?push_ms=N` also sends a text frame `push <n>` every N ms (n = 1, 2, …), to keep idle
-//! tunnels busy. The first subprotocol a client offers is accepted.
+//! tunnels busy. The first subprotocol a client offers is accepted. Close frames received are
+//! counted by code (`mcas_sim_ws_closes_total`).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus::IntCounterVec;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -17,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::response::{self, Body};
 
-pub fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
+pub fn upgrade(mut req: Request<Incoming>, closes: IntCounterVec) -> Response<Body> {
     let h = req.headers();
     let wants_ws =
         h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
@@ -36,7 +38,7 @@ pub fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-                echo(ws, push).await;
+                echo(ws, push, closes).await;
             }
             Err(e) => log::debug!("websocket upgrade failed: {e}"),
         }
@@ -65,7 +67,7 @@ fn push_period(query: Option<&str>) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-async fn echo<S>(mut ws: WebSocketStream<S>, push: Option<Duration>)
+async fn echo<S>(mut ws: WebSocketStream<S>, push: Option<Duration>, closes: IntCounterVec)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -98,6 +100,10 @@ where
                 }
             }
             // Close: tungstenite has queued the echo; the next read sends it and ends.
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map(|f| u16::from(f.code).to_string()).unwrap_or_else(|| "none".into());
+                closes.with_label_values(&[&code]).inc();
+            }
             Some(Ok(_)) => {}
             None | Some(Err(_)) => break,
         }
