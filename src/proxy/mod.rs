@@ -46,14 +46,14 @@ pub struct Gateway {
     /// Per-address pre-auth state; outlives reloads.
     pub guard: Arc<crate::limits::ip::IpGuard>,
     /// Connects WebSocket tunnels to their backends.
-    tunnels: pingora_core::connectors::http::v1::Connector,
+    tunnels: pingora_core::connectors::TransportConnector,
     /// Announces the end of the grace period to tunnels.
     drain: crate::drain::Drain,
 }
 
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>, drain: crate::drain::Drain) -> Self {
-        let tunnels = pingora_core::connectors::http::v1::Connector::new(None);
+        let tunnels = pingora_core::connectors::TransportConnector::new(None);
         Gateway { runtime, guard: Default::default(), tunnels, drain }
     }
 

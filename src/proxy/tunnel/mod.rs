@@ -8,15 +8,18 @@
 //! upgrade request gets the same header rewriting. The tunnel ends when either side closes,
 //! or when neither side sent anything for the route's idle timeout.
 
+mod backend;
+
 use super::ctx::{Ctx, Routed};
 use super::ws_frames::{close_going_away_to_server, FrameTracker, CLOSE_GOING_AWAY_TO_CLIENT};
 use super::{forward, limit, respond, streams};
 use crate::error::GatewayError;
 use crate::observe::metrics::metrics;
+use backend::Backend;
 use bytes::Bytes;
 use pingora::prelude::*;
-use pingora_core::connectors::http::v1::Connector;
-use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
+use pingora_core::connectors::TransportConnector;
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -26,28 +29,31 @@ use tokio::sync::watch;
 pub async fn run(
     session: &mut Session,
     ctx: &mut Ctx,
-    connector: &Connector,
+    connector: &TransportConnector,
     mut drain: watch::Receiver<bool>,
 ) -> Result<()> {
     let Some(routed) = ctx.routed.as_ref() else {
         return respond::error(session, &GatewayError::Internal, &ctx.request_id).await;
     };
     let idle = routed.streams.idle(&routed.provider);
+    let timeouts = routed.provider.timeouts.clone();
     let websocket = is_websocket(session);
-    let mut up = match connect(session, ctx, connector).await? {
-        Some(up) => up,
+    // Boxed: the connect future (TLS included) is large and needed only until connected.
+    let mut up = match Box::pin(connect(session, ctx, connector)).await? {
+        Some(stream) => Backend::new(stream, timeouts.write),
         None => return Ok(()),
     };
-    let status = match handshake(session, ctx, &mut up).await {
-        Ok(status) => status,
+    let resp = match Box::pin(handshake(session, ctx, &mut up, timeouts.read)).await {
+        Ok(resp) => resp,
         Err(e) => return answer_failure(session, ctx, &e).await,
     };
-    if status != 101 || !up.was_upgraded() {
-        return relay_refusal(session, &mut up).await;
+    if resp.status.as_u16() != 101 {
+        return relay_refusal(session, ctx, &mut up, resp, timeouts.read).await;
     }
-    up.maybe_upgrade_body_writer();
-    session.set_read_timeout(Some(idle));
-    let mut tunnel = Tunnel { websocket, ..Default::default() };
+    session.write_response_header(Box::new(resp), false).await?;
+    // The tunnel's own idle timer governs reads from here on.
+    session.set_read_timeout(None);
+    let mut tunnel = Tunnel { websocket, idle, ..Default::default() };
     let draining = *drain.borrow();
     tunnel.relay(session, &mut up, &mut drain, draining).await
 }
@@ -63,7 +69,11 @@ fn is_websocket(session: &Session) -> bool {
 
 /// Picks a backend and connects, moving on to the next backend when a connect fails (nothing
 /// was sent yet). `None` when the client has been answered with an error.
-async fn connect(session: &mut Session, ctx: &mut Ctx, connector: &Connector) -> Result<Option<Upstream>> {
+async fn connect(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    connector: &TransportConnector,
+) -> Result<Option<pingora_core::protocols::Stream>> {
     loop {
         let Some(routed) = ctx.routed.as_ref() else { return Ok(None) };
         let Some(peer) = forward::peer(routed, &mut ctx.upstream) else {
@@ -71,8 +81,8 @@ async fn connect(session: &mut Session, ctx: &mut Ctx, connector: &Connector) ->
             refuse(session, ctx, &e).await?;
             return Ok(None);
         };
-        match connector.get_http_session(&*peer).await {
-            Ok((up, _reused)) => return Ok(Some(up)),
+        match connector.new_stream(&*peer).await {
+            Ok(stream) => return Ok(Some(stream)),
             Err(e) => {
                 if let Some(m) = metrics() {
                     m.upstream_errors.with_label_values(&[&routed.provider.name, "connect"]).inc();
@@ -100,29 +110,20 @@ async fn refuse(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Resul
     respond::error_with(session, e, &ctx.request_id, extra).await
 }
 
-/// Sends the rewritten upgrade request and passes the backend's answer header to the client.
-async fn handshake(session: &mut Session, ctx: &mut Ctx, up: &mut Upstream) -> Result<u16> {
+/// Sends the rewritten upgrade request; returns the backend's answer header as the client
+/// will see it.
+async fn handshake(session: &mut Session, ctx: &mut Ctx, up: &mut Backend, within: Duration) -> Result<ResponseHeader> {
     let Some(routed) = ctx.routed.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no route decided");
     };
     let mut req = session.req_header().clone();
     rewrite(&mut req, routed)?;
-    up.write_request_header(Box::new(req)).await?;
-    up.read_response().await?;
-    let Some(resp) = up.resp_header() else {
-        return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header from the upstream");
-    };
-    let status = resp.status.as_u16();
+    up.send_request(&req).await?;
+    let mut resp = up.read_response(within).await?;
     ctx.upstream.header_at = Some(Instant::now());
-    forward::responded(routed, &ctx.upstream, status);
-    let mut resp = resp.clone();
+    forward::responded(routed, &ctx.upstream, resp.status.as_u16());
     super::response_headers(&mut resp, ctx)?;
-    if status != 101 {
-        // A refused upgrade: the connection ends with the backend's answer.
-        session.set_keepalive(None);
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    Ok(status)
+    Ok(resp)
 }
 
 fn rewrite(req: &mut pingora_http::RequestHeader, routed: &Routed) -> Result<()> {
@@ -150,12 +151,24 @@ async fn answer_failure(session: &mut Session, ctx: &mut Ctx, e: &Error) -> Resu
     refuse(session, ctx, &err).await
 }
 
-/// The backend answered the upgrade with something else (401, 404, …): pass its body on.
-async fn relay_refusal(session: &mut Session, up: &mut Upstream) -> Result<()> {
-    while let Some(chunk) = up.read_body_bytes().await? {
-        session.write_response_body(Some(chunk), false).await?;
-    }
-    session.write_response_body(None, true).await?;
+/// The backend answered the upgrade with something else (401, 404, …): pass it on, body
+/// included, and close the connection.
+async fn relay_refusal(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    up: &mut Backend,
+    mut resp: ResponseHeader,
+    within: Duration,
+) -> Result<()> {
+    let body = match up.read_refusal_body(&resp, within).await {
+        Ok(body) => body,
+        Err(e) => return answer_failure(session, ctx, &e).await,
+    };
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(())
 }
 
@@ -163,6 +176,8 @@ async fn relay_refusal(session: &mut Session, up: &mut Upstream) -> Result<()> {
 #[derive(Default)]
 struct Tunnel {
     websocket: bool,
+    /// Neither side sent anything for this long: the tunnel ends.
+    idle: Duration,
     /// Client to backend, and backend to client.
     up: FrameTracker,
     down: FrameTracker,
@@ -176,8 +191,8 @@ enum Event {
     FromClient(Option<Bytes>),
     FromBackend(Option<Bytes>),
     Drain,
-    /// The close handshake took too long.
-    Linger,
+    /// The close handshake took too long, or the tunnel idled out.
+    Timeout,
 }
 
 /// How long a draining tunnel waits for both sides to answer its close frames.
@@ -189,7 +204,7 @@ impl Tunnel {
     async fn relay(
         &mut self,
         session: &mut Session,
-        up: &mut Upstream,
+        up: &mut Backend,
         drain: &mut watch::Receiver<bool>,
         draining: bool,
     ) -> Result<()> {
@@ -204,7 +219,7 @@ impl Tunnel {
     async fn pump(
         &mut self,
         session: &mut Session,
-        up: &mut Upstream,
+        up: &mut Backend,
         drain: &mut watch::Receiver<bool>,
         mut draining: bool,
     ) -> Result<()> {
@@ -214,20 +229,20 @@ impl Tunnel {
             self.start_drain(session, up).await?;
             linger = Some(tokio::time::Instant::now() + LINGER);
         }
+        let client_write = self.idle;
         loop {
-            // Each side's read times out after the route's idle timeout; both reads start
-            // afresh after every event, so the tunnel idles out only when both are silent.
+            let deadline = linger.unwrap_or_else(|| tokio::time::Instant::now() + self.idle);
             let event = tokio::select! {
                 r = session.downstream_session.read_request_body() => Event::FromClient(r?),
-                r = up.read_body_bytes() => Event::FromBackend(r?),
+                r = up.read() => Event::FromBackend(r?),
                 r = drain.changed(), if watch_drain => match r {
                     Ok(()) => Event::Drain,
                     Err(_) => { watch_drain = false; continue; }
                 },
-                _ = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now)), if linger.is_some() => Event::Linger,
+                _ = tokio::time::sleep_until(deadline) => Event::Timeout,
             };
             match event {
-                Event::FromClient(None) | Event::FromBackend(None) | Event::Linger => return Ok(()),
+                Event::FromClient(None) | Event::FromBackend(None) | Event::Timeout => return Ok(()),
                 Event::Drain => {
                     watch_drain = false;
                     draining = true;
@@ -240,7 +255,7 @@ impl Tunnel {
                     let forward = !draining || self.owe_backend;
                     self.up.feed(&data);
                     if forward {
-                        up.write_body(&data).await?;
+                        up.write(&data).await?;
                     }
                     self.settle(session, up).await?;
                 }
@@ -248,7 +263,7 @@ impl Tunnel {
                     let forward = !draining || self.owe_client;
                     self.down.feed(&data);
                     if forward {
-                        session.write_response_body(Some(data), false).await?;
+                        to_client(session, data, client_write).await?;
                     }
                     self.settle(session, up).await?;
                 }
@@ -260,7 +275,7 @@ impl Tunnel {
     }
 
     /// The gateway is stopping: owe both sides a close frame (plain tunnels just end).
-    async fn start_drain(&mut self, session: &mut Session, up: &mut Upstream) -> Result<()> {
+    async fn start_drain(&mut self, session: &mut Session, up: &mut Backend) -> Result<()> {
         if !self.websocket {
             return Error::e_explain(ErrorType::ConnectionClosed, "gateway shutting down");
         }
@@ -271,15 +286,23 @@ impl Tunnel {
 
     /// Sends each owed close frame as soon as its direction is at a frame boundary. (The
     /// trackers are not fed the gateway's own frames: they record what each side sent.)
-    async fn settle(&mut self, session: &mut Session, up: &mut Upstream) -> Result<()> {
+    async fn settle(&mut self, session: &mut Session, up: &mut Backend) -> Result<()> {
         if self.owe_client && self.down.at_boundary() {
             self.owe_client = false;
-            session.write_response_body(Some(Bytes::from_static(&CLOSE_GOING_AWAY_TO_CLIENT)), false).await?;
+            to_client(session, Bytes::from_static(&CLOSE_GOING_AWAY_TO_CLIENT), self.idle).await?;
         }
         if self.owe_backend && self.up.at_boundary() {
             self.owe_backend = false;
-            up.write_body(&close_going_away_to_server(rand::random())).await?;
+            up.write(&close_going_away_to_server(rand::random())).await?;
         }
         Ok(())
+    }
+}
+
+/// Writes to the client, giving up on one that takes no bytes for `within`.
+async fn to_client(session: &mut Session, data: Bytes, within: Duration) -> Result<()> {
+    match tokio::time::timeout(within, session.write_response_body(Some(data), false)).await {
+        Ok(r) => r,
+        Err(_) => Error::e_explain(ErrorType::WriteTimedout, "client took no bytes"),
     }
 }
