@@ -3,32 +3,34 @@
 //! the CPU it spends holding them.
 //!
 //! ```text
-//! MCAS_BENCH_CONNS=9800 cargo test --release --test it streams_bench -- --ignored --nocapture
+//! MCAS_BENCH_CONNS=9980 cargo test --release --test it streams_bench -- --ignored --nocapture
 //! ```
 //!
 //! Every proxied connection costs the gateway two sockets; with the open-file limit of 20,000
-//! that this machine's containers allow (not raisable: EPERM), one process tops out just under
-//! 10,000, hence the default of 9,800.
+//! that this machine's containers allow (not raisable, even as root: EPERM), one process tops
+//! out just under 10,000 (about 30 descriptors are the gateway's own), hence 9,980 below.
 //!
-//! Other knobs: `MCAS_BENCH_REPEAT=N` (repeat the SSE phase: RSS of closed connections is
-//! reused from the third round on — allocator warm-up, not a leak), `MCAS_BENCH_WINDOW_S`
-//! (CPU sampling window, default 20), `MCAS_BENCH_GW_ENV=NAME=VALUE` (one env var for the
-//! gateway, e.g. `MALLOC_MMAP_THRESHOLD_=32768`), `MCAS_BENCH_HB_CONNS`.
+//! Other knobs: `MCAS_BENCH_PHASES` (comma-separated, default `sse,ws,hb`; each phase runs in a
+//! gateway of its own, from a cold heap), `MCAS_BENCH_REPEAT=N` (repeat each phase N more
+//! times: the memory of closed connections is reused — no growth in later rounds),
+//! `MCAS_BENCH_WINDOW_S` (CPU sampling window, default 20), `MCAS_BENCH_GW_ENV=NAME=VALUE` (one
+//! env var for the gateway).
 //!
 //! Measured 2026-11-22, release build, 2 shared vCPUs, gateway `threads: 1`, loopback, mcas-sim
-//! as backend, 9,800 connections per phase, phases run in order in one gateway process (so
-//! later phases start from a warm heap and under-report):
+//! as backend, `MCAS_BENCH_CONNS=9980`:
 //!
 //! | phase | RSS per connection | CPU holding them |
 //! |---|---|---|
-//! | idle SSE streams (cold heap) | 70.7 KiB | 0.2% of one core |
-//! | idle WebSocket tunnels | 79.4 KiB | 0.2% |
-//! | idle SSE via heartbeat relay | 55.2 KiB (warm heap) | 0.2% |
-//! | same three, `MALLOC_MMAP_THRESHOLD_=32768` | 64.7 / 52.1 / 52.7 KiB | 0.25–0.35% |
+//! | idle SSE streams | 63.7 KiB | 0.45% of one core |
+//! | idle WebSocket tunnels | 60.5 KiB | 0.35% |
+//! | idle SSE streams on a `heartbeat` route (relay) | 99.6 KiB | 0.35% |
 //!
-//! Most of it is Pingora's per-connection buffers: a 64 KiB L4 read buffer per socket
-//! (`DEFAULT_L4_READ_BUFFER_SIZE`, two sockets per proxied connection) and a 64 KiB body
-//! buffer per HTTP/1 session, resident as far as they were touched.
+//! What is left is mostly Pingora's per-connection state: its boxed session future (~16 KiB),
+//! the task (~9 KiB), header buffers (4 KiB each) and 64 KiB body buffers, resident as far as
+//! they were touched. The client listeners run without Pingora's 64 KiB L4 read buffer (it
+//! would be resident per idle connection: 123.7 KiB per SSE stream with it), mimalloc is built
+//! without transparent huge pages (with them an idle stream cost 188.6 KiB), and tunnels keep
+//! no HTTP client session: their backend reads start at 2 KiB.
 
 use crate::common::gateway::{key_yaml, spawn_gateway, Gw};
 use crate::common::spawn_sim;
@@ -39,7 +41,7 @@ use tokio::net::TcpStream;
 const KEY: &str = "client-key-bench-0123";
 
 fn conns() -> usize {
-    std::env::var("MCAS_BENCH_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(9800)
+    std::env::var("MCAS_BENCH_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(9980)
 }
 
 /// utime + stime of a process, in seconds.
