@@ -720,3 +720,37 @@ async fn raw_exchange(addr: std::net::SocketAddr, req: &str) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
     String::from_utf8_lossy(&got).into_owned()
 }
+
+/// A tunnel whose backend speaks TLS: gateway B reaches gateway A over HTTPS (verified against
+/// a generated CA), A terminates TLS and tunnels to the sim's echo.
+#[tokio::test]
+async fn websocket_through_a_tls_backend() {
+    use crate::common::gateway::{provider_yaml, spawn_gateway_admin_only};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let sim = spawn_sim(&[]).await;
+    let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
+    let rest_a = format!(
+        "{}{}routes:\n  - {{ path: \"/v1/ws\", provider: sim, websocket: true }}\n",
+        key_yaml("b", "inner-key-0123"),
+        provider_yaml("sim", &format!("http://{}/v1", sim.addr), "")
+    );
+    let a = spawn_gateway_admin_only(&tls, &rest_a).await;
+    let rest_b = format!(
+        "{}providers:\n  - {{ name: a, url: \"https://localhost:{}/v1\", api_key: inner-key-0123, models: [\"*\"], tls: {{ ca_file: \"{}\" }} }}\nroutes:\n  - {{ path: \"/ws\", provider: a, websocket: true }}\n",
+        key_yaml("alice", KEY),
+        a.addr.port(),
+        cert_path.display()
+    );
+    let b = spawn_gateway("", &rest_b, &[]).await;
+    let mut ws = connect(&b, "/ws", Some(KEY)).await.expect("tunnel over TLS");
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(next_non_push(&mut ws).await, Message::text("over tls"));
+    let big: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(next_non_push(&mut ws).await, Message::binary(big));
+    ws.close(None).await.unwrap();
+}
