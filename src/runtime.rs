@@ -27,6 +27,8 @@ pub struct ServerSettings {
 pub struct ListenTls {
     pub cert: String,
     pub key: String,
+    /// Offer HTTP/2 by ALPN.
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -94,9 +94,15 @@ fn listener(addr: &str, tls: Option<&crate::runtime::ListenTls>) -> anyhow::Resu
     let config = ListenerConfig::tcp(addr);
     Ok(match tls {
         None => config.l4_buffer(L4BufferSettings::default().read(0)),
-        Some(t) => config
-            .tls(TlsSettings::intermediate(&t.cert, &t.key)?)
-            .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
+        Some(t) => {
+            let mut settings = TlsSettings::intermediate(&t.cert, &t.key)?;
+            if t.http2 {
+                // Many event streams share one connection (browsers allow six HTTP/1.1
+                // connections per host); WebSocket clients negotiate HTTP/1.1.
+                settings.enable_h2();
+            }
+            config.tls(settings).l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER))
+        }
     })
 }
 

@@ -258,6 +258,76 @@ async fn https_upstream_with_generated_certificate() {
     assert_eq!(r.status(), 502, "an unverified certificate was accepted");
 }
 
+/// A TLS listener offers HTTP/2: JSON bodies of every size (the retry buffer and the pipe),
+/// streamed completions, the heartbeat relay and refusals all work over h2 streams; with
+/// `http2: false` the same client gets HTTP/1.1.
+#[tokio::test]
+async fn http2_clients_on_a_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let sim = spawn_sim(&[]).await;
+    let rest = format!(
+        "{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/v1/*\", provider: by_model }}\n  - {{ path: \"/hb/v1/*\", provider: sim, strip_prefix: \"/hb\", heartbeat: 1s }}\n",
+        key_yaml("alice", KEY),
+        sim.addr
+    );
+    let tls = |h2: bool| {
+        format!("tls: {{ cert: \"{}\", key: \"{}\", http2: {h2} }}", cert_path.display(), key_path.display())
+    };
+    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    let https = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let gw = spawn_gateway_tls(&tls(true), &rest).await;
+    let url = |path: &str| format!("https://localhost:{}{path}", gw.addr.port());
+    let resp = https.post(url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(false, false)).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, reqwest::Version::HTTP_2));
+    assert!(resp.headers().contains_key("x-request-id"));
+    for size in [10, 70_000, 1 << 20] {
+        let body = big_body(size);
+        let resp = https
+            .post(url("/v1/echo"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "size {size}: {text} {}", gw.proc.logs());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["body_sha256"], hex::encode(Sha256::digest(&body)), "size {size}");
+    }
+    for path in ["/v1/chat/completions", "/hb/v1/chat/completions"] {
+        let resp = https
+            .post(url(path))
+            .bearer_auth(KEY)
+            .header("x-sim-itl-ms", "400")
+            .header("x-sim-tokens", "4")
+            .json(&chat(true, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((resp.status().as_u16(), resp.version()), (200, reqwest::Version::HTTP_2), "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("\"usage\"") && text.trim_end().ends_with("data: [DONE]"), "{path}: {text}");
+    }
+    let resp = https.post(url("/v1/chat/completions")).json(&chat(false, false)).send().await.unwrap();
+    let (status, body) = error_of(resp).await;
+    assert_eq!(status, 401, "{body}");
+    let h1 = spawn_gateway_tls(&tls(false), &rest).await;
+    let resp = https
+        .post(format!("https://localhost:{}/v1/chat/completions", h1.addr.port()))
+        .bearer_auth(KEY)
+        .json(&chat(false, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, reqwest::Version::HTTP_11));
+}
+
 /// A gateway listening with TLS: readiness is polled on its admin listener only.
 async fn spawn_gateway_tls(tls: &str, rest: &str) -> Gw {
     crate::common::gateway::spawn_gateway_admin_only(tls, rest).await

@@ -72,7 +72,7 @@ fn server(s: ServerSection, errors: &mut Vec<ConfigError>) -> ServerSettings {
     let tls = s.tls.map(|t| {
         check_pem("server.tls.cert", &t.cert, PemKind::Certs, errors);
         check_pem("server.tls.key", &t.key, PemKind::Key, errors);
-        ListenTls { cert: t.cert, key: t.key }
+        ListenTls { cert: t.cert, key: t.key, http2: t.http2.unwrap_or(true) }
     });
     ServerSettings {
         listen,

@@ -90,6 +90,8 @@ pub struct ServerSection {
 pub struct TlsListenSection {
     pub cert: String,
     pub key: String,
+    /// Offer HTTP/2 to clients (ALPN `h2`, else HTTP/1.1). Default true.
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

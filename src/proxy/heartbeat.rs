@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_core::protocols::http::HttpTask;
-use pingora_proxy::subrequest::{BodyMode, Ctx as SubCtx};
+use pingora_proxy::subrequest::BodyMode;
 use pingora_proxy::Session;
 use std::time::Duration;
 
@@ -69,13 +69,10 @@ impl Boundary {
 /// Relays the request through a subrequest, adding keepalives on silence.
 pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>, every: Duration) -> Result<()> {
     let request_id = routed.request_id.clone();
-    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+    let mode = if body.is_empty() { BodyMode::NoBody } else { BodyMode::ExpectBody };
+    let Some((sub, handle)) = super::pipe::subrequest(session, routed, mode) else {
         return respond::error(session, &GatewayError::Internal, &request_id).await;
     };
-    let user: Box<dyn std::any::Any + Send + Sync> = Box::new(Some(routed));
-    let mode = if body.is_empty() { BodyMode::NoBody } else { BodyMode::ExpectBody };
-    let sub_ctx = SubCtx::builder().body_mode(mode).user_ctx(user).build();
-    let (sub, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
     let task = tokio::spawn(sub.run());
     let tx = handle.tx;
     let mut rx = handle.rx;

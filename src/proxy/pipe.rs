@@ -8,6 +8,7 @@ use super::respond;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::prelude::*;
+use pingora_core::protocols::http::subrequest::server::SubrequestHandle;
 use pingora_proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
 use pingora_proxy::subrequest::{BodyMode, Ctx as SubCtx};
 use pingora_proxy::Session;
@@ -19,16 +20,32 @@ pub fn take_routed(session: &mut Session) -> Option<Routed> {
     user.downcast_mut::<Option<Routed>>().and_then(Option::take)
 }
 
+/// A subrequest of this request that carries `routed`; `None` where none can be spawned.
+///
+/// Pingora hands the subrequest the request header as HTTP/1 text and parses it back, which
+/// fails for a request that came over HTTP/2 ("HTTP/2" is no HTTP/1 version): the header
+/// reads as HTTP/1.1 while it is copied.
+pub fn subrequest(
+    session: &mut Session,
+    routed: Routed,
+    mode: BodyMode,
+) -> Option<(pingora_proxy::PreparedSubrequest, SubrequestHandle)> {
+    let user: Box<dyn std::any::Any + Send + Sync> = Box::new(Some(routed));
+    let sub_ctx = SubCtx::builder().body_mode(mode).user_ctx(user).build();
+    let version = session.req_header().version;
+    session.req_header_mut().set_version(http::Version::HTTP_11);
+    let made = session.subrequest_spawner.as_ref().map(|s| s.create_subrequest(session.as_downstream(), sub_ctx));
+    session.req_header_mut().set_version(version);
+    made
+}
+
 /// Runs the subrequest and pipes its response to the client. Errors after the response
 /// started are the subrequest's to report; the main request only answers when nothing did.
 pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>) -> Result<()> {
     let request_id = routed.request_id.clone();
-    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+    let Some((sub, handle)) = subrequest(session, routed, BodyMode::ExpectBody) else {
         return respond::error(session, &GatewayError::Internal, &request_id).await;
     };
-    let user: Box<dyn std::any::Any + Send + Sync> = Box::new(Some(routed));
-    let sub_ctx = SubCtx::builder().body_mode(BodyMode::ExpectBody).user_ctx(user).build();
-    let (sub, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
     let input = if body.is_empty() { InputBody::NoBody } else { InputBody::Bytes(body) };
     match pipe_subrequest(session, sub, handle, |t| Ok(Some(t)), InputBodyType::Preset(input)).await {
         Ok(_) => Ok(()),
