@@ -24,6 +24,10 @@
 //! | idle SSE streams | 63.7 KiB | 0.45% of one core |
 //! | idle WebSocket tunnels | 60.5 KiB | 0.35% |
 //! | idle SSE streams on a `heartbeat` route (relay) | 99.6 KiB | 0.35% |
+//! | 10,000 idle SSE streams over HTTP/2 (TLS listener, 100 streams per client connection) | 46.9 KiB | 0.55% |
+//!
+//! Over HTTP/2 the gateway holds one socket per stream (upstream) plus one per 100 streams, so
+//! the `sse-h2` phase reaches 10,000 (`MCAS_BENCH_PHASES=sse-h2 MCAS_BENCH_CONNS=10000`).
 //!
 //! What is left is mostly Pingora's per-connection state: its boxed session future (~16 KiB),
 //! the task (~9 KiB), header buffers (4 KiB each) and 64 KiB body buffers, resident as far as
@@ -71,10 +75,8 @@ async fn open(addr: std::net::SocketAddr, req: String, until: &'static [u8]) -> 
     s
 }
 
-async fn hold(gw: &Gw, label: &str, n: usize, make: impl Fn() -> (String, &'static [u8])) {
-    let pid = gw.proc.pid();
-    let rss0 = gw.proc.rss_kib();
-    let t0 = Instant::now();
+/// Opens `n` raw HTTP/1.1 connections (250 at a time), each sending what `make` gives.
+async fn open_raw(addr: std::net::SocketAddr, n: usize, make: impl Fn() -> (String, &'static [u8])) -> Vec<TcpStream> {
     let mut socks = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
@@ -82,12 +84,61 @@ async fn hold(gw: &Gw, label: &str, n: usize, make: impl Fn() -> (String, &'stat
         let futs: Vec<_> = (0..batch)
             .map(|_| {
                 let (req, until) = make();
-                open(gw.addr, req, until)
+                open(addr, req, until)
             })
             .collect();
         socks.extend(futures_util::future::join_all(futs).await);
         i += batch;
     }
+    socks
+}
+
+/// Opens `n` idle event streams over HTTP/2 (TLS), 100 per connection (the gateway's
+/// stream limit per connection): one client per connection, each holding its responses.
+async fn open_h2(
+    url: String,
+    ca: reqwest::Certificate,
+    n: usize,
+    body: &'static str,
+) -> Vec<(reqwest::Client, Vec<reqwest::Response>)> {
+    let per_conn = 100;
+    let mut held = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(per_conn);
+        let client = reqwest::Client::builder().add_root_certificate(ca.clone()).build().expect("client");
+        let futs: Vec<_> = (0..k)
+            .map(|_| {
+                let req = client
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .header("content-type", "application/json")
+                    .header("x-sim-tokens", "2")
+                    .header("x-sim-itl-ms", "3600000")
+                    .body(body);
+                async move {
+                    let mut resp = req.send().await.expect("send");
+                    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+                    let first = tokio::time::timeout(Duration::from_secs(30), resp.chunk()).await;
+                    assert!(matches!(first, Ok(Ok(Some(_)))), "no first event: {first:?}");
+                    resp
+                }
+            })
+            .collect();
+        held.push((client.clone(), futures_util::future::join_all(futs).await));
+        left -= k;
+    }
+    held
+}
+
+/// Opens `n` connections or streams with `open_all`, then reports the gateway's memory per
+/// connection and the CPU it spends holding them.
+async fn hold<T, Fut: std::future::Future<Output = Vec<T>>>(gw: &Gw, label: &str, n: usize, open_all: Fut) {
+    let pid = gw.proc.pid();
+    let rss0 = gw.proc.rss_kib();
+    let t0 = Instant::now();
+    let socks = open_all.await;
+    assert!(!socks.is_empty());
     let opened_in = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = gw.proc.rss_kib();
@@ -123,9 +174,22 @@ async fn hold(gw: &Gw, label: &str, n: usize, make: impl Fn() -> (String, &'stat
     println!("BENCH {label}: after closing all, gateway RSS {} KiB; {inflight}; open fds {fds}", gw.proc.rss_kib());
 }
 
-/// The phases to run, from `MCAS_BENCH_PHASES` (comma-separated): `sse`, `ws`, `hb`.
+/// A gateway serving TLS (HTTP/2 by ALPN) with a generated certificate; the CA for clients.
+async fn tls_gateway(rest: &str, envs: &[(&str, &str)]) -> (Gw, reqwest::Certificate, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
+    let gw = crate::common::gateway::spawn_gateway_admin_only_with_env(&tls, rest, envs).await;
+    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("CA");
+    (gw, ca, dir)
+}
+
+/// The phases to run, from `MCAS_BENCH_PHASES` (comma-separated): `sse`, `ws`, `hb`, `sse-h2`.
 fn phases() -> Vec<String> {
-    let v = std::env::var("MCAS_BENCH_PHASES").unwrap_or_else(|_| "sse,ws,hb".into());
+    let v = std::env::var("MCAS_BENCH_PHASES").unwrap_or_else(|_| "sse,ws,hb,sse-h2".into());
     v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
 }
 
@@ -169,17 +233,28 @@ async fn streams_bench_idle_connections() {
     let repeat: usize = std::env::var("MCAS_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     // Each phase in a gateway of its own, so each starts from a cold heap.
     for phase in phases() {
+        if phase == "sse-h2" {
+            let (gw, ca, _dir) = tls_gateway(&rest, &envs).await;
+            let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
+            for round in 0..=repeat {
+                let label = format!("idle SSE streams over HTTP/2 (TLS, 100 per connection), round {}", round + 1);
+                hold(&gw, &label, n, open_h2(url.clone(), ca.clone(), n, body)).await;
+            }
+            continue;
+        }
         let gw = spawn_gateway("", &rest, &envs).await;
         for round in 0..=repeat {
             let label = |what: &str| if round == 0 { what.to_string() } else { format!("{what}, round {}", round + 1) };
             match phase.as_str() {
-                "sse" => hold(&gw, &label("idle SSE streams"), n, sse("/v1/chat/completions")).await,
-                "ws" => hold(&gw, &label("idle WebSocket tunnels"), n, ws).await,
-                "hb" => {
-                    hold(&gw, &label("idle SSE streams via the heartbeat relay"), n, sse("/hb/v1/chat/completions"))
-                        .await
+                "sse" => {
+                    hold(&gw, &label("idle SSE streams"), n, open_raw(gw.addr, n, sse("/v1/chat/completions"))).await
                 }
-                other => panic!("unknown phase {other:?} in MCAS_BENCH_PHASES (sse, ws, hb)"),
+                "ws" => hold(&gw, &label("idle WebSocket tunnels"), n, open_raw(gw.addr, n, ws)).await,
+                "hb" => {
+                    let streams = open_raw(gw.addr, n, sse("/hb/v1/chat/completions"));
+                    hold(&gw, &label("idle SSE streams via the heartbeat relay"), n, streams).await
+                }
+                other => panic!("unknown phase {other:?} in MCAS_BENCH_PHASES (sse, ws, hb, sse-h2)"),
             }
         }
     }

@@ -33,6 +33,11 @@ pub async fn spawn_gateway_admin_only(server_extra: &str, rest: &str) -> Gw {
     launch(server_extra, rest, &[], false).await
 }
 
+/// [`spawn_gateway_admin_only`] with environment variables.
+pub async fn spawn_gateway_admin_only_with_env(server_extra: &str, rest: &str, envs: &[(&str, &str)]) -> Gw {
+    launch(server_extra, rest, envs, false).await
+}
+
 async fn launch(server_extra: &str, rest: &str, envs: &[(&str, &str)], poll_main: bool) -> Gw {
     let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
