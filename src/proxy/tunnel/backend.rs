@@ -93,7 +93,12 @@ impl Backend {
             return Ok(Some(self.pending.split().freeze()));
         }
         let mut buf = BytesMut::with_capacity(self.read_size);
-        let n = self.stream.read_buf(&mut buf).await.or_err(ErrorType::ReadError, "reading from the backend")?;
+        let n = self
+            .stream
+            .read_buf(&mut buf)
+            .await
+            .or_err(ErrorType::ReadError, "reading from the backend")
+            .map_err(upstream)?;
         if n == 0 {
             return Ok(None);
         }
@@ -107,10 +112,11 @@ impl Backend {
             self.stream.write_all(data).await?;
             self.stream.flush().await
         };
-        match tokio::time::timeout(self.write_timeout, write).await {
+        let written = match tokio::time::timeout(self.write_timeout, write).await {
             Ok(r) => r.or_err(ErrorType::WriteError, "writing to the backend"),
             Err(_) => Error::e_explain(ErrorType::WriteTimedout, "writing to the backend"),
-        }
+        };
+        written.map_err(upstream)
     }
 
     /// The body of a refused upgrade (framed by its header), at most [`MAX_REFUSAL_BODY`].
