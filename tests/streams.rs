@@ -697,18 +697,62 @@ async fn upgrade_refused_or_unreachable_backends() {
         ws.send(Message::text("hi")).await.unwrap();
         assert_eq!(next_non_push(&mut ws).await, Message::text("hi"));
     }
-    // The sim answers an upgrade to something other than WebSocket with 400 and a body.
+    // A WebSocket upgrade the backend refuses (no Sec-WebSocket-Key): its 400 and body pass
+    // through, with the request id, and the connection ends there.
     let raw = |path: &str, upgrade: &str| {
         format!(
             "GET {path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {KEY}\r\nconnection: upgrade\r\nupgrade: {upgrade}\r\n\r\n"
         )
     };
-    let answer = raw_exchange(gw.addr, &raw("/ws", "h2c")).await;
+    let t0 = Instant::now();
+    let answer = raw_exchange(gw.addr, &raw("/ws", "websocket")).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("expected a WebSocket upgrade") && answer.contains("x-request-id"), "{answer}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "the refused upgrade left the connection open");
     let answer = raw_exchange(gw.addr, &raw("/gone/ws", "websocket")).await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     assert!(answer.contains("\"type\":\"upstream_error\"") && answer.contains("ConnectRefused"), "{answer}");
+}
+
+/// `curl --http2 http://…` offers an h2c upgrade: the gateway declines by ignoring it (no 426)
+/// and the offer does not reach the backend.
+#[tokio::test]
+async fn h2c_upgrade_offers_are_ignored() {
+    let sim = spawn_sim(&[]).await;
+    let gw = gw(&sim, "", "  - { path: \"/ws\", provider: sim, websocket: true }\n").await;
+    let req = format!(
+        "GET /v1/echo HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {KEY}\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+    );
+    let answer = raw_exchange_until(gw.addr, &req, "\"path\"").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    let headers = v["headers"].as_object().unwrap();
+    assert!(!headers.contains_key("upgrade") && !headers.contains_key("http2-settings"), "{headers:?}");
+    // On a WebSocket route the same offer is a plain GET too (the sim refuses it as such).
+    let req = req.replace("/v1/echo", "/ws");
+    let answer = raw_exchange_until(gw.addr, &req, "expected a WebSocket upgrade").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+/// Like [`raw_exchange`] but stops reading once `until` arrived (keep-alive answers).
+async fn raw_exchange_until(addr: std::net::SocketAddr, req: &str, until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    // The body may still be arriving after `until`: give it a moment.
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// Sends `req` on a fresh connection and reads until the server closes it (or 5 s pass).

@@ -70,6 +70,7 @@ pub async fn admit(
     state: &mut StreamState,
     request_id: &str,
 ) -> Result<Admit> {
+    websocket::decline_other_upgrades(session.req_header_mut());
     let req = session.req_header();
     let upgrade = session.is_upgrade_req();
     let accepts_sse = req

@@ -1,4 +1,4 @@
-//! WebSocket (and other `Upgrade`) tunnels, run by the gateway itself rather than Pingora's
+//! WebSocket tunnels, run by the gateway itself rather than Pingora's
 //! proxy loop, so that a tunnel can speak on its own: when the gateway drains it closes both
 //! sides with 1001 (Going Away) at a frame boundary. Otherwise bytes pass untouched in both
 //! directions (text, binary, ping/pong, close codes); each side is read only when the other
@@ -37,7 +37,6 @@ pub async fn run(
     };
     let idle = routed.streams.idle(&routed.provider);
     let timeouts = routed.provider.timeouts.clone();
-    let websocket = is_websocket(session);
     // Boxed: the connect future (TLS included) is large and needed only until connected.
     let mut up = match Box::pin(connect(session, ctx, connector)).await? {
         Some(stream) => Backend::new(stream, timeouts.write),
@@ -53,18 +52,9 @@ pub async fn run(
     session.write_response_header(Box::new(resp), false).await?;
     // The tunnel's own idle timer governs reads from here on.
     session.set_read_timeout(None);
-    let mut tunnel = Tunnel::new(websocket, idle);
+    let mut tunnel = Tunnel::new(idle);
     let draining = *drain.borrow();
     tunnel.relay(session, &mut up, &mut drain, draining).await
-}
-
-fn is_websocket(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Picks a backend and connects, moving on to the next backend when a connect fails (nothing

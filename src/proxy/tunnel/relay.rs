@@ -12,7 +12,6 @@ use tokio::sync::watch;
 /// Per-direction state of an open tunnel.
 #[derive(Default)]
 pub struct Tunnel {
-    websocket: bool,
     /// Neither side sent anything for this long: the tunnel ends.
     idle: Duration,
     /// Client to backend, and backend to client.
@@ -36,8 +35,8 @@ enum Event {
 const LINGER: Duration = Duration::from_secs(1);
 
 impl Tunnel {
-    pub fn new(websocket: bool, idle: Duration) -> Self {
-        Tunnel { websocket, idle, ..Default::default() }
+    pub fn new(idle: Duration) -> Self {
+        Tunnel { idle, ..Default::default() }
     }
 
     /// Relays until either side closes, the tunnel idles out, or a drain completes. Errors
@@ -115,11 +114,8 @@ impl Tunnel {
         }
     }
 
-    /// The gateway is stopping: owe both sides a close frame (plain tunnels just end).
+    /// The gateway is stopping: owe both sides a close frame.
     async fn start_drain(&mut self, session: &mut Session, up: &mut Backend) -> Result<()> {
-        if !self.websocket {
-            return Error::e_explain(ErrorType::ConnectionClosed, "gateway shutting down");
-        }
         self.owe_client = !self.down.close_seen();
         self.owe_backend = !self.up.close_seen();
         self.settle(session, up).await
