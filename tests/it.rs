@@ -6,6 +6,7 @@ mod fleet;
 mod gateway;
 mod limits;
 mod mcp;
+mod openai_sdk;
 mod sim;
 mod streams;
 mod streams_bench;

@@ -7,7 +7,7 @@
 //! Needs Python with `mcp` installed: `.ci/run` makes `.venv`; or set `MCAS_TEST_PYTHON`.
 
 use crate::common::gateway::{key_yaml, spawn_gateway, Gw};
-use crate::common::{free_port, spawn, Proc};
+use crate::common::{free_port, python, spawn, Proc};
 use mcas::mcp::seal::{Pinned, Sealer};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -16,21 +16,6 @@ use std::time::Duration;
 
 const KEY: &str = "client-key-mcp-0123456";
 const SESSION_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("MCAS_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    panic!(
-        "the MCP tests need Python with the official MCP SDK: run `python3 -m venv .venv && \
-         .venv/bin/pip install mcp==2.3.0` in the repository (.ci/run does this), or set \
-         MCAS_TEST_PYTHON to a python that has `mcp` installed"
-    );
-}
 
 fn script(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp").join(name).display().to_string()

@@ -164,3 +164,20 @@ async fn poll(url: &str, mut exited: impl FnMut() -> Option<String>) -> Result<(
         }
     }
 }
+
+/// The Python that has the official SDKs (`mcp`, `openai`): `MCAS_TEST_PYTHON`, else the
+/// repository's `.venv` (which `.ci/run` and the README's test command create).
+pub fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("MCAS_TEST_PYTHON") {
+        return std::path::PathBuf::from(p);
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    panic!(
+        "these tests need Python with the official SDKs: run `python3 -m venv .venv && \
+         .venv/bin/pip install mcp==2.3.0 openai==3.54.0` in the repository (.ci/run does this), \
+         or set MCAS_TEST_PYTHON to a python that has both installed"
+    );
+}
