@@ -1,28 +1,26 @@
 //! Keepalive comments for event streams. Pingora calls body filters only when bytes arrive, so
 //! nothing in its proxy loop can speak while the upstream is silent. On a route with
-//! `heartbeat`, the main request therefore hands the request to a subrequest (which runs the
-//! whole proxy path: pinning, rewriting, accounting) and relays the subrequest's output
-//! itself: when nothing arrived for `heartbeat`, it writes `: keepalive` — only at an event
-//! boundary, never inside an event. Each write awaits the client, and the subrequest channel
-//! holds at most 4 tasks, so a slow client slows the upstream instead of growing a buffer.
+//! `heartbeat` the gateway therefore carries the request to the backend itself ([`direct`]:
+//! the same backend choice, failover, pinning and header rewriting as any request) and relays
+//! the answer through the same body filters (usage, rewrites, MCP endpoint): when nothing
+//! arrived for `heartbeat`, it writes `: keepalive`, only at an event boundary, never inside
+//! an event. The backend is read only after the client took the previous bytes, so a slow
+//! client slows the backend instead of growing a buffer.
 
-use super::ctx::Routed;
-use super::respond;
+use super::ctx::Ctx;
+use super::{direct, forward, streams};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::prelude::*;
-use pingora_core::protocols::http::HttpTask;
-use pingora_proxy::subrequest::BodyMode;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::time::Duration;
 
 /// The comment line sent on silence; SSE parsers ignore lines starting with ':'.
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
-
-/// Whether this request can be relayed (main requests only; a subrequest cannot spawn one).
-pub fn usable(session: &Session) -> bool {
-    session.subrequest_ctx.is_none() && session.subrequest_spawner.is_some()
-}
 
 /// Tracks whether the bytes written so far end at an SSE event boundary (a blank line), with
 /// LF, CRLF or a mix, however the events are split across chunks.
@@ -66,48 +64,112 @@ impl Boundary {
     }
 }
 
-/// Relays the request through a subrequest, adding keepalives on silence.
-pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>, every: Duration) -> Result<()> {
-    let request_id = routed.request_id.clone();
-    let mode = if body.is_empty() { BodyMode::NoBody } else { BodyMode::ExpectBody };
-    let Some((sub, handle)) = super::pipe::subrequest(session, routed, mode) else {
-        return respond::error(session, &GatewayError::Internal, &request_id).await;
+/// Carries the request to the backend and relays the answer, adding keepalives on silence.
+/// `body`: the request body the gateway already read (empty: stream the client's, if any).
+pub async fn run(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    connectors: &Connectors,
+    body: Vec<Bytes>,
+    every: Duration,
+) -> Result<()> {
+    let Some(routed) = ctx.routed.as_ref() else {
+        return direct::refuse(session, ctx, &GatewayError::Internal).await;
     };
-    let task = tokio::spawn(sub.run());
-    let tx = handle.tx;
-    let mut rx = handle.rx;
-    // Feed the body (already read by the gateway) as the subrequest asks for it.
-    let feeder_tx = tx.clone();
-    let feeder = tokio::spawn(async move {
-        if body.is_empty() {
-            return;
+    let timeouts = routed.provider.timeouts.clone();
+    let idle = routed.streams.idle(&routed.provider);
+    let req = direct::h1_request(session, routed)?;
+    // A pooled connection may have been closed by the backend meanwhile: the request then
+    // goes once more on a fresh one, if its body can be sent again.
+    let mut fresh = false;
+    let (mut up, peer) = loop {
+        let open = |peer: Box<HttpPeer>| async move {
+            let opened = if fresh {
+                connectors.fresh.new_stream(&*peer).await.map(|s| (HttpSession::new(s), false))
+            } else {
+                connectors.pooled.get_http_session(&*peer).await
+            };
+            (opened, peer)
+        };
+        let Some(((mut up, reused), peer)) = Box::pin(direct::connect(session, ctx, open)).await? else {
+            return Ok(());
+        };
+        up.read_timeout = Some(timeouts.read);
+        up.write_timeout = Some(timeouts.write);
+        // The body can go again when the gateway holds it, or when there is none.
+        let resendable = !body.is_empty() || session.is_body_empty();
+        match send(session, &mut up, &req, &body).await {
+            Ok(()) => break (up, peer),
+            Err(e) if reused && resendable => {
+                log::debug!("pooled upstream connection failed ({e}); retrying on a fresh one");
+                ctx.upstream.tried.pop();
+                fresh = true;
+            }
+            Err(e) => return direct::answer_failure(session, ctx, &e).await,
         }
+    };
+    let mut resp = match up.read_resp_header_parts().await {
+        Ok(resp) => resp,
+        Err(e) => return direct::answer_failure(session, ctx, &e).await,
+    };
+    response_header(&mut resp, ctx)?;
+    let sse = is_sse(&resp);
+    session.write_response_header(resp, false).await?;
+    up.read_timeout = Some(idle);
+    relay(session, ctx, &mut up, sse, every).await?;
+    if up.is_body_done() {
+        connectors.pooled.release_http_session(up, &*peer, Some(timeouts.idle)).await;
+    }
+    Ok(())
+}
+
+/// The backends for relayed requests: pooled HTTP/1.1 sessions, and fresh connections.
+pub struct Connectors {
+    pub pooled: Connector,
+    pub fresh: pingora_core::connectors::TransportConnector,
+}
+
+/// Writes the request header and body: the bytes the gateway read, or the client's body as
+/// it arrives.
+async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, body: &[Bytes]) -> Result<()> {
+    up.write_request_header(Box::new(req.clone())).await.map_err(|e| e.into_up())?;
+    if body.is_empty() {
+        while let Some(chunk) = session.read_request_body().await? {
+            up.write_body(&chunk).await.map_err(|e| e.into_up())?;
+        }
+    } else {
         for chunk in body {
-            if feeder_tx.send(HttpTask::Body(Some(chunk), false)).await.is_err() {
-                return;
-            }
-        }
-        let _ = feeder_tx.send(HttpTask::Body(None, true)).await;
-    });
-    let result = relay(session, &mut rx, every).await;
-    feeder.abort();
-    drop(tx);
-    drop(rx);
-    if result.is_err() {
-        // The client is gone or the stream failed: stop the subrequest and its upstream.
-        task.abort();
-    }
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            if session.response_written().is_none() {
-                let err = GatewayError::BadGateway("upstream failed".into());
-                return respond::error(session, &err, &request_id).await;
-            }
-            log::debug!("heartbeat relay ended: {e}");
-            Ok(())
+            up.write_body(chunk).await.map_err(|e| e.into_up())?;
         }
     }
+    up.finish_body().await.map_err(|e| e.into_up())?;
+    Ok(())
+}
+
+/// What Pingora's `upstream_response_filter` and `response_filter` do for proxied requests.
+fn response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    ctx.upstream.header_at = Some(std::time::Instant::now());
+    if let Some(r) = &ctx.routed {
+        forward::responded(r, &ctx.upstream, resp.status.as_u16());
+    }
+    let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    ctx.usage.start(ct);
+    streams::upstream_response(resp, ctx)?;
+    super::response_headers(resp, ctx)?;
+    let framed = resp.headers.contains_key(http::header::CONTENT_LENGTH)
+        || resp.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if !framed {
+        // A close-delimited answer from the backend stays reusable for the client.
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+fn is_sse(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
 /// What woke the relay.
@@ -118,13 +180,12 @@ enum Event {
     ClientSpoke,
     /// Nothing arrived for `every`.
     Silent,
-    /// A task from the subrequest; `None` when it is done.
-    Task(Option<HttpTask>),
+    /// Body bytes from the backend; `None` at the end.
+    Body(Option<Bytes>),
 }
 
-async fn relay(session: &mut Session, rx: &mut tokio::sync::mpsc::Receiver<HttpTask>, every: Duration) -> Result<()> {
+async fn relay(session: &mut Session, ctx: &mut Ctx, up: &mut HttpSession, sse: bool, every: Duration) -> Result<()> {
     let mut boundary = Boundary::default();
-    let mut sse = false;
     let mut watch_client = true;
     loop {
         // The client is watched too, so a stream whose client left ends at once instead of
@@ -134,9 +195,9 @@ async fn relay(session: &mut Session, rx: &mut tokio::sync::mpsc::Receiver<HttpT
                 Err(e) => Event::ClientGone(e),
                 Ok(_) => Event::ClientSpoke,
             },
-            t = tokio::time::timeout(every, rx.recv()) => match t {
+            r = tokio::time::timeout(every, up.read_body_bytes()) => match r {
                 Err(_) => Event::Silent,
-                Ok(task) => Event::Task(task),
+                Ok(body) => Event::Body(body.map_err(|e| e.into_up())?),
             },
         };
         match event {
@@ -150,20 +211,15 @@ async fn relay(session: &mut Session, rx: &mut tokio::sync::mpsc::Receiver<HttpT
                     }
                 }
             }
-            Event::Task(None) => return Ok(()),
-            Event::Task(Some(task)) => {
-                match &task {
-                    HttpTask::Header(h, _) => {
-                        sse = h
-                            .headers
-                            .get(http::header::CONTENT_TYPE)
-                            .and_then(|v| v.to_str().ok())
-                            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
-                    }
-                    HttpTask::Body(Some(b), _) => boundary.feed(b),
-                    _ => {}
+            Event::Body(chunk) => {
+                let end = chunk.is_none();
+                let mut body = chunk;
+                super::filter_body(&mut body, end, ctx);
+                if let Some(b) = &body {
+                    boundary.feed(b);
                 }
-                if session.write_response_tasks(vec![task]).await? {
+                session.write_response_body(body, end).await?;
+                if end {
                     return Ok(());
                 }
             }

@@ -6,6 +6,7 @@ pub mod account;
 pub mod auth;
 pub mod conn_limits;
 pub mod ctx;
+pub mod direct;
 pub mod forward;
 pub mod heartbeat;
 pub mod limit;
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub guard: Arc<crate::limits::ip::IpGuard>,
     /// Connects WebSocket tunnels to their backends.
     tunnels: pingora_core::connectors::TransportConnector,
+    /// Connects event streams with keepalives to their backends.
+    relays: heartbeat::Connectors,
     /// Announces the end of the grace period to tunnels.
     drain: crate::drain::Drain,
 }
@@ -54,7 +57,11 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>, drain: crate::drain::Drain) -> Self {
         let tunnels = pingora_core::connectors::TransportConnector::new(None);
-        Gateway { runtime, guard: Default::default(), tunnels, drain }
+        let relays = heartbeat::Connectors {
+            pooled: pingora_core::connectors::http::v1::Connector::new(None),
+            fresh: pingora_core::connectors::TransportConnector::new(None),
+        };
+        Gateway { runtime, guard: Default::default(), tunnels, relays, drain }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -112,12 +119,15 @@ impl Gateway {
                 return Ok(Step::Answered);
             }
             streams::Admit::Heartbeat(every) => {
-                ctx.piped = true;
                 let chunks = match body {
                     route::BodyPlan::Pipe(c) | route::BodyPlan::Replay(c) => c,
                     route::BodyPlan::Untouched => Vec::new(),
                 };
-                heartbeat::run(session, routed, chunks, every).await?;
+                if routed.strip_usage {
+                    ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
+                }
+                ctx.routed = Some(routed);
+                Box::pin(heartbeat::run(session, ctx, &self.relays, chunks, every)).await?;
                 return Ok(Step::Answered);
             }
             streams::Admit::Tunnel => {
@@ -221,13 +231,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         match &ctx.routed {
-            Some(r) => {
-                forward::rewrite_request(req, r)?;
-                if let Some(len) = r.body_len {
-                    rewrite::set_body_length(req, len)?;
-                }
-                streams::upstream_request(req, r)
-            }
+            Some(r) => direct::upstream_request(req, r),
             None => Error::e_explain(ErrorType::InternalError, "no route decided"),
         }
     }
@@ -276,9 +280,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        streams::response_body(body, end_of_stream, &mut ctx.streams);
-        ctx.usage.observe(body.as_ref(), end_of_stream);
-        ctx.rewrite.response_body(body, end_of_stream, ctx.usage.kind());
+        filter_body(body, end_of_stream, ctx);
         Ok(None)
     }
 
@@ -341,6 +343,14 @@ fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         resp.insert_header(name, value)?;
     }
     ctx.rewrite.response_header(resp, ctx.usage.kind())
+}
+
+/// What the gateway does to every response body chunk: the MCP endpoint rewrite, the usage
+/// observer (on the backend's bytes), then the body rewrite.
+fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
+    streams::response_body(body, end, &mut ctx.streams);
+    ctx.usage.observe(body.as_ref(), end);
+    ctx.rewrite.response_body(body, end, ctx.usage.kind());
 }
 
 /// Maps a Pingora error to the answer the client gets; `None` when the client is gone.

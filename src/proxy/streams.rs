@@ -3,7 +3,7 @@
 //! (endpoint rewriter, concurrency slots) lives in [`StreamState`] in the context.
 
 use super::ctx::Routed;
-use super::{conn_limits as limits, heartbeat, websocket};
+use super::{conn_limits as limits, websocket};
 use crate::mcp::endpoint::EndpointRewriter;
 use crate::mcp::session;
 use crate::routes::{Route, RouteKind, RouteOpts};
@@ -101,7 +101,7 @@ pub async fn admit(
     // `server.client_read_timeout` for everything that is not a tunnel.
     session.set_read_timeout(Some(routed.runtime.server.client_read_timeout));
     match routed.streams.opts.heartbeat {
-        Some(every) if event_stream && heartbeat::usable(session) => Ok(Admit::Heartbeat(every)),
+        Some(every) if event_stream && session.subrequest_ctx.is_none() => Ok(Admit::Heartbeat(every)),
         _ => Ok(Admit::Continue),
     }
 }

@@ -11,12 +11,12 @@
 mod backend;
 mod relay;
 
-use super::ctx::{Ctx, Routed};
-use super::{forward, limit, respond, streams};
+use super::ctx::Ctx;
+use super::{direct, forward, respond};
 use crate::error::GatewayError;
-use crate::observe::metrics::metrics;
 use backend::Backend;
 use pingora::prelude::*;
+use pingora::upstreams::peer::HttpPeer;
 use pingora_core::connectors::TransportConnector;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -38,13 +38,14 @@ pub async fn run(
     let idle = routed.streams.idle(&routed.provider);
     let timeouts = routed.provider.timeouts.clone();
     // Boxed: the connect future (TLS included) is large and needed only until connected.
-    let mut up = match Box::pin(connect(session, ctx, connector)).await? {
-        Some(stream) => Backend::new(stream, timeouts.write),
+    let open = |peer: Box<HttpPeer>| async move { (connector.new_stream(&*peer).await, peer) };
+    let mut up = match Box::pin(direct::connect(session, ctx, open)).await? {
+        Some((stream, _)) => Backend::new(stream, timeouts.write),
         None => return Ok(()),
     };
     let resp = match Box::pin(handshake(session, ctx, &mut up, timeouts.read)).await {
         Ok(resp) => resp,
-        Err(e) => return answer_failure(session, ctx, &e).await,
+        Err(e) => return direct::answer_failure(session, ctx, &e).await,
     };
     if resp.status.as_u16() != 101 {
         return relay_refusal(session, ctx, &mut up, resp, timeouts.read).await;
@@ -57,88 +58,19 @@ pub async fn run(
     tunnel.relay(session, &mut up, &mut drain, draining).await
 }
 
-/// Picks a backend and connects, moving on to the next backend when a connect fails (nothing
-/// was sent yet). `None` when the client has been answered with an error.
-async fn connect(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    connector: &TransportConnector,
-) -> Result<Option<pingora_core::protocols::Stream>> {
-    loop {
-        let Some(routed) = ctx.routed.as_ref() else { return Ok(None) };
-        let Some(peer) = forward::peer(routed, &mut ctx.upstream) else {
-            let e = GatewayError::Unavailable("no healthy backend for this request".into());
-            refuse(session, ctx, &e).await?;
-            return Ok(None);
-        };
-        match connector.new_stream(&*peer).await {
-            Ok(stream) => return Ok(Some(stream)),
-            Err(e) => {
-                if let Some(m) = metrics() {
-                    m.upstream_errors.with_label_values(&[&routed.provider.name, "connect"]).inc();
-                }
-                if forward::connect_failed(routed, &ctx.upstream) {
-                    continue;
-                }
-                let err = match e.etype() {
-                    ErrorType::ConnectTimedout => {
-                        GatewayError::GatewayTimeout("timed out connecting to the upstream".into())
-                    }
-                    t => GatewayError::BadGateway(format!("upstream unreachable or failed ({})", t.as_str())),
-                };
-                refuse(session, ctx, &err).await?;
-                return Ok(None);
-            }
-        }
-    }
-}
-
-async fn refuse(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Result<()> {
-    ctx.local_status = Some(e.status());
-    session.set_keepalive(None);
-    let extra = limit::headers(ctx);
-    respond::error_with(session, e, &ctx.request_id, extra).await
-}
-
 /// Sends the rewritten upgrade request; returns the backend's answer header as the client
 /// will see it.
 async fn handshake(session: &mut Session, ctx: &mut Ctx, up: &mut Backend, within: Duration) -> Result<ResponseHeader> {
     let Some(routed) = ctx.routed.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no route decided");
     };
-    let mut req = session.req_header().clone();
-    rewrite(&mut req, routed)?;
+    let req = direct::h1_request(session, routed)?;
     up.send_request(&req).await?;
     let mut resp = up.read_response(within).await?;
     ctx.upstream.header_at = Some(Instant::now());
     forward::responded(routed, &ctx.upstream, resp.status.as_u16());
     super::response_headers(&mut resp, ctx)?;
     Ok(resp)
-}
-
-fn rewrite(req: &mut pingora_http::RequestHeader, routed: &Routed) -> Result<()> {
-    forward::rewrite_request(req, routed)?;
-    streams::upstream_request(req, routed)
-}
-
-/// The upgrade request failed after connecting (reset, timeout, malformed answer).
-async fn answer_failure(session: &mut Session, ctx: &mut Ctx, e: &Error) -> Result<()> {
-    if let Some(r) = &ctx.routed {
-        forward::failed_before_header(r, &ctx.upstream, e);
-        if let Some(m) = metrics() {
-            m.upstream_errors.with_label_values(&[&r.provider.name, e.etype().as_str()]).inc();
-        }
-    }
-    if session.response_written().is_some() {
-        return Ok(()); // the client went away while the answer was being written
-    }
-    let err = match e.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            GatewayError::GatewayTimeout("the upstream did not answer in time".into())
-        }
-        t => GatewayError::BadGateway(format!("upstream failed ({})", t.as_str())),
-    };
-    refuse(session, ctx, &err).await
 }
 
 /// The backend answered the upgrade with something else (401, 404, …): pass it on, body
@@ -152,7 +84,7 @@ async fn relay_refusal(
 ) -> Result<()> {
     let body = match up.read_refusal_body(&resp, within).await {
         Ok(body) => body,
-        Err(e) => return answer_failure(session, ctx, &e).await,
+        Err(e) => return direct::answer_failure(session, ctx, &e).await,
     };
     resp.remove_header(&http::header::TRANSFER_ENCODING);
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
