@@ -79,38 +79,8 @@ pub async fn run(
     let timeouts = routed.provider.timeouts.clone();
     let idle = routed.streams.idle(&routed.provider);
     let req = direct::h1_request(session, routed)?;
-    // A pooled connection may have been closed by the backend meanwhile: the request then
-    // goes once more on a fresh one, if its body can be sent again.
-    let mut fresh = false;
-    let (mut up, peer) = loop {
-        let open = |peer: Box<HttpPeer>| async move {
-            let opened = if fresh {
-                connectors.fresh.new_stream(&*peer).await.map(|s| (HttpSession::new(s), false))
-            } else {
-                connectors.pooled.get_http_session(&*peer).await
-            };
-            (opened, peer)
-        };
-        let Some(((mut up, reused), peer)) = Box::pin(direct::connect(session, ctx, open)).await? else {
-            return Ok(());
-        };
-        up.read_timeout = Some(timeouts.read);
-        up.write_timeout = Some(timeouts.write);
-        // The body can go again when the gateway holds it, or when there is none.
-        let resendable = !body.is_empty() || session.is_body_empty();
-        match send(session, &mut up, &req, &body).await {
-            Ok(()) => break (up, peer),
-            Err(e) if reused && resendable => {
-                log::debug!("pooled upstream connection failed ({e}); retrying on a fresh one");
-                ctx.upstream.tried.pop();
-                fresh = true;
-            }
-            Err(e) => return direct::answer_failure(session, ctx, &e).await,
-        }
-    };
-    let mut resp = match up.read_resp_header_parts().await {
-        Ok(resp) => resp,
-        Err(e) => return direct::answer_failure(session, ctx, &e).await,
+    let Some((mut up, peer, mut resp)) = exchange(session, ctx, connectors, req, body, &timeouts).await? else {
+        return Ok(());
     };
     response_header(&mut resp, ctx)?;
     let sse = is_sse(&resp);
@@ -121,6 +91,59 @@ pub async fn run(
         connectors.pooled.release_http_session(up, &*peer, Some(timeouts.idle)).await;
     }
     Ok(())
+}
+
+/// Sends the request and reads the answer's header; `None` when the client was answered
+/// with an error. A pooled connection may have been closed by the backend meanwhile: the
+/// request then goes once more on a fresh one, if its body can be sent again.
+async fn exchange(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    connectors: &Connectors,
+    req: RequestHeader,
+    body: Vec<Bytes>,
+    timeouts: &crate::upstream::Timeouts,
+) -> Result<Option<(HttpSession, Box<HttpPeer>, Box<ResponseHeader>)>> {
+    let mut fresh = false;
+    loop {
+        let open = |peer: Box<HttpPeer>| async move {
+            let opened = if fresh {
+                connectors.fresh.new_stream(&*peer).await.map(|s| (HttpSession::new(s), false))
+            } else {
+                connectors.pooled.get_http_session(&*peer).await
+            };
+            (opened, peer)
+        };
+        let Some(((mut up, reused), peer)) = Box::pin(direct::connect(session, ctx, open)).await? else {
+            return Ok(None);
+        };
+        up.read_timeout = Some(timeouts.read);
+        up.write_timeout = Some(timeouts.write);
+        // The body can go again when the gateway holds it, or when there is none.
+        let resendable = !body.is_empty() || session.is_body_empty();
+        let answer = match send(session, &mut up, &req, &body).await {
+            Ok(()) => up.read_resp_header_parts().await.map_err(|e| e.into_up()),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(resp) => return Ok(Some((up, peer, resp))),
+            // Closed or reset, not timed out: a stale connection, not a slow backend.
+            Err(e) if reused && resendable && stale(&e) => {
+                log::debug!("pooled upstream connection failed ({e}); retrying on a fresh one");
+                ctx.upstream.tried.pop();
+                fresh = true;
+            }
+            Err(e) => {
+                direct::answer_failure(session, ctx, &e).await?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn stale(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Upstream
+        && matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError)
 }
 
 /// The backends for relayed requests: pooled HTTP/1.1 sessions, and fresh connections.
