@@ -79,7 +79,9 @@ pub async fn run(
     let timeouts = routed.provider.timeouts.clone();
     let idle = routed.streams.idle(&routed.provider);
     let req = direct::h1_request(session, routed)?;
-    let Some((mut up, peer, mut resp)) = exchange(session, ctx, connectors, req, body, &timeouts).await? else {
+    // Boxed: the exchange's state is needed only until the answer header is in.
+    let exchanged = Box::pin(exchange(session, ctx, connectors, req, body, &timeouts)).await?;
+    let Some((mut up, peer, mut resp)) = exchanged else {
         return Ok(());
     };
     response_header(&mut resp, ctx)?;
