@@ -21,10 +21,10 @@
 //!
 //! | phase | RSS per connection | CPU holding them |
 //! |---|---|---|
-//! | idle SSE streams | 63.7 KiB | 0.45% of one core |
-//! | idle WebSocket tunnels | 60.5 KiB | 0.35% |
-//! | idle SSE streams on a `heartbeat` route (relay) | 99.6 KiB | 0.35% |
-//! | 10,000 idle SSE streams over HTTP/2 (TLS listener, 100 streams per client connection) | 46.9 KiB | 0.55% |
+//! | idle SSE streams | 63.8 KiB | 0.35% of one core |
+//! | idle WebSocket tunnels | 60.6 KiB | 0.35% |
+//! | idle SSE streams on a `heartbeat` route (relay) | 66.3 KiB | 0.45% |
+//! | 10,000 idle SSE streams over HTTP/2 (TLS listener, 100 streams per client connection) | 46.5 KiB | 0.45% |
 //!
 //! Over HTTP/2 the gateway holds one socket per stream (upstream) plus one per 100 streams, so
 //! the `sse-h2` phase reaches 10,000 (`MCAS_BENCH_PHASES=sse-h2 MCAS_BENCH_CONNS=10000`).
