@@ -542,7 +542,7 @@ async fn graceful_upgrade_refuses_nothing_and_keeps_streams() {
     let (port, admin) = (free_port(), free_port());
     let sock = format!("/tmp/mcas-test-upgrade-{port}.sock");
     let yaml = format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 5s, shutdown_timeout: 1s, pid_file: \"/tmp/mcas-test-upgrade-{port}.pid\", upgrade_sock: \"{sock}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\n",
+        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 5s, shutdown_timeout: 1s, pid_file: \"/tmp/mcas-test-upgrade-{port}.pid\", upgrade_sock: \"{sock}\" }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/v1/*\", provider: by_model }}\n  - {{ path: \"/ws\", provider: sim, websocket: true }}\n",
         key_yaml("alice", KEY),
         sim.addr
     );
@@ -567,6 +567,13 @@ async fn graceful_upgrade_refuses_nothing_and_keeps_streams() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
+    let ws_url = format!("ws://{addr}/ws");
+    let ws_req = || {
+        let mut req = ws_url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        req
+    };
+    let (mut old_ws, _) = tokio_tungstenite::connect_async(ws_req()).await.unwrap();
 
     let mut up_args = args.clone();
     up_args.push("--upgrade".into());
@@ -595,6 +602,16 @@ async fn graceful_upgrade_refuses_nothing_and_keeps_streams() {
     let _ = std::process::Command::new("kill").args(["-QUIT", &old.pid().to_string()]).status();
     let (all, _) = timed_body(stream).await;
     assert!(all.trim_end().ends_with("data: [DONE]"), "the stream on the old process was cut: {all}");
+    // The old process's tunnel is told goodbye (1001) near the end of its grace period; the
+    // client reconnects and lands on the new process.
+    let end = tokio::time::timeout(Duration::from_secs(10), next_non_push(&mut old_ws)).await.expect("tunnel closed");
+    match end {
+        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Away, "{f:?}"),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    let (mut new_ws, _) = tokio_tungstenite::connect_async(ws_req()).await.expect("reconnected after the upgrade");
+    new_ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(next_non_push(&mut new_ws).await, Message::text("again"));
     let (ok, failed) = hammer.await.unwrap();
     assert!(
         failed.is_empty(),
