@@ -80,14 +80,13 @@ pub async fn run(
     let idle = routed.streams.idle(&routed.provider);
     let req = direct::h1_request(session, routed)?;
     // Boxed: the exchange's state is needed only until the answer header is in.
-    let exchanged = Box::pin(exchange(session, ctx, connectors, req, body, &timeouts)).await?;
+    let exchanged = Box::pin(exchange(session, ctx, connectors, req, body, idle, &timeouts)).await?;
     let Some((mut up, peer, mut resp)) = exchanged else {
         return Ok(());
     };
     response_header(&mut resp, ctx)?;
     let sse = is_sse(&resp);
     session.write_response_header(resp, false).await?;
-    up.read_timeout = Some(idle);
     relay(session, ctx, &mut up, sse, every).await?;
     if up.is_body_done() {
         connectors.pooled.release_http_session(up, &*peer, Some(timeouts.idle)).await;
@@ -104,6 +103,7 @@ async fn exchange(
     connectors: &Connectors,
     req: RequestHeader,
     body: Vec<Bytes>,
+    idle: Duration,
     timeouts: &crate::upstream::Timeouts,
 ) -> Result<Option<(HttpSession, Box<HttpPeer>, Box<ResponseHeader>)>> {
     let mut fresh = false;
@@ -119,7 +119,8 @@ async fn exchange(
         let Some(((mut up, reused), peer)) = Box::pin(direct::connect(session, ctx, open)).await? else {
             return Ok(None);
         };
-        up.read_timeout = Some(timeouts.read);
+        // Like proxied requests: the route's idle timeout bounds every read, the first too.
+        up.read_timeout = Some(idle);
         up.write_timeout = Some(timeouts.write);
         // The body can go again when the gateway holds it, or when there is none.
         let resendable = !body.is_empty() || session.is_body_empty();
