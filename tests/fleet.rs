@@ -505,14 +505,10 @@ fn fleet_config_errors_name_their_path() {
 
 #[tokio::test]
 async fn https_probes_use_the_sni_name_and_the_providers_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let cert = crate::common::tls::TestCert::localhost();
     let s = sims(1, &[]).await;
     // Gateway A terminates TLS (and answers /health itself); B probes it as a fleet backend.
-    let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
+    let tls = cert.listen_yaml("");
     let inner = format!(
         "keys:\n  - {{ name: b, key: inner-key, models: [\"*\"] }}\nproviders:\n  - {{ name: sim, url: \"http://{}/v1\" }}\n",
         s[0].addr
@@ -528,7 +524,7 @@ async fn https_probes_use_the_sni_name_and_the_providers_ca() {
     };
     let yaml = format!(
         "keys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"] }}\nproviders:\n{}{}",
-        provider("trusted", &format!(", tls: {{ ca_file: \"{}\" }}", cert_path.display())),
+        provider("trusted", &format!(", tls: {{ ca_file: \"{}\" }}", cert.cert_path.display())),
         provider("untrusted", "")
     );
     let gw = spawn_gateway("", &yaml, &[]).await;

@@ -220,14 +220,10 @@ async fn admin_health_and_metrics() {
 
 #[tokio::test]
 async fn https_upstream_with_generated_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let cert = crate::common::tls::TestCert::localhost();
     let sim = spawn_sim(&[]).await;
     // Gateway A terminates TLS in front of the sim; gateway B reaches A over HTTPS.
-    let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
+    let tls = cert.listen_yaml("");
     let rest_a =
         format!("{}{}", key_yaml("b", "inner-key"), provider_yaml("sim", &format!("http://{}/v1", sim.addr), ""));
     let a = spawn_gateway_tls(&tls, &rest_a).await;
@@ -238,7 +234,8 @@ async fn https_upstream_with_generated_certificate() {
             a.addr.port()
         )
     };
-    let trusted = spawn_gateway("", &outer(&format!(", tls: {{ ca_file: \"{}\" }}", cert_path.display())), &[]).await;
+    let trusted =
+        spawn_gateway("", &outer(&format!(", tls: {{ ca_file: \"{}\" }}", cert.cert_path.display())), &[]).await;
     let r = client()
         .post(trusted.url("/v1/chat/completions"))
         .bearer_auth(KEY)
@@ -263,22 +260,15 @@ async fn https_upstream_with_generated_certificate() {
 /// `http2: false` the same client gets HTTP/1.1.
 #[tokio::test]
 async fn http2_clients_on_a_tls_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let cert = crate::common::tls::TestCert::localhost();
     let sim = spawn_sim(&[]).await;
     let rest = format!(
         "{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/v1/*\", provider: by_model }}\n  - {{ path: \"/hb/v1/*\", provider: sim, strip_prefix: \"/hb\", heartbeat: 1s }}\n",
         key_yaml("alice", KEY),
         sim.addr
     );
-    let tls = |h2: bool| {
-        format!("tls: {{ cert: \"{}\", key: \"{}\", http2: {h2} }}", cert_path.display(), key_path.display())
-    };
-    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-    let https = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let tls = |h2: bool| cert.listen_yaml(&format!("http2: {h2}"));
+    let https = reqwest::Client::builder().add_root_certificate(cert.ca()).build().unwrap();
     let gw = spawn_gateway_tls(&tls(true), &rest).await;
     let url = |path: &str| format!("https://localhost:{}{path}", gw.addr.port());
     let resp = https.post(url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(false, false)).send().await.unwrap();

@@ -787,13 +787,9 @@ async fn raw_exchange(addr: std::net::SocketAddr, req: &str) -> String {
 #[tokio::test]
 async fn websocket_through_a_tls_backend() {
     use crate::common::gateway::{provider_yaml, spawn_gateway_admin_only};
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let cert = crate::common::tls::TestCert::localhost();
     let sim = spawn_sim(&[]).await;
-    let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
+    let tls = cert.listen_yaml("");
     let rest_a = format!(
         "{}{}routes:\n  - {{ path: \"/v1/ws\", provider: sim, websocket: true }}\n",
         key_yaml("b", "inner-key-0123"),
@@ -804,7 +800,7 @@ async fn websocket_through_a_tls_backend() {
         "{}providers:\n  - {{ name: a, url: \"https://localhost:{}/v1\", api_key: inner-key-0123, models: [\"*\"], tls: {{ ca_file: \"{}\" }} }}\nroutes:\n  - {{ path: \"/ws\", provider: a, websocket: true }}\n",
         key_yaml("alice", KEY),
         a.addr.port(),
-        cert_path.display()
+        cert.cert_path.display()
     );
     let b = spawn_gateway("", &rest_b, &[]).await;
     let mut ws = connect(&b, "/ws", Some(KEY)).await.expect("tunnel over TLS");

@@ -38,6 +38,7 @@
 
 use crate::common::gateway::{key_yaml, spawn_gateway, Gw};
 use crate::common::spawn_sim;
+use crate::common::tls::TestCert;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -175,16 +176,10 @@ async fn hold<T, Fut: std::future::Future<Output = Vec<T>>>(gw: &Gw, label: &str
 }
 
 /// A gateway serving TLS (HTTP/2 by ALPN) with a generated certificate; the CA for clients.
-async fn tls_gateway(rest: &str, envs: &[(&str, &str)]) -> (Gw, reqwest::Certificate, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
-    let tls = format!("tls: {{ cert: \"{}\", key: \"{}\" }}", cert_path.display(), key_path.display());
-    let gw = crate::common::gateway::spawn_gateway_admin_only_with_env(&tls, rest, envs).await;
-    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("CA");
-    (gw, ca, dir)
+async fn tls_gateway(rest: &str, envs: &[(&str, &str)]) -> (Gw, reqwest::Certificate, TestCert) {
+    let cert = TestCert::localhost();
+    let gw = crate::common::gateway::spawn_gateway_admin_only_with_env(&cert.listen_yaml(""), rest, envs).await;
+    (gw, cert.ca(), cert)
 }
 
 /// The phases to run, from `MCAS_BENCH_PHASES` (comma-separated): `sse`, `ws`, `hb`, `sse-h2`.

@@ -7,6 +7,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod gateway;
+pub mod tls;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
