@@ -30,9 +30,11 @@ pub fn init_logging(level: &str) {
 /// Starts serving; returns only if Pingora could not start.
 pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -> anyhow::Result<()> {
     warn_about(&runtime);
+    // Pingora's grace period is whole seconds.
+    let grace = std::time::Duration::from_secs(runtime.server.grace_period.as_secs());
     let mut conf = ServerConf {
         threads: runtime.server.threads,
-        grace_period_seconds: Some(runtime.server.grace_period.as_secs()),
+        grace_period_seconds: Some(grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(runtime.server.shutdown_timeout.as_secs()),
         pid_file: runtime.server.pid_file.clone(),
         upgrade_sock: runtime.server.upgrade_sock.clone(),
@@ -53,8 +55,6 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
     let reloader = Reloader { runtime: shared.clone(), path: config_path };
 
-    // Pingora's grace period is whole seconds.
-    let grace = std::time::Duration::from_secs(shared.load().server.grace_period.as_secs());
     let drain = crate::drain::Drain::new(grace);
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -13,6 +13,29 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use std::future::Future;
 
+/// Backend connections for these requests.
+pub struct Connectors {
+    /// HTTP/1.1 sessions kept alive between requests (relays).
+    pub pooled: pingora_core::connectors::http::v1::Connector,
+    /// New connections, never pooled (tunnels, and a relay's retry after a stale one).
+    pub fresh: pingora_core::connectors::TransportConnector,
+}
+
+impl Connectors {
+    pub fn new() -> Self {
+        Connectors {
+            pooled: pingora_core::connectors::http::v1::Connector::new(None),
+            fresh: pingora_core::connectors::TransportConnector::new(None),
+        }
+    }
+}
+
+impl Default for Connectors {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The request header as the backend gets it: provider path, key and Host, forwarding
 /// headers, the rewritten body's length, MCP session and Origin.
 pub fn upstream_request(req: &mut RequestHeader, routed: &Routed) -> Result<()> {

@@ -8,12 +8,12 @@
 //! client slows the backend instead of growing a buffer.
 
 use super::ctx::Ctx;
-use super::{direct, forward, streams};
+use super::direct::{self, Connectors};
+use super::stream::BodyKind;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_core::connectors::http::v1::Connector;
 use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -85,7 +85,7 @@ pub async fn run(
         return Ok(());
     };
     response_header(&mut resp, ctx)?;
-    let sse = is_sse(&resp);
+    let sse = ctx.usage.kind() == BodyKind::Sse;
     session.write_response_header(resp, false).await?;
     relay(session, ctx, &mut up, sse, every).await?;
     if up.is_body_done() {
@@ -149,12 +149,6 @@ fn stale(e: &Error) -> bool {
         && matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError)
 }
 
-/// The backends for relayed requests: pooled HTTP/1.1 sessions, and fresh connections.
-pub struct Connectors {
-    pub pooled: Connector,
-    pub fresh: pingora_core::connectors::TransportConnector,
-}
-
 /// Writes the request header and body: the bytes the gateway read, or the client's body as
 /// it arrives.
 async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, body: &[Bytes]) -> Result<()> {
@@ -172,15 +166,10 @@ async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, 
     Ok(())
 }
 
-/// What Pingora's `upstream_response_filter` and `response_filter` do for proxied requests.
+/// What Pingora's `upstream_response_filter` and `response_filter` do for proxied requests,
+/// and framing for a close-delimited answer.
 fn response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    ctx.upstream.header_at = Some(std::time::Instant::now());
-    if let Some(r) = &ctx.routed {
-        forward::responded(r, &ctx.upstream, resp.status.as_u16());
-    }
-    let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    ctx.usage.start(ct);
-    streams::upstream_response(resp, ctx)?;
+    super::upstream_answered(resp, ctx)?;
     super::response_headers(resp, ctx)?;
     let framed = resp.headers.contains_key(http::header::CONTENT_LENGTH)
         || resp.headers.contains_key(http::header::TRANSFER_ENCODING);
@@ -189,13 +178,6 @@ fn response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     Ok(())
-}
-
-fn is_sse(resp: &ResponseHeader) -> bool {
-    resp.headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
 /// What woke the relay.

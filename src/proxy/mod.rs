@@ -46,22 +46,15 @@ pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// Per-address pre-auth state; outlives reloads.
     pub guard: Arc<crate::limits::ip::IpGuard>,
-    /// Connects WebSocket tunnels to their backends.
-    tunnels: pingora_core::connectors::TransportConnector,
-    /// Connects event streams with keepalives to their backends.
-    relays: heartbeat::Connectors,
+    /// Backend connections of the requests the gateway carries itself (tunnels, relays).
+    connectors: direct::Connectors,
     /// Announces the end of the grace period to tunnels.
     drain: crate::drain::Drain,
 }
 
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>, drain: crate::drain::Drain) -> Self {
-        let tunnels = pingora_core::connectors::TransportConnector::new(None);
-        let relays = heartbeat::Connectors {
-            pooled: pingora_core::connectors::http::v1::Connector::new(None),
-            fresh: pingora_core::connectors::TransportConnector::new(None),
-        };
-        Gateway { runtime, guard: Default::default(), tunnels, relays, drain }
+        Gateway { runtime, guard: Default::default(), connectors: direct::Connectors::new(), drain }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -127,13 +120,13 @@ impl Gateway {
                     ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
                 }
                 ctx.routed = Some(routed);
-                Box::pin(heartbeat::run(session, ctx, &self.relays, chunks, every)).await?;
+                Box::pin(heartbeat::run(session, ctx, &self.connectors, chunks, every)).await?;
                 return Ok(Step::Answered);
             }
             streams::Admit::Tunnel => {
                 ctx.routed = Some(routed);
                 // Boxed: only tunnels pay for the relay's state.
-                Box::pin(tunnel::run(session, ctx, &self.tunnels, self.drain.subscribe())).await?;
+                Box::pin(tunnel::run(session, ctx, &self.connectors.fresh, self.drain.subscribe())).await?;
                 return Ok(Step::Answered);
             }
             streams::Admit::Continue => {}
@@ -260,13 +253,7 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
-        ctx.upstream.header_at = Some(Instant::now());
-        if let Some(r) = &ctx.routed {
-            forward::responded(r, &ctx.upstream, resp.status.as_u16());
-        }
-        let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        ctx.usage.start(ct);
-        streams::upstream_response(resp, ctx)
+        upstream_answered(resp, ctx)
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
@@ -331,6 +318,18 @@ impl ProxyHttp for Gateway {
             ctx.routed.as_ref().map(|r| r.runtime.log.access_log).unwrap_or_else(|| self.runtime.load().log.access_log);
         account::finish(session, e, ctx, access_log);
     }
+}
+
+/// The backend's answer header arrived (through Pingora's proxy or the gateway's own relays):
+/// time it, count it for the circuit, start the usage observer, seal MCP sessions.
+fn upstream_answered(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    ctx.upstream.header_at = Some(Instant::now());
+    if let Some(r) = &ctx.routed {
+        forward::responded(r, &ctx.upstream, resp.status.as_u16());
+    }
+    let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    ctx.usage.start(ct);
+    streams::upstream_response(resp, ctx)
 }
 
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,

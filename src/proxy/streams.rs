@@ -125,17 +125,14 @@ pub fn upstream_request(req: &mut pingora_http::RequestHeader, routed: &Routed) 
 }
 
 /// Upstream response header: seal a minted MCP session id; arm the legacy endpoint rewriter.
+/// (After the usage observer has seen the header: it knows whether the body is SSE.)
 pub fn upstream_response(resp: &mut pingora_http::ResponseHeader, ctx: &mut super::ctx::Ctx) -> Result<()> {
     let Some(routed) = ctx.routed.as_ref() else { return Ok(()) };
     if routed.streams.opts.kind != RouteKind::Mcp {
         return Ok(());
     }
     session::rewrite_response(resp, routed, ctx.upstream.backend.as_ref())?;
-    let is_sse = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+    let is_sse = ctx.usage.kind() == super::stream::BodyKind::Sse;
     // A GET stream opened without a session id is the legacy transport's `GET …/sse`.
     if is_sse && routed.streams.pin.is_none() && routed.streams.get {
         if let (Some(sealer), Some(b)) = (routed.runtime.mcp.as_ref(), ctx.upstream.backend.as_ref()) {

@@ -12,7 +12,7 @@ mod backend;
 mod relay;
 
 use super::ctx::Ctx;
-use super::{direct, forward, respond};
+use super::{direct, respond};
 use crate::error::GatewayError;
 use backend::Backend;
 use pingora::prelude::*;
@@ -21,7 +21,7 @@ use pingora_core::connectors::TransportConnector;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use relay::Tunnel;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Runs the upgrade request to its end. The response (101 or the backend's refusal, or the
@@ -67,8 +67,7 @@ async fn handshake(session: &mut Session, ctx: &mut Ctx, up: &mut Backend, withi
     let req = direct::h1_request(session, routed)?;
     up.send_request(&req).await?;
     let mut resp = up.read_response(within).await?;
-    ctx.upstream.header_at = Some(Instant::now());
-    forward::responded(routed, &ctx.upstream, resp.status.as_u16());
+    super::upstream_answered(&mut resp, ctx)?;
     super::response_headers(&mut resp, ctx)?;
     Ok(resp)
 }
