@@ -1,6 +1,6 @@
-//! WebSocket tunnels, run by the gateway itself rather than Pingora's
-//! proxy loop, so that a tunnel can speak on its own: when the gateway drains it closes both
-//! sides with 1001 (Going Away) at a frame boundary. Otherwise bytes pass untouched in both
+//! WebSocket tunnels, run by the gateway itself rather than Pingora's proxy loop, so that a
+//! tunnel can speak on its own: when the gateway drains it closes both sides with 1001
+//! (Going Away) at a frame boundary. Otherwise bytes pass untouched in both
 //! directions (text, binary, ping/pong, close codes); each side is read only when the other
 //! has taken the previous bytes, so a slow reader slows the sender instead of growing a buffer.
 //!
@@ -12,7 +12,7 @@ mod backend;
 mod relay;
 
 use super::ctx::Ctx;
-use super::{direct, respond};
+use super::direct;
 use crate::error::GatewayError;
 use backend::Backend;
 use pingora::prelude::*;
@@ -33,12 +33,12 @@ pub async fn run(
     mut drain: watch::Receiver<bool>,
 ) -> Result<()> {
     let Some(routed) = ctx.routed.as_ref() else {
-        return respond::error(session, &GatewayError::Internal, &ctx.request_id).await;
+        return direct::refuse(session, ctx, &GatewayError::Internal).await;
     };
     let idle = routed.streams.idle(&routed.provider);
     let timeouts = routed.provider.timeouts.clone();
-    // Boxed: the connect future (TLS included) is large and needed only until connected.
     let open = |peer: Box<HttpPeer>| async move { (connector.new_stream(&*peer).await, peer) };
+    // Boxed: the connect future (TLS included) is large and needed only until connected.
     let mut up = match Box::pin(direct::connect(session, ctx, open)).await? {
         Some((stream, _)) => Backend::new(stream, timeouts.write),
         None => return Ok(()),
@@ -53,9 +53,7 @@ pub async fn run(
     session.write_response_header(Box::new(resp), false).await?;
     // The tunnel's own idle timer governs reads from here on.
     session.set_read_timeout(None);
-    let mut tunnel = Tunnel::new(idle);
-    let draining = *drain.borrow();
-    tunnel.relay(session, &mut up, &mut drain, draining).await
+    Tunnel::new(idle).relay(session, &mut up, &mut drain).await
 }
 
 /// Sends the rewritten upgrade request; returns the backend's answer header as the client

@@ -46,9 +46,8 @@ impl Tunnel {
         session: &mut Session,
         up: &mut Backend,
         drain: &mut watch::Receiver<bool>,
-        draining: bool,
     ) -> Result<()> {
-        let end = self.pump(session, up, drain, draining).await;
+        let end = self.pump(session, up, drain).await;
         if let Err(e) = &end {
             log::debug!("tunnel ended: {e}");
         }
@@ -56,13 +55,9 @@ impl Tunnel {
         Ok(())
     }
 
-    async fn pump(
-        &mut self,
-        session: &mut Session,
-        up: &mut Backend,
-        drain: &mut watch::Receiver<bool>,
-        mut draining: bool,
-    ) -> Result<()> {
+    async fn pump(&mut self, session: &mut Session, up: &mut Backend, drain: &mut watch::Receiver<bool>) -> Result<()> {
+        // The drain may have begun while the tunnel was being set up.
+        let mut draining = *drain.borrow();
         let mut watch_drain = !draining;
         let mut linger = None;
         if draining {
