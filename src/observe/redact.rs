@@ -176,6 +176,7 @@ fn shapes(text: &str) -> Vec<(usize, usize)> {
     }
     bot_tokens(b, &mut spans);
     byte_arrays(b, &mut spans);
+    char_arrays(b, &mut spans);
     spans
 }
 
@@ -296,6 +297,45 @@ fn byte_arrays(b: &[u8], spans: &mut Vec<(usize, usize)>) {
     }
 }
 
+/// `['a', 'b', …]` with at least 8 characters: a string printed char by char by `Debug`
+/// (Pingora's body reader traces chunks so). Escapes (`'\r'`, `'\''`, `'\u{1f}'`) count as
+/// one character.
+fn char_arrays(b: &[u8], spans: &mut Vec<(usize, usize)>) {
+    for open in memchr::memchr_iter(b'[', b) {
+        let mut i = open + 1;
+        let mut count = 0;
+        while b.get(i) == Some(&b'\'') {
+            i += 1;
+            if b.get(i) == Some(&b'\\') {
+                i += 2; // the backslash and the escaped character (`'` too)
+                while i < b.len() && b[i] != b'\'' {
+                    i += 1;
+                }
+            } else {
+                // One character, however many bytes.
+                i += 1;
+                while i < b.len() && (b[i] & 0xC0) == 0x80 {
+                    i += 1;
+                }
+            }
+            if b.get(i) != Some(&b'\'') {
+                break;
+            }
+            i += 1;
+            count += 1;
+            match b.get(i) {
+                Some(b',') if b.get(i + 1) == Some(&b' ') => i += 2,
+                _ => break,
+            }
+        }
+        if count >= 8 {
+            // Up to the last complete element (a cut-off array is elided as far as it goes).
+            let end = b[..i].iter().rposition(|&c| c == b'\'').map_or(i, |p| p + 1);
+            spans.push((open + 1, end));
+        }
+    }
+}
+
 fn known_values(text: &str, spans: &mut Vec<(usize, usize)>) {
     let known = match KNOWN.read() {
         Ok(k) => k,
@@ -357,6 +397,11 @@ mod tests {
         assert_eq!(r("at 12:30:45 and 10.0.0.1:8080"), "at 12:30:45 and 10.0.0.1:8080");
         assert_eq!(r("digest: [1, 2, 3, 4, 5, 6, 7, 255]"), "digest: [[redacted]]");
         assert_eq!(r("tried: [1, 2]"), "tried: [1, 2]");
+        let chars = r"Chars(['E', '3', '\r', '\n', 'k', '\'', 'é', 'y', '2', '\u{1f}']) }";
+        assert_eq!(r(chars), "Chars([[redacted]]) }");
+        let cut = r"Chars(['s', 'e', 'c', 'r', 'e', 't', '-', 'k', 'e', 'y'";
+        assert_eq!(r(cut), "Chars([[redacted]");
+        assert_eq!(r("['a', 'b']"), "['a', 'b']");
     }
 
     #[test]
