@@ -215,9 +215,15 @@ async fn telegram_runner_at_trace_logs_no_token() {
     let env = [("RUST_LOG", "trace")];
     let setup =
         Setup { bot: &bot, gateway_url: llm.url(), dir: &dir.0, telegram_yaml: "", args: &[], env: &env };
+    // A Bot API error whose description quotes the request URL, token included: the runner
+    // logs the description, and must not log the token with it.
+    let quoted = format!("Bad Request: can't parse entities in https://api.telegram.org/bot{TOKEN}/sendMessage");
+    bot.inject_error("sendMessage", Some(ALICE), 400, &quoted, None);
     let runner = Runner::spawn(&setup);
+    bot.push_private(ALICE, "use `a<b` here");
+    runner.wait_handled(1).await;
     bot.push_private(ALICE, "hello there");
-    bot.wait_sent(ALICE, 1).await;
+    runner.wait_handled(2).await;
     let (_, status) = runner.status().await;
     let metrics = runner.metrics().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
