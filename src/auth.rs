@@ -111,8 +111,8 @@ impl KeyTable {
     }
 
     /// Every key's SHA-256, for the log filter (src/observe/redact.rs).
-    pub fn for_each_digest(&self, mut f: impl FnMut(&[u8; 32])) {
-        self.by_digest.keys().for_each(|d| f(d));
+    pub fn for_each_digest(&self, f: impl FnMut(&[u8; 32])) {
+        self.by_digest.keys().for_each(f);
     }
 
     pub fn len(&self) -> usize {

@@ -56,6 +56,7 @@ async fn send(gw: &Gw, method: reqwest::Method, path: &str, body: Option<&Value>
         .request(method, gw.url(path))
         .bearer_auth(KEY)
         .header("accept-encoding", "gzip, deflate, br, zstd")
+        .header("te", "gzip")
         .header("accept", "application/json, text/event-stream");
     if let Some(b) = body {
         req = req.json(b);

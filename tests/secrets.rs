@@ -70,12 +70,8 @@ async fn mcp_server() -> Proc {
 /// The SDK's client through the gateway: one session, two tool calls.
 async fn mcp_client(url: &str) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .args(["streamable", url, KEY, "2"])
-        .output()
-        .await
-        .unwrap();
+    let out =
+        tokio::process::Command::new(python()).arg(script).args(["streamable", url, KEY, "2"]).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(stdout.contains("\"ok\": true"), "MCP client failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -213,8 +209,7 @@ async fn telegram_runner_at_trace_logs_no_token() {
     use crate::telegram::harness::{Runner, Setup, TempDir, ALICE};
     let (bot, llm, dir) = (FakeBot::start().await, FakeLlm::start().await, TempDir::new());
     let env = [("RUST_LOG", "trace")];
-    let setup =
-        Setup { bot: &bot, gateway_url: llm.url(), dir: &dir.0, telegram_yaml: "", args: &[], env: &env };
+    let setup = Setup { bot: &bot, gateway_url: llm.url(), dir: &dir.0, telegram_yaml: "", args: &[], env: &env };
     // A Bot API error whose description quotes the request URL, token included: the runner
     // logs the description, and must not log the token with it.
     let quoted = format!("Bad Request: can't parse entities in https://api.telegram.org/bot{TOKEN}/sendMessage");

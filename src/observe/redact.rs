@@ -225,7 +225,24 @@ fn header_value(b: &[u8], mut i: usize) -> Option<(usize, usize)> {
 }
 
 fn is_query_char(c: u8) -> bool {
-    !matches!(c, b'&' | b' ' | b'\t' | b'\r' | b'\n' | b'"' | b'\'' | b'\\' | b'#' | b',' | b';' | b')' | b']' | b'}' | b'<' | b'>')
+    !matches!(
+        c,
+        b'&' | b' '
+            | b'\t'
+            | b'\r'
+            | b'\n'
+            | b'"'
+            | b'\''
+            | b'\\'
+            | b'#'
+            | b','
+            | b';'
+            | b')'
+            | b']'
+            | b'}'
+            | b'<'
+            | b'>'
+    )
 }
 
 /// Characters of a token: base64, base64url, and the punctuation keys use.
@@ -375,7 +392,10 @@ mod tests {
         let out = r(wire);
         assert!(!out.contains("wrong key") && out.contains("Host: x"), "{out}");
         assert_eq!(r("X-Api-Key: zz top\nnext"), "X-Api-Key: [redacted]\nnext");
-        assert_eq!(r("sec-websocket-protocol=chat, api_key.k9"), "sec-websocket-protocol=[redacted], api_key.[redacted]");
+        assert_eq!(
+            r("sec-websocket-protocol=chat, api_key.k9"),
+            "sec-websocket-protocol=[redacted], api_key.[redacted]"
+        );
         assert_eq!(r("no authorization header"), "no authorization header");
     }
 
@@ -391,7 +411,10 @@ mod tests {
 
     #[test]
     fn bot_tokens_and_byte_arrays() {
-        assert_eq!(r("url (https://api.telegram.org/bot4242:AAtest-SECRET/getMe)"), "url (https://api.telegram.org/bot[redacted]/getMe)");
+        assert_eq!(
+            r("url (https://api.telegram.org/bot4242:AAtest-SECRET/getMe)"),
+            "url (https://api.telegram.org/bot[redacted]/getMe)"
+        );
         let bare = "token 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1 here";
         assert_eq!(r(bare), "token [redacted] here");
         assert_eq!(r("at 12:30:45 and 10.0.0.1:8080"), "at 12:30:45 and 10.0.0.1:8080");
