@@ -80,6 +80,33 @@ async fn observed_routes_ask_the_upstream_for_identity() {
     assert_eq!(v["headers"]["accept-encoding"], "identity", "GET: {v}");
 }
 
+/// The misbehaving upstream is real: `--force-gzip` answers gzip to a client that asked for
+/// identity, a non-streamed answer and a stream alike, and the bytes decode to the usual JSON.
+#[tokio::test]
+async fn the_sim_compresses_even_when_asked_for_identity() {
+    use std::io::Read;
+    let sim = spawn_sim(&["--force-gzip"]).await;
+    for stream in [false, true] {
+        let mut body = chat(stream, 10);
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let resp = client()
+            .post(sim.url("/v1/chat/completions"))
+            .header("accept-encoding", "identity")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-encoding"], "gzip");
+        let raw = resp.bytes().await.unwrap();
+        assert!(!raw.windows(7).any(|w| w == b"\"usage\""), "usage readable without decoding");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&raw[..]).read_to_string(&mut text).unwrap();
+        assert!(text.contains("\"usage\":{\"prompt_tokens\""), "stream {stream}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn a_compressed_answer_is_refused_never_passed_on_uncounted() {
     let sim = spawn_sim(&["--api-key", PROVIDER_KEY, "--force-gzip"]).await;

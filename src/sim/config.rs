@@ -218,6 +218,8 @@ mod tests {
         let cfg =
             SimConfig::from_args(args("--listen 127.0.0.1:9 --models a,b --tokens=3 --itl-ms 5 --health-requires-key"))
                 .unwrap();
+        assert!(!cfg.force_gzip);
+        assert!(SimConfig::from_args(args("--force-gzip --tokens 2")).unwrap().force_gzip);
         assert_eq!(cfg.listen.port(), 9);
         assert_eq!(cfg.models, vec!["a", "b"]);
         assert_eq!(cfg.tokens, 3);
