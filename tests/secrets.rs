@@ -96,6 +96,16 @@ async fn websocket(url: &str, protocol: Option<&str>) -> String {
     }
 }
 
+/// Writes `bytes` on a fresh connection; returns what came back before the close.
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
 async fn gateway_at_trace_logs_no_secret_on_any_path() {
     let sim = spawn_sim(&["--api-key", PROVIDER_KEY, "--tokens", "4"]).await;
@@ -172,6 +182,12 @@ async fn gateway_at_trace_logs_no_secret_on_any_path() {
     record("ws wrong query", 401, refused);
     let refused = websocket(&ws(""), Some(&format!("api_key.{WRONG_KEY}"))).await;
     record("ws wrong protocol", 401, refused);
+
+    // A malformed request: Pingora's parse error quotes the raw header bytes.
+    let raw = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WRONG_KEY}\r\nbad header\r\n\r\n");
+    let answer = raw_exchange(gw.addr, raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    record("malformed", 400, answer);
 
     // MCP through the official SDK.
     let mcp_out = mcp_client(&gw.url("/mcp")).await;
