@@ -110,6 +110,11 @@ impl KeyTable {
         }
     }
 
+    /// Every key's SHA-256, for the log filter (src/observe/redact.rs).
+    pub fn for_each_digest(&self, f: impl FnMut(&[u8; 32])) {
+        self.by_digest.keys().for_each(f);
+    }
+
     pub fn len(&self) -> usize {
         self.by_digest.len()
     }

@@ -32,6 +32,7 @@ impl Reloader {
                 return Err(e);
             }
         };
+        crate::server::remember_secrets(&new);
         let old = self.runtime.load_full();
         carry_over(&old, &mut new);
         if old.server.listen != new.server.listen

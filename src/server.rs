@@ -22,13 +22,25 @@ pub struct ProcessFlags {
     pub upgrade: bool,
 }
 
+/// The redacting logger (src/observe/logging.rs); `RUST_LOG` wins over `level`.
 pub fn init_logging(level: &str) {
-    let env = env_logger::Env::default().default_filter_or(level);
-    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
+    crate::observe::logging::init(level);
+}
+
+/// Registers the secrets of `runtime` with the log filter: provider keys, and the digests
+/// the key table holds for client keys (src/observe/redact.rs).
+pub fn remember_secrets(runtime: &Runtime) {
+    for p in &runtime.providers {
+        if let Some(k) = &p.api_key {
+            crate::observe::redact::remember(k.expose());
+        }
+    }
+    runtime.keys.for_each_digest(crate::observe::redact::remember_digest);
 }
 
 /// Starts serving; returns only if Pingora could not start.
 pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -> anyhow::Result<()> {
+    remember_secrets(&runtime);
     warn_about(&runtime);
     // Pingora's grace period is whole seconds.
     let grace = std::time::Duration::from_secs(runtime.server.grace_period.as_secs());

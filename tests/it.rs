@@ -2,11 +2,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod compression;
 mod fleet;
 mod gateway;
 mod limits;
 mod mcp;
 mod openai_sdk;
+mod secrets;
 mod sim;
 mod streams;
 mod streams_bench;

@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod fake_bot;
-mod fake_llm;
-mod harness;
+pub(crate) mod fake_bot;
+pub(crate) mod fake_llm;
+pub(crate) mod harness;
 
 use std::time::Duration;
 

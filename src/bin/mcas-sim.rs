@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use mcas::sim::{self, SimConfig};
 
 fn main() -> ExitCode {
-    env_logger::init();
+    mcas::observe::logging::init("error");
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", sim::usage());

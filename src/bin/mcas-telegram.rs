@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use mcas::observe::redact::{self, redact};
 use mcas::telegram::{self, Config};
 
 const USAGE: &str = "usage: mcas-telegram [--config FILE] [--check] [--webhook]
@@ -42,8 +43,19 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
     Ok(Some(args))
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+fn main() -> ExitCode {
+    mcas::observe::logging::init("info");
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            // Error chains can quote URLs, and Bot API URLs hold the token.
+            eprintln!("mcas-telegram: {}", redact(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let Some(args) = parse_args()? else {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
@@ -56,6 +68,11 @@ fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    redact::remember(config.telegram.bot_token.expose());
+    redact::remember(config.gateway.key.expose());
+    if let Some(w) = &config.telegram.webhook {
+        redact::remember(w.secret_token.expose());
+    }
     if args.check {
         println!("configuration ok");
         return Ok(ExitCode::SUCCESS);

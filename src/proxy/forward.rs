@@ -1,13 +1,14 @@
 //! Forward: pick a backend, build the peer (timeouts, TLS, SNI), and rewrite the request
 //! header: provider path and Host, the provider's key in place of the client's, request id
-//! and forwarding headers.
+//! and forwarding headers, `Accept-Encoding: identity` where the gateway reads the answer
+//! (and the check that the answer came plain).
 
 use super::ctx::{Routed, UpstreamState};
 use crate::observe::metrics::metrics;
 use crate::upstream::clock;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::Instant;
 
 /// Chooses a backend not yet tried by this request; `None` when none is left.
@@ -68,6 +69,40 @@ pub fn rewrite_request(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         req.insert_header("x-forwarded-for", xff)?;
     }
     req.insert_header("x-forwarded-proto", routed.client_proto)?;
+    if observed(routed) {
+        // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
+        req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        req.remove_header(&http::header::TE);
+    }
+    Ok(())
+}
+
+/// Whether the gateway reads this request's answer: every request except a WebSocket upgrade
+/// (tunnels carry bytes the gateway does not look into).
+pub fn observed(routed: &Routed) -> bool {
+    !routed.streams.upgrade
+}
+
+/// The error for an answer the gateway cannot read although it asked for `identity`.
+pub const ENCODED_ANSWER: ErrorType = ErrorType::Custom("upstream answer is content-encoded");
+
+/// An observed answer must arrive as plain bytes: a `Content-Encoding` other than `identity`
+/// (or a transfer coding other than `chunked`) would hide `usage` and defeat the rewrites, so
+/// it is refused (502) rather than passed on unaccounted. Answers without a body pass.
+pub fn check_encoding(routed: &Routed, resp: &ResponseHeader) -> Result<()> {
+    let status = resp.status.as_u16();
+    if !observed(routed) || status == 204 || status == 304 || resp.status.is_informational() {
+        return Ok(());
+    }
+    let coded = |name: http::header::HeaderName, plain: &[&str]| {
+        resp.headers.get_all(name).iter().any(|v| {
+            let Ok(v) = v.to_str() else { return true };
+            v.split(',').map(str::trim).any(|c| !c.is_empty() && !plain.iter().any(|p| c.eq_ignore_ascii_case(p)))
+        })
+    };
+    if coded(http::header::CONTENT_ENCODING, &["identity"]) || coded(http::header::TRANSFER_ENCODING, &["chunked"]) {
+        return Error::e_explain(ENCODED_ANSWER, "the upstream compressed an answer the gateway must read");
+    }
     Ok(())
 }
 

@@ -321,11 +321,13 @@ impl ProxyHttp for Gateway {
 }
 
 /// The backend's answer header arrived (through Pingora's proxy or the gateway's own relays):
-/// time it, count it for the circuit, start the usage observer, seal MCP sessions.
+/// time it, count it for the circuit, refuse it if it came compressed (see
+/// [`forward::check_encoding`]), start the usage observer, seal MCP sessions.
 fn upstream_answered(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     ctx.upstream.header_at = Some(Instant::now());
     if let Some(r) = &ctx.routed {
         forward::responded(r, &ctx.upstream, resp.status.as_u16());
+        forward::check_encoding(r, resp)?;
     }
     let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     ctx.usage.start(ct);
@@ -355,6 +357,11 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
 /// Maps a Pingora error to the answer the client gets; `None` when the client is gone.
 fn classify(e: &Error) -> Option<GatewayError> {
     use ErrorType::*;
+    if e.etype() == &forward::ENCODED_ANSWER {
+        return Some(GatewayError::BadGateway(
+            "the upstream sent a compressed answer although asked for identity; it cannot be accounted".into(),
+        ));
+    }
     match e.etype() {
         HTTPStatus(503) => Some(GatewayError::Unavailable("no healthy backend for this request".into())),
         HTTPStatus(code) if *code == 504 => Some(GatewayError::GatewayTimeout("upstream timed out".into())),

@@ -51,7 +51,13 @@ pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>) -> Res
         Ok(_) => Ok(()),
         Err(pe) => {
             if !pe.state.header_received && session.response_written().is_none() {
-                let e = GatewayError::BadGateway("upstream failed".into());
+                // The subrequest's own answer did not come through the pipe: say what it would
+                // have said (a compressed answer, a timeout, …).
+                let e = pe
+                    .from_subreq
+                    .then(|| super::classify(&pe.error))
+                    .flatten()
+                    .unwrap_or_else(|| GatewayError::BadGateway("upstream failed".into()));
                 return respond::error(session, &e, &request_id).await;
             }
             log::debug!("subrequest pipe ended: {}", pe.error);

@@ -39,6 +39,9 @@ pub struct SimConfig {
     pub block_chars: usize,
     /// Tokio worker threads of the binary (`--threads`, default 1; 1 = current-thread runtime).
     pub threads: usize,
+    /// Gzip every answer whatever the request's `Accept-Encoding` says (`--force-gzip`): a
+    /// misbehaving upstream, for testing that compression cannot dodge accounting.
+    pub force_gzip: bool,
 }
 
 impl Default for SimConfig {
@@ -58,6 +61,7 @@ impl Default for SimConfig {
             prefix_cache_blocks: 4096,
             block_chars: 64,
             threads: 1,
+            force_gzip: false,
         }
     }
 }
@@ -80,6 +84,7 @@ impl fmt::Debug for SimConfig {
             .field("prefix_cache_blocks", &self.prefix_cache_blocks)
             .field("block_chars", &self.block_chars)
             .field("threads", &self.threads)
+            .field("force_gzip", &self.force_gzip)
             .finish()
     }
 }
@@ -103,6 +108,7 @@ usage: mcas-sim [--listen ADDR] [flags]
   --prefix-cache-blocks N     prefix cache capacity in blocks (default 4096, 0 = off)
   --block-chars N             prompt chars per cache block (default 64)
   --threads N                 tokio worker threads (default 1)
+  --force-gzip                gzip every answer, even when asked for identity
   --help                      this text
 
 request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
@@ -129,6 +135,10 @@ impl SimConfig {
                 "--help" | "-h" => return Err(USAGE.to_string()),
                 "--health-requires-key" => {
                     cfg.health_requires_key = true;
+                    continue;
+                }
+                "--force-gzip" => {
+                    cfg.force_gzip = true;
                     continue;
                 }
                 _ => {}
@@ -208,6 +218,8 @@ mod tests {
         let cfg =
             SimConfig::from_args(args("--listen 127.0.0.1:9 --models a,b --tokens=3 --itl-ms 5 --health-requires-key"))
                 .unwrap();
+        assert!(!cfg.force_gzip);
+        assert!(SimConfig::from_args(args("--force-gzip --tokens 2")).unwrap().force_gzip);
         assert_eq!(cfg.listen.port(), 9);
         assert_eq!(cfg.models, vec!["a", "b"]);
         assert_eq!(cfg.tokens, 3);

@@ -9,6 +9,7 @@
 //! GET  …/ws (Upgrade)                      WebSocket echo; ?push_ms=N pushes "push <n>" frames
 //! request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
 //!                  x-sim-status: NNN;  every response carries x-mcas-replica
+//! --force-gzip: every answer gzipped, whatever Accept-Encoding says
 //! ```
 //!
 //! Token rules: prompt_tokens = ceil(prompt bytes / 4) (see [`openai`] for the prompt text);
@@ -17,6 +18,7 @@
 mod completion;
 pub mod config;
 mod echo;
+mod gzip;
 mod metrics;
 pub mod openai;
 pub mod prefix_cache;

@@ -20,7 +20,7 @@ use super::openai::Kind;
 use super::replica::Replica;
 use super::response::{self, Body};
 use super::route::{classify, Endpoint};
-use super::{echo, ws};
+use super::{echo, gzip, ws};
 
 pub const X_MCAS_REPLICA: HeaderName = HeaderName::from_static("x-mcas-replica");
 
@@ -57,6 +57,9 @@ pub async fn serve(listener: TcpListener, cfg: SimConfig) -> io::Result<()> {
 async fn handle(r: &Replica, req: Request<Incoming>) -> Response<Body> {
     let endpoint = classify(req.method(), req.uri().path());
     let mut resp = dispatch(r, endpoint, req).await;
+    if r.cfg.force_gzip {
+        resp = gzip::force(resp);
+    }
     resp.headers_mut().insert(X_MCAS_REPLICA, r.name.clone());
     r.metrics.answered(endpoint, resp.status().as_u16());
     resp
