@@ -7,6 +7,7 @@ mod gateway;
 mod limits;
 mod mcp;
 mod openai_sdk;
+mod policy;
 mod sim;
 mod streams;
 mod streams_bench;
