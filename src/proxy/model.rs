@@ -78,9 +78,14 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
         };
     }
     if media == "multipart/form-data" {
-        let boundary = request_body::multipart_boundary(&ct).map_err(bad)?;
-        let model = request_body::multipart_model(body, &ct).map_err(bad)?;
-        return Ok((Scan { model, ..Scan::default() }, Form::Multipart(boundary)));
+        let read = request_body::multipart_boundary(&ct)
+            .and_then(|b| request_body::multipart_model(body, &ct).map(|model| (model, b)));
+        return match read {
+            Ok((model, boundary)) => Ok((Scan { model, ..Scan::default() }, Form::Multipart(boundary))),
+            Err(e) if needs => Err(bad(e)),
+            // An upload on a route that needs no model, by a key that may use every model.
+            Err(_) => Ok((Scan::default(), Form::Opaque)),
+        };
     }
     match request_body::scan(body) {
         Ok(scan) if body.is_empty() => Ok((scan, Form::Opaque)),
