@@ -138,7 +138,8 @@ fn unreserved(c: u8) -> bool {
 
 /// RFC 3986 `pchar` without `%` (escapes are handled apart).
 fn pchar(c: u8) -> bool {
-    unreserved(c) || matches!(c, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
+    unreserved(c)
+        || matches!(c, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
 }
 
 #[cfg(test)]
@@ -148,8 +149,15 @@ mod tests {
 
     #[test]
     fn spellings_of_one_path_become_one() {
-        for p in ["/v1/models", "/v1//models", "/v1/%6dodels", "/v1/%6Dodels", "/v1/./models", "//v1/models", "/v1/x/../models"]
-        {
+        for p in [
+            "/v1/models",
+            "/v1//models",
+            "/v1/%6dodels",
+            "/v1/%6Dodels",
+            "/v1/./models",
+            "//v1/models",
+            "/v1/x/../models",
+        ] {
             assert_eq!(normalise(p).unwrap(), "/v1/models", "{p}");
         }
         assert_eq!(normalise("/v1/models/").unwrap(), "/v1/models/");

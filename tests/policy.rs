@@ -31,7 +31,8 @@ async fn setup() -> (Capture, Gw) {
 
 /// A raw HTTP/1.1 request (nothing normalised on the way, unlike a URL library).
 fn request(method: &str, target: &str, key: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {key}\r\nconnection: close\r\n");
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {key}\r\nconnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -146,7 +147,8 @@ async fn content_types_cannot_smuggle_a_forbidden_model() {
     let (status, _) = send(&gw, &request("POST", path, RESTRICTED, &mp, &chat("secret-b"))).await;
     assert_eq!(status, 400);
     // A model in the query is checked too, and may not disagree with the body.
-    let (status, _) = send(&gw, &request("POST", &format!("{path}?model=secret-b"), RESTRICTED, &[], &chat("allowed-a"))).await;
+    let (status, _) =
+        send(&gw, &request("POST", &format!("{path}?model=secret-b"), RESTRICTED, &[], &chat("allowed-a"))).await;
     assert_eq!(status, 400);
     let (status, body) = send(&gw, &request("POST", "/v1/embeddings?model=secret-b", RESTRICTED, &[], b"{}")).await;
     assert_eq!((status, code(&body).as_str()), (403, "model_not_allowed"));
@@ -221,7 +223,9 @@ fn form(fields: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         let filename = if *name == "file" { "; filename=\"a.wav\"\r\nContent-Type: audio/wav" } else { "" };
-        out.extend_from_slice(format!("--bNd\r\nContent-Disposition: form-data; name=\"{name}\"{filename}\r\n\r\n").as_bytes());
+        out.extend_from_slice(
+            format!("--bNd\r\nContent-Disposition: form-data; name=\"{name}\"{filename}\r\n\r\n").as_bytes(),
+        );
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
@@ -235,7 +239,8 @@ async fn multipart_model_fields_are_checked() {
     let ct = [("content-type", "multipart/form-data; boundary=bNd")];
     let audio: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect(); // over 64 KiB
     let path = "/v1/audio/transcriptions";
-    let (status, answer) = send(&gw, &request("POST", path, RESTRICTED, &ct, &form(&[("file", &audio), ("model", b"secret-b")]))).await;
+    let (status, answer) =
+        send(&gw, &request("POST", path, RESTRICTED, &ct, &form(&[("file", &audio), ("model", b"secret-b")]))).await;
     assert_eq!((status, code(&answer).as_str()), (403, "model_not_allowed"));
     for (what, body) in [
         ("no model", form(&[("file", &audio)])),
@@ -257,7 +262,8 @@ async fn multipart_model_fields_are_checked() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].body == body, "the upload changed on the way ({} bytes arrived)", seen[0].body.len());
     // No model on a route with a default: the default joins the form.
-    let (status, _) = send(&gw, &request("POST", "/d/v1/audio/transcriptions", RESTRICTED, &ct, &form(&[("file", &audio)]))).await;
+    let (status, _) =
+        send(&gw, &request("POST", "/d/v1/audio/transcriptions", RESTRICTED, &ct, &form(&[("file", &audio)]))).await;
     assert_eq!(status, 200);
     let seen = cap.take();
     let model = mcas::request_body::multipart_model(&seen[0].body, ct[0].1).unwrap();
@@ -294,7 +300,8 @@ async fn the_model_list_is_filtered_in_every_spelling() {
         assert!(target == "/v1/models" || target == "/v1/models/", "{path} reached the upstream as {target}");
     }
     // An event stream or upgrade cannot carry the list past the filter.
-    let (status, body) = send(&gw, &request("GET", "/v1/models", RESTRICTED, &[("accept", "text/event-stream")], b"")).await;
+    let (status, body) =
+        send(&gw, &request("GET", "/v1/models", RESTRICTED, &[("accept", "text/event-stream")], b"")).await;
     assert_eq!((status, ids(&body).len()), (200, 2));
     cap.take();
     // The key allowed every model sees every model.
@@ -302,7 +309,9 @@ async fn the_model_list_is_filtered_in_every_spelling() {
     assert_eq!(ids(&body).len(), 4);
     cap.take();
     // One model: 404 outside the key's globs, in any spelling; forwarded inside them.
-    for path in ["/v1/models/secret-b", "/v1/models/secret%2Db", "/v1//models/secret-b/", "/v1/models/allowed-a/../secret-b"] {
+    for path in
+        ["/v1/models/secret-b", "/v1/models/secret%2Db", "/v1//models/secret-b/", "/v1/models/allowed-a/../secret-b"]
+    {
         let (status, body) = send(&gw, &request("GET", path, RESTRICTED, &[], b"")).await;
         assert_eq!((status, code(&body).as_str()), (404, "model_not_found"), "{path}");
     }
@@ -323,7 +332,10 @@ async fn an_unreadable_model_list_is_a_502() {
         assert_eq!((status, code(&body).as_str()), (502, "bad_gateway"), "{list}");
         assert!(!body.contains("secret-b"), "{body}");
     }
-    cap.serve_models(&format!(r#"{{"object":"list","data":[{{"id":"allowed-a","pad":"{}"}},{{"id":"secret-b"}}]}}"#, "x".repeat(5 << 20)));
+    cap.serve_models(&format!(
+        r#"{{"object":"list","data":[{{"id":"allowed-a","pad":"{}"}},{{"id":"secret-b"}}]}}"#,
+        "x".repeat(5 << 20)
+    ));
     let (status, body) = send(&gw, &request("GET", "/v1/models", RESTRICTED, &[], b"")).await;
     assert_eq!(status, 502, "a list too large to filter: {}", &body[..body.len().min(200)]);
 }
@@ -343,7 +355,16 @@ async fn paths_are_canonical_or_refused() {
         assert_eq!(cap.take()[0].target, upstream, "{path}");
     }
     // Cannot be made canonical without guessing: 400, never forwarded.
-    for path in ["/v1/chat%2Fcompletions", "/v1/..%2F..%2Fadmin", "/v1/a%5Cb", "/../v1/models", "/v1/../../etc", "/v1/%2e%2e/%2e%2e/x", "/v1/a%zz", "/v1/a%00"] {
+    for path in [
+        "/v1/chat%2Fcompletions",
+        "/v1/..%2F..%2Fadmin",
+        "/v1/a%5Cb",
+        "/../v1/models",
+        "/v1/../../etc",
+        "/v1/%2e%2e/%2e%2e/x",
+        "/v1/a%zz",
+        "/v1/a%00",
+    ] {
         let (status, body) = send(&gw, &request("POST", path, ALL, &[], &chat("allowed-a"))).await;
         assert_eq!(status, 400, "{path}: {body}");
         code(&body);
@@ -354,7 +375,12 @@ async fn paths_are_canonical_or_refused() {
 #[tokio::test]
 async fn a_websocket_query_key_is_scrubbed_in_every_spelling() {
     let (cap, gw) = setup().await;
-    let upgrade = [("upgrade", "websocket"), ("connection", "upgrade"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")];
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
     for name in ["api_key", "api%5Fkey", "api%5fkey", "%61pi_key", "%61%70%69%5f%6b%65%79"] {
         let target = format!("/v1/ws?x=1&{name}={ALL}&y=2");
         let mut req = format!("GET {target} HTTP/1.1\r\nhost: gw\r\n");
@@ -387,4 +413,19 @@ async fn a_websocket_query_key_is_scrubbed_in_every_spelling() {
     assert_eq!(cap.take()[0].target, "/v1/ws?model=allowed-a");
     let (_, _) = send(&gw, ws("/d/v1/ws").as_bytes()).await;
     assert_eq!(cap.take()[0].target, "/v1/ws?model=allowed-default");
+}
+
+#[test]
+fn a_default_model_must_be_served_where_it_leads() {
+    use crate::common::gateway::check;
+    let base = "keys:\n  - { name: a, key: k, models: [\"*\"] }\nproviders:\n  - { name: p, url: \"http://127.0.0.1:9/v1\", models: [\"llama-*\"] ";
+    let (code, out) = check(&format!("{base}, default_model: qwen }}\n"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("providers[0].default_model"), "{out}");
+    let routes = "routes:\n  - { path: \"/v1/*\", provider: by_model, default_model: \"gpt-4\" }\n  - { path: \"/x/*\", provider: p, default_model: \"a\\\"b\" }\n";
+    let (code, out) = check(&format!("{base}}}\n{routes}"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("routes[0].default_model") && out.contains("routes[1].default_model"), "{out}");
+    let (code, out) = check(&format!("{base}, default_model: llama-3 }}\nroutes:\n  - {{ path: \"/v1/*\", provider: by_model, default_model: llama-4 }}\n"), &[]);
+    assert_eq!(code, 0, "{out}");
 }

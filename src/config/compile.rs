@@ -324,18 +324,9 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         return None;
     }
     Some(Arc::new(
-        Provider::new(
-            &p.name,
-            host_header,
-            base_path,
-            upstream_tls,
-            api_key,
-            models,
-            backends,
-            timeouts,
-        )
-        .with_fleet(fleet)
-        .with_default_model(default_model),
+        Provider::new(&p.name, host_header, base_path, upstream_tls, api_key, models, backends, timeouts)
+            .with_fleet(fleet)
+            .with_default_model(default_model),
     ))
 }
 

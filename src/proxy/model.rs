@@ -72,7 +72,9 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
     let encoded = header(http::header::CONTENT_ENCODING).is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
     if encoded && !body.is_empty() {
         return if needs {
-            Err(GatewayError::UnsupportedMediaType("compressed request bodies (Content-Encoding) are not accepted".into()))
+            Err(GatewayError::UnsupportedMediaType(
+                "compressed request bodies (Content-Encoding) are not accepted".into(),
+            ))
         } else {
             Ok((Scan::default(), Form::Opaque))
         };

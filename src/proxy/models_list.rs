@@ -60,15 +60,16 @@ pub async fn run(session: &mut Session, routed: Routed) -> Result<()> {
         return respond::error(session, &GatewayError::Internal, &request_id).await;
     };
     let mut held = Held::default();
-    let piped =
-        pipe_subrequest(session, sub, handle, |t| held.take(t), InputBodyType::Preset(InputBody::NoBody)).await;
+    let piped = pipe_subrequest(session, sub, handle, |t| held.take(t), InputBodyType::Preset(InputBody::NoBody)).await;
     if let Err(e) = &piped {
         log::debug!("model list subrequest ended: {}", e.error);
     }
     if session.response_written().is_some() {
         return Ok(());
     }
-    let refuse = |why: &str| GatewayError::BadGateway(format!("the upstream's model list {why}; it is not passed on unfiltered"));
+    let refuse = |why: &str| {
+        GatewayError::BadGateway(format!("the upstream's model list {why}; it is not passed on unfiltered"))
+    };
     let Some(mut header) = held.header.take() else {
         return respond::error(session, &refuse("did not arrive"), &request_id).await;
     };

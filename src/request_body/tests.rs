@@ -125,16 +125,29 @@ fn doubtful_forms_are_refused() {
     bad(form(&[(m, "a\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nb")]), "bare LF delimiter");
     bad(form(&[(m, "a")]).replace("--XyZ--\r\n", ""), "no close");
     bad(format!("{}--XyZ\r\n{m}\r\n\r\nb\r\n", form(&[(m, "a")])), "after close");
-    for ct in ["multipart/form-data", "multipart/form-data; boundary=", "multipart/mixed; boundary=XyZ",
-        "multipart/form-data; boundary=XyZ; boundary=Q", "multipart/form-data; boundary=XyZ; charset=utf-16",
-        "multipart/form-data; boundary=\"XyZ"] {
+    for ct in [
+        "multipart/form-data",
+        "multipart/form-data; boundary=",
+        "multipart/mixed; boundary=XyZ",
+        "multipart/form-data; boundary=XyZ; boundary=Q",
+        "multipart/form-data; boundary=XyZ; charset=utf-16",
+        "multipart/form-data; boundary=\"XyZ",
+    ] {
         assert!(multipart_model(form(&[(m, "a")]).as_bytes(), ct).is_err(), "{ct}");
     }
 }
 
 #[test]
 fn multipart_never_panics_on_odd_bytes() {
-    for b in [&b""[..], b"--XyZ", b"--XyZ\r\n", b"--XyZ\r\n\r\n", b"--XyZ\r\n--XyZ--", b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n--XyZ--", b"\r\n--XyZ--"] {
+    for b in [
+        &b""[..],
+        b"--XyZ",
+        b"--XyZ\r\n",
+        b"--XyZ\r\n\r\n",
+        b"--XyZ\r\n--XyZ--",
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n--XyZ--",
+        b"\r\n--XyZ--",
+    ] {
         let _ = multipart_model(b, CT);
     }
 }
