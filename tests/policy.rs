@@ -138,6 +138,10 @@ async fn content_types_cannot_smuggle_a_forbidden_model() {
         let (status, _) = send(&gw, &request("POST", path, key, &form, b"model=secret-b&prompt=x")).await;
         assert_eq!(status, 415);
     }
+    // Two Content-Type headers: which one an upstream believes is not for the gateway to guess.
+    let two = [("content-type", "application/json"), ("content-type", "multipart/form-data; boundary=x")];
+    let (status, _) = send(&gw, &request("POST", path, RESTRICTED, &two, &chat("allowed-a"))).await;
+    assert_eq!(status, 400);
     // A compressed body cannot be read: refused, not forwarded.
     let gz = [("content-type", "application/json"), ("content-encoding", "gzip")];
     let (status, _) = send(&gw, &request("POST", path, RESTRICTED, &gz, b"\x1f\x8b\x08\x00garbage")).await;
@@ -261,6 +265,12 @@ async fn multipart_model_fields_are_checked() {
     let seen = cap.take();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].body == body, "the upload changed on the way ({} bytes arrived)", seen[0].body.len());
+    // An upload by a key allowed every model, on a route that needs no model, streams through
+    // unread (as before: an upload is not bounded by server.max_body there).
+    let odd = b"--bNd\r\nnot really a form";
+    let (status, _) = send(&gw, &request("POST", "/d/v1/files", ALL, &ct, odd)).await;
+    assert_eq!(status, 200);
+    assert_eq!(cap.take()[0].body, odd);
     // No model on a route with a default: the default joins the form.
     let (status, _) =
         send(&gw, &request("POST", "/d/v1/audio/transcriptions", RESTRICTED, &ct, &form(&[("file", &audio)]))).await;

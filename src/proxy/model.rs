@@ -21,14 +21,22 @@ pub enum Form {
     Multipart(String),
 }
 
-/// Whether the body is read: every request that may carry one, except upgrades (their bytes
-/// after the header are the tunnel's) and MCP (JSON-RPC for the backend only).
+/// Whether the body may be read: every request that may carry one, except upgrades (their
+/// bytes after the header are the tunnel's). (MCP bodies, JSON-RPC for the backend only, and
+/// uploads that need no model are left to the caller.)
 pub fn reads_body(session: &mut Session) -> bool {
     if session.is_upgrade_req() {
         return false;
     }
     let method = &session.req_header().method;
     matches!(*method, http::Method::POST | http::Method::PUT | http::Method::PATCH) || !session.is_body_empty()
+}
+
+/// An upload (`multipart/*`, an octet stream): on a route that does not need the model, for a
+/// key that may use every model, it streams through unread (and unbounded by `server.max_body`).
+pub fn is_upload(req: &RequestHeader) -> bool {
+    let ct = req.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes().to_ascii_lowercase());
+    ct.is_some_and(|ct| ct.starts_with(b"multipart/") || ct.starts_with(b"application/octet-stream"))
 }
 
 /// Reads the whole body, refusing more than `max` bytes (by Content-Length before reading).
@@ -66,6 +74,11 @@ pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Vec<Byt
 /// Scans a read body by its form. `needs`: the route or the key needs the model, so a body
 /// that cannot be read is refused rather than forwarded.
 pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan, Form), GatewayError> {
+    for name in [http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING] {
+        if req.headers.get_all(&name).iter().count() > 1 {
+            return Err(GatewayError::BadRequest(format!("the request has more than one {name} header")));
+        }
+    }
     let header = |name: http::header::HeaderName| req.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()));
     let ct = header(http::header::CONTENT_TYPE).unwrap_or_default().to_string();
     let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();

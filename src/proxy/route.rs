@@ -68,7 +68,7 @@ pub async fn decide(
     };
     let needs = route.target == Target::ByModel || !key.models.allows_all();
     let (mut scan, mut form, mut chunks) = (Scan::default(), model::Form::Opaque, None);
-    if !mcp && model::reads_body(session) {
+    if !mcp && model::reads_body(session) && (needs || !model::is_upload(session.req_header())) {
         let body = match model::read_body(session, rt.server.max_body).await? {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
@@ -160,7 +160,9 @@ pub async fn decide(
         upstream_path.push_str(&q);
     }
     let streams = super::streams::RouteStreams::new(route, &provider);
-    let models_list = matches!(listing, Listing::All) && session.req_header().method == http::Method::GET;
+    let models_list = matches!(listing, Listing::All)
+        && session.req_header().method == http::Method::GET
+        && !key.models.allows_all();
     let routed = Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
