@@ -7,7 +7,7 @@ use super::model;
 use crate::auth::KeyEntry;
 use crate::error::GatewayError;
 use crate::request_body::Scan;
-use crate::routes::Target;
+use crate::routes::{Route, Target};
 use crate::runtime::Runtime;
 use crate::upstream::hash_key::{key_for, KeyInputs};
 use bytes::Bytes;
@@ -60,59 +60,15 @@ pub async fn decide(
         return Ok(Err(GatewayError::NotFound(safe_path(&path))));
     };
     let route_label = route.label.clone();
-    // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
-    let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
     let fixed = match route.target {
         Target::Provider(i) => rt.providers.get(i).cloned(),
         Target::ByModel => None,
     };
-    let needs = route.target == Target::ByModel || !key.models.allows_all();
-    let (mut scan, mut form, mut chunks) = (Scan::default(), model::Form::Opaque, None);
-    if !mcp && model::reads_body(session) && (needs || !model::is_upload(session.req_header())) {
-        let body = match model::read_body(session, rt.server.max_body).await? {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let whole = joined(&body);
-        (scan, form) = match model::scan_body(session.req_header(), &whole, needs) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        chunks = Some(body);
-    }
-    let listing = if mcp { Listing::None } else { listing(route, &path) };
-    let query = if mcp { Ok(None) } else { model::query_model(session.req_header()) };
-    let named = query.and_then(|q| model::named(&[scan.model.as_deref(), q.as_deref(), listing.id()]));
-    let named = match named {
-        Ok(m) => m,
+    let learned = match learn(session, rt, route, fixed.as_ref(), &key, &path).await? {
+        Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    // A model the request did not name: the route's default, else its provider's.
-    let mut defaulted = None;
-    let model = match named {
-        Some(m) => Some(m),
-        None if mcp || chunks.is_none() && !session.is_upgrade_req() => None,
-        None => {
-            let provider = fixed.as_ref().or(rt.providers.first());
-            let default = route.default_model.as_deref().or(provider.and_then(|p| p.default_model.as_deref()));
-            match model::fallback(&key, default) {
-                Ok(m) => {
-                    defaulted = m.clone();
-                    m
-                }
-                Err(e) => return Ok(Err(e)),
-            }
-        }
-    };
-    if let Some(m) = &model {
-        if !key.models.allows(m) {
-            // A model id in the path is not confirmed to exist for this key.
-            return Ok(Err(match listing {
-                Listing::One(_) => GatewayError::ModelNotFound(m.clone()),
-                _ => GatewayError::ModelNotAllowed(m.clone()),
-            }));
-        }
-    }
+    let Learned { scan, form, chunks, listing, model, defaulted } = learned;
     let provider = match (fixed, &model) {
         (Some(p), _) => Some(p),
         (None, Some(m)) => match rt.provider_for_model(m) {
@@ -148,21 +104,10 @@ pub async fn decide(
         Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
         None => path.clone(),
     };
-    let mut upstream_path = provider.upstream_path(&stripped);
-    let query = session.req_header().uri.query().map(str::to_string);
-    let query = match (query, defaulted.as_deref().filter(|_| session.is_upgrade_req())) {
-        // An upgrade names its model in the query: the default is written there.
-        (q, Some(m)) => Some(with_query_model(q.as_deref(), m)),
-        (q, None) => q,
-    };
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        upstream_path.push('?');
-        upstream_path.push_str(&q);
-    }
+    let upstream_path = upstream_target(session, provider.upstream_path(&stripped), defaulted.as_deref());
     let streams = super::streams::RouteStreams::new(route, &provider);
-    let models_list = matches!(listing, Listing::All)
-        && session.req_header().method == http::Method::GET
-        && !key.models.allows_all();
+    let models_list =
+        matches!(listing, Listing::All) && session.req_header().method == http::Method::GET && !key.models.allows_all();
     let routed = Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
@@ -182,6 +127,91 @@ pub async fn decide(
         streams,
     };
     Ok(Ok(Decision { routed, body: plan, models_list }))
+}
+
+/// What [`learn`] found: the scanned body and the model the request is for.
+struct Learned {
+    scan: Scan,
+    form: model::Form,
+    /// The body, when the gateway read it.
+    chunks: Option<Vec<Bytes>>,
+    listing: Listing,
+    /// The model checked and charged (named, or the default).
+    model: Option<String>,
+    /// The default model the gateway must write into the request.
+    defaulted: Option<String>,
+}
+
+/// Reads and scans the body where the model may be in it, finds every model the request
+/// names (body, query, `/models/{id}`), falls back to the default, and checks the key.
+async fn learn(
+    session: &mut Session,
+    rt: &Runtime,
+    route: &Route,
+    fixed: Option<&Arc<crate::upstream::Provider>>,
+    key: &KeyEntry,
+    path: &str,
+) -> Result<Result<Learned, GatewayError>> {
+    // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
+    let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
+    let needs = route.target == Target::ByModel || !key.models.allows_all();
+    let (mut scan, mut form, mut chunks) = (Scan::default(), model::Form::Opaque, None);
+    if !mcp && model::reads_body(session) && (needs || !model::is_upload(session.req_header())) {
+        let body = match model::read_body(session, rt.server.max_body).await? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        (scan, form) = match model::scan_body(session.req_header(), &joined(&body), needs) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        chunks = Some(body);
+    }
+    let listing = if mcp { Listing::None } else { listing(route, path) };
+    let query = if mcp { Ok(None) } else { model::query_model(session.req_header()) };
+    let named = match query.and_then(|q| model::named(&[scan.model.as_deref(), q.as_deref(), listing.id()])) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
+    };
+    // A model the request did not name: the route's default, else its provider's.
+    let mut defaulted = None;
+    let model = match named {
+        Some(m) => Some(m),
+        None if mcp || chunks.is_none() && !session.is_upgrade_req() => None,
+        None => {
+            let provider = fixed.or(rt.providers.first());
+            let default = route.default_model.as_deref().or(provider.and_then(|p| p.default_model.as_deref()));
+            match model::fallback(key, default) {
+                Ok(m) => {
+                    defaulted = m.clone();
+                    m
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    };
+    if let Some(m) = model.as_ref().filter(|m| !key.models.allows(m)) {
+        // A model id in the path does not exist for this key.
+        return Ok(Err(match listing {
+            Listing::One(_) => GatewayError::ModelNotFound(m.clone()),
+            _ => GatewayError::ModelNotAllowed(m.clone()),
+        }));
+    }
+    Ok(Ok(Learned { scan, form, chunks, listing, model, defaulted }))
+}
+
+/// The path and query sent upstream; an upgrade's default model is written into its query.
+fn upstream_target(session: &Session, mut target: String, defaulted: Option<&str>) -> String {
+    let query = session.req_header().uri.query().map(str::to_string);
+    let query = match (query, defaulted.filter(|_| session.is_upgrade_req())) {
+        (q, Some(m)) => Some(with_query_model(q.as_deref(), m)),
+        (q, None) => q,
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(&q);
+    }
+    target
 }
 
 /// How the read body reaches the upstream, rewritten when a default model or
@@ -264,7 +294,6 @@ fn safe_path(path: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::routes::Route;
 
     #[test]
     fn model_list_paths() {
