@@ -196,4 +196,20 @@ mod tests {
         assert_eq!(decode("org%2Fx%3A1").as_deref(), Some("org/x:1"));
         assert_eq!(decode("%FF"), None);
     }
+
+    /// Random paths from the characters that matter: no panic, and the result is canonical.
+    #[test]
+    fn random_paths_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let alphabet: Vec<char> = "/.%2eEfF5cC0aAz\\?#~é\u{0}".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..24);
+            let p: String = (0..len).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect();
+            if let Ok(once) = normalise(&p) {
+                assert_eq!(normalise(&once).as_ref(), Ok(&once), "{p:?}");
+                let _ = decode(&once);
+            }
+        }
+    }
 }

@@ -151,3 +151,23 @@ fn multipart_never_panics_on_odd_bytes() {
         let _ = multipart_model(b, CT);
     }
 }
+
+/// Random inputs built from the bytes that matter to the parsers: no panic, ever.
+#[test]
+fn random_inputs_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    let json_alphabet: &[u8] = b"{}[]\":,\\ \t\r\n0123456789-+.eEtruefalsnmodelMODEL\xff\xc3\xa9\x00u";
+    let form_alphabet: &[u8] = b"-XyZ\r\n:;=\" \\Content-Disposition form-data name model filename*\xff\x00";
+    for _ in 0..5_000 {
+        let len = rng.gen_range(0..64);
+        let json: Vec<u8> = (0..len).map(|_| json_alphabet[rng.gen_range(0..json_alphabet.len())]).collect();
+        let _ = scan(&json);
+        let mut form = b"--XyZ\r\n".to_vec();
+        form.extend((0..len).map(|_| form_alphabet[rng.gen_range(0..form_alphabet.len())]));
+        let _ = multipart_model(&form, CT);
+        let _ = multipart_model(&json, CT);
+        let ct = String::from_utf8_lossy(&form[7..]).to_string();
+        let _ = multipart_model(&form, &format!("multipart/form-data; boundary={ct}"));
+    }
+}
