@@ -275,7 +275,8 @@ fn listing(route: &crate::routes::Route, path: &str) -> Listing {
     let prefix = route.strip_prefix.as_deref().map(|p| p.trim_end_matches('/')).unwrap_or("");
     let rel = path.strip_prefix(prefix).unwrap_or(path);
     let segments: Vec<&str> = rel.split('/').collect();
-    let Some(at) = segments.iter().position(|s| *s == "models") else { return Listing::None };
+    // `models;x`: servers that read `;` as a path parameter (Java's) route it as `models`.
+    let Some(at) = segments.iter().position(|s| s.split(';').next() == Some("models")) else { return Listing::None };
     let id = segments[at + 1..].join("/");
     let id = id.trim_end_matches('/');
     if id.is_empty() {
@@ -304,6 +305,7 @@ mod tests {
         assert_eq!(listing(&r, "/v1/models/org/m%3A1"), Listing::One("org/m:1".into()));
         assert_eq!(listing(&r, "/v1/modelsx"), Listing::None);
         assert_eq!(listing(&r, "/v1/models-x/models"), Listing::All);
+        assert_eq!(listing(&r, "/v1/models;jsessionid=1"), Listing::All);
         assert_eq!(listing(&r, "/v1/chat/completions"), Listing::None);
         let s = Route::new("/api/*", Target::ByModel, Some("/api".into())).unwrap();
         assert_eq!(listing(&s, "/api/models"), Listing::All);
