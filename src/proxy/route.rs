@@ -238,7 +238,13 @@ fn joined(chunks: &[Bytes]) -> std::borrow::Cow<'_, [u8]> {
     match chunks {
         [] => std::borrow::Cow::Borrowed(&[][..]),
         [one] => std::borrow::Cow::Borrowed(&one[..]),
-        many => std::borrow::Cow::Owned(many.iter().flat_map(|c| c.iter().copied()).collect()),
+        many => {
+            let mut all = Vec::with_capacity(many.iter().map(Bytes::len).sum());
+            for c in many {
+                all.extend_from_slice(c);
+            }
+            std::borrow::Cow::Owned(all)
+        }
     }
 }
 
