@@ -74,7 +74,7 @@ pub async fn run(session: &mut Session, routed: Routed) -> Result<()> {
         return respond::error(session, &refuse("did not arrive"), &request_id).await;
     };
     if held.too_big || piped.is_err() {
-        return respond::error(session, &refuse("was too large or cut short"), &request_id).await;
+        return respond::error(session, &refuse("did not arrive whole (too large, or cut short)"), &request_id).await;
     }
     let body = if header.status == 200 {
         let plain = header.headers.get(http::header::CONTENT_ENCODING).is_none_or(|v| v.as_bytes() == b"identity");
