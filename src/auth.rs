@@ -17,6 +17,11 @@ impl ModelGlobs {
     pub fn allows(&self, model: &str) -> bool {
         self.0.iter().any(|p| p == "*" || glob_match::glob_match(p, model))
     }
+
+    /// The key may use every model (`*`): a request that names none needs no default.
+    pub fn allows_all(&self) -> bool {
+        self.0.iter().any(|p| p == "*" || p == "**")
+    }
 }
 
 /// A client key as the runtime knows it: its name, what it may use, when it is valid.

@@ -13,6 +13,10 @@ pub enum GatewayError {
     Unauthorized(AuthError),
     #[error("this API key may not use model \"{0}\"")]
     ModelNotAllowed(String),
+    #[error("{0}")]
+    ModelRequired(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("the model \"{0}\" does not exist or is not served here")]
@@ -48,6 +52,8 @@ impl GatewayError {
                 },
             ),
             GatewayError::ModelNotAllowed(_) => (403, "permission_error", "model_not_allowed"),
+            GatewayError::ModelRequired(_) => (400, "invalid_request_error", "model_required"),
+            GatewayError::UnsupportedMediaType(_) => (415, "invalid_request_error", "unsupported_media_type"),
             GatewayError::NotFound(_) => (404, "invalid_request_error", "not_found"),
             GatewayError::ModelNotFound(_) => (404, "invalid_request_error", "model_not_found"),
             GatewayError::PayloadTooLarge(_) => (413, "invalid_request_error", "request_too_large"),

@@ -24,6 +24,8 @@ pub struct Route {
     pub label: String,
     /// WebSocket, MCP and long-stream settings.
     pub opts: RouteOpts,
+    /// `routes[].default_model`: the model of a request that names none.
+    pub default_model: Option<String>,
 }
 
 /// What kind of backends a route leads to.
@@ -89,6 +91,7 @@ impl Route {
             implicit_v1,
             label: pattern.to_string(),
             opts: RouteOpts::default(),
+            default_model: None,
         })
     }
 

@@ -8,6 +8,7 @@ mod gateway;
 mod limits;
 mod mcp;
 mod openai_sdk;
+mod policy;
 mod secrets;
 mod sim;
 mod streams;

@@ -161,8 +161,9 @@ async fn model_globs_and_filtered_model_list() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "list");
     assert_eq!(ids(v), vec!["llama-3", "llama-4", "qwen-2"]);
+    // A model outside the key's globs does not exist for it (issue 10: 404, not 403).
     let r = client().get(gw.url("/v1/models/gpt-x")).bearer_auth("k-llama").send().await.unwrap();
-    assert_eq!(refusal(r).await.1, "model_not_allowed");
+    assert_eq!(refusal(r).await.1, "model_not_found");
     let v: Value = client().get(gw.url("/v1/models")).bearer_auth("k-all").send().await.unwrap().json().await.unwrap();
     assert_eq!(ids(v).len(), 4);
     let mut body = chat(false, false);

@@ -314,21 +314,19 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         None
     };
     let api_key = p.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+    let models = ModelGlobs(p.models.unwrap_or_else(|| vec!["*".to_string()]));
+    let dm_path = format!("{path}.default_model");
+    let default_model = default_model(&dm_path, p.default_model, errors);
+    if let Some(m) = default_model.as_ref().filter(|m| !models.allows(m)) {
+        errors.push(ConfigError::new(dm_path, format!("{m:?} is not one of this provider's models")));
+    }
     if errors.len() > start {
         return None;
     }
     Some(Arc::new(
-        Provider::new(
-            &p.name,
-            host_header,
-            base_path,
-            upstream_tls,
-            api_key,
-            ModelGlobs(p.models.unwrap_or_else(|| vec!["*".to_string()])),
-            backends,
-            timeouts,
-        )
-        .with_fleet(fleet),
+        Provider::new(&p.name, host_header, base_path, upstream_tls, api_key, models, backends, timeouts)
+            .with_fleet(fleet)
+            .with_default_model(default_model),
     ))
 }
 
@@ -369,6 +367,7 @@ fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors
             }
         }
         let opts = route_opts(&path, &r, errors);
+        let default_model = route_default_model(&path, &r, &target, opts.kind, providers, errors);
         match Route::new(&r.path, target, r.strip_prefix) {
             Ok(route) if out.iter().any(|o: &Route| o.same_paths(&route)) => errors.push(ConfigError::new(
                 format!("{path}.path"),
@@ -376,12 +375,50 @@ fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors
             )),
             Ok(mut route) => {
                 route.opts = opts;
+                route.default_model = default_model;
                 out.push(route)
             }
             Err(msg) => errors.push(ConfigError::new(format!("{path}.path"), msg)),
         }
     }
     RouteTable::new(out)
+}
+
+/// A model name as the gateway may write it into a request: non-empty, no control characters
+/// or quotes.
+fn default_model(path: &str, model: Option<String>, errors: &mut Vec<ConfigError>) -> Option<String> {
+    let m = model?;
+    if m.trim().is_empty() || m.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        errors.push(ConfigError::new(path, "must be a model name without control characters, quotes or backslashes"));
+        return None;
+    }
+    Some(m)
+}
+
+/// `routes[].default_model`: must be served where the route leads.
+fn route_default_model(
+    path: &str,
+    r: &RouteSection,
+    target: &Target,
+    kind: RouteKind,
+    providers: &[Arc<Provider>],
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let field = format!("{path}.default_model");
+    let m = default_model(&field, r.default_model.clone(), errors)?;
+    if kind == RouteKind::Mcp {
+        errors.push(ConfigError::new(field, "has no meaning on a route of kind mcp"));
+        return None;
+    }
+    let served = match target {
+        Target::Provider(i) => providers.get(*i).is_some_and(|p| p.models.allows(&m)),
+        Target::ByModel => providers.iter().any(|p| p.models.allows(&m)),
+    };
+    if !served {
+        errors.push(ConfigError::new(field, format!("{m:?} is not served by the provider(s) of this route")));
+        return None;
+    }
+    Some(m)
 }
 
 fn log(l: LogSection, errors: &mut Vec<ConfigError>) -> LogSettings {

@@ -154,6 +154,9 @@ pub struct ProviderSection {
     pub retries: Option<usize>,
     /// Providers to use, in order, when every backend of this one is down or open.
     pub fallbacks: Option<Vec<String>>,
+    /// The model a request that names none is checked and charged for (and sent upstream
+    /// with); must match `models`. Default: none (a key not allowed `*` must name the model).
+    pub default_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -271,6 +274,9 @@ pub struct RouteSection {
     pub max_streams_per_key: Option<usize>,
     /// Concurrent WebSocket tunnels on this route per key (429 beyond). Default: no cap.
     pub max_tunnels_per_key: Option<usize>,
+    /// The model a request on this route that names none is checked and charged for (and sent
+    /// upstream with); wins over the provider's. Default: the provider's `default_model`.
+    pub default_model: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

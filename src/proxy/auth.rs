@@ -41,16 +41,18 @@ pub fn is_websocket(req: &RequestHeader) -> bool {
 
 fn websocket_credential(req: &RequestHeader) -> Option<Secret> {
     if let Some(q) = req.uri.query() {
-        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-            if k == QUERY_PARAM && !v.is_empty() {
-                return Some(Secret::new(&*v));
+        for pair in q.split('&') {
+            if let Some(v) = query_key(pair) {
+                if !v.is_empty() {
+                    return Some(Secret::new(&v));
+                }
             }
         }
     }
     for value in req.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(v) = value.to_str() else { continue };
         for entry in v.split(',').map(str::trim) {
-            if let Some(key) = PROTOCOL_PREFIXES.iter().find_map(|p| entry.strip_prefix(p)) {
+            if let Some(key) = protocol_key(entry) {
                 if !key.is_empty() {
                     return Some(Secret::new(key));
                 }
@@ -60,21 +62,32 @@ fn websocket_credential(req: &RequestHeader) -> Option<Secret> {
     None
 }
 
-/// The query without `api_key` (other parameters keep their order and encoding).
+/// The value of one raw query pair (`a=b`) when its name, decoded as a form (`%5F`, `+`),
+/// is `api_key`. The one decoder both finds the credential and decides what is scrubbed, so
+/// no spelling can authenticate and still be forwarded.
+fn query_key(pair: &str) -> Option<String> {
+    let (name, value) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
+    (name == QUERY_PARAM).then(|| value.into_owned())
+}
+
+/// A `Sec-WebSocket-Protocol` entry carrying a key (prefix in any case): the key.
+fn protocol_key(entry: &str) -> Option<&str> {
+    PROTOCOL_PREFIXES.iter().find_map(|p| {
+        let head = entry.get(..p.len())?;
+        head.eq_ignore_ascii_case(p).then(|| &entry[p.len()..])
+    })
+}
+
+/// The query without `api_key` in any spelling (other parameters keep their order and
+/// encoding).
 pub fn strip_query_key(q: &str) -> String {
-    q.split('&')
-        .filter(|p| {
-            let name = p.split('=').next().unwrap_or("");
-            name != QUERY_PARAM
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    q.split('&').filter(|p| query_key(p).is_none()).collect::<Vec<_>>().join("&")
 }
 
 /// Removes `api_key` from the query of a WebSocket upgrade, in place, so neither the upstream
 /// nor a log line that quotes the request target (Pingora's own error lines do) sees it.
 pub fn scrub_query_key(req: &mut RequestHeader) {
-    let Some(q) = req.uri.query().filter(|q| q.contains(QUERY_PARAM)) else { return };
+    let Some(q) = req.uri.query() else { return };
     if !is_websocket(req) {
         return;
     }
@@ -96,7 +109,7 @@ pub fn strip_protocol_key(req: &RequestHeader) -> Option<Option<String>> {
         .iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|e| !e.is_empty() && !PROTOCOL_PREFIXES.iter().any(|p| e.starts_with(p)))
+        .filter(|e| !e.is_empty() && protocol_key(e).is_none())
         .collect();
     Some((!kept.is_empty()).then(|| kept.join(", ")))
 }
@@ -132,6 +145,12 @@ mod tests {
         assert_eq!(strip_protocol_key(&r), Some(None));
         assert_eq!(strip_query_key("a=1&api_key=k&b=%20"), "a=1&b=%20");
         assert_eq!(strip_query_key("api_key=k"), "");
+        assert_eq!(strip_query_key("a=1&api%5Fkey=k&api%5fkey=k2&b=2"), "a=1&b=2");
+        let r = req("/ws?api%5Fkey=k4", &ws);
+        assert_eq!(credential(&r).unwrap().expose(), "k4");
+        let r = req("/ws", &[ws[0], ws[1], ("sec-websocket-protocol", "chat, OpenAI-Insecure-API-Key.k5")]);
+        assert_eq!(credential(&r).unwrap().expose(), "k5");
+        assert_eq!(strip_protocol_key(&r), Some(Some("chat".to_string())));
         let mut r = req("/ws?api_key=k1&x=2", &ws);
         scrub_query_key(&mut r);
         assert_eq!(r.raw_path(), b"/ws?x=2");

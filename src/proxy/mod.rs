@@ -11,6 +11,8 @@ pub mod forward;
 pub mod heartbeat;
 pub mod limit;
 pub mod local;
+pub mod model;
+pub mod models_list;
 pub mod pipe;
 pub mod respond;
 pub mod rewrite;
@@ -89,11 +91,6 @@ impl Gateway {
         if let Err(e) = limit::admit(&key, &mut ctx.limit) {
             return self.refuse(session, ctx, e).await;
         }
-        match rewrite::models_request(session.req_header(), &key.models) {
-            Ok(Some(filter)) => ctx.rewrite = rewrite::ResponseRewrite::Models(filter),
-            Ok(None) => {}
-            Err(e) => return self.refuse(session, ctx, e).await,
-        }
         let meta = route::RequestMeta {
             request_id: ctx.request_id.clone(),
             started: ctx.started,
@@ -104,7 +101,13 @@ impl Gateway {
             Ok(d) => d,
             Err(e) => return self.refuse(session, ctx, e).await,
         };
-        let route::Decision { mut routed, body } = decision;
+        let route::Decision { mut routed, body, models_list } = decision;
+        if models_list {
+            // Before any stream handling: an upgrade or event stream must not carry the list past the filter.
+            ctx.piped = true;
+            models_list::run(session, routed).await?;
+            return Ok(Step::Answered);
+        }
         match streams::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
             streams::Admit::Answered(status) => {
                 ctx.local_status = Some(status);

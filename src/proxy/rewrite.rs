@@ -2,17 +2,17 @@
 //! - a streamed completion that did not ask for `stream_options.include_usage` gets it added
 //!   (so tokens can be counted), and the extra usage event is removed from the response
 //!   before the client sees it — every other byte is passed on unchanged;
-//! - `GET …/models` lists only the models the key may use.
+//! - a request that names no model gets the `default_model` it was checked for;
+//! - `GET …/models` lists only the models the key may use (see `models_list`).
 
 use super::stream::BodyKind;
 use crate::auth::ModelGlobs;
-use crate::error::GatewayError;
 use crate::sse;
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::Value;
 
-/// An event or models list larger than this is passed on (events) or refused (lists) whole.
+/// An event larger than this is passed on whole, unchecked.
 const MAX_HELD: usize = 4 << 20;
 
 /// What the response body filter does for this request.
@@ -21,7 +21,6 @@ pub enum ResponseRewrite {
     #[default]
     None,
     StripUsage(SseStrip),
-    Models(ModelsFilter),
 }
 
 impl ResponseRewrite {
@@ -30,10 +29,6 @@ impl ResponseRewrite {
         let changes_length = match self {
             ResponseRewrite::None => false,
             ResponseRewrite::StripUsage(_) => kind == BodyKind::Sse,
-            ResponseRewrite::Models(f) => {
-                f.active = resp.status == 200;
-                f.active
-            }
         };
         if changes_length {
             resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -48,7 +43,6 @@ impl ResponseRewrite {
             ResponseRewrite::None => {}
             ResponseRewrite::StripUsage(s) if kind == BodyKind::Sse => s.filter(body, end),
             ResponseRewrite::StripUsage(_) => {}
-            ResponseRewrite::Models(f) => f.filter(body, end),
         }
     }
 }
@@ -59,20 +53,25 @@ pub fn set_body_length(req: &mut RequestHeader, len: usize) -> pingora::Result<(
     req.insert_header(http::header::CONTENT_LENGTH, len.to_string())
 }
 
-/// The request body with `stream_options.include_usage: true`, or `None` when it is not a
-/// JSON object (then it is forwarded unchanged and usage may be unknown).
-pub fn with_include_usage(chunks: &[Bytes]) -> Option<Bytes> {
-    let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-    for c in chunks {
-        all.extend_from_slice(c);
+/// The JSON request body with `model` set (a default the request did not name) and/or
+/// `stream_options.include_usage: true`; `None` when nothing is to change or the body is not
+/// a JSON object (then it is forwarded unchanged and usage may be unknown).
+pub fn json_body(chunks: &[Bytes], set_model: Option<&str>, include_usage: bool) -> Option<Bytes> {
+    if set_model.is_none() && !include_usage {
+        return None;
     }
-    let mut v: Value = serde_json::from_slice(&all).ok()?;
+    let mut v: Value = serde_json::from_slice(&concat(chunks)).ok()?;
     let obj = v.as_object_mut()?;
-    let opts = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
-    if !opts.is_object() {
-        *opts = Value::Object(Default::default());
+    if let Some(m) = set_model {
+        obj.insert("model".into(), Value::String(m.to_string()));
     }
-    opts.as_object_mut()?.insert("include_usage".into(), Value::Bool(true));
+    if include_usage {
+        let opts = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+        if !opts.is_object() {
+            *opts = Value::Object(Default::default());
+        }
+        opts.as_object_mut()?.insert("include_usage".into(), Value::Bool(true));
+    }
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
@@ -142,63 +141,35 @@ fn is_usage_event(event: &[u8]) -> bool {
     }
 }
 
-/// `GET …/models`: filter the list the upstream returns. `GET …/models/{id}` of a model the
-/// key may not use: refused like a completion for it would be.
-pub fn models_request(req: &RequestHeader, globs: &ModelGlobs) -> Result<Option<ModelsFilter>, GatewayError> {
-    if req.method != http::Method::GET {
-        return Ok(None);
-    }
-    let path = req.uri.path();
-    if path.ends_with("/models") {
-        return Ok(Some(ModelsFilter::new(globs.clone())));
-    }
-    match path.rsplit_once("/models/") {
-        Some((_, id)) if !id.is_empty() && !globs.allows(id) => Err(GatewayError::ModelNotAllowed(id.to_string())),
-        _ => Ok(None),
-    }
+/// A `/models` list (`{"data":[{"id":…},…]}`) with only the entries whose `id` the key's
+/// globs allow; `None` when it is not such a list (the caller answers 502 rather than pass on
+/// a list it could not filter).
+pub fn filter_models(body: &[u8], globs: &ModelGlobs) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let list = v.as_object_mut()?.get_mut("data")?.as_array_mut()?;
+    list.retain(|m| m.get("id").and_then(Value::as_str).is_some_and(|id| globs.allows(id)));
+    serde_json::to_vec(&v).ok()
 }
 
-/// Buffers a `/models` list and keeps the entries whose `id` the key's globs allow.
-#[derive(Debug)]
-pub struct ModelsFilter {
-    globs: ModelGlobs,
-    buf: Vec<u8>,
-    overflow: bool,
-    /// Set once the response turned out to be a JSON 200 worth filtering.
-    pub active: bool,
+/// A multipart form with a `model` field added as its last part; `None` when the form is
+/// not one the scanner accepts.
+pub fn multipart_with_model(chunks: &[Bytes], boundary: &str, model: &str) -> Option<Bytes> {
+    let all = concat(chunks);
+    let at = crate::request_body::close_offset(&all, boundary.as_bytes()).ok()?;
+    let part = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n");
+    let mut out = Vec::with_capacity(all.len() + part.len());
+    out.extend_from_slice(&all[..at]);
+    out.extend_from_slice(part.as_bytes());
+    out.extend_from_slice(&all[at..]);
+    Some(Bytes::from(out))
 }
 
-impl ModelsFilter {
-    pub fn new(globs: ModelGlobs) -> Self {
-        ModelsFilter { globs, buf: Vec::new(), overflow: false, active: false }
+fn concat(chunks: &[Bytes]) -> Vec<u8> {
+    let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for c in chunks {
+        all.extend_from_slice(c);
     }
-
-    pub fn filter(&mut self, body: &mut Option<Bytes>, end: bool) {
-        if !self.active {
-            return;
-        }
-        if let Some(b) = body.take() {
-            if self.buf.len() + b.len() > MAX_HELD {
-                self.overflow = true;
-                self.buf = Vec::new();
-            } else if !self.overflow {
-                self.buf.extend_from_slice(&b);
-            }
-        }
-        if end {
-            // Too large to check: say nothing rather than list models the key may not use.
-            let out = if self.overflow { br#"{"object":"list","data":[]}"#.to_vec() } else { self.filtered() };
-            *body = Some(Bytes::from(out));
-        }
-    }
-
-    fn filtered(&self) -> Vec<u8> {
-        let Ok(mut v) = serde_json::from_slice::<Value>(&self.buf) else { return self.buf.clone() };
-        if let Some(list) = v.get_mut("data").and_then(Value::as_array_mut) {
-            list.retain(|m| m.get("id").and_then(Value::as_str).is_some_and(|id| self.globs.allows(id)));
-        }
-        serde_json::to_vec(&v).unwrap_or_default()
-    }
+    all
 }
 
 #[cfg(test)]
@@ -247,24 +218,37 @@ mod tests {
     }
 
     #[test]
-    fn include_usage_is_added() {
-        let b = with_include_usage(&[Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":{}}"#)]);
-        let v: Value = serde_json::from_slice(&b.unwrap()).unwrap();
+    fn include_usage_and_default_model_are_added() {
+        let body = [Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":{}}"#)];
+        let v: Value = serde_json::from_slice(&json_body(&body, None, true).unwrap()).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
-        assert!(with_include_usage(&[Bytes::from_static(b"[1]")]).is_none());
+        assert!(json_body(&[Bytes::from_static(b"[1]")], None, true).is_none());
+        assert!(json_body(&body, None, false).is_none());
+        let body = [Bytes::from_static(br#"{"model":null,"x":1}"#)];
+        let v: Value = serde_json::from_slice(&json_body(&body, Some("d"), false).unwrap()).unwrap();
+        assert_eq!(v["model"], "d");
+        assert_eq!(v["x"], 1);
     }
 
     #[test]
-    fn models_are_filtered() {
-        let mut f = ModelsFilter::new(ModelGlobs(vec!["a*".into()]));
-        f.active = true;
-        let mut b = Some(Bytes::from_static(br#"{"object":"list","data":[{"id":"ab"},"#));
-        f.filter(&mut b, false);
-        assert!(b.is_none());
-        let mut b = Some(Bytes::from_static(br#"{"id":"b"}]}"#));
-        f.filter(&mut b, true);
-        let v: Value = serde_json::from_slice(&b.unwrap()).unwrap();
+    fn a_default_model_joins_a_form() {
+        let form = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nxx\r\n--B--\r\n";
+        let out = multipart_with_model(&[Bytes::from(form)], "B", "d").unwrap();
+        let ct = "multipart/form-data; boundary=B";
+        assert_eq!(crate::request_body::multipart_model(&out, ct).unwrap().as_deref(), Some("d"));
+        let out = multipart_with_model(&[Bytes::from_static(b"--B--")], "B", "d").unwrap();
+        assert_eq!(crate::request_body::multipart_model(&out, ct).unwrap().as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn models_are_filtered_or_refused() {
+        let globs = ModelGlobs(vec!["a*".into()]);
+        let out = filter_models(br#"{"object":"list","data":[{"id":"ab"},{"id":"b"},{"x":1}]}"#, &globs).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 1);
         assert_eq!(v["data"][0]["id"], "ab");
+        for bad in [&b"not json"[..], b"[]", br#"{"data":{}}"#, br#"{"object":"list"}"#, b""] {
+            assert!(filter_models(bad, &globs).is_none());
+        }
     }
 }

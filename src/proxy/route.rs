@@ -1,17 +1,18 @@
-//! Route: match the path, read a JSON body (bounded) to learn `model` and `stream`, check the
-//! key may use the model, pick the provider, and decide how the body reaches the upstream.
+//! Route: make the path canonical and match it, learn the model ([`model`]: body, query,
+//! `/models/{id}`, defaults), check the key may use it, pick the provider, and decide how the
+//! body reaches the upstream.
 
 use super::ctx::Routed;
-use super::rewrite;
+use super::model;
 use crate::auth::KeyEntry;
 use crate::error::GatewayError;
-use crate::routes::Target;
+use crate::request_body::Scan;
+use crate::routes::{Route, Target};
 use crate::runtime::Runtime;
 use crate::upstream::hash_key::{key_for, KeyInputs};
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,27 +31,11 @@ pub enum BodyPlan {
     Pipe(Vec<Bytes>),
 }
 
-/// The fields of an OpenAI request body the gateway needs; everything else is skipped.
-#[derive(serde::Deserialize, Default)]
-struct Peek {
-    /// OpenAI's end-user id (a hash key source); kept raw so an odd type is not an error.
-    user: Option<Box<RawValue>>,
-    /// Only the first system and first user messages are kept (see [`FirstMessages`]).
-    #[serde(default)]
-    messages: FirstMessages,
-    model: Option<String>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
 pub struct Decision {
     pub routed: Routed,
     pub body: BodyPlan,
+    /// `GET …/models`: the list is fetched whole and filtered (see `models_list`).
+    pub models_list: bool,
 }
 
 pub struct RequestMeta {
@@ -66,57 +51,32 @@ pub async fn decide(
     key: Arc<KeyEntry>,
     meta: RequestMeta,
 ) -> Result<Result<Decision, GatewayError>> {
-    let path = session.req_header().uri.path().to_string();
+    // The one canonical path: matched here and forwarded as is.
+    let path = match crate::http_path::normalise(session.req_header().uri.path()) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(GatewayError::BadRequest(format!("cannot route this path: {e}")))),
+    };
     let Some(route) = rt.routes.find(&path) else {
         return Ok(Err(GatewayError::NotFound(safe_path(&path))));
     };
     let route_label = route.label.clone();
-    let (mut plan, mut peek, mut body_len, mut new_body) = (BodyPlan::Untouched, Peek::default(), None, None);
-    // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
-    let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
-    if !mcp && wants_json_read(session) {
-        let body = match read_body(session, rt.server.max_body).await? {
-            Ok(chunks) => chunks,
-            Err(e) => return Ok(Err(e)),
-        };
-        let len: usize = body.iter().map(Bytes::len).sum();
-        if len > 0 {
-            peek = match parse_peek(&body, len) {
-                Ok(p) => p,
-                Err(e) => return Ok(Err(e)),
-            };
-        }
-        let asked_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-        let added_usage = (peek.stream == Some(true) && !asked_usage).then(|| rewrite::with_include_usage(&body));
-        plan = match added_usage.flatten() {
-            // Small: Pingora replays the retry buffer through `request_body_filter`, which
-            // swaps in the new body. Large: the new body goes through the subrequest pipe.
-            Some(new) => {
-                body_len = Some(new.len());
-                if len > RETRY_BUFFER_LIMIT {
-                    BodyPlan::Pipe(vec![new])
-                } else {
-                    new_body = Some(new.clone());
-                    BodyPlan::Replay(vec![new])
-                }
-            }
-            None if len > RETRY_BUFFER_LIMIT => BodyPlan::Pipe(body),
-            None => BodyPlan::Replay(body),
-        };
-    }
-    if let Some(model) = &peek.model {
-        if !key.models.allows(model) {
-            return Ok(Err(GatewayError::ModelNotAllowed(model.clone())));
-        }
-    }
-    let provider = match (&route.target, &peek.model) {
-        (Target::Provider(i), _) => rt.providers.get(*i).cloned(),
-        (Target::ByModel, Some(model)) => match rt.provider_for_model(model) {
+    let fixed = match route.target {
+        Target::Provider(i) => rt.providers.get(i).cloned(),
+        Target::ByModel => None,
+    };
+    let learned = match learn(session, rt, route, fixed.as_ref(), &key, &path).await? {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Learned { scan, form, chunks, listing, model, defaulted } = learned;
+    let provider = match (fixed, &model) {
+        (Some(p), _) => Some(p),
+        (None, Some(m)) => match rt.provider_for_model(m) {
             Some(p) => Some(p.clone()),
-            None => return Ok(Err(GatewayError::ModelNotFound(model.clone()))),
+            None => return Ok(Err(GatewayError::ModelNotFound(m.clone()))),
         },
         // No model in the request (GET /v1/models, …): the first provider answers.
-        (Target::ByModel, None) => rt.providers.first().cloned(),
+        (None, None) => rt.providers.first().cloned(),
     };
     let Some(provider) = provider else {
         return Ok(Err(GatewayError::Unavailable("no provider is configured for this route".into())));
@@ -125,12 +85,16 @@ pub async fn decide(
     let Some(provider) = rt.serving(&provider) else {
         return Ok(Err(GatewayError::Unavailable(format!("every backend of provider {:?} is down", provider.name))));
     };
-    let fingerprint = peek.prefix_fingerprint();
+    let add_usage = scan.stream == Some(true) && scan.include_usage != Some(true);
+    let (plan, body_len, new_body, strip_usage) = match chunks {
+        None => (BodyPlan::Untouched, None, None, false),
+        Some(body) => body_plan(body, &form, defaulted.as_deref(), add_usage),
+    };
     let inputs = KeyInputs {
         headers: &session.req_header().headers,
         key_name: &key.name,
-        user: peek.user(),
-        prefix: fingerprint.as_ref().map(|f| f.as_slice()),
+        user: scan.user.as_deref(),
+        prefix: scan.prefix.as_ref().map(|f| f.as_slice()),
         client_ip: meta.client_ip.as_deref(),
     };
     // No source present: a random key spreads such requests like round robin would.
@@ -140,12 +104,10 @@ pub async fn decide(
         Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
         None => path.clone(),
     };
-    let mut upstream_path = provider.upstream_path(&stripped);
-    if let Some(q) = session.req_header().uri.query() {
-        upstream_path.push('?');
-        upstream_path.push_str(q);
-    }
+    let upstream_path = upstream_target(session, provider.upstream_path(&stripped), defaulted.as_deref());
     let streams = super::streams::RouteStreams::new(route, &provider);
+    let models_list =
+        matches!(listing, Listing::All) && session.req_header().method == http::Method::GET && !key.models.allows_all();
     let routed = Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
@@ -155,77 +117,179 @@ pub async fn decide(
         provider,
         hash_key,
         upstream_path,
-        model: peek.model,
-        stream: peek.stream.unwrap_or(false),
+        model,
+        stream: scan.stream.unwrap_or(false),
         client_ip: meta.client_ip,
         client_proto: meta.client_proto,
-        strip_usage: body_len.is_some(),
+        strip_usage,
         body_len,
         new_body,
         streams,
     };
-    Ok(Ok(Decision { routed, body: plan }))
+    Ok(Ok(Decision { routed, body: plan, models_list }))
 }
 
-/// POST/PUT/PATCH bodies are read as JSON, except uploads (`multipart/*`, octet streams), which
-/// stream through untouched. (`curl -d` labels JSON as form data, so that counts as JSON.)
-fn wants_json_read(session: &Session) -> bool {
-    let req = session.req_header();
-    if !matches!(req.method, http::Method::POST | http::Method::PUT | http::Method::PATCH) {
-        return false;
-    }
-    match req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(ct) => {
-            let ct = ct.to_ascii_lowercase();
-            !(ct.starts_with("multipart/") || ct.starts_with("application/octet-stream"))
-        }
-    }
+/// What [`learn`] found: the scanned body and the model the request is for.
+struct Learned {
+    scan: Scan,
+    form: model::Form,
+    /// The body, when the gateway read it.
+    chunks: Option<Vec<Bytes>>,
+    listing: Listing,
+    /// The model checked and charged (named, or the default).
+    model: Option<String>,
+    /// The default model the gateway must write into the request.
+    defaulted: Option<String>,
 }
 
-/// Reads the whole body, refusing more than `max` bytes (by Content-Length before reading).
-async fn read_body(session: &mut Session, max: u64) -> Result<Result<Vec<Bytes>, GatewayError>> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Ok(Err(GatewayError::PayloadTooLarge(max)));
+/// Reads and scans the body where the model may be in it, finds every model the request
+/// names (body, query, `/models/{id}`), falls back to the default, and checks the key.
+async fn learn(
+    session: &mut Session,
+    rt: &Runtime,
+    route: &Route,
+    fixed: Option<&Arc<crate::upstream::Provider>>,
+    key: &KeyEntry,
+    path: &str,
+) -> Result<Result<Learned, GatewayError>> {
+    // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
+    let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
+    let needs = route.target == Target::ByModel || !key.models.allows_all();
+    let (mut scan, mut form, mut chunks) = (Scan::default(), model::Form::Opaque, None);
+    if !mcp && model::reads_body(session) && (needs || !model::is_upload(session.req_header())) {
+        let body = match model::read_body(session, rt.server.max_body).await? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        (scan, form) = match model::scan_body(session.req_header(), &joined(&body), needs) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        chunks = Some(body);
     }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session.write_continue_response().await?;
-    }
-    session.enable_retry_buffering();
-    let mut chunks = Vec::new();
-    let mut total: u64 = 0;
-    while let Some(chunk) = session.read_request_body().await? {
-        total += chunk.len() as u64;
-        if total > max {
-            return Ok(Err(GatewayError::PayloadTooLarge(max)));
-        }
-        chunks.push(chunk);
-    }
-    Ok(Ok(chunks))
-}
-
-fn parse_peek(chunks: &[Bytes], len: usize) -> Result<Peek, GatewayError> {
-    let parsed = if chunks.len() == 1 {
-        serde_json::from_slice::<Peek>(&chunks[0])
-    } else {
-        let mut all = Vec::with_capacity(len);
-        for c in chunks {
-            all.extend_from_slice(c);
-        }
-        serde_json::from_slice::<Peek>(&all)
+    let listing = if mcp { Listing::None } else { listing(route, path) };
+    let query = if mcp { Ok(None) } else { model::query_model(session.req_header()) };
+    let named = match query.and_then(|q| model::named(&[scan.model.as_deref(), q.as_deref(), listing.id()])) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
     };
-    parsed.map_err(|e| GatewayError::InvalidJson(e.to_string()))
+    // A model the request did not name: the route's default, else its provider's.
+    let mut defaulted = None;
+    let model = match named {
+        Some(m) => Some(m),
+        None if mcp || chunks.is_none() && !session.is_upgrade_req() => None,
+        None => {
+            let provider = fixed.or(rt.providers.first());
+            let default = route.default_model.as_deref().or(provider.and_then(|p| p.default_model.as_deref()));
+            match model::fallback(key, default) {
+                Ok(m) => {
+                    defaulted = m.clone();
+                    m
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    };
+    if let Some(m) = model.as_ref().filter(|m| !key.models.allows(m)) {
+        // A model id in the path does not exist for this key.
+        return Ok(Err(match listing {
+            Listing::One(_) => GatewayError::ModelNotFound(m.clone()),
+            _ => GatewayError::ModelNotAllowed(m.clone()),
+        }));
+    }
+    Ok(Ok(Learned { scan, form, chunks, listing, model, defaulted }))
+}
+
+/// The path and query sent upstream; an upgrade's default model is written into its query.
+fn upstream_target(session: &Session, mut target: String, defaulted: Option<&str>) -> String {
+    let query = session.req_header().uri.query().map(str::to_string);
+    let query = match (query, defaulted.filter(|_| session.is_upgrade_req())) {
+        (q, Some(m)) => Some(with_query_model(q.as_deref(), m)),
+        (q, None) => q,
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(&q);
+    }
+    target
+}
+
+/// How the read body reaches the upstream, rewritten when a default model or
+/// `include_usage` is added: (plan, new length, new body for the retry buffer, strip usage).
+fn body_plan(
+    body: Vec<Bytes>,
+    form: &model::Form,
+    set_model: Option<&str>,
+    add_usage: bool,
+) -> (BodyPlan, Option<usize>, Option<Bytes>, bool) {
+    let add_usage = add_usage && *form == model::Form::Json;
+    let len: usize = body.iter().map(Bytes::len).sum();
+    match model::rewritten(&body, form, set_model, add_usage) {
+        // Small: Pingora replays the retry buffer through `request_body_filter`, which swaps
+        // in the new body. Large: the new body goes through the subrequest pipe.
+        Some(new) if len > RETRY_BUFFER_LIMIT => (BodyPlan::Pipe(vec![new.clone()]), Some(new.len()), None, add_usage),
+        Some(new) => (BodyPlan::Replay(vec![new.clone()]), Some(new.len()), Some(new), add_usage),
+        None if len > RETRY_BUFFER_LIMIT => (BodyPlan::Pipe(body), None, None, false),
+        None => (BodyPlan::Replay(body), None, None, false),
+    }
+}
+
+fn joined(chunks: &[Bytes]) -> std::borrow::Cow<'_, [u8]> {
+    match chunks {
+        [] => std::borrow::Cow::Borrowed(&[][..]),
+        [one] => std::borrow::Cow::Borrowed(&one[..]),
+        many => {
+            let mut all = Vec::with_capacity(many.iter().map(Bytes::len).sum());
+            for c in many {
+                all.extend_from_slice(c);
+            }
+            std::borrow::Cow::Owned(all)
+        }
+    }
+}
+
+fn with_query_model(query: Option<&str>, model: &str) -> String {
+    let pair: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("model", model).finish();
+    match query {
+        Some(q) if !q.is_empty() => format!("{q}&{pair}"),
+        _ => pair,
+    }
+}
+
+/// A path into the provider's model list.
+#[derive(Debug, PartialEq, Eq)]
+enum Listing {
+    None,
+    /// `…/models` (or `…/models/`): the list.
+    All,
+    /// `…/models/{id}`, the id decoded as the upstream's router would.
+    One(String),
+}
+
+impl Listing {
+    fn id(&self) -> Option<&str> {
+        match self {
+            Listing::One(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the canonical path below the route's own prefix: the first `models` segment
+/// makes it a model list path; what follows it is a model id (ids may hold `/`).
+fn listing(route: &crate::routes::Route, path: &str) -> Listing {
+    let prefix = route.strip_prefix.as_deref().map(|p| p.trim_end_matches('/')).unwrap_or("");
+    let rel = path.strip_prefix(prefix).unwrap_or(path);
+    let segments: Vec<&str> = rel.split('/').collect();
+    // `models;x`: servers that read `;` as a path parameter (Java's) route it as `models`.
+    let Some(at) = segments.iter().position(|s| s.split(';').next() == Some("models")) else { return Listing::None };
+    let id = segments[at + 1..].join("/");
+    let id = id.trim_end_matches('/');
+    if id.is_empty() {
+        return Listing::All;
+    }
+    // Not UTF-8 once decoded: no model the key's globs could allow.
+    Listing::One(crate::http_path::decode(id).unwrap_or_else(|| "\u{fffd}".to_string()))
 }
 
 /// The path for an error message: bounded, printable, no query (it may hold a key).
@@ -233,96 +297,23 @@ fn safe_path(path: &str) -> String {
     path.chars().filter(|c| c.is_ascii_graphic()).take(200).collect()
 }
 
-/// The raw `content` of the first system and the first user message, for the prefix
-/// fingerprint: in a multi-turn chat they stay the same while the history grows.
-#[derive(Default)]
-struct FirstMessages {
-    system: Option<Box<RawValue>>,
-    user: Option<Box<RawValue>>,
-}
-
-impl<'de> serde::Deserialize<'de> for FirstMessages {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FirstMessages;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of messages")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<FirstMessages, A::Error> {
-                #[derive(serde::Deserialize)]
-                struct Msg {
-                    role: Option<String>,
-                    content: Option<Box<RawValue>>,
-                }
-                let mut out = FirstMessages::default();
-                while out.system.is_none() || out.user.is_none() {
-                    let Some(m) = seq.next_element::<Msg>()? else { return Ok(out) };
-                    let slot = match m.role.as_deref() {
-                        Some("system" | "developer") => &mut out.system,
-                        Some("user") => &mut out.user,
-                        _ => continue,
-                    };
-                    if slot.is_none() {
-                        *slot = m.content;
-                    }
-                }
-                // Both found: skip the rest of the history without keeping it.
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(out)
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
-impl Peek {
-    /// SHA-256 of the model and the first system and user messages; `None` without a user
-    /// message (nothing conversation-like to keep together).
-    fn prefix_fingerprint(&self) -> Option<[u8; 32]> {
-        use sha2::{Digest, Sha256};
-        let user = self.messages.user.as_ref()?;
-        let mut h = Sha256::new();
-        h.update(self.model.as_deref().unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(self.messages.system.as_ref().map(|s| s.get()).unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(user.get().as_bytes());
-        Some(h.finalize().into())
-    }
-
-    /// `user` as text: a JSON string's value, else the raw JSON.
-    fn user(&self) -> Option<&str> {
-        let raw = self.user.as_ref()?.get();
-        Some(raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(raw))
-    }
-}
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    fn peek(body: &str) -> Peek {
-        parse_peek(&[Bytes::from(body.to_string())], body.len()).unwrap()
-    }
-
     #[test]
-    fn prefix_fingerprint_follows_the_conversation_start() {
-        let turn1 = r#"{"model":"m","user":"u1","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
-        let turn2 = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}],"model":"m"}"#;
-        let other =
-            r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"bye"}]}"#;
-        let (a, b, c) = (peek(turn1), peek(turn2), peek(other));
-        assert_eq!(a.prefix_fingerprint(), b.prefix_fingerprint());
-        assert_ne!(a.prefix_fingerprint(), c.prefix_fingerprint());
-        assert_eq!(a.user(), Some("u1"));
-        assert_eq!(b.model.as_deref(), Some("m"));
-        assert!(peek(r#"{"model":"m","prompt":"x"}"#).prefix_fingerprint().is_none());
-        let parts = peek(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true}"#);
-        assert!(parts.prefix_fingerprint().is_some());
-        assert_eq!(parts.stream, Some(true));
+    fn model_list_paths() {
+        let r = Route::new("/v1/*", Target::ByModel, None).unwrap();
+        assert_eq!(listing(&r, "/v1/models"), Listing::All);
+        assert_eq!(listing(&r, "/v1/models/"), Listing::All);
+        assert_eq!(listing(&r, "/v1/models/a"), Listing::One("a".into()));
+        assert_eq!(listing(&r, "/v1/models/org/m%3A1"), Listing::One("org/m:1".into()));
+        assert_eq!(listing(&r, "/v1/modelsx"), Listing::None);
+        assert_eq!(listing(&r, "/v1/models-x/models"), Listing::All);
+        assert_eq!(listing(&r, "/v1/models;jsessionid=1"), Listing::All);
+        assert_eq!(listing(&r, "/v1/chat/completions"), Listing::None);
+        let s = Route::new("/api/*", Target::ByModel, Some("/api".into())).unwrap();
+        assert_eq!(listing(&s, "/api/models"), Listing::All);
     }
 }

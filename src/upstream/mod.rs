@@ -134,6 +134,8 @@ pub struct Provider {
     pub tls: Option<UpstreamTls>,
     pub api_key: Option<Secret>,
     pub models: ModelGlobs,
+    /// The model a request without one is checked and charged for (`providers[].default_model`).
+    pub default_model: Option<String>,
     pub backends: Vec<Arc<Backend>>,
     pub timeouts: Timeouts,
     pub fleet: Fleet,
@@ -163,6 +165,7 @@ impl Provider {
             tls,
             api_key,
             models,
+            default_model: None,
             backends,
             timeouts,
             fleet: Fleet::default(),
@@ -173,6 +176,11 @@ impl Provider {
 
     pub fn with_fleet(mut self, fleet: Fleet) -> Self {
         self.fleet = fleet;
+        self
+    }
+
+    pub fn with_default_model(mut self, model: Option<String>) -> Self {
+        self.default_model = model;
         self
     }
 

@@ -1,0 +1,190 @@
+//! Which model a request is for, decided on exactly what will be forwarded: the body is read
+//! (bounded by `server.max_body`) and scanned whatever its `Content-Type` says
+//! ([`crate::request_body`]); a `model` in the query is checked too; a request that names no
+//! model takes the route's or provider's `default_model`, which is then written into what
+//! is forwarded; and a key that may not use every model must end up with a model it may use.
+
+use crate::auth::KeyEntry;
+use crate::error::GatewayError;
+use crate::request_body::{self, Scan, ScanError};
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+/// How the body was read, which says how a default model is written into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Form {
+    /// No body, or one forwarded as it came (not JSON, on a route that does not need it).
+    Opaque,
+    Json,
+    Multipart(String),
+}
+
+/// Whether the body may be read: every request that may carry one, except upgrades (their
+/// bytes after the header are the tunnel's). (MCP bodies, JSON-RPC for the backend only, and
+/// uploads that need no model are left to the caller.)
+pub fn reads_body(session: &mut Session) -> bool {
+    if session.is_upgrade_req() {
+        return false;
+    }
+    let method = &session.req_header().method;
+    matches!(*method, http::Method::POST | http::Method::PUT | http::Method::PATCH) || !session.is_body_empty()
+}
+
+/// An upload (`multipart/*`, an octet stream): on a route that does not need the model, for a
+/// key that may use every model, it streams through unread (and unbounded by `server.max_body`).
+pub fn is_upload(req: &RequestHeader) -> bool {
+    let ct = req.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes().to_ascii_lowercase());
+    ct.is_some_and(|ct| ct.starts_with(b"multipart/") || ct.starts_with(b"application/octet-stream"))
+}
+
+/// Reads the whole body, refusing more than `max` bytes (by Content-Length before reading).
+pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Vec<Bytes>, GatewayError>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Ok(Err(GatewayError::PayloadTooLarge(max)));
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await?;
+    }
+    session.enable_retry_buffering();
+    let mut chunks = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = session.read_request_body().await? {
+        total += chunk.len() as u64;
+        if total > max {
+            return Ok(Err(GatewayError::PayloadTooLarge(max)));
+        }
+        chunks.push(chunk);
+    }
+    Ok(Ok(chunks))
+}
+
+/// Scans a read body by its form. `needs`: the route or the key needs the model, so a body
+/// that cannot be read is refused rather than forwarded.
+pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan, Form), GatewayError> {
+    for name in [http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING] {
+        if req.headers.get_all(&name).iter().count() > 1 {
+            return Err(GatewayError::BadRequest(format!("the request has more than one {name} header")));
+        }
+    }
+    let header = |name: http::header::HeaderName| req.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()));
+    let ct = header(http::header::CONTENT_TYPE).unwrap_or_default().to_string();
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let encoded = header(http::header::CONTENT_ENCODING).is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    if encoded && !body.is_empty() {
+        return if needs {
+            Err(GatewayError::UnsupportedMediaType(
+                "compressed request bodies (Content-Encoding) are not accepted".into(),
+            ))
+        } else {
+            Ok((Scan::default(), Form::Opaque))
+        };
+    }
+    if media == "multipart/form-data" {
+        let read = request_body::multipart_boundary(&ct)
+            .and_then(|b| request_body::multipart_model(body, &ct).map(|model| (model, b)));
+        return match read {
+            Ok((model, boundary)) => Ok((Scan { model, ..Scan::default() }, Form::Multipart(boundary))),
+            Err(e) if needs => Err(bad(e)),
+            // An upload on a route that needs no model, by a key that may use every model.
+            Err(_) => Ok((Scan::default(), Form::Opaque)),
+        };
+    }
+    match request_body::scan(body) {
+        Ok(scan) if body.is_empty() => Ok((scan, Form::Opaque)),
+        Ok(scan) => Ok((scan, Form::Json)),
+        Err(ScanError::NotJson) if declared_json(&media) => {
+            Err(GatewayError::InvalidJson("the body is not a JSON object".into()))
+        }
+        Err(ScanError::NotJson) if needs => Err(GatewayError::UnsupportedMediaType(format!(
+            "the body must be a JSON object (or multipart/form-data) to learn its model; got {}",
+            if media.is_empty() { "no Content-Type".to_string() } else { format!("{:?}", bounded(&media)) }
+        ))),
+        Err(ScanError::NotJson) => Ok((Scan::default(), Form::Opaque)),
+        Err(e) => Err(bad(e)),
+    }
+}
+
+fn declared_json(media: &str) -> bool {
+    media == "application/json" || media.ends_with("+json")
+}
+
+fn bounded(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(80).collect()
+}
+
+fn bad(e: ScanError) -> GatewayError {
+    match e {
+        ScanError::Invalid(m) => GatewayError::InvalidJson(m),
+        e => GatewayError::BadRequest(e.to_string()),
+    }
+}
+
+/// The `model` query parameter (decoded as the upstream would), if any; two are refused.
+pub fn query_model(req: &RequestHeader) -> Result<Option<String>, GatewayError> {
+    let Some(q) = req.uri.query() else { return Ok(None) };
+    let mut found = None;
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        if k.eq_ignore_ascii_case("model") {
+            if found.is_some() || k != "model" {
+                return Err(GatewayError::BadRequest("the query names the model more than once or oddly".into()));
+            }
+            found = Some(v.into_owned());
+        }
+    }
+    Ok(found.filter(|m| !m.is_empty()))
+}
+
+/// What the request names as its model, from every place an upstream reads one; places
+/// that disagree are refused.
+pub fn named(places: &[Option<&str>]) -> Result<Option<String>, GatewayError> {
+    let mut model: Option<&str> = None;
+    for m in places.iter().flatten() {
+        match model {
+            Some(prev) if prev != *m => {
+                return Err(GatewayError::BadRequest(
+                    "the request names two different models (body, query or path)".into(),
+                ))
+            }
+            _ => model = Some(m),
+        }
+    }
+    Ok(model.map(str::to_string))
+}
+
+/// The model of a request that named none: the default when the key may use it; none when
+/// the key may use every model; else 400 `model_required`.
+pub fn fallback(key: &KeyEntry, default: Option<&str>) -> Result<Option<String>, GatewayError> {
+    match default {
+        Some(d) if key.models.allows(d) => Ok(Some(d.to_string())),
+        _ if key.models.allows_all() => Ok(None),
+        Some(_) => Err(GatewayError::ModelRequired(
+            "this request must name its model (\"model\"): the default model is not one this API key may use".into(),
+        )),
+        None => Err(GatewayError::ModelRequired(
+            "this request must name its model (\"model\"): this API key may only use some models".into(),
+        )),
+    }
+}
+
+/// The body with `model` set (a default the request did not name) and, for streams,
+/// `stream_options.include_usage`; `None` when nothing changes.
+pub fn rewritten(chunks: &[Bytes], form: &Form, set_model: Option<&str>, include_usage: bool) -> Option<Bytes> {
+    match form {
+        Form::Json => super::rewrite::json_body(chunks, set_model, include_usage),
+        Form::Multipart(boundary) => set_model.and_then(|m| super::rewrite::multipart_with_model(chunks, boundary, m)),
+        Form::Opaque => None,
+    }
+}
