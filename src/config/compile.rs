@@ -482,8 +482,12 @@ fn mcp(m: Option<McpSection>, routes: &RouteTable, errors: &mut Vec<ConfigError>
         }
         return None;
     };
+    let ttl = m.session_ttl.map(|d| d.0).unwrap_or(crate::mcp::seal::DEFAULT_TTL);
+    if ttl.as_secs() < 1 {
+        errors.push(ConfigError::new("mcp.session_ttl", "must be at least 1s"));
+    }
     match crate::mcp::seal::Sealer::from_text(&m.session_key) {
-        Ok(s) => Some(s),
+        Ok(s) => Some(s.with_ttl(ttl)),
         Err(msg) => {
             errors.push(ConfigError::new("mcp.session_key", msg));
             None

@@ -35,6 +35,9 @@ pub struct McpSection {
     /// and endpoint URLs clients see; usually `${MCAS_MCP_SESSION_KEY}`. Every gateway instance
     /// that serves the same clients needs the same key.
     pub session_key: String,
+    /// How long a sealed session id (and legacy endpoint URL) stays good after the gateway
+    /// sealed it; older ones get 404 and the client initializes a new session. Default 24h.
+    pub session_ttl: Option<HumanDuration>,
 }
 
 /// One address or a list of them.
