@@ -4,6 +4,7 @@
 mod common;
 mod fleet;
 mod gateway;
+mod hygiene;
 mod limits;
 mod mcp;
 mod openai_sdk;
