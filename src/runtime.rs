@@ -90,7 +90,8 @@ pub const UPGRADE_SOCK: &str = "mcas-gateway-upgrade.sock";
 /// finds the same path.
 pub fn runtime_dir(config_path: Option<&str>, env: &crate::config::Env) -> std::path::PathBuf {
     use std::path::{Path, PathBuf};
-    let from_env = |name: &str| env(name).and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty());
+    let from_env =
+        |name: &str| env(name).and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty());
     let dir = from_env("RUNTIME_DIRECTORY")
         .map(PathBuf::from)
         .or_else(|| {

@@ -75,7 +75,8 @@ async fn backend_state(gw: &Gw, provider: &str, addr: &str) -> Value {
 }
 
 async fn metric(gw: &Gw, prefix: &str) -> f64 {
-    let text = client().get(gw.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap();
+    let text =
+        client().get(gw.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap();
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 

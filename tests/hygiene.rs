@@ -152,7 +152,8 @@ async fn non_loopback_admin_without_token_is_refused() {
     let (code, out) = check(&yaml, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("admin.token"), "{out}");
-    let with_token = format!("admin: {{ listen: \"0.0.0.0:{port}\", token: \"{ADMIN_TOKEN}\" }}\n{}", key_yaml("a", KEY));
+    let with_token =
+        format!("admin: {{ listen: \"0.0.0.0:{port}\", token: \"{ADMIN_TOKEN}\" }}\n{}", key_yaml("a", KEY));
     assert_eq!(check(&with_token, &[]).0, 0);
     let (code, out) = check("admin: { token: short }\n", &[]);
     assert_eq!(code, 1);
@@ -161,9 +162,11 @@ async fn non_loopback_admin_without_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.yaml");
     let gw_port = free_port();
-    std::fs::write(&config, own_yaml(gw_port, &format!("listen: \"0.0.0.0:{port}\""), &key_yaml("alice", KEY))).unwrap();
+    std::fs::write(&config, own_yaml(gw_port, &format!("listen: \"0.0.0.0:{port}\""), &key_yaml("alice", KEY)))
+        .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().unwrap();
-    let mut proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &["--config".into(), config.display().to_string()], &[], addr);
+    let mut proc =
+        spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &["--config".into(), config.display().to_string()], &[], addr);
     let status = proc.wait_exit(Duration::from_secs(20)).expect("the gateway started with an open admin listener");
     assert_eq!(status.code(), Some(1));
     assert!(proc.logs().contains("admin.token"), "{}", proc.logs());
@@ -175,7 +178,10 @@ async fn non_loopback_admin_without_token_is_refused() {
 #[tokio::test]
 async fn concurrent_reloads_end_on_the_last_file() {
     let body = |i: usize| {
-        format!("{}providers:\n  - {{ name: p{i}, url: \"http://127.0.0.1:9/v1\", models: [\"*\"] }}\n", key_yaml("alice", KEY))
+        format!(
+            "{}providers:\n  - {{ name: p{i}, url: \"http://127.0.0.1:9/v1\", models: [\"*\"] }}\n",
+            key_yaml("alice", KEY)
+        )
     };
     let gw = own_gateway(", token: \"${MCAS_ADMIN_TOKEN}\"", &body(0)).await;
     let head = std::fs::read_to_string(&gw.config).unwrap();
@@ -202,12 +208,15 @@ async fn concurrent_reloads_end_on_the_last_file() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), 200);
     }
-    let health: Value = client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = health["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let health: Value =
+        client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> =
+        health["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, [format!("p{rounds}")], "a reload of an older file won: {}", gw.proc.logs());
     // Give a late SIGHUP reload time to land: it reads the same last file.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let health: Value = client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let health: Value =
+        client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["providers"][0]["name"], format!("p{rounds}"));
 }
 

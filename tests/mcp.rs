@@ -235,12 +235,8 @@ async fn pinned_requests_carry_the_backend_id_and_mcp_headers() {
     assert!(h.get("authorization").is_none(), "the client's key went upstream: {v}");
     assert!(v["body_len"].as_u64().unwrap() > 0, "a JSON-RPC batch passes unparsed");
 
-    let legacy = sealer.seal(&Pinned {
-        provider: "sim".into(),
-        backend: sim.addr,
-        token: "abc123".into(),
-        key: "alice".into(),
-    });
+    let legacy =
+        sealer.seal(&Pinned { provider: "sim".into(), backend: sim.addr, token: "abc123".into(), key: "alice".into() });
     let v: Value = reqwest::Client::new()
         .post(gw.url(&format!("/tools/messages/echo?session_id={legacy}")))
         .bearer_auth(KEY)

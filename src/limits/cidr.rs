@@ -68,7 +68,10 @@ pub fn client_addr(peer: IpAddr, xff: &[&str], trusted: &[Cidr]) -> IpAddr {
 /// `[2001:db8::1]:80`), as some proxies write it.
 fn parse_entry(text: &str) -> Option<IpAddr> {
     let t = text.trim();
-    t.parse::<IpAddr>().ok().or_else(|| t.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())).map(|ip| ip.to_canonical())
+    t.parse::<IpAddr>()
+        .ok()
+        .or_else(|| t.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
 }
 
 /// The address per-address limits count against: IPv4 (and IPv4-mapped IPv6) as is, IPv6

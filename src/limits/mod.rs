@@ -49,11 +49,7 @@ pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        LimitSettings {
-            per_ip: Default::default(),
-            trusted_proxies: Vec::new(),
-            ipv6_prefix: DEFAULT_IPV6_PREFIX,
-        }
+        LimitSettings { per_ip: Default::default(), trusted_proxies: Vec::new(), ipv6_prefix: DEFAULT_IPV6_PREFIX }
     }
 }
 

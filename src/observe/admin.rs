@@ -57,10 +57,10 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-/// Whether the request may reach `path`; the refusal to send otherwise.
-fn authorize(token: Option<&AdminToken>, reload: bool, authorization: Option<&[u8]>) -> Result<(), Response<Vec<u8>>> {
+/// The refusal to send when the request may not reach the endpoint; `None`: it may.
+fn refusal(token: Option<&AdminToken>, reload: bool, authorization: Option<&[u8]>) -> Option<Response<Vec<u8>>> {
     match token {
-        Some(t) if t.accepts(authorization) => Ok(()),
+        Some(t) if t.accepts(authorization) => None,
         Some(_) => {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -69,16 +69,16 @@ fn authorize(token: Option<&AdminToken>, reload: bool, authorization: Option<&[u
                 "invalid_admin_token",
             );
             r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-            Err(r)
+            Some(r)
         }
-        None if reload => Err(error(
+        None if reload => Some(error(
             StatusCode::FORBIDDEN,
             "POST /reload is refused while admin.token is not set; set admin.token (and send it as a \
              bearer token) or reload with SIGHUP (systemctl reload)",
             "permission_error",
             "admin_token_required",
         )),
-        None => Ok(()),
+        None => None,
     }
 }
 
@@ -167,8 +167,8 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         let token = self.reloader.runtime.load().admin_token.clone();
         let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        if let Err(refusal) = authorize(token.as_ref(), path == "/reload", authorization) {
-            return refusal;
+        if let Some(refused) = refusal(token.as_ref(), path == "/reload", authorization) {
+            return refused;
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
@@ -217,13 +217,13 @@ mod tests {
 
     #[test]
     fn reload_needs_a_token_and_a_token_guards_everything() {
-        assert_eq!(authorize(None, true, None).unwrap_err().status(), StatusCode::FORBIDDEN);
-        assert!(authorize(None, false, None).is_ok());
+        assert_eq!(refusal(None, true, None).unwrap().status(), StatusCode::FORBIDDEN);
+        assert!(refusal(None, false, None).is_none());
         let t = AdminToken::new(TOKEN).unwrap();
         let good = format!("Bearer {TOKEN}");
-        assert_eq!(authorize(Some(&t), false, None).unwrap_err().status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(authorize(Some(&t), true, Some(b"Bearer nope")).unwrap_err().status(), StatusCode::UNAUTHORIZED);
-        assert!(authorize(Some(&t), true, Some(good.as_bytes())).is_ok());
-        assert!(authorize(Some(&t), false, Some(good.as_bytes())).is_ok());
+        assert_eq!(refusal(Some(&t), false, None).unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refusal(Some(&t), true, Some(b"Bearer nope")).unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert!(refusal(Some(&t), true, Some(good.as_bytes())).is_none());
+        assert!(refusal(Some(&t), false, Some(good.as_bytes())).is_none());
     }
 }
