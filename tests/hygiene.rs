@@ -328,6 +328,43 @@ async fn half_open_circuit_lets_one_trial_through() {
     assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
 }
 
+/// Selection itself under a race: threads pick from a provider whose only backend's circuit
+/// has just finished its cool-down; exactly one pick gets the backend (the trial), the others
+/// get nothing.
+#[test]
+fn concurrent_picks_take_one_half_open_trial() {
+    use mcas::upstream::circuit::CircuitSettings;
+    use mcas::upstream::{Backend, Fleet, Provider, Timeouts};
+    use std::sync::Barrier;
+    for round in 0..40 {
+        let backend = Arc::new(Backend::new("127.0.0.1:9".parse().unwrap(), 1));
+        let fleet = Fleet {
+            circuit: CircuitSettings { failures: 1, window: Duration::from_secs(10), cooldown: Duration::from_millis(30) },
+            ..Fleet::default()
+        };
+        let models = mcas::auth::ModelGlobs(vec!["*".into()]);
+        let p = Provider::new("p", "h".into(), String::new(), None, None, models, vec![backend.clone()], Timeouts::default())
+            .with_fleet(fleet);
+        let p = Arc::new(p);
+        p.record_failure(&backend);
+        assert!(p.pick(b"k", &[]).is_none(), "an open circuit let a request through");
+        std::thread::sleep(Duration::from_millis(40));
+        let threads = 8;
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (p, b) = (p.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    (0..50).filter(|_| p.pick(b"k", &[]).is_some()).count()
+                })
+            })
+            .collect();
+        let picked: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(picked, 1, "round {round}: {picked} requests sent to a half-open backend");
+    }
+}
+
 fn mcp_rest(sim: SocketAddr, ttl: &str) -> String {
     format!(
         "keys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"] }}\n  - {{ name: bob, key: \"{BOB_KEY}\", models: [\"*\"] }}\n\
