@@ -172,52 +172,72 @@ async fn non_loopback_admin_without_token_is_refused() {
     assert!(proc.logs().contains("admin.token"), "{}", proc.logs());
 }
 
-/// Many reloads at once (POST /reload on two admin threads and SIGHUP), while the file
-/// changes between them: every one answers, and the state in the end is the file's last
-/// content — no older read is swapped in after a newer one.
+/// The config files of the reload test: provider `p{i}`, and with `slow` 3,000 keys more,
+/// so compiling it takes a while (a reload of it is still running when the next file lands).
+fn reload_body(i: usize, slow: bool) -> String {
+    let mut keys = key_yaml("alice", KEY);
+    if slow {
+        for k in 0..3000 {
+            keys.push_str(&format!("  - {{ name: k{k}, key_sha256: \"{:064x}\", models: [\"*\"] }}\n", k + 1));
+        }
+    }
+    format!("{keys}providers:\n  - {{ name: p{i}, url: \"http://127.0.0.1:9/v1\", models: [\"*\"] }}\n")
+}
+
+async fn provider_names(gw: &Own) -> Vec<String> {
+    let health: Value =
+        client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    health["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Many reloads at once (POST /reload on two admin threads and SIGHUP) while the file changes
+/// between them, alternating slow and quick contents: every one answers, and the state in the
+/// end is always the file's last content — a reload that read an older file is never swapped
+/// in after one that read a newer file.
 #[tokio::test]
 async fn concurrent_reloads_end_on_the_last_file() {
-    let body = |i: usize| {
-        format!(
-            "{}providers:\n  - {{ name: p{i}, url: \"http://127.0.0.1:9/v1\", models: [\"*\"] }}\n",
-            key_yaml("alice", KEY)
-        )
-    };
-    let gw = own_gateway(", token: \"${MCAS_ADMIN_TOKEN}\"", &body(0)).await;
+    let gw = own_gateway(", token: \"${MCAS_ADMIN_TOKEN}\"", &reload_body(0, false)).await;
     let head = std::fs::read_to_string(&gw.config).unwrap();
     let head = head.split("keys:").next().unwrap().to_string();
-    let write = |i: usize| {
+    let write = |i: usize, slow: bool| {
         // Written whole and renamed, so a reload never reads half a file.
         let tmp = gw.config.with_extension("tmp");
-        std::fs::write(&tmp, format!("{head}{}", body(i))).unwrap();
+        std::fs::write(&tmp, format!("{head}{}", reload_body(i, slow))).unwrap();
         std::fs::rename(&tmp, &gw.config).unwrap();
     };
+    let reload = || {
+        let url = gw.admin_url("/reload");
+        tokio::spawn(async move { client().post(url).bearer_auth(ADMIN_TOKEN).send().await.map(|r| r.status().as_u16()) })
+    };
     let pid = gw.proc.pid().to_string();
+    let hup = || std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+
+    // A burst: the file changes 10 times, 3 requests and a signal after each change.
     let mut tasks = Vec::new();
-    let rounds = 30;
-    for i in 1..=rounds {
-        write(i);
-        for _ in 0..3 {
-            let url = gw.admin_url("/reload");
-            tasks.push(tokio::spawn(async move {
-                client().post(url).bearer_auth(ADMIN_TOKEN).send().await.map(|r| r.status().as_u16())
-            }));
-        }
-        let _ = std::process::Command::new("kill").args(["-HUP", &pid]).status();
+    for i in 1..=10 {
+        write(i, i % 2 == 1);
+        tasks.extend((0..3).map(|_| reload()));
+        hup();
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), 200);
     }
-    let health: Value =
-        client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> =
-        health["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, [format!("p{rounds}")], "a reload of an older file won: {}", gw.proc.logs());
-    // Give a late SIGHUP reload time to land: it reads the same last file.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let health: Value =
-        client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    assert_eq!(health["providers"][0]["name"], format!("p{rounds}"));
+    assert_eq!(provider_names(&gw).await, ["p10"], "{}", gw.proc.logs());
+
+    // A signal starts a slow reload; the file changes to a quick one while it runs, and a
+    // request reloads that. The quick one must not be overwritten by the slow one.
+    for i in (11..21).step_by(2) {
+        write(i, true);
+        assert_eq!(reload().await.unwrap().unwrap(), 200);
+        hup();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        write(i + 1, false);
+        let (a, b) = (reload(), reload());
+        assert_eq!((a.await.unwrap().unwrap(), b.await.unwrap().unwrap()), (200, 200));
+        // Whatever is still running has had time to finish.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(provider_names(&gw).await, [format!("p{}", i + 1)], "a reload of an older file won");
+    }
 }
 
 /// Kills a daemonised gateway (by the pid its pid file names) when the test ends, however.
