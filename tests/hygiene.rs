@@ -207,7 +207,9 @@ async fn concurrent_reloads_end_on_the_last_file() {
     };
     let reload = || {
         let url = gw.admin_url("/reload");
-        tokio::spawn(async move { client().post(url).bearer_auth(ADMIN_TOKEN).send().await.map(|r| r.status().as_u16()) })
+        tokio::spawn(
+            async move { client().post(url).bearer_auth(ADMIN_TOKEN).send().await.map(|r| r.status().as_u16()) },
+        )
     };
     let pid = gw.proc.pid().to_string();
     let hup = || std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
@@ -240,13 +242,27 @@ async fn concurrent_reloads_end_on_the_last_file() {
     }
 }
 
-/// Kills a daemonised gateway (by the pid its pid file names) when the test ends, however.
-struct DaemonGuard(PathBuf);
+/// Stops a daemonised gateway when the test ends, however it ends: the process named by the
+/// pid file, else (the pid file went elsewhere) the process started with this test's own
+/// config file, found by its exact command line.
+struct DaemonGuard {
+    pid_file: PathBuf,
+    config: PathBuf,
+}
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            let _ = std::process::Command::new("kill").args(["-INT", pid.trim()]).status();
+        let mut pids: Vec<String> =
+            std::fs::read_to_string(&self.pid_file).into_iter().map(|p| p.trim().to_string()).collect();
+        let config = self.config.display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).any(|arg| arg == config.as_bytes()) {
+                pids.push(entry.file_name().to_string_lossy().to_string());
+            }
+        }
+        for pid in pids {
+            let _ = std::process::Command::new("kill").args(["-INT", &pid]).status();
         }
     }
 }
@@ -264,7 +280,7 @@ async fn daemon_writes_pid_file(config: &Path, envs: &[(&str, &str)], expect: &P
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let args = vec!["--daemon".to_string(), "--config".to_string(), config.display().to_string()];
     let _launcher = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, envs, addr);
-    let _guard = DaemonGuard(expect.to_path_buf());
+    let _guard = DaemonGuard { pid_file: expect.to_path_buf(), config: config.to_path_buf() };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !expect.exists() {
         assert!(Instant::now() < deadline, "no pid file at {}", expect.display());
@@ -359,12 +375,25 @@ fn concurrent_picks_take_one_half_open_trial() {
     for round in 0..40 {
         let backend = Arc::new(Backend::new("127.0.0.1:9".parse().unwrap(), 1));
         let fleet = Fleet {
-            circuit: CircuitSettings { failures: 1, window: Duration::from_secs(10), cooldown: Duration::from_millis(30) },
+            circuit: CircuitSettings {
+                failures: 1,
+                window: Duration::from_secs(10),
+                cooldown: Duration::from_millis(30),
+            },
             ..Fleet::default()
         };
         let models = mcas::auth::ModelGlobs(vec!["*".into()]);
-        let p = Provider::new("p", "h".into(), String::new(), None, None, models, vec![backend.clone()], Timeouts::default())
-            .with_fleet(fleet);
+        let p = Provider::new(
+            "p",
+            "h".into(),
+            String::new(),
+            None,
+            None,
+            models,
+            vec![backend.clone()],
+            Timeouts::default(),
+        )
+        .with_fleet(fleet);
         let p = Arc::new(p);
         p.record_failure(&backend);
         assert!(p.pick(b"k", &[]).is_none(), "an open circuit let a request through");
