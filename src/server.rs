@@ -33,6 +33,7 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     // Pingora's grace period is whole seconds.
     let grace = std::time::Duration::from_secs(runtime.server.grace_period.as_secs());
     let (pid_file, upgrade_sock) = runtime.server.process_files(config_path.as_deref(), &crate::config::process_env);
+    log::info!("pid file {pid_file}, upgrade socket {upgrade_sock}");
     let mut conf = ServerConf {
         threads: runtime.server.threads,
         grace_period_seconds: Some(grace.as_secs()),
