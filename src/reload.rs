@@ -113,3 +113,26 @@ impl pingora::services::background::BackgroundService for SighupService {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn runtime(admin: &str) -> Runtime {
+        let keys = "keys: [{ name: a, key: \"client-key-0123456789\", models: [\"*\"] }]";
+        config::load_str(&format!("admin: {{ {admin} }}\n{keys}\n"), &|_| None).unwrap()
+    }
+
+    /// The listener stays where it was bound until a restart, so its token must stay too.
+    #[test]
+    fn a_reload_keeps_an_exposed_admin_listener_guarded() {
+        let exposed = runtime("listen: \"0.0.0.0:18081\", token: \"admin-token-0123456789\"");
+        let r = Reloader::new(Arc::new(ArcSwap::from_pointee(exposed)), None);
+        let e = r.keeps_admin_guarded(runtime("listen: \"127.0.0.1:18081\"")).unwrap_err();
+        assert_eq!(e.0[0].path, "admin.token");
+        assert!(r.keeps_admin_guarded(runtime("token: \"another-token-0123456789\"")).is_ok());
+        let local = Reloader::new(Arc::new(ArcSwap::from_pointee(runtime(""))), None);
+        assert!(local.keeps_admin_guarded(runtime("")).is_ok());
+    }
+}
