@@ -54,7 +54,8 @@ pub fn client_addr(peer: IpAddr, xff: &[&str], trusted: &[Cidr]) -> IpAddr {
         return peer;
     }
     let mut last = peer;
-    for part in xff.iter().rev().flat_map(|line| line.rsplit(',')) {
+    // Empty list elements (`a,,b`, a trailing comma) are ignored, as HTTP lists allow them.
+    for part in xff.iter().rev().flat_map(|line| line.rsplit(',')).filter(|p| !p.trim().is_empty()) {
         let Some(ip) = parse_entry(part) else { return last };
         if !is_trusted(ip) {
             return ip;
@@ -131,6 +132,7 @@ mod tests {
         assert_eq!(client_addr(ip("10.0.0.1"), &["6.6.6.6", "7.7.7.7:4711"], &t), ip("7.7.7.7"));
         assert_eq!(client_addr(ip("10.0.0.1"), &["[2001:db8::1]:80"], &t), ip("2001:db8::1"));
         assert_eq!(client_addr(ip("10.0.0.1"), &["6.6.6.6", "unknown"], &t), ip("10.0.0.1"));
+        assert_eq!(client_addr(ip("10.0.0.1"), &["6.6.6.6", "7.7.7.7, ", ""], &t), ip("7.7.7.7"));
     }
 
     #[test]
