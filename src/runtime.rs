@@ -16,8 +16,10 @@ pub struct ServerSettings {
     pub client_read_timeout: Duration,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
-    pub pid_file: String,
-    pub upgrade_sock: String,
+    /// `server.pid_file` / `server.upgrade_sock` as written; `None`: in the runtime directory
+    /// (see [`runtime_dir`]).
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
     /// Gateway-wide caps on open event streams and WebSocket tunnels (`None`: no cap).
     pub max_streams: Option<usize>,
     pub max_tunnels: Option<usize>,
@@ -41,6 +43,8 @@ pub struct LogSettings {
 pub struct Runtime {
     pub server: ServerSettings,
     pub admin_listen: String,
+    /// `admin.token`: guards every admin endpoint when set; `POST /reload` is refused without it.
+    pub admin_token: Option<crate::observe::admin::AdminToken>,
     pub keys: KeyTable,
     pub providers: Vec<Arc<Provider>>,
     pub routes: RouteTable,
@@ -70,5 +74,69 @@ impl Runtime {
             .filter_map(|name| self.providers.iter().find(|p| *p.name == **name))
             .find(|p| p.any_usable(now))
             .cloned()
+    }
+}
+
+/// File names of the pid file and upgrade socket in the runtime directory.
+pub const PID_FILE: &str = "mcas-gateway.pid";
+pub const UPGRADE_SOCK: &str = "mcas-gateway-upgrade.sock";
+
+/// Where the pid file and the upgrade socket go unless `server.pid_file` / `server.upgrade_sock`
+/// say otherwise: `$RUNTIME_DIRECTORY` (set by systemd's `RuntimeDirectory=`; the first of a
+/// colon-separated list), else the config file's directory, else (`--demo`, no file)
+/// `$XDG_RUNTIME_DIR`, else the working directory. Never a shared directory such as /tmp: any
+/// local user could create the upgrade socket there first and be handed the listening sockets
+/// on the next upgrade. The result is absolute, so a daemonised process (which changes to /)
+/// finds the same path.
+pub fn runtime_dir(config_path: Option<&str>, env: &crate::config::Env) -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    let from_env =
+        |name: &str| env(name).and_then(|v| v.split(':').next().map(str::to_string)).filter(|v| !v.is_empty());
+    let dir = from_env("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .or_else(|| {
+            config_path.map(|p| match Path::new(p).parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+        })
+        .or_else(|| from_env("XDG_RUNTIME_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+impl ServerSettings {
+    /// The pid file and upgrade socket paths Pingora is given.
+    pub fn process_files(&self, config_path: Option<&str>, env: &crate::config::Env) -> (String, String) {
+        let dir = runtime_dir(config_path, env);
+        let at = |name: &str| dir.join(name).display().to_string();
+        (
+            self.pid_file.clone().unwrap_or_else(|| at(PID_FILE)),
+            self.upgrade_sock.clone().unwrap_or_else(|| at(UPGRADE_SOCK)),
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn runtime_dir_prefers_systemd_then_the_config_file() {
+        let sd = env(&[("RUNTIME_DIRECTORY", "/run/mcas-gateway:/run/other"), ("XDG_RUNTIME_DIR", "/run/user/1")]);
+        assert_eq!(runtime_dir(Some("/etc/mcas/gateway.yaml"), &sd), PathBuf::from("/run/mcas-gateway"));
+        let plain = env(&[("XDG_RUNTIME_DIR", "/run/user/1")]);
+        assert_eq!(runtime_dir(Some("/etc/mcas/gateway.yaml"), &plain), PathBuf::from("/etc/mcas"));
+        assert_eq!(runtime_dir(None, &plain), PathBuf::from("/run/user/1"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(runtime_dir(Some("gateway.yaml"), &env(&[])), cwd);
+        assert_eq!(runtime_dir(Some("conf/gateway.yaml"), &env(&[])), cwd.join("conf"));
+        assert!(!runtime_dir(None, &env(&[])).starts_with("/tmp"));
     }
 }

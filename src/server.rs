@@ -44,12 +44,14 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     warn_about(&runtime);
     // Pingora's grace period is whole seconds.
     let grace = std::time::Duration::from_secs(runtime.server.grace_period.as_secs());
+    let (pid_file, upgrade_sock) = runtime.server.process_files(config_path.as_deref(), &crate::config::process_env);
+    log::info!("pid file {pid_file}, upgrade socket {upgrade_sock}");
     let mut conf = ServerConf {
         threads: runtime.server.threads,
         grace_period_seconds: Some(grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(runtime.server.shutdown_timeout.as_secs()),
-        pid_file: runtime.server.pid_file.clone(),
-        upgrade_sock: runtime.server.upgrade_sock.clone(),
+        pid_file,
+        upgrade_sock,
         ..Default::default()
     };
     // Connect failures are retried on the next backend by our own selection (fail_to_connect).
@@ -65,7 +67,7 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let tls = runtime.server.tls.clone();
     let admin_listen = runtime.admin_listen.clone();
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
-    let reloader = Reloader { runtime: shared.clone(), path: config_path };
+    let reloader = Reloader::new(shared.clone(), config_path);
 
     let drain = crate::drain::Drain::new(grace);
     let mut proxy = pingora_proxy::http_proxy_service_with_name(

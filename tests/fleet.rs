@@ -2,7 +2,7 @@
 //! round robin and least in-flight, active health, circuit breaker, retries, fallbacks and
 //! reload. Which replica served is read from the `x-mcas-replica` header.
 
-use crate::common::gateway::{check, spawn_gateway, Gw};
+use crate::common::gateway::{check, spawn_gateway, spawn_gateway_with_admin_token, Gw, ADMIN_TOKEN};
 use crate::common::{free_port, spawn_sim, Proc};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -63,7 +63,8 @@ async fn ask(c: &reqwest::Client, gw: &Gw, headers: &[(&str, &str)]) -> (u16, St
 }
 
 async fn health(gw: &Gw) -> Value {
-    client().get(gw.admin_url("/health")).send().await.unwrap().json().await.unwrap()
+    // The token is ignored by gateways without one.
+    client().get(gw.admin_url("/health")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
 }
 
 /// The `/health` entry of backend `addr` of provider `provider`.
@@ -74,7 +75,8 @@ async fn backend_state(gw: &Gw, provider: &str, addr: &str) -> Value {
 }
 
 async fn metric(gw: &Gw, prefix: &str) -> f64 {
-    let text = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text =
+        client().get(gw.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap();
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
@@ -433,7 +435,7 @@ async fn probes_send_the_provider_key() {
 async fn reload_adds_and_removes_backends_moving_few_keys() {
     let s = sims(3, &[]).await;
     let extra = "    hash_key: [\"header:x-session-id\"]\n    epsilon: off\n";
-    let gw = fleet_gw(&[&s[0], &s[1]], extra).await;
+    let gw = spawn_gateway_with_admin_token("", &fleet_yaml(&backends(&[&s[0], &s[1]]), extra), &[]).await;
     let c = client();
     let keys: Vec<String> = (0..120).map(|k| format!("user-{k}")).collect();
     let owners = async |gw: &Gw| {
@@ -450,7 +452,7 @@ async fn reload_adds_and_removes_backends_moving_few_keys() {
         let next = text.replace(&backends(from), &backends(to));
         assert_ne!(text, next);
         std::fs::write(&gw.config, next).unwrap();
-        let resp = client().post(gw.admin_url("/reload")).send().await.unwrap();
+        let resp = client().post(gw.admin_url("/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     };
     let two = owners(&gw).await;

@@ -5,6 +5,7 @@ mod common;
 mod compression;
 mod fleet;
 mod gateway;
+mod hygiene;
 mod limits;
 mod mcp;
 mod openai_sdk;

@@ -4,7 +4,7 @@
 //! `x-ratelimit-*` headers, reload (rotation under load, carried-over counters, a bad config),
 //! the per-address brute-force guard, and a grep for secrets after a run.
 
-use crate::common::gateway::{check, spawn_gateway, Gw};
+use crate::common::gateway::{admin_section, check, spawn_gateway, spawn_gateway_with_admin_token, Gw, ADMIN_TOKEN};
 use crate::common::{spawn_sim, Proc};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -44,7 +44,8 @@ fn provider(sim: &Proc) -> String {
 }
 
 async fn metrics(gw: &Gw) -> String {
-    client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+    // The token is ignored by gateways without one.
+    client().get(gw.admin_url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap()
 }
 
 async fn post(gw: &Gw, key: &str, body: &Value) -> reqwest::Response {
@@ -353,7 +354,7 @@ fn rotation_config(sim: &Proc, keys: &str) -> String {
 async fn rotation_under_load_and_reload_with_good_and_bad_configs() {
     let sim = spawn_sim(&["--tokens", "2"]).await;
     let v1 = "  - { name: alice, key: \"sk-alice-1\", models: [\"*\"] }\n  - { name: svc, key: \"sk-svc\", models: [\"*\"] }\n";
-    let gw = spawn_gateway("", &rotation_config(&sim, v1), &[]).await;
+    let gw = spawn_gateway_with_admin_token("", &rotation_config(&sim, v1), &[]).await;
     // Load from holders of the valid key during the rotation.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -382,7 +383,7 @@ async fn rotation_under_load_and_reload_with_good_and_bad_configs() {
         .unwrap();
     // Rotate alice's key (new key, same name) by SIGHUP, then by POST /reload.
     let v2 = "  - { name: alice, key: \"sk-alice-2\", models: [\"*\"] }\n  - { name: svc, key: \"sk-svc\", models: [\"*\"] }\n";
-    std::fs::write(&gw.config, rotation_config(&sim, v2)).unwrap();
+    std::fs::write(&gw.config, admin_section(&gw) + &rotation_config(&sim, v2)).unwrap();
     let status = std::process::Command::new("kill").args(["-HUP", &gw.proc.pid().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -392,8 +393,8 @@ async fn rotation_under_load_and_reload_with_good_and_bad_configs() {
     }
     assert_eq!(post(&gw, "sk-alice-1", &chat(false, false)).await.status(), 401);
     let v3 = "  - { name: alice, key: \"sk-alice-3\", models: [\"*\"] }\n  - { name: svc, key: \"sk-svc\", models: [\"*\"] }\n";
-    std::fs::write(&gw.config, rotation_config(&sim, v3)).unwrap();
-    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    std::fs::write(&gw.config, admin_section(&gw) + &rotation_config(&sim, v3)).unwrap();
+    let r = client().post(gw.admin_url("/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(post(&gw, "sk-alice-3", &chat(false, false)).await.status(), 200);
     assert_eq!(post(&gw, "sk-alice-2", &chat(false, false)).await.status(), 401);
@@ -406,10 +407,11 @@ async fn rotation_under_load_and_reload_with_good_and_bad_configs() {
     // A bad config is rejected whole; the running one stays.
     std::fs::write(
         &gw.config,
-        rotation_config(&sim, "  - { name: alice, key: \"sk-new\", models: [\"*\"], limits: { rpm: 0 } }\n"),
+        admin_section(&gw)
+            + &rotation_config(&sim, "  - { name: alice, key: \"sk-new\", models: [\"*\"], limits: { rpm: 0 } }\n"),
     )
     .unwrap();
-    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    let r = client().post(gw.admin_url("/reload")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.unwrap();
     assert!(v["errors"][0].as_str().unwrap().contains("keys[0].limits.rpm"), "{v}");

@@ -204,7 +204,12 @@ async fn pinned_requests_carry_the_backend_id_and_mcp_headers() {
     let prov = format!("  - {{ name: sim, url: \"http://{}\" }}\n", sim.addr);
     let gw = gateway(&prov, "  - { path: \"/tools/*\", provider: sim, strip_prefix: \"/tools\", kind: mcp }\n").await;
     let sealer = Sealer::from_text(SESSION_KEY_HEX).unwrap();
-    let sealed = sealer.seal(&Pinned { provider: "sim".into(), backend: sim.addr, token: "backend-sid-1".into() });
+    let sealed = sealer.seal(&Pinned {
+        provider: "sim".into(),
+        backend: sim.addr,
+        token: "backend-sid-1".into(),
+        key: "alice".into(),
+    });
     let v: Value = reqwest::Client::new()
         .post(gw.url("/tools/echo"))
         .bearer_auth(KEY)
@@ -230,7 +235,8 @@ async fn pinned_requests_carry_the_backend_id_and_mcp_headers() {
     assert!(h.get("authorization").is_none(), "the client's key went upstream: {v}");
     assert!(v["body_len"].as_u64().unwrap() > 0, "a JSON-RPC batch passes unparsed");
 
-    let legacy = sealer.seal(&Pinned { provider: "sim".into(), backend: sim.addr, token: "abc123".into() });
+    let legacy =
+        sealer.seal(&Pinned { provider: "sim".into(), backend: sim.addr, token: "abc123".into(), key: "alice".into() });
     let v: Value = reqwest::Client::new()
         .post(gw.url(&format!("/tools/messages/echo?session_id={legacy}")))
         .bearer_auth(KEY)

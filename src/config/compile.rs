@@ -28,6 +28,7 @@ pub fn compile(mut file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Ru
     if server.listen.contains(&admin_listen) {
         errors.push(ConfigError::new("admin.listen", "must differ from every server.listen address"));
     }
+    let admin_token = admin_token(file.admin.token.as_deref(), &admin_listen, errors);
     let keys = keys(file.keys, &limits, errors);
     let providers: Vec<Arc<Provider>> =
         file.providers.into_iter().enumerate().filter_map(|(i, p)| provider(i, p, errors)).collect();
@@ -44,12 +45,42 @@ pub fn compile(mut file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Ru
     if errors.len() > start {
         return None;
     }
-    Some(Runtime { server, admin_listen, keys, providers, routes, log, limits: limits.settings, mcp })
+    Some(Runtime { server, admin_listen, admin_token, keys, providers, routes, log, limits: limits.settings, mcp })
 }
 
 fn check_addr(path: &str, addr: &str, errors: &mut Vec<ConfigError>) {
     if addr.parse::<SocketAddr>().is_err() {
         errors.push(ConfigError::new(path, format!("{addr:?} is not an address like \"127.0.0.1:18080\"")));
+    }
+}
+
+/// `admin.token`, required when the admin listener is reachable from other hosts.
+fn admin_token(
+    token: Option<&str>,
+    listen: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<crate::observe::admin::AdminToken> {
+    let loopback = listen.parse::<SocketAddr>().map(|a| a.ip().is_loopback()).unwrap_or(true);
+    match token {
+        Some(t) => match crate::observe::admin::AdminToken::new(t) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                errors.push(ConfigError::new("admin.token", msg));
+                None
+            }
+        },
+        None if !loopback => {
+            errors.push(ConfigError::new(
+                "admin.token",
+                format!(
+                    "is required when admin.listen ({listen}) is not a loopback address: anyone who \
+                     reaches it could read metrics and reload the config; set admin.token (e.g. \
+                     \"${{MCAS_ADMIN_TOKEN}}\") or listen on 127.0.0.1"
+                ),
+            ));
+            None
+        }
+        None => None,
     }
 }
 
@@ -82,8 +113,8 @@ fn server(s: ServerSection, errors: &mut Vec<ConfigError>) -> ServerSettings {
         client_read_timeout: s.client_read_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
         grace_period: s.grace_period.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
         shutdown_timeout: s.shutdown_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
-        pid_file: s.pid_file.unwrap_or_else(|| "/tmp/mcas-gateway.pid".to_string()),
-        upgrade_sock: s.upgrade_sock.unwrap_or_else(|| "/tmp/mcas-gateway-upgrade.sock".to_string()),
+        pid_file: s.pid_file,
+        upgrade_sock: s.upgrade_sock,
         max_streams: positive("server.max_streams", s.max_streams, errors),
         max_tunnels: positive("server.max_tunnels", s.max_tunnels, errors),
     }
@@ -488,8 +519,12 @@ fn mcp(m: Option<McpSection>, routes: &RouteTable, errors: &mut Vec<ConfigError>
         }
         return None;
     };
+    let ttl = m.session_ttl.map(|d| d.0).unwrap_or(crate::mcp::seal::DEFAULT_TTL);
+    if ttl.as_secs() < 1 {
+        errors.push(ConfigError::new("mcp.session_ttl", "must be at least 1s"));
+    }
     match crate::mcp::seal::Sealer::from_text(&m.session_key) {
-        Ok(s) => Some(s),
+        Ok(s) => Some(s.with_ttl(ttl)),
         Err(msg) => {
             errors.push(ConfigError::new("mcp.session_key", msg));
             None

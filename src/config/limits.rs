@@ -4,7 +4,7 @@ use super::schema::{KeyLimitsSection, LimitsSection};
 use super::ConfigError;
 use crate::limits::cidr::Cidr;
 use crate::limits::ip::{IpLimits, DEFAULT_AUTH_FAILURES, DEFAULT_COOLOFF, DEFAULT_MAX_TRACKED};
-use crate::limits::{KeyLimits, LimitSettings, DEFAULT_WINDOW};
+use crate::limits::{KeyLimits, LimitSettings, DEFAULT_IPV6_PREFIX, DEFAULT_WINDOW};
 
 /// The compiled `limits:` section; `defaults` is what per-key limits fall back to.
 pub struct Compiled {
@@ -62,7 +62,11 @@ pub fn compile(l: &LimitsSection, trusted: Option<Vec<String>>, errors: &mut Vec
             Err(msg) => errors.push(ConfigError::new(format!("server.trusted_proxies[{i}]"), msg)),
         }
     }
-    Compiled { settings: LimitSettings { per_ip, trusted_proxies }, defaults }
+    let ipv6_prefix = l.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
+    if !(1..=128).contains(&ipv6_prefix) {
+        errors.push(ConfigError::new("limits.ipv6_prefix", "must be between 1 and 128 (bits of an IPv6 address)"));
+    }
+    Compiled { settings: LimitSettings { per_ip, trusted_proxies, ipv6_prefix }, defaults }
 }
 
 /// One key's limits: its own fields over `limits.defaults`.

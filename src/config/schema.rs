@@ -35,6 +35,9 @@ pub struct McpSection {
     /// and endpoint URLs clients see; usually `${MCAS_MCP_SESSION_KEY}`. Every gateway instance
     /// that serves the same clients needs the same key.
     pub session_key: String,
+    /// How long a sealed session id (and legacy endpoint URL) stays good after the gateway
+    /// sealed it; older ones get 404 and the client initializes a new session. Default 24h.
+    pub session_ttl: Option<HumanDuration>,
 }
 
 /// One address or a list of them.
@@ -72,9 +75,11 @@ pub struct ServerSection {
     pub grace_period: Option<HumanDuration>,
     /// After the grace period: how long the runtime may take to stop. Default 5s.
     pub shutdown_timeout: Option<HumanDuration>,
-    /// PID file (used by `--daemon` and `--upgrade`). Default `/tmp/mcas-gateway.pid`.
+    /// PID file (used by `--daemon` and `--upgrade`). Default `mcas-gateway.pid` in the runtime
+    /// directory: `$RUNTIME_DIRECTORY` under systemd, else the config file's directory.
     pub pid_file: Option<String>,
-    /// Socket on which `--upgrade` receives the listeners. Default `/tmp/mcas-gateway-upgrade.sock`.
+    /// Socket on which `--upgrade` receives the listeners. Default `mcas-gateway-upgrade.sock`
+    /// in the runtime directory (as `pid_file`).
     pub upgrade_sock: Option<String>,
     /// Event streams (SSE responses) open at once over the whole gateway; beyond → 503. Default: no cap.
     pub max_streams: Option<usize>,
@@ -97,8 +102,12 @@ pub struct TlsListenSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
-    /// Admin listener (`/metrics`, `/health`). Default `127.0.0.1:18081`.
+    /// Admin listener (`/metrics`, `/health`, `POST /reload`). Default `127.0.0.1:18081`.
     pub listen: Option<String>,
+    /// Bearer token (at least 16 characters, usually `${MCAS_ADMIN_TOKEN}`). When set, every
+    /// admin endpoint needs it; `POST /reload` is refused without it. Required when `listen`
+    /// is not a loopback address. Default: none.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +306,9 @@ pub struct LimitsSection {
     pub per_ip: Option<PerIpSection>,
     /// Length of the counting window of `rpm` and `tpm`. Default 60s.
     pub window: Option<HumanDuration>,
+    /// Every per-address limit counts an IPv6 client per network of this many leading bits
+    /// (1–128; 128 counts single addresses). Default 64.
+    pub ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]

@@ -37,10 +37,20 @@ pub struct KeyLimits {
 }
 
 /// The runtime's limit settings that are not per key (those live in each key's entry).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LimitSettings {
     pub per_ip: ip::IpLimits,
     pub trusted_proxies: Vec<cidr::Cidr>,
+    /// IPv6 clients are counted per network of this prefix length (`limits.ipv6_prefix`).
+    pub ipv6_prefix: u8,
+}
+
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings { per_ip: Default::default(), trusted_proxies: Vec::new(), ipv6_prefix: DEFAULT_IPV6_PREFIX }
+    }
 }
 
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);

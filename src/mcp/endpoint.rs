@@ -19,6 +19,8 @@ pub struct EndpointRewriter {
     sealer: Sealer,
     provider: String,
     backend: SocketAddr,
+    /// The API key's name the session is sealed for.
+    key: String,
     /// Provider base path to remove, client prefix to put in its place.
     base_path: String,
     client_prefix: String,
@@ -27,11 +29,19 @@ pub struct EndpointRewriter {
 }
 
 impl EndpointRewriter {
-    pub fn new(sealer: Sealer, provider: &str, backend: SocketAddr, base_path: &str, client_prefix: &str) -> Self {
+    pub fn new(
+        sealer: Sealer,
+        provider: &str,
+        backend: SocketAddr,
+        key: &str,
+        base_path: &str,
+        client_prefix: &str,
+    ) -> Self {
         EndpointRewriter {
             sealer,
             provider: provider.to_string(),
             backend,
+            key: key.to_string(),
             base_path: base_path.to_string(),
             client_prefix: client_prefix.to_string(),
             held: BytesMut::new(),
@@ -105,7 +115,12 @@ impl EndpointRewriter {
         let mut sealed_one = false;
         for (k, v) in u.query_pairs() {
             if !sealed_one && PARAMS.contains(&k.as_ref()) {
-                let pin = Pinned { provider: self.provider.clone(), backend: self.backend, token: v.into_owned() };
+                let pin = Pinned {
+                    provider: self.provider.clone(),
+                    backend: self.backend,
+                    token: v.into_owned(),
+                    key: self.key.clone(),
+                };
                 query.append_pair(&k, &self.sealer.seal(&pin));
                 sealed_one = true;
             } else {
@@ -137,7 +152,7 @@ mod tests {
 
     fn rw() -> EndpointRewriter {
         let s = Sealer::new([3; 32]);
-        EndpointRewriter::new(s, "mcp", "127.0.0.1:9000".parse().unwrap(), "", "/mcp-legacy")
+        EndpointRewriter::new(s, "mcp", "127.0.0.1:9000".parse().unwrap(), "alice", "", "/mcp-legacy")
     }
 
     fn run(chunks: &[&str]) -> String {
@@ -182,7 +197,7 @@ mod tests {
     #[test]
     fn base_path_is_swapped() {
         let s = Sealer::new([3; 32]);
-        let r = EndpointRewriter::new(s, "mcp", "127.0.0.1:9000".parse().unwrap(), "/srv", "/tools");
+        let r = EndpointRewriter::new(s, "mcp", "127.0.0.1:9000".parse().unwrap(), "alice", "/srv", "/tools");
         assert!(r.map_url("/srv/messages/?session_id=1").starts_with("/tools/messages/?session_id="));
     }
 

@@ -1,15 +1,27 @@
 //! Sealing: XChaCha20-Poly1305 with a random 24-byte nonce, encoded as URL-safe base64 without
-//! padding. The plaintext names the backend (provider name and socket address) and carries
-//! the backend's own token (its session id, or the legacy `session_id` query value):
-//! `provider \n address \n token`. Tampering or another key makes [`Sealer::open`] fail.
+//! padding (so a sealed value fits an `Mcp-Session-Id` header and a legacy endpoint URL's
+//! query alike). The plaintext names the backend (provider name and socket address), carries
+//! the backend's own token (its session id, or the legacy `session_id` query value), the name
+//! of the API key the session was opened with, and when it was sealed (Unix seconds, so that
+//! gateway instances sharing `mcp.session_key` agree):
+//! `2 | issued u64 | len u16, key name | len u16, provider | len u16, address | token`
+//! (integers big-endian). Tampering or another sealing key makes [`Sealer::open`] fail; so does
+//! age beyond `mcp.session_ttl`. Values sealed before the format carried a time (no leading 2)
+//! are refused: their age cannot be told, so the client initializes a new session.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const NONCE_LEN: usize = 24;
+const FORMAT: u8 = 2;
+/// `mcp.session_ttl` unless configured.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How far in the future an issue time may lie (clocks of instances sharing a key differ a little).
+const CLOCK_SKEW_SECS: u64 = 300;
 /// Longest sealed value accepted (a session id header is small; this bounds the work).
 const MAX_SEALED: usize = 2048;
 
@@ -19,6 +31,8 @@ pub enum SealError {
     Malformed,
     #[error("the sealed value does not authenticate")]
     Forged,
+    #[error("the sealed value is older than mcp.session_ttl")]
+    Expired,
 }
 
 /// What a sealed value names.
@@ -28,11 +42,19 @@ pub struct Pinned {
     pub backend: SocketAddr,
     /// The backend's own session id (or legacy session token).
     pub token: String,
+    /// Name of the API key the session belongs to; another key may not use it.
+    pub key: String,
 }
 
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    ttl: Duration,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl std::fmt::Debug for Sealer {
@@ -43,7 +65,13 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     pub fn new(key: [u8; 32]) -> Self {
-        Sealer { cipher: XChaCha20Poly1305::new(&key.into()) }
+        Sealer { cipher: XChaCha20Poly1305::new(&key.into()), ttl: DEFAULT_TTL }
+    }
+
+    /// Sealed values older than `ttl` are refused (`mcp.session_ttl`).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     /// A 32-byte key as 64 hex digits or base64 (standard or URL-safe, padded or not).
@@ -69,12 +97,27 @@ impl Sealer {
     }
 
     pub fn seal(&self, p: &Pinned) -> String {
-        let plain = format!("{}\n{}\n{}", p.provider, p.backend, p.token);
+        self.seal_at(p, unix_now())
+    }
+
+    /// Seals `p` as issued at `issued` (Unix seconds).
+    pub fn seal_at(&self, p: &Pinned, issued: u64) -> String {
+        let mut plain = Vec::with_capacity(32 + p.key.len() + p.provider.len() + p.token.len());
+        plain.push(FORMAT);
+        plain.extend_from_slice(&issued.to_be_bytes());
+        for field in [p.key.as_bytes(), p.provider.as_bytes(), p.backend.to_string().as_bytes()] {
+            // Key and provider names come from the config, addresses are short: u16 suffices;
+            // a longer name is cut, which only makes the value fail to match later.
+            let len = field.len().min(u16::MAX as usize);
+            plain.extend_from_slice(&(len as u16).to_be_bytes());
+            plain.extend_from_slice(&field[..len]);
+        }
+        plain.extend_from_slice(p.token.as_bytes());
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let nonce = XNonce::from_slice(&nonce_bytes);
         // Encryption cannot fail for in-memory buffers of this size; an empty tag would be
         // refused by `open`, so nothing unauthenticated can come out of this.
-        let sealed = self.cipher.encrypt(nonce, plain.as_bytes()).unwrap_or_default();
+        let sealed = self.cipher.encrypt(nonce, plain.as_slice()).unwrap_or_default();
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(&sealed);
@@ -82,6 +125,11 @@ impl Sealer {
     }
 
     pub fn open(&self, sealed: &str) -> Result<Pinned, SealError> {
+        self.open_at(sealed, unix_now())
+    }
+
+    /// Opens a sealed value as of `now` (Unix seconds).
+    pub fn open_at(&self, sealed: &str, now: u64) -> Result<Pinned, SealError> {
         if sealed.len() > MAX_SEALED {
             return Err(SealError::Malformed);
         }
@@ -91,13 +139,39 @@ impl Sealer {
         }
         let (nonce, body) = raw.split_at(NONCE_LEN);
         let plain = self.cipher.decrypt(XNonce::from_slice(nonce), body).map_err(|_| SealError::Forged)?;
-        let text = String::from_utf8(plain).map_err(|_| SealError::Malformed)?;
-        let mut parts = text.splitn(3, '\n');
-        let (Some(provider), Some(addr), Some(token)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut r = Reader(&plain);
+        if r.take(1) != Some(&[FORMAT][..]) {
             return Err(SealError::Malformed);
-        };
-        let backend = addr.parse().map_err(|_| SealError::Malformed)?;
-        Ok(Pinned { provider: provider.to_string(), backend, token: token.to_string() })
+        }
+        let issued = r.take(8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).ok_or(SealError::Malformed)?;
+        let key = r.text()?;
+        let provider = r.text()?;
+        let backend = r.text()?.parse().map_err(|_| SealError::Malformed)?;
+        let token = String::from_utf8(r.0.to_vec()).map_err(|_| SealError::Malformed)?;
+        if issued > now.saturating_add(CLOCK_SKEW_SECS) || now.saturating_sub(issued) > self.ttl.as_secs() {
+            return Err(SealError::Expired);
+        }
+        Ok(Pinned { provider, backend, token, key })
+    }
+}
+
+/// Reads the length-prefixed fields of a plaintext.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn text(&mut self) -> Result<String, SealError> {
+        let len = self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(SealError::Malformed)?;
+        let bytes = self.take(len as usize).ok_or(SealError::Malformed)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| SealError::Malformed)
     }
 }
 
@@ -106,7 +180,36 @@ mod tests {
     use super::*;
 
     fn pinned() -> Pinned {
-        Pinned { provider: "mcp".into(), backend: "127.0.0.1:9000".parse().unwrap(), token: "abc123".into() }
+        Pinned {
+            provider: "mcp".into(),
+            backend: "127.0.0.1:9000".parse().unwrap(),
+            token: "abc\n123".into(),
+            key: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn expires_after_the_ttl() {
+        let s = Sealer::new([7; 32]).with_ttl(Duration::from_secs(3600));
+        let sealed = s.seal_at(&pinned(), 1_000_000);
+        assert_eq!(s.open_at(&sealed, 1_000_000 + 3600).unwrap(), pinned());
+        assert_eq!(s.open_at(&sealed, 1_000_000 + 3601), Err(SealError::Expired));
+        assert_eq!(s.open_at(&sealed, 1_000_000 - 301), Err(SealError::Expired), "issued in the future");
+        assert_eq!(s.open_at(&sealed, 1_000_000 - 300).unwrap().key, "alice");
+        let day = Sealer::new([7; 32]);
+        let sealed = day.seal_at(&pinned(), 1_000_000);
+        assert!(day.open_at(&sealed, 1_000_000 + 24 * 3600).is_ok());
+        assert_eq!(day.open_at(&sealed, 1_000_000 + 24 * 3600 + 1), Err(SealError::Expired), "default 24h");
+    }
+
+    /// The format before issue times and key names: authentic, but its age cannot be told.
+    #[test]
+    fn values_without_an_issue_time_are_refused() {
+        let s = Sealer::new([7; 32]);
+        let nonce = [1u8; NONCE_LEN];
+        let old = s.cipher.encrypt(XNonce::from_slice(&nonce), &b"mcp\n127.0.0.1:9000\nabc123"[..]).unwrap();
+        let sealed = URL_SAFE_NO_PAD.encode([&nonce[..], &old].concat());
+        assert_eq!(s.open(&sealed), Err(SealError::Malformed));
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! `session_id` query value and pin the request to the backend named inside; seal the id a
 //! backend mints on `initialize`; make `Origin` acceptable to servers with DNS-rebinding
 //! protection (the gateway checks same-origin itself, then presents the backend's origin).
+//!
+//! A sealed id is good only for the API key that opened the session and only for
+//! `mcp.session_ttl` after it was sealed; any other use gets the same 404 as a forged id (the
+//! MCP transport's answer to an unknown session: the client initializes a new one), so a
+//! stolen id neither works for another key nor tells that it exists.
 
 use super::seal::Pinned;
 use crate::proxy::ctx::Routed;
@@ -58,7 +63,7 @@ pub async fn admit(session: &mut Session, routed: &mut Routed, request_id: &str)
 fn unseal(routed: &Routed, sealed: &str) -> Option<Pinned> {
     let sealer = routed.runtime.mcp.as_ref()?;
     let pin = sealer.open(sealed).ok()?;
-    if pin.provider != *routed.provider.name {
+    if pin.provider != *routed.provider.name || pin.key != *routed.key.name {
         return None;
     }
     find_backend(routed, pin.backend)?;
@@ -90,27 +95,42 @@ pub fn rewrite_response(resp: &mut ResponseHeader, routed: &Routed, backend: Opt
         return Ok(());
     };
     let (Some(sealer), Some(b)) = (routed.runtime.mcp.as_ref(), backend) else { return Ok(()) };
-    let sealed = sealer.seal(&Pinned { provider: routed.provider.name.to_string(), backend: b.addr, token: minted });
+    let pin = Pinned {
+        provider: routed.provider.name.to_string(),
+        backend: b.addr,
+        token: minted,
+        key: routed.key.name.to_string(),
+    };
+    let sealed = sealer.seal(&pin);
     resp.insert_header(SESSION_HEADER, sealed)?;
     Ok(())
 }
 
 /// A browser's `Origin` must name the host the client addressed; requests without one
-/// (SDK clients) pass.
+/// (SDK clients) pass. The host addressed is `Host`, or over HTTP/2 (which has no `Host`
+/// unless the client adds one) the `:authority`; when a request names both, `Origin` must
+/// match both (an absolute-form HTTP/1.1 target could otherwise name another host than
+/// `Host`). A request with `Origin` that names no host at all is refused.
 fn same_origin(req: &RequestHeader) -> bool {
-    let Some(origin) = req.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
-    let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match url::Url::parse(origin) {
-        Ok(u) => {
-            let h = u.host_str().unwrap_or("");
-            let with_port = match u.port() {
-                Some(p) => format!("{h}:{p}"),
-                None => h.to_string(),
-            };
-            with_port.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(host)
-        }
-        Err(_) => false,
+    let Some(origin) = req.headers.get(http::header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    let host = match req.headers.get(http::header::HOST).map(|v| v.to_str()) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => return false,
+        None => None,
+    };
+    let authority = req.uri.authority().map(|a| a.as_str());
+    if host.is_none() && authority.is_none() {
+        return false;
     }
+    let Ok(u) = url::Url::parse(origin) else { return false };
+    let h = u.host_str().unwrap_or("");
+    let with_port = match u.port() {
+        Some(p) => format!("{h}:{p}"),
+        None => h.to_string(),
+    };
+    let matches = |addressed: &str| with_port.eq_ignore_ascii_case(addressed) || h.eq_ignore_ascii_case(addressed);
+    host.is_none_or(matches) && authority.is_none_or(matches)
 }
 
 fn legacy_param(query: Option<&str>) -> Option<(String, String)> {
@@ -158,5 +178,27 @@ mod tests {
         assert!(same_origin(&req));
         req.insert_header("origin", "http://evil.example").unwrap();
         assert!(!same_origin(&req));
+    }
+
+    /// HTTP/2 requests carry `:authority` (in the URI) and usually no `Host`.
+    #[test]
+    fn origin_against_authority_without_host() {
+        // As Pingora's HTTP/2 server builds it: from the request's parts, `:authority` in the URI.
+        let parts = http::Request::post("https://gw.example:8443/mcp").body(()).unwrap().into_parts().0;
+        let mut req: RequestHeader = parts.into();
+        assert!(req.headers.get("host").is_none());
+        assert!(same_origin(&req), "no Origin: an SDK client");
+        req.insert_header("origin", "https://gw.example:8443").unwrap();
+        assert!(same_origin(&req));
+        req.insert_header("origin", "https://evil.example").unwrap();
+        assert!(!same_origin(&req));
+        // Host and :authority both present: Origin must match both.
+        req.insert_header("origin", "https://gw.example:8443").unwrap();
+        req.insert_header("host", "other.example").unwrap();
+        assert!(!same_origin(&req));
+        // Neither: nothing to compare with, refused.
+        let mut bare = RequestHeader::build("POST", b"/mcp", None).unwrap();
+        bare.insert_header("origin", "https://gw.example").unwrap();
+        assert!(!same_origin(&bare));
     }
 }

@@ -1,5 +1,11 @@
 //! The admin listener (default 127.0.0.1:18081): `GET /metrics` (Prometheus text),
 //! `GET /health` (JSON: status, version, uptime, providers and backends), `POST /reload`.
+//!
+//! `admin.token` is a bearer token. When it is set, every admin endpoint needs it
+//! (`Authorization: Bearer <token>`, 401 otherwise). `POST /reload` needs it always: with no
+//! token configured it is refused (403) — anything that can reach the listener could otherwise
+//! swap the configuration in; SIGHUP still reloads. A listener on a non-loopback address
+//! without a token is refused at load (see `config::compile`).
 
 use super::metrics::metrics;
 use crate::reload::Reloader;
@@ -10,6 +16,76 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+/// `admin.token`, kept as its SHA-256: comparing digests in constant time leaks neither the
+/// token nor its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+/// Shortest `admin.token` accepted, in bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl AdminToken {
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.trim().len() != token.len() {
+            return Err("must not start or end with white space".into());
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`, via \"${{MCAS_ADMIN_TOKEN}}\")"
+            ));
+        }
+        Ok(AdminToken(crate::auth::sha256(token.as_bytes())))
+    }
+
+    /// Whether `authorization` is `Bearer <the token>` (scheme case-insensitive).
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(value) = authorization else { return false };
+        let Some(scheme) = value.get(..7) else { return false };
+        if !scheme.eq_ignore_ascii_case(b"bearer ") {
+            return false;
+        }
+        let candidate = crate::auth::sha256(value[7..].trim_ascii());
+        bool::from(self.0.ct_eq(&candidate))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+/// The refusal to send when the request may not reach the endpoint; `None`: it may.
+fn refusal(token: Option<&AdminToken>, reload: bool, authorization: Option<&[u8]>) -> Option<Response<Vec<u8>>> {
+    match token {
+        Some(t) if t.accepts(authorization) => None,
+        Some(_) => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "admin endpoints need admin.token: send `Authorization: Bearer <admin.token>`",
+                "authentication_error",
+                "invalid_admin_token",
+            );
+            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            Some(r)
+        }
+        None if reload => Some(error(
+            StatusCode::FORBIDDEN,
+            "POST /reload is refused while admin.token is not set; set admin.token (and send it as a \
+             bearer token) or reload with SIGHUP (systemctl reload)",
+            "permission_error",
+            "admin_token_required",
+        )),
+        None => None,
+    }
+}
+
+fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response<Vec<u8>> {
+    let body = json!({"error": {"message": message, "type": kind, "code": code}});
+    reply(status, "application/json", body.to_string().into_bytes())
+}
 
 pub struct AdminApp {
     pub reloader: Reloader,
@@ -29,6 +105,16 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 }
 
 impl AdminApp {
+    /// Runs the reload off the listener's threads: it reads and compiles a file, and waits
+    /// its turn behind any reload already running.
+    async fn reload(&self) -> Result<(), crate::config::ConfigErrors> {
+        let reloader = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(result) => result,
+            Err(e) => Err(crate::config::ConfigError::new("", format!("reload did not finish: {e}")).into()),
+        }
+    }
+
     fn health(&self) -> serde_json::Value {
         let rt = self.reloader.runtime.load();
         let now = crate::upstream::clock::now_ms();
@@ -79,6 +165,11 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        let token = self.reloader.runtime.load().admin_token.clone();
+        let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        if let Some(refused) = refusal(token.as_ref(), path == "/reload", authorization) {
+            return refused;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 // Refresh the backend gauges before rendering.
@@ -87,7 +178,7 @@ impl ServeHttp for AdminApp {
                 reply(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             ("GET", "/health") => reply(StatusCode::OK, "application/json", self.health().to_string().into_bytes()),
-            ("POST", "/reload") => match self.reloader.reload() {
+            ("POST", "/reload") => match self.reload().await {
                 Ok(()) => reply(StatusCode::OK, "application/json", br#"{"status":"reloaded"}"#.to_vec()),
                 Err(e) => {
                     let body = json!({"status": "rejected", "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>()});
@@ -100,5 +191,39 @@ impl ServeHttp for AdminApp {
                 br#"{"error":{"message":"admin endpoints: GET /metrics, GET /health, POST /reload","type":"invalid_request_error","code":"not_found"}}"#.to_vec(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "s3cret-admin-token-0123";
+
+    #[test]
+    fn token_is_checked() {
+        let t = AdminToken::new(TOKEN).unwrap();
+        assert!(t.accepts(Some(format!("Bearer {TOKEN}").as_bytes())));
+        assert!(t.accepts(Some(format!("bearer {TOKEN}").as_bytes())));
+        assert!(!t.accepts(Some(format!("Bearer {TOKEN}x").as_bytes())));
+        assert!(!t.accepts(Some(TOKEN.as_bytes())));
+        assert!(!t.accepts(Some(b"Bearer")));
+        assert!(!t.accepts(None));
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new(" padded-token-value-123 ").is_err());
+        assert!(!format!("{t:?}").contains(TOKEN));
+    }
+
+    #[test]
+    fn reload_needs_a_token_and_a_token_guards_everything() {
+        assert_eq!(refusal(None, true, None).unwrap().status(), StatusCode::FORBIDDEN);
+        assert!(refusal(None, false, None).is_none());
+        let t = AdminToken::new(TOKEN).unwrap();
+        let good = format!("Bearer {TOKEN}");
+        assert_eq!(refusal(Some(&t), false, None).unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refusal(Some(&t), true, Some(b"Bearer nope")).unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert!(refusal(Some(&t), true, Some(good.as_bytes())).is_none());
+        assert!(refusal(Some(&t), false, Some(good.as_bytes())).is_none());
     }
 }

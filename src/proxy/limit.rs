@@ -22,14 +22,26 @@ pub struct LimitCtx {
     pub slot: Option<Slot>,
 }
 
-/// The client address limits apply to (see `server.trusted_proxies`).
+/// The address every per-address limit counts against: the client (see
+/// `server.trusted_proxies`; every `X-Forwarded-For` line is read), an IPv6 client reduced
+/// to its `limits.ipv6_prefix` network.
 pub fn client_addr(session: &Session, s: &LimitSettings) -> Option<IpAddr> {
     let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())?;
-    if s.trusted_proxies.is_empty() {
-        return Some(peer);
-    }
-    let xff = session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    Some(cidr::client_addr(peer, xff, &s.trusted_proxies))
+    let client = if s.trusted_proxies.is_empty() {
+        peer
+    } else {
+        // A line that is not visible ASCII cannot be read: it stands for an entry that is
+        // not an address, which ends the walk at the nearest trusted hop.
+        let lines: Vec<&str> = session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("unknown"))
+            .collect();
+        cidr::client_addr(peer, &lines, &s.trusted_proxies)
+    };
+    Some(cidr::limit_bucket(client, s.ipv6_prefix))
 }
 
 fn refused(r: Refusal, key: &str) -> GatewayError {

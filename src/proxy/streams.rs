@@ -140,6 +140,7 @@ pub fn upstream_response(resp: &mut pingora_http::ResponseHeader, ctx: &mut supe
                 sealer.clone(),
                 &routed.provider.name,
                 b.addr,
+                &routed.key.name,
                 &routed.provider.base_path,
                 &routed.streams.client_prefix,
             ));

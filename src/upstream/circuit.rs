@@ -1,6 +1,11 @@
 //! Per-backend circuit breaker fed by passive signals (connect failures, timeouts, 5xx):
 //! closed → open after `failures` within `window` → after `cooldown` one request is let
 //! through as a half-open probe → closed on its success, open again on its failure.
+//!
+//! "One" is exact under concurrency: [`Circuit::acquire`] decides and takes the trial under
+//! one lock, so of many requests racing for a backend whose cool-down just ended, exactly one
+//! is sent; the others are refused and go elsewhere. [`Circuit::allows`] is only a cheap
+//! pre-filter for selection and reports.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -36,6 +41,23 @@ impl CircuitState {
             CircuitState::Open => "open",
             CircuitState::HalfOpen => "half_open",
         }
+    }
+}
+
+/// What [`Circuit::acquire`] decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The circuit is closed.
+    Admitted,
+    /// This request is the one half-open trial; `half_opened`: the circuit just left "open".
+    Trial { half_opened: bool },
+    /// Open, or half-open with its trial still out.
+    Refused,
+}
+
+impl Admission {
+    pub fn admitted(self) -> bool {
+        self != Admission::Refused
     }
 }
 
@@ -95,24 +117,27 @@ impl Circuit {
         }
     }
 
-    /// A request was sent to this backend: an open circuit past its cool-down turns half-open.
-    /// Returns the new state on a transition.
-    pub fn on_selected(&self, s: &CircuitSettings, now: u64) -> Option<CircuitState> {
-        if !self.dirty.load(Ordering::Relaxed) {
-            return None;
+    /// Takes the right to send one request to this backend now. Closed: admitted. Open past
+    /// its cool-down: this request becomes the half-open trial (the state turns half-open in the
+    /// same step). Half-open whose trial has not reported within a cool-down (a lost trial):
+    /// this request is the new trial. Otherwise refused.
+    pub fn acquire(&self, s: &CircuitSettings, now: u64) -> Admission {
+        if !self.dirty.load(Ordering::Acquire) {
+            return Admission::Admitted;
         }
         let mut g = self.lock();
         match g.state {
+            CircuitState::Closed => Admission::Admitted,
             CircuitState::Open if now >= g.since + ms(s.cooldown) => {
                 g.state = CircuitState::HalfOpen;
                 g.since = now;
-                Some(CircuitState::HalfOpen)
+                Admission::Trial { half_opened: true }
             }
             CircuitState::HalfOpen if now >= g.since + ms(s.cooldown) => {
                 g.since = now;
-                None
+                Admission::Trial { half_opened: false }
             }
-            _ => None,
+            CircuitState::Open | CircuitState::HalfOpen => Admission::Refused,
         }
     }
 
@@ -177,9 +202,10 @@ mod tests {
         assert!(!c.allows(&s, 100));
         assert_eq!(c.state(), CircuitState::Open);
         assert!(c.allows(&s, 530));
-        assert_eq!(c.on_selected(&s, 530), Some(CircuitState::HalfOpen));
+        assert_eq!(c.acquire(&s, 530), Admission::Trial { half_opened: true });
         // Only the probe goes through while half-open.
         assert!(!c.allows(&s, 540));
+        assert_eq!(c.acquire(&s, 540), Admission::Refused);
         assert_eq!(c.record_success(), Some(CircuitState::Closed));
         assert!(c.allows(&s, 540));
         assert_eq!(c.state(), CircuitState::Closed);
@@ -191,10 +217,42 @@ mod tests {
         for t in 0..3 {
             c.record_failure(&s, t);
         }
-        c.on_selected(&s, 600);
+        assert!(c.acquire(&s, 600).admitted());
         assert_eq!(c.record_failure(&s, 610), Some(CircuitState::Open));
         assert!(!c.allows(&s, 1000));
         assert!(c.allows(&s, 1110));
+    }
+
+    /// Many threads race for a backend whose cool-down has just ended: exactly one is let
+    /// through as the trial, however the threads interleave; a lost trial is replaced by
+    /// exactly one more a cool-down later.
+    #[test]
+    fn half_open_admits_exactly_one_trial_under_concurrency() {
+        use std::sync::{Arc, Barrier};
+        for round in 0..50 {
+            let (c, s) = (Arc::new(Circuit::default()), settings());
+            for t in 0..3 {
+                c.record_failure(&s, t);
+            }
+            let threads = 16;
+            let barrier = Arc::new(Barrier::new(threads));
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (c, s, b) = (c.clone(), s.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        b.wait();
+                        // What selection does: a pre-filter, then the decision.
+                        (0..20).filter(|_| c.allows(&s, 600) && c.acquire(&s, 600).admitted()).count()
+                    })
+                })
+                .collect();
+            let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(admitted, 1, "round {round}: {admitted} trials let through");
+            assert_eq!(c.state(), CircuitState::HalfOpen);
+            assert_eq!(c.acquire(&s, 1099), Admission::Refused);
+            assert_eq!(c.acquire(&s, 1100), Admission::Trial { half_opened: false }, "a lost trial is replaced");
+            assert_eq!(c.acquire(&s, 1100), Admission::Refused);
+        }
     }
 
     #[test]

@@ -233,8 +233,16 @@ impl Provider {
         };
         let i = select::choose(&req, &slots)?;
         let b = self.backends.get(i)?.clone();
-        if let Some(state) = b.circuit.on_selected(&self.fleet.circuit, now) {
-            self.circuit_changed(&b, state);
+        match b.circuit.acquire(&self.fleet.circuit, now) {
+            circuit::Admission::Admitted | circuit::Admission::Trial { half_opened: false } => {}
+            circuit::Admission::Trial { half_opened: true } => self.circuit_changed(&b, CircuitState::HalfOpen),
+            // Another request took the half-open trial between the look and the choice: choose
+            // again without this backend.
+            circuit::Admission::Refused => {
+                let mut skip = tried.to_vec();
+                skip.push(i);
+                return self.pick(key, &skip);
+            }
         }
         if let Some(m) = metrics() {
             m.fleet.backend_selections.with_label_values(&[&*self.name, &b.addr.to_string()]).inc();

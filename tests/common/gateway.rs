@@ -22,28 +22,43 @@ impl Gw {
     }
 }
 
+/// An `admin.token` for tests that reload through `POST /reload` (which needs one).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// `server_extra` goes inside `server: { … }` (e.g. `max_body: 1KiB`); `rest` holds the other
 /// sections (keys, providers, …).
 pub async fn spawn_gateway(server_extra: &str, rest: &str, envs: &[(&str, &str)]) -> Gw {
-    launch(server_extra, rest, envs, true).await
+    launch(server_extra, "", rest, envs, true).await
+}
+
+/// [`spawn_gateway`] with an `admin.token` ([`ADMIN_TOKEN`]): `POST /reload` works, and every
+/// admin endpoint needs the token.
+pub async fn spawn_gateway_with_admin_token(server_extra: &str, rest: &str, envs: &[(&str, &str)]) -> Gw {
+    launch(server_extra, &format!(", token: \"{ADMIN_TOKEN}\""), rest, envs, true).await
+}
+
+/// The `admin:` section of a gateway started by [`spawn_gateway_with_admin_token`], for tests
+/// that rewrite its whole config file.
+pub fn admin_section(gw: &Gw) -> String {
+    format!("admin: {{ listen: \"{}\", token: \"{ADMIN_TOKEN}\" }}\n", gw.admin)
 }
 
 /// Like [`spawn_gateway`] but readiness is polled only on the admin listener (for a TLS listener).
 pub async fn spawn_gateway_admin_only(server_extra: &str, rest: &str) -> Gw {
-    launch(server_extra, rest, &[], false).await
+    launch(server_extra, "", rest, &[], false).await
 }
 
 /// [`spawn_gateway_admin_only`] with environment variables.
 pub async fn spawn_gateway_admin_only_with_env(server_extra: &str, rest: &str, envs: &[(&str, &str)]) -> Gw {
-    launch(server_extra, rest, envs, false).await
+    launch(server_extra, "", rest, envs, false).await
 }
 
-async fn launch(server_extra: &str, rest: &str, envs: &[(&str, &str)], poll_main: bool) -> Gw {
+async fn launch(server_extra: &str, admin_extra: &str, rest: &str, envs: &[(&str, &str)], poll_main: bool) -> Gw {
     let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 1s, shutdown_timeout: 1s, \
          pid_file: \"/tmp/mcas-test-{port}.pid\", upgrade_sock: \"/tmp/mcas-test-{port}.sock\" {comma} {server_extra} }}\n\
-         admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n{rest}",
+         admin: {{ listen: \"127.0.0.1:{admin_port}\" {admin_extra} }}\n{rest}",
         comma = if server_extra.is_empty() { "" } else { "," }
     );
     let dir = tempfile::tempdir().expect("tempdir");
