@@ -27,6 +27,8 @@ pub struct IpLimits {
     pub auth_failures_per_min: Option<u64>,
     pub cooloff: Duration,
     pub max_tracked: usize,
+    /// Open connections from one address (`limits.per_ip.connections`). `None`: no cap.
+    pub connections: Option<usize>,
 }
 
 pub const DEFAULT_AUTH_FAILURES: u64 = 20;
@@ -40,6 +42,7 @@ impl Default for IpLimits {
             auth_failures_per_min: Some(DEFAULT_AUTH_FAILURES),
             cooloff: DEFAULT_COOLOFF,
             max_tracked: DEFAULT_MAX_TRACKED,
+            connections: None,
         }
     }
 }

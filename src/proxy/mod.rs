@@ -11,6 +11,7 @@ pub mod forward;
 pub mod heartbeat;
 pub mod limit;
 pub mod local;
+pub mod per_ip_connections;
 pub mod pipe;
 pub mod respond;
 pub mod rewrite;
