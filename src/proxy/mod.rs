@@ -8,6 +8,7 @@ pub mod conn_limits;
 pub mod ctx;
 pub mod direct;
 pub mod forward;
+pub mod framing;
 pub mod heartbeat;
 pub mod limit;
 pub mod local;
@@ -64,6 +65,9 @@ impl Gateway {
         if let Some(m) = metrics() {
             m.inflight.inc();
             ctx.counted_inflight = true;
+        }
+        if let Err(e) = framing::check(session) {
+            return self.refuse(session, ctx, e).await;
         }
         if let Some(status) = local::try_answer(session, &ctx.request_id).await? {
             ctx.local_status = Some(status);
@@ -361,6 +365,12 @@ fn classify(e: &Error) -> Option<GatewayError> {
         HTTPStatus(code) if *code == 504 => Some(GatewayError::GatewayTimeout("upstream timed out".into())),
         HTTPStatus(code) if *code >= 500 => Some(GatewayError::BadGateway("upstream failed".into())),
         HTTPStatus(400) => Some(GatewayError::BadRequest("malformed request".into())),
+        // A chunk size that is not hex, overflows, or a chunk longer than announced: the
+        // client's framing, whether the body was being read here or on its way upstream
+        // (pingora-core's `INVALID_CHUNK` error type).
+        Custom("InvalidChunk") if e.esource() != &ErrorSource::Upstream => {
+            Some(GatewayError::BadRequest("invalid chunked request body".into()))
+        }
         ConnectTimedout => Some(GatewayError::GatewayTimeout("timed out connecting to the upstream".into())),
         ReadTimedout | WriteTimedout => {
             Some(GatewayError::GatewayTimeout("the upstream did not answer in time".into()))
