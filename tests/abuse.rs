@@ -436,3 +436,154 @@ async fn slowloris_and_slow_body_clients_leave_normal_clients_their_latency() {
     );
     assert!(attacked_p99 <= limit, "p99 {attacked_p99:?} beside slow clients, undisturbed {base:?}");
 }
+
+/// Writes one request on `s` and reads its answer; the status and whether the connection may
+/// be reused.
+async fn exchange(s: &mut TcpStream, req: &[u8]) -> Option<(u16, bool)> {
+    s.write_all(req).await.ok()?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let (head_end, len, close) = loop {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (end + 4, len, head.contains("connection: close"));
+        }
+    };
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let status = String::from_utf8_lossy(&buf[9..12]).parse().ok()?;
+    Some((status, !close))
+}
+
+/// Answers seen by the wrong-key flood: 401, 429, anything else (or a broken connection).
+#[derive(Default)]
+struct FloodCounts {
+    unauthorized: std::sync::atomic::AtomicU64,
+    cooled_off: std::sync::atomic::AtomicU64,
+    other: std::sync::atomic::AtomicU64,
+}
+
+/// Address `i` of the flood sends a fresh wrong key every `period` until `until`, on one
+/// keep-alive connection (a new one when the gateway closes it).
+async fn wrong_keys(gw: SocketAddr, i: usize, period: Duration, until: Instant, counts: Arc<FloodCounts>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let src = IpAddr::V4(Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<TcpStream> = None;
+    let mut n = 0u64;
+    while Instant::now() < until {
+        tick.tick().await;
+        if conn.is_none() {
+            conn = connect_from(src, gw).await.ok();
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        n += 1;
+        let req = format!("GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-wrong-{i}-{n}\r\n\r\n");
+        match exchange(s, req.as_bytes()).await {
+            Some((status, keep)) => {
+                match status {
+                    401 => &counts.unauthorized,
+                    429 => &counts.cooled_off,
+                    _ => &counts.other,
+                }
+                .fetch_add(1, Relaxed);
+                if !keep {
+                    conn = None;
+                }
+            }
+            None => {
+                counts.other.fetch_add(1, Relaxed);
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Runs the flood on a thread of its own at the lowest CPU priority (`renice` on the thread):
+/// on a shared 2-core machine the load generator would otherwise take the CPU the gateway and
+/// the good client need, and the test would measure the generator.
+fn flood(gw: SocketAddr, addresses: usize, per_address: Duration, run: Duration) -> std::thread::JoinHandle<Arc<FloodCounts>> {
+    std::thread::spawn(move || {
+        if let Ok(task) = std::fs::read_link("/proc/thread-self") {
+            if let Some(tid) = task.file_name().and_then(|t| t.to_str()) {
+                let _ = std::process::Command::new("renice").args(["-n", "19", "-p", tid]).output();
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let counts: Arc<FloodCounts> = Default::default();
+            let until = Instant::now() + run;
+            let tasks: Vec<_> =
+                (0..addresses).map(|i| tokio::spawn(wrong_keys(gw, i, per_address, until, counts.clone()))).collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+            counts
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const ADDRESSES: usize = 1_000;
+    const FAILURES: u64 = 3;
+    let sim = spawn_sim(&["--tokens", "4"]).await;
+    let limits = format!("limits: {{ per_ip: {{ auth_failures_per_min: {FAILURES} }} }}\n");
+    let gw = spawn_gateway("", &sim_gateway_rest(&sim, &limits), &[]).await;
+    let good = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let window = Duration::from_secs(4);
+    assert_eq!(normal_clients(&gw, good, 2, Duration::from_millis(500)).await.1, 0);
+    let (before, failed) = normal_clients(&gw, good, 2, window).await;
+    assert_eq!(failed, 0);
+    // One wrong key a second from each of 1,000 addresses. The 10,000 a second of the issue is
+    // `benches/abuse.sh`: a debug build on a shared 2-core machine answers only a few
+    // thousand requests a second in all, so that rate would measure the machine.
+    let attack = Duration::from_secs(6);
+    let started = Instant::now();
+    let flood = flood(gw.addr, ADDRESSES, Duration::from_secs(1), attack);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (during, failed) = normal_clients(&gw, good, 2, window).await;
+    assert_eq!(failed, 0, "the good key was refused during the flood");
+    let counts = tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    let flood_time = started.elapsed();
+    let (after, failed) = normal_clients(&gw, good, 2, window).await;
+    assert_eq!(failed, 0);
+    let (c401, c429, other) =
+        (counts.unauthorized.load(Relaxed), counts.cooled_off.load(Relaxed), counts.other.load(Relaxed));
+    let rate = (c401 + c429 + other) as f64 / flood_time.as_secs_f64();
+    let undisturbed = (before.len() + after.len()) as f64 / 2.0;
+    eprintln!(
+        "wrong keys: {rate:.0}/s answered ({c401} × 401, {c429} × 429, {other} other); good key: {} requests \
+         in {window:?} before, {} during, {} after",
+        before.len(),
+        during.len(),
+        after.len()
+    );
+    assert_eq!(other, 0, "wrong-key requests got neither 401 nor 429");
+    // Each address had `auth_failures_per_min` wrong keys checked against the key table; after
+    // that it was refused (429) before any key was looked at.
+    assert!(c401 <= ADDRESSES as u64 * FAILURES, "{c401} wrong keys were checked");
+    assert!(c429 > c401, "the cooling-off did not take over: {c401} × 401, {c429} × 429");
+    assert!(
+        during.len() as f64 >= undisturbed / 2.0,
+        "good key: {} requests during the flood, {undisturbed} undisturbed",
+        during.len()
+    );
+}
