@@ -57,9 +57,11 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let reloader = Reloader { runtime: shared.clone(), path: config_path };
 
     let drain = crate::drain::Drain::new(grace);
-    // `limits.per_ip.connections`: counted around the proxy, refused at accept.
-    let gate = Gate::new(shared.clone());
-    let app = pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone(), drain.clone()));
+    // `limits.per_ip.connections` (and cooling-off addresses): counted around the proxy,
+    // refused at accept.
+    let gateway = Gateway::new(shared.clone(), drain.clone());
+    let gate = Gate::new(shared.clone(), gateway.guard.clone());
+    let app = pingora_proxy::http_proxy(&server.configuration, gateway);
     let mut proxy = Service::new("mcas-gateway".to_string(), PerIpConnections::new(app, gate.clone()));
     proxy.set_connection_filter(gate);
     for addr in &listen {

@@ -76,6 +76,11 @@ impl Gateway {
         let rt = self.runtime.load_full();
         let ip = limit::client_addr(session, &rt.limits);
         if let Err(e) = limit::guard(&self.guard, &rt.limits, ip) {
+            if matches!(&e, GatewayError::RateLimited(r) if r.kind == crate::limits::LimitKind::AuthFailures) {
+                // The address is refused at accept while it cools off (per_ip_connections):
+                // after this 429, its attempts cost no HTTP exchange.
+                session.set_keepalive(None);
+            }
             return self.refuse(session, ctx, e).await;
         }
         let authenticated = auth::authenticate(session.req_header(), &rt.keys);

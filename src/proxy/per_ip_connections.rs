@@ -3,16 +3,21 @@
 //!
 //! - [`Gate`] is the listener's connection filter (pingora-core's `ConnectionFilter`, called
 //!   right after `accept()`, before the TLS handshake): an address already at its cap has the
-//!   new socket closed there, before a byte is read or a handshake is paid for.
+//!   new socket closed there, before a byte is read or a handshake is paid for. So has an
+//!   address cooling off after too many failed authentications (`limits.per_ip.
+//!   auth_failures_per_min`) once it has had its 429 with `Retry-After`: a key guesser's every
+//!   further attempt then costs an accept and a close instead of an HTTP exchange.
 //! - [`PerIpConnections`] wraps the proxy application and holds a [`ConnSlot`] for the whole
 //!   life of each connection (every keep-alive request on it); it is what counts, and it also
 //!   closes the connections that raced past the filter.
 //!
 //! Addresses in `server.trusted_proxies` are exempt: all their clients share one address.
-//! Refusals are counted in `mcas_connections_refused_total{reason="per_ip"}`; nothing is
-//! logged per refusal (a flood would flood the log too).
+//! Refusals are counted in `mcas_connections_refused_total{reason="per_ip"|"cooloff"}`;
+//! nothing is logged per refusal (a flood would flood the log too).
 
 use crate::limits::connections::{ConnSlot, ConnTable};
+use crate::limits::ip::IpGuard;
+use crate::limits::now_ms;
 use crate::observe::metrics::metrics;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
@@ -29,6 +34,8 @@ use std::sync::Arc;
 pub struct Gate {
     runtime: Arc<ArcSwap<Runtime>>,
     table: Arc<ConnTable>,
+    /// The proxy's per-address guard (cooling-off state).
+    guard: Arc<IpGuard>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -38,8 +45,8 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Arc<Self> {
-        Arc::new(Gate { runtime, table: Default::default() })
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, guard: Arc<IpGuard>) -> Arc<Self> {
+        Arc::new(Gate { runtime, table: Default::default(), guard })
     }
 
     /// The cap that applies to `ip`, if any.
@@ -52,6 +59,21 @@ impl Gate {
         Some(cap)
     }
 
+    /// Why a new connection from `ip` is closed at accept, if it is.
+    fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+        let rt = self.runtime.load();
+        if rt.limits.trusted_proxies.iter().any(|c| c.contains(ip)) {
+            return None; // its clients are told apart by X-Forwarded-For, per request
+        }
+        if rt.limits.per_ip.connections.is_some_and(|cap| self.table.open(ip) >= cap) {
+            return Some("per_ip");
+        }
+        if rt.limits.per_ip.auth_failures_per_min.is_some() && self.guard.told_to_cool_off(ip, now_ms()) {
+            return Some("cooloff");
+        }
+        None
+    }
+
     /// A slot for a new connection from `ip`: `Ok(None)` when no cap applies, `Err` when `ip`
     /// is at its cap.
     fn admit(&self, ip: IpAddr) -> Result<Option<ConnSlot>, ()> {
@@ -62,9 +84,9 @@ impl Gate {
     }
 }
 
-fn count_refusal() {
+fn count_refusal(reason: &str) {
     if let Some(m) = metrics() {
-        m.connections_refused.with_label_values(&["per_ip"]).inc();
+        m.connections_refused.with_label_values(&[reason]).inc();
     }
 }
 
@@ -74,12 +96,12 @@ impl ConnectionFilter for Gate {
         let Some(ip) = addr.map(SocketAddr::ip) else {
             return true;
         };
-        match self.cap(ip) {
-            Some(cap) if self.table.open(ip) >= cap => {
-                count_refusal();
+        match self.refusal(ip) {
+            Some(reason) => {
+                count_refusal(reason);
                 false
             }
-            _ => true,
+            None => true,
         }
     }
 }
@@ -103,7 +125,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerIpConnections<A> {
         // Held until the connection is done with, across all its requests.
         let _slot = match peer.map(|ip| self.gate.admit(ip)) {
             Some(Err(())) => {
-                count_refusal();
+                count_refusal("per_ip");
                 return None; // dropping the stream closes the socket
             }
             Some(Ok(slot)) => slot,
