@@ -119,8 +119,8 @@ async fn smuggling_shapes_get_400_and_nothing_ambiguous_goes_upstream() {
     let chunked_then_smuggled = [b"0\r\n\r\n".as_slice(), SMUGGLED].concat();
     let cl_te = format!("Content-Length: {}\r\nTransfer-Encoding: chunked\r\n", chunked_then_smuggled.len());
     let two_cl = format!("Content-Length: 0\r\nContent-Length: {}\r\n", SMUGGLED.len());
-    let mut bare_lf = format!("POST /raw/x HTTP/1.1\nHost: gw\nAuthorization: Bearer {KEY}\nContent-Length: 0\n\n")
-        .into_bytes();
+    let mut bare_lf =
+        format!("POST /raw/x HTTP/1.1\nHost: gw\nAuthorization: Bearer {KEY}\nContent-Length: 0\n\n").into_bytes();
     bare_lf.extend_from_slice(SMUGGLED);
     // Header-level shapes: refused before any upstream is chosen, on either kind of route.
     let header_shapes: Vec<(&str, Vec<u8>)> = vec![
@@ -128,10 +128,7 @@ async fn smuggling_shapes_get_400_and_nothing_ambiguous_goes_upstream() {
         ("two content-lengths", head("POST", "PATH", &two_cl, SMUGGLED)),
         ("obs-fold", head("POST", "PATH", "X-A: a\r\n Transfer-Encoding: chunked\r\nContent-Length: 0\r\n", SMUGGLED)),
         ("bare LF", bare_lf),
-        (
-            "bare LF inside",
-            head("POST", "PATH", "X-A: a\nContent-Length: 0\r\nX-B: b\r\n", SMUGGLED),
-        ),
+        ("bare LF inside", head("POST", "PATH", "X-A: a\nContent-Length: 0\r\nX-B: b\r\n", SMUGGLED)),
         (
             "te chunked, identity",
             head("POST", "PATH", "Transfer-Encoding: chunked, identity\r\n", &chunked_then_smuggled),
@@ -142,7 +139,12 @@ async fn smuggling_shapes_get_400_and_nothing_ambiguous_goes_upstream() {
         ),
         (
             "two transfer-encodings",
-            head("POST", "PATH", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", &chunked_then_smuggled),
+            head(
+                "POST",
+                "PATH",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                &chunked_then_smuggled,
+            ),
         ),
     ];
     for path in ["/raw/x", "/v1/chat/completions"] {
@@ -178,7 +180,16 @@ async fn smuggling_shapes_get_400_and_nothing_ambiguous_goes_upstream() {
         }
     }
     // The capture works: a plain request arrives whole, once.
-    let (status, answer) = raw(gw.addr, &head("POST", "/raw/x", "Content-Type: application/octet-stream\r\nContent-Length: 5\r\nConnection: close\r\n", b"hello")).await;
+    let (status, answer) = raw(
+        gw.addr,
+        &head(
+            "POST",
+            "/raw/x",
+            "Content-Type: application/octet-stream\r\nContent-Length: 5\r\nConnection: close\r\n",
+            b"hello",
+        ),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     let got = cap.take();
     assert_eq!(got.len(), 1);
@@ -242,6 +253,16 @@ fn closed(s: &TcpStream) -> bool {
     }
 }
 
+/// CPU time the process has used so far, user and system (`/proc/<pid>/stat`, in the usual
+/// 100 ticks a second).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -253,7 +274,9 @@ async fn ten_thousand_idle_connections_from_one_address_meet_the_per_ip_cap() {
     // 10,000 as asked, unless this machine's hard limit leaves no room for them.
     let n = (knob("CONNS", 10_000) as usize).min(soft.saturating_sub(1_000) as usize);
     assert!(n > 1_000, "the open-file hard limit ({soft}) is too low for this test");
-    let rest = format!("keys:\n  - {{ name: k, key: \"{KEY}\", models: [\"*\"] }}\nlimits: {{ per_ip: {{ connections: {CAP} }} }}\n");
+    let rest = format!(
+        "keys:\n  - {{ name: k, key: \"{KEY}\", models: [\"*\"] }}\nlimits: {{ per_ip: {{ connections: {CAP} }} }}\n"
+    );
     let gw = spawn_gateway("", &rest, &[]).await;
     let fds_before = open_fds(gw.proc.pid());
     let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 10, 1));
@@ -533,7 +556,12 @@ async fn wrong_keys(gw: SocketAddr, i: usize, period: Duration, until: Instant, 
 /// Runs the flood on a thread of its own at the lowest CPU priority (`renice` on the thread):
 /// on a shared 2-core machine the load generator would otherwise take the CPU the gateway and
 /// the good client need, and the test would measure the generator.
-fn flood(gw: SocketAddr, addresses: usize, per_address: Duration, run: Duration) -> std::thread::JoinHandle<Arc<FloodCounts>> {
+fn flood(
+    gw: SocketAddr,
+    addresses: usize,
+    per_address: Duration,
+    run: Duration,
+) -> std::thread::JoinHandle<Arc<FloodCounts>> {
     std::thread::spawn(move || {
         if let Ok(task) = std::fs::read_link("/proc/thread-self") {
             if let Some(tid) = task.file_name().and_then(|t| t.to_str()) {
@@ -566,7 +594,9 @@ async fn wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput() 
     let window = Duration::from_secs(knob("SECS", 4));
     let per_address = knob("WRONG_KEY_RATE", 1).max(1);
     assert_eq!(normal_clients(&gw, good, 2, Duration::from_millis(500)).await.1, 0);
+    let cpu = cpu_secs(gw.proc.pid());
     let (before, failed) = normal_clients(&gw, good, 2, window).await;
+    let cpu_before = cpu_secs(gw.proc.pid()) - cpu;
     assert_eq!(failed, 0);
     // One wrong key a second from each of 1,000 addresses. The 10,000 a second of the issue is
     // `benches/abuse.sh`: a debug build on a shared 2-core machine answers only a few
@@ -578,7 +608,9 @@ async fn wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput() 
     let started = Instant::now();
     let flood = flood(gw.addr, ADDRESSES, period, warmup + window + Duration::from_secs(1));
     tokio::time::sleep(warmup).await;
+    let cpu = cpu_secs(gw.proc.pid());
     let (during, failed) = normal_clients(&gw, good, 2, window).await;
+    let cpu_during = cpu_secs(gw.proc.pid()) - cpu;
     assert_eq!(failed, 0, "the good key was refused during the flood");
     let counts = tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
     let flood_time = started.elapsed();
@@ -595,7 +627,7 @@ async fn wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput() 
     let undisturbed = (before.len() + after.len()) as f64 / 2.0;
     eprintln!(
         "FIGURES wrong keys: {} /s offered from {ADDRESSES} addresses, {rate:.0}/s answered ({c401} × 401, {c429} × 429, {closed} closed, {at_accept} of them at accept); good key: {} requests \
-         in {window:?} before, {} during, {} after",
+         in {window:?} before, {} during, {} after; gateway CPU {cpu_before:.2}s before, {cpu_during:.2}s during",
         per_address * ADDRESSES as u64,
         before.len(),
         during.len(),
