@@ -15,6 +15,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 const KEY: &str = "sk-abuse-0123456789abcdef";
 
+/// Held by the tests that measure latency or throughput, or that burst 10,000 connects, so
+/// that they do not measure each other.
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A knob `benches/abuse.sh` turns for its longer runs: `MCAS_ABUSE_<name>`, else `default`.
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(format!("MCAS_ABUSE_{name}")).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -269,6 +273,7 @@ fn open_fds(pid: u32) -> usize {
 
 #[tokio::test]
 async fn ten_thousand_idle_connections_from_one_address_meet_the_per_ip_cap() {
+    let _alone = MEASURING.lock().await;
     const CAP: usize = 50;
     let soft = raise_nofile();
     // 10,000 as asked, unless this machine's hard limit leaves no room for them.
@@ -420,6 +425,7 @@ fn slow_uploads(gw: &Gw, from: IpAddr, n: usize) -> Vec<tokio::task::JoinHandle<
 
 #[tokio::test]
 async fn slowloris_and_slow_body_clients_leave_normal_clients_their_latency() {
+    let _alone = MEASURING.lock().await;
     let sim = spawn_sim(&["--tokens", "4"]).await;
     let gw = spawn_gateway("", &sim_gateway_rest(&sim, ""), &[]).await;
     // Normal clients come from their own address, as they would in the field.
@@ -584,6 +590,7 @@ fn flood(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput() {
+    let _alone = MEASURING.lock().await;
     use std::sync::atomic::Ordering::Relaxed;
     const ADDRESSES: usize = 1_000;
     const FAILURES: u64 = 3;
