@@ -653,3 +653,15 @@ async fn wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput() 
         during.len()
     );
 }
+
+#[test]
+fn per_ip_connections_is_checked_with_its_path() {
+    let keys = format!("keys:\n  - {{ name: k, key: \"{KEY}\", models: [\"*\"] }}\n");
+    let (code, out) =
+        crate::common::gateway::check(&format!("{keys}limits: {{ per_ip: {{ connections: 0 }} }}\n"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("limits.per_ip.connections"), "{out}");
+    let (code, out) =
+        crate::common::gateway::check(&format!("{keys}limits: {{ per_ip: {{ connections: 64 }} }}\n"), &[]);
+    assert_eq!(code, 0, "{out}");
+}
