@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Longer runs of the abuse suite (tests/abuse.rs): the same tests with longer measuring windows
+# Longer runs of the abuse suite (tests/abuse.rs, tests/abuse/): the same tests with longer measuring windows
 # and the full attack rates, each printing one FIGURES line; the table it ends with is what
 # docs/abuse.md records. Loopback only; every run is bounded in time (`timeout`) and in count.
 #
@@ -40,11 +40,11 @@ cargo build -q "${profile[@]}" --bins
 cargo test -q "${profile[@]}" --test it --no-run 2>/dev/null
 
 tests=(
-  smuggling_shapes_get_400_and_nothing_ambiguous_goes_upstream
-  oversized_and_too_many_headers_get_431
-  ten_thousand_idle_connections_from_one_address_meet_the_per_ip_cap
-  slowloris_and_slow_body_clients_leave_normal_clients_their_latency
-  wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput
+  framing::smuggling_shapes_get_400_and_nothing_ambiguous_goes_upstream
+  framing::oversized_and_too_many_headers_get_431
+  connections::ten_thousand_idle_connections_from_one_address_meet_the_per_ip_cap
+  slow::slowloris_and_slow_body_clients_leave_normal_clients_their_latency
+  flood::wrong_keys_from_a_thousand_addresses_leave_a_good_key_its_throughput
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
