@@ -347,7 +347,16 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                if let HTTPStatus(431) = e.etype {
+                    // The header is larger than the server reads (fields or bytes).
+                    debug!("Fail to proxy: {e}");
+                    downstream_session
+                        .respond_error(431)
+                        .await
+                        .unwrap_or_else(|e| {
+                            error!("failed to send error response to downstream: {e}");
+                        });
+                } else if matches!(e.etype, InvalidHTTPHeader) {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()

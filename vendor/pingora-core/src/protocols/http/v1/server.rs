@@ -309,8 +309,10 @@ impl HttpSession {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
+                // 431 Request Header Fields Too Large (RFC 6585 section 5), not a generic 400:
+                // the request is well formed, only larger than this server reads.
                 return Error::e_explain(
-                    InvalidHTTPHeader,
+                    HTTPStatus(431),
                     format!("Request header larger than {MAX_HEADER_SIZE}"),
                 );
             }
@@ -461,6 +463,12 @@ impl HttpSession {
                                     e,
                                 );
                             }
+                        }
+                        httparse::Error::TooManyHeaders => {
+                            return Error::e_explain(
+                                HTTPStatus(431),
+                                format!("Request header has more than {MAX_HEADERS} fields"),
+                            );
                         }
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);
