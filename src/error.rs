@@ -33,6 +33,9 @@ pub enum GatewayError {
     Internal,
     #[error("{}", .0.kind.message())]
     RateLimited(crate::limits::Refusal),
+    /// Ambiguous framing (400) or an oversized header (431): see `crate::framing`.
+    #[error("{}", .0.message())]
+    Framing(crate::framing::Refusal),
 }
 
 impl GatewayError {
@@ -62,6 +65,10 @@ impl GatewayError {
             GatewayError::GatewayTimeout(_) => (504, "upstream_error", "upstream_timeout"),
             GatewayError::Internal => (500, "server_error", "internal_error"),
             GatewayError::RateLimited(r) => (429, "rate_limit_exceeded", r.kind.code()),
+            GatewayError::Framing(r) if r.status() == 431 => {
+                (431, "invalid_request_error", "request_header_fields_too_large")
+            }
+            GatewayError::Framing(_) => (400, "invalid_request_error", "invalid_request_framing"),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod error;
+pub mod framing;
 pub mod http_path;
 pub mod limits;
 pub mod mcp;

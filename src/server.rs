@@ -2,6 +2,7 @@
 //! listener, and the SIGHUP reload watcher, then runs until a signal ends it.
 
 use crate::observe::admin::AdminApp;
+use crate::proxy::per_ip_connections::{Gate, PerIpConnections};
 use crate::proxy::Gateway;
 use crate::reload::{Reloader, SighupService};
 use crate::runtime::Runtime;
@@ -70,11 +71,13 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let reloader = Reloader::new(shared.clone(), config_path);
 
     let drain = crate::drain::Drain::new(grace);
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone(), drain.clone()),
-        "mcas-gateway",
-    );
+    // `limits.per_ip.connections` (and cooling-off addresses): counted around the proxy,
+    // refused at accept.
+    let gateway = Gateway::new(shared.clone(), drain.clone());
+    let gate = Gate::new(shared.clone(), gateway.guard.clone());
+    let app = pingora_proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = Service::new("mcas-gateway".to_string(), PerIpConnections::new(app, gate.clone()));
+    proxy.set_connection_filter(gate);
     for addr in &listen {
         proxy.add_listener(listener(addr, tls.as_ref())?);
     }

@@ -1,6 +1,7 @@
 //! The one integration-test binary: a module per capability, a shared harness in `common`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod common;
 mod compression;
 mod fleet;

@@ -54,6 +54,8 @@ pub fn compile(l: &LimitsSection, trusted: Option<Vec<String>>, errors: &mut Vec
         if per_ip.max_tracked < 16 {
             errors.push(ConfigError::new("limits.per_ip.max_tracked", "must be at least 16"));
         }
+        per_ip.connections = positive("limits.per_ip.connections", p.connections, errors)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     }
     let mut trusted_proxies = Vec::new();
     for (i, t) in trusted.unwrap_or_default().iter().enumerate() {

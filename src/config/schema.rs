@@ -334,4 +334,8 @@ pub struct PerIpSection {
     pub cooloff: Option<HumanDuration>,
     /// Addresses tracked at once (least recently seen evicted beyond). Default 100000.
     pub max_tracked: Option<usize>,
+    /// Open connections from one address; a connection beyond it is closed as soon as it is
+    /// accepted, before anything is read from it. Addresses in `server.trusted_proxies` are
+    /// exempt. Default: no cap.
+    pub connections: Option<u64>,
 }

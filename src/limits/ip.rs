@@ -27,6 +27,8 @@ pub struct IpLimits {
     pub auth_failures_per_min: Option<u64>,
     pub cooloff: Duration,
     pub max_tracked: usize,
+    /// Open connections from one address (`limits.per_ip.connections`). `None`: no cap.
+    pub connections: Option<usize>,
 }
 
 pub const DEFAULT_AUTH_FAILURES: u64 = 20;
@@ -40,6 +42,7 @@ impl Default for IpLimits {
             auth_failures_per_min: Some(DEFAULT_AUTH_FAILURES),
             cooloff: DEFAULT_COOLOFF,
             max_tracked: DEFAULT_MAX_TRACKED,
+            connections: None,
         }
     }
 }
@@ -51,6 +54,8 @@ struct Entry {
     fail_start: u64,
     failures: u64,
     cool_until: u64,
+    /// The address got its 429 for this cooling-off period (see [`IpGuard::told_to_cool_off`]).
+    told: bool,
     last_seen: u64,
 }
 
@@ -85,7 +90,7 @@ impl IpGuard {
         let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
         let Some(rpm) = l.rpm else {
             // Only failures are limited: look, but do not track addresses that never failed.
-            return match map.get(&ip) {
+            return match map.get_mut(&ip) {
                 Some(e) if e.cool_until > now => Err(cooling(e, now)),
                 _ => Ok(()),
             };
@@ -118,8 +123,16 @@ impl IpGuard {
         e.failures += 1;
         if e.failures >= max {
             e.cool_until = now.saturating_add(l.cooloff.as_millis() as u64);
+            e.told = false;
             e.failures = 0;
         }
+    }
+
+    /// Whether `ip` is cooling off after too many failed authentications and has already been
+    /// answered 429 for it, so its further connections can be closed without an answer.
+    pub fn told_to_cool_off(&self, ip: IpAddr, now: u64) -> bool {
+        let map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip).is_some_and(|e| e.told && e.cool_until > now)
     }
 
     pub fn tracked(&self) -> usize {
@@ -127,7 +140,8 @@ impl IpGuard {
     }
 }
 
-fn cooling(e: &Entry, now: u64) -> Refusal {
+fn cooling(e: &mut Entry, now: u64) -> Refusal {
+    e.told = true;
     Refusal { kind: LimitKind::AuthFailures, retry_after: Duration::from_millis(e.cool_until - now) }
 }
 
@@ -165,8 +179,11 @@ mod tests {
         }
         assert!(g.check(ip(1), &l, 100).is_ok());
         g.failed(ip(1), &l, 200);
+        assert!(!g.told_to_cool_off(ip(1), 300), "told before its 429");
         let r = g.check(ip(1), &l, 300).unwrap_err();
         assert_eq!((r.kind, r.retry_after_secs()), (LimitKind::AuthFailures, 10));
+        assert!(g.told_to_cool_off(ip(1), 300));
+        assert!(!g.told_to_cool_off(ip(1), 10_200), "still told after the cooloff");
         assert!(g.check(ip(2), &l, 300).is_ok(), "other addresses are not affected");
         assert!(g.check(ip(1), &l, 10_200).is_ok(), "the cooloff ends");
     }

@@ -9,6 +9,7 @@
 //! rotation never resets a window.
 
 pub mod cidr;
+pub mod connections;
 pub mod ip;
 
 use http::HeaderValue;

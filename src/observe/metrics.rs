@@ -26,6 +26,10 @@ pub struct Metrics {
     pub open_tunnels: IntGaugeVec,
     pub heartbeats: prometheus::IntCounter,
     pub mcp_unknown_sessions: prometheus::IntCounter,
+    /// Client connections closed at accept, by reason (`per_ip`: `limits.per_ip.connections`).
+    pub connections_refused: IntCounterVec,
+    /// Requests refused for their framing or header size (400/431), by reason.
+    pub malformed_requests: IntCounterVec,
     models_seen: Mutex<HashSet<String>>,
 }
 
@@ -103,6 +107,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["reason", "key"],
     )?;
     registry.register(Box::new(limit_refusals.clone()))?;
+    let connections_refused = IntCounterVec::new(
+        Opts::new("connections_refused_total", "Client connections closed as soon as accepted, by reason"),
+        &["reason"],
+    )?;
+    registry.register(Box::new(connections_refused.clone()))?;
+    let malformed_requests = IntCounterVec::new(
+        Opts::new("malformed_requests_total", "Requests refused for ambiguous framing or oversized headers, by reason"),
+        &["reason"],
+    )?;
+    registry.register(Box::new(malformed_requests.clone()))?;
     Ok(Metrics {
         registry,
         fleet,
@@ -121,6 +135,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         open_tunnels,
         heartbeats,
         mcp_unknown_sessions,
+        connections_refused,
+        malformed_requests,
         models_seen: Mutex::new(HashSet::new()),
     })
 }

@@ -8,11 +8,13 @@ pub mod conn_limits;
 pub mod ctx;
 pub mod direct;
 pub mod forward;
+pub mod framing;
 pub mod heartbeat;
 pub mod limit;
 pub mod local;
 pub mod model;
 pub mod models_list;
+pub mod per_ip_connections;
 pub mod pipe;
 pub mod respond;
 pub mod rewrite;
@@ -66,6 +68,9 @@ impl Gateway {
             m.inflight.inc();
             ctx.counted_inflight = true;
         }
+        if let Err(e) = framing::check(session) {
+            return self.refuse(session, ctx, e).await;
+        }
         if let Some(status) = local::try_answer(session, &ctx.request_id).await? {
             ctx.local_status = Some(status);
             return Ok(Step::Answered);
@@ -73,6 +78,11 @@ impl Gateway {
         let rt = self.runtime.load_full();
         let ip = limit::client_addr(session, &rt.limits);
         if let Err(e) = limit::guard(&self.guard, &rt.limits, ip) {
+            if matches!(&e, GatewayError::RateLimited(r) if r.kind == crate::limits::LimitKind::AuthFailures) {
+                // The address is refused at accept while it cools off (per_ip_connections):
+                // after this 429, its attempts cost no HTTP exchange.
+                session.set_keepalive(None);
+            }
             return self.refuse(session, ctx, e).await;
         }
         let authenticated = auth::authenticate(session.req_header(), &rt.keys);
@@ -370,6 +380,12 @@ fn classify(e: &Error) -> Option<GatewayError> {
         HTTPStatus(code) if *code == 504 => Some(GatewayError::GatewayTimeout("upstream timed out".into())),
         HTTPStatus(code) if *code >= 500 => Some(GatewayError::BadGateway("upstream failed".into())),
         HTTPStatus(400) => Some(GatewayError::BadRequest("malformed request".into())),
+        // A chunk size that is not hex, overflows, or a chunk longer than announced: the
+        // client's framing, whether the body was being read here or on its way upstream
+        // (pingora-core's `INVALID_CHUNK` error type).
+        Custom("InvalidChunk") if e.esource() != &ErrorSource::Upstream => {
+            Some(GatewayError::BadRequest("invalid chunked request body".into()))
+        }
         ConnectTimedout => Some(GatewayError::GatewayTimeout("timed out connecting to the upstream".into())),
         ReadTimedout | WriteTimedout => {
             Some(GatewayError::GatewayTimeout("the upstream did not answer in time".into()))

@@ -1,0 +1,190 @@
+//! Request framing the gateway refuses to guess at. Pingora's HTTP/1 parser accepts some
+//! shapes that another HTTP hop may read differently (docs/abuse.md lists what it does with
+//! each): when both `Content-Length` and `Transfer-Encoding` are sent it drops the length and
+//! forwards; it accepts bare LF line ends and `Transfer-Encoding: identity, chunked`. A proxy
+//! that forwards such a request lets the two sides disagree on where it ends — request
+//! smuggling. So the raw header block, as received, must be plain: CRLF line ends, no folded
+//! lines, at most one `Content-Length` (digits only) and never together with
+//! `Transfer-Encoding`, which may only be a single `chunked`. And it must be of a size the
+//! gateway is willing to carry (431 beyond). Pure functions, so fuzzers can call them.
+
+/// Largest request header block accepted, request line included (431 beyond). Pingora's own
+/// hard limit is 1 MiB; common servers take 8–64 KiB, and no API client sends more.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields accepted (431 beyond). Pingora's own hard limit is 256.
+pub const MAX_HEADERS: usize = 100;
+
+/// Why a request's header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    HeaderTooLarge,
+    TooManyHeaders,
+    BareLf,
+    ObsFold,
+    LengthAndChunked,
+    ContentLength,
+    TransferEncoding,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::HeaderTooLarge | Refusal::TooManyHeaders => 431,
+            _ => 400,
+        }
+    }
+
+    /// Metric label (bounded).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::HeaderTooLarge => "header_too_large",
+            Refusal::TooManyHeaders => "too_many_headers",
+            Refusal::BareLf => "bare_lf",
+            Refusal::ObsFold => "obs_fold",
+            Refusal::LengthAndChunked => "length_and_chunked",
+            Refusal::ContentLength => "content_length",
+            Refusal::TransferEncoding => "transfer_encoding",
+        }
+    }
+
+    pub fn message(self) -> String {
+        match self {
+            Refusal::HeaderTooLarge => format!("request header is larger than {MAX_HEADER_BYTES} bytes"),
+            Refusal::TooManyHeaders => format!("request has more than {MAX_HEADERS} header fields"),
+            Refusal::BareLf => "request header lines must end in CRLF, not a bare LF".into(),
+            Refusal::ObsFold => "folded (obs-fold) header lines are not accepted".into(),
+            Refusal::LengthAndChunked => "request has both Content-Length and Transfer-Encoding".into(),
+            Refusal::ContentLength => "request needs at most one Content-Length, of digits only".into(),
+            Refusal::TransferEncoding => "the only Transfer-Encoding accepted is a single \"chunked\"".into(),
+        }
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    &v[start..end.max(start)]
+}
+
+/// Checks an HTTP/1 request header block as received: the request line through the blank
+/// line that ends it.
+pub fn check_h1(raw: &[u8]) -> Result<(), Refusal> {
+    if raw.len() > MAX_HEADER_BYTES {
+        return Err(Refusal::HeaderTooLarge);
+    }
+    let (mut fields, mut lengths, mut encodings) = (0usize, 0usize, 0usize);
+    let mut start = 0;
+    let mut first = true;
+    for end in memchr::memchr_iter(b'\n', raw) {
+        if end == 0 || raw[end - 1] != b'\r' {
+            return Err(Refusal::BareLf);
+        }
+        let line = &raw[start..end - 1];
+        start = end + 1;
+        if first {
+            first = false; // the request line
+            continue;
+        }
+        if line.is_empty() {
+            break; // end of the header block
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            return Err(Refusal::ObsFold);
+        }
+        fields += 1;
+        if fields > MAX_HEADERS {
+            return Err(Refusal::TooManyHeaders);
+        }
+        let Some(colon) = memchr::memchr(b':', line) else { continue };
+        let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return Err(Refusal::ContentLength);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            encodings += 1;
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(Refusal::TransferEncoding);
+            }
+        }
+    }
+    match (lengths, encodings) {
+        (1.., 1..) => Err(Refusal::LengthAndChunked),
+        (2.., _) => Err(Refusal::ContentLength),
+        (_, 2..) => Err(Refusal::TransferEncoding),
+        _ => Ok(()),
+    }
+}
+
+/// For HTTP/2, whose framing is not in the header: the number of fields and their size
+/// (names and values).
+pub fn check_size(fields: usize, bytes: usize) -> Result<(), Refusal> {
+    if fields > MAX_HEADERS {
+        Err(Refusal::TooManyHeaders)
+    } else if bytes > MAX_HEADER_BYTES {
+        Err(Refusal::HeaderTooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(fields: &str) -> Vec<u8> {
+        format!("POST /v1/x HTTP/1.1\r\nHost: h\r\n{fields}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        assert_eq!(check_h1(&req("")), Ok(()));
+        assert_eq!(check_h1(&req("Content-Length: 12\r\n")), Ok(()));
+        assert_eq!(check_h1(&req("transfer-encoding:  Chunked \r\n")), Ok(()));
+        assert_eq!(check_h1(&req("X-A: a\r\n")), Ok(()));
+        // A body after the header block is not looked at.
+        let mut r = req("Content-Length: 3\r\n");
+        r.extend_from_slice(b"a\nb");
+        assert_eq!(check_h1(&r), Ok(()));
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let cases = [
+            ("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", Refusal::LengthAndChunked),
+            ("Transfer-Encoding: chunked\r\ncontent-length: 5\r\n", Refusal::LengthAndChunked),
+            ("Content-Length: 5\r\nContent-Length: 6\r\n", Refusal::ContentLength),
+            ("Content-Length: 5\r\nContent-Length: 5\r\n", Refusal::ContentLength),
+            ("Content-Length: 5, 5\r\n", Refusal::ContentLength),
+            ("Content-Length: +5\r\n", Refusal::ContentLength),
+            ("Content-Length:\r\n", Refusal::ContentLength),
+            ("Transfer-Encoding: chunked, identity\r\n", Refusal::TransferEncoding),
+            ("Transfer-Encoding: identity, chunked\r\n", Refusal::TransferEncoding),
+            ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", Refusal::TransferEncoding),
+            ("Transfer-Encoding: xchunked\r\n", Refusal::TransferEncoding),
+            ("X-A: a\r\n b\r\n", Refusal::ObsFold),
+            ("X-A: a\r\n\tTransfer-Encoding: chunked\r\n", Refusal::ObsFold),
+            ("X-A: a\nContent-Length: 0\r\n", Refusal::BareLf),
+        ];
+        for (fields, want) in cases {
+            assert_eq!(check_h1(&req(fields)), Err(want), "{fields:?}");
+        }
+        assert_eq!(check_h1(b"GET / HTTP/1.1\nHost: h\n\n"), Err(Refusal::BareLf));
+        assert_eq!(check_h1(b"\nGET / HTTP/1.1\r\n\r\n"), Err(Refusal::BareLf));
+    }
+
+    #[test]
+    fn size_and_count_limits() {
+        let many: String = (0..MAX_HEADERS - 1).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(check_h1(&req(&many)), Ok(()), "Host plus {} fields is the limit", MAX_HEADERS - 1);
+        assert_eq!(check_h1(&req(&format!("{many}X-Last: v\r\n"))), Err(Refusal::TooManyHeaders));
+        let big = format!("X-Big: {}\r\n", "a".repeat(MAX_HEADER_BYTES));
+        assert_eq!(check_h1(&req(&big)), Err(Refusal::HeaderTooLarge));
+        assert_eq!(check_size(MAX_HEADERS, MAX_HEADER_BYTES), Ok(()));
+        assert_eq!(check_size(MAX_HEADERS + 1, 10), Err(Refusal::TooManyHeaders));
+        assert_eq!(check_size(1, MAX_HEADER_BYTES + 1), Err(Refusal::HeaderTooLarge));
+        assert_eq!(Refusal::TooManyHeaders.status(), 431);
+        assert_eq!(Refusal::BareLf.status(), 400);
+    }
+}
