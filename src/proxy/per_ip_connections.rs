@@ -151,3 +151,32 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerIpConnections<A> {
         self.inner.cleanup().await
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn gate(yaml: &str) -> Arc<Gate> {
+        let keys = "keys:\n  - name: k\n    key: k-0123456789abcdef\n    models: [\"*\"]\n";
+        let rt = crate::config::load_str(&format!("{keys}{yaml}"), &|_: &str| None).unwrap();
+        Gate::new(Arc::new(ArcSwap::from_pointee(rt)), Default::default())
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_prefix_cap() {
+        let g = gate("limits:\n  per_ip:\n    connections: 2\n");
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _s1 = g.admit(a).unwrap();
+        let _s2 = g.admit(b).unwrap();
+        // Same /64 (the default limits.ipv6_prefix): the third connection is over the cap.
+        assert_eq!(g.refusal(a), Some("per_ip"));
+        assert!(g.admit("2001:db8:1:2::77".parse().unwrap()).is_err());
+        assert_eq!(g.refusal(other), None);
+        let per_address = gate("limits:\n  ipv6_prefix: 128\n  per_ip:\n    connections: 1\n");
+        let _s = per_address.admit(a).unwrap();
+        assert_eq!(per_address.refusal(b), None);
+    }
+}
