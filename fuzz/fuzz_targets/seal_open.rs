@@ -34,6 +34,11 @@ fn pinned(data: &[u8]) -> Option<(Pinned, &[u8])> {
     let (text, edit) = rest.split_at(split);
     let text = String::from_utf8_lossy(text);
     let (provider, token) = text.split_once('|').unwrap_or((&text, ""));
+    // The configuration refuses provider names with control characters (src/config/compile.rs):
+    // the seal's `provider \n address \n token` layout relies on it. Tokens may hold anything.
+    if provider.chars().any(char::is_control) {
+        return None;
+    }
     Some((Pinned { provider: provider.to_string(), backend, token: token.to_string() }, edit))
 }
 
