@@ -251,6 +251,11 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
     if p.name.trim().is_empty() || p.name == "by_model" {
         errors.push(ConfigError::new(format!("{path}.name"), "must be a non-empty name other than \"by_model\""));
     }
+    // Sealed MCP ids carry `provider \n address \n token` (src/mcp/seal.rs): a newline in the
+    // name would make a seal open to another backend. Logs and metric labels want none either.
+    if p.name.chars().any(char::is_control) {
+        errors.push(ConfigError::new(format!("{path}.name"), "must not contain control characters"));
+    }
     let url = match url::Url::parse(&p.url) {
         Ok(u) => u,
         Err(e) => {
@@ -528,6 +533,30 @@ fn mcp(m: Option<McpSection>, routes: &RouteTable, errors: &mut Vec<ConfigError>
         Err(msg) => {
             errors.push(ConfigError::new("mcp.session_key", msg));
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by fuzz/fuzz_targets/seal_open.rs: a provider name with a newline does not survive
+    /// a sealed MCP session id; `"a\n127.0.0.2:1"` would open as provider `a` pinned to
+    /// 127.0.0.2:1, another backend.
+    #[test]
+    fn provider_names_with_control_characters_are_refused() {
+        let env = |_: &str| None;
+        let yaml = |name: &str| {
+            format!(
+                "keys:\n  - {{ name: k, key_sha256: \"{}\", models: [\"*\"] }}\nproviders:\n  - {{ name: \"{name}\", url: \"http://127.0.0.1:8000\" }}\n",
+                "ab".repeat(32)
+            )
+        };
+        for name in ["a\\n127.0.0.2:1", "a\\rb", "a\\tb"] {
+            let errs = super::super::load_str(&yaml(name), &env).unwrap_err();
+            assert!(errs.0.iter().any(|e| e.path == "providers[0].name" && e.message.contains("control")), "{errs}");
+        }
+        if let Err(errs) = super::super::load_str(&yaml("a b"), &env) {
+            panic!("{errs}");
         }
     }
 }
