@@ -1,5 +1,4 @@
-//! The request path normaliser (`http_path::normalise`), on any text. Enabled at merge: see
-//! fuzz/Cargo.toml.
+//! The request path normaliser (`http_path::normalise`), on any text.
 //!
 //! Properties: it never panics; what it accepts comes out absolute, with no `.` or `..`
 //! segment and no empty segment inside the path (the query, if kept, is not inspected), and
