@@ -1,5 +1,5 @@
 //! Observes response bodies without changing a byte: SSE events are split into lines (events
-//! span chunks, chunks hold several events, LF or CRLF) to find the `usage` object of the
+//! span chunks, chunks hold several events, LF, CRLF or a bare CR as SSE allows) to find the `usage` object of the
 //! final chunk; plain JSON bodies are kept (bounded) and parsed at the end for `usage`.
 
 use bytes::Bytes;
@@ -80,8 +80,10 @@ impl UsageObserver {
         self.buf.extend_from_slice(data);
     }
 
+    /// Every CR and every LF ends a line (a CRLF pair then gives one empty line, which is no
+    /// `data:` line): clients split bare-CR streams into events too, so must the accounting.
     fn feed_sse(&mut self, mut data: &[u8]) {
-        while let Some(nl) = memchr::memchr(b'\n', data) {
+        while let Some(nl) = memchr::memchr2(b'\n', b'\r', data) {
             let (head, tail) = data.split_at(nl);
             data = &tail[1..];
             if self.overflow {
@@ -104,7 +106,6 @@ impl UsageObserver {
     }
 
     fn line(&mut self, line: &[u8]) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(payload) = line.strip_prefix(b"data:") else { return };
         let payload = payload.strip_prefix(b" ").unwrap_or(payload);
         self.events += 1;
@@ -158,6 +159,18 @@ mod tests {
             "letion_tokens\":3}}\r\n\r\ndata: [DONE]\r\n\r\n",
         ]);
         assert_eq!(o.usage, Some(Usage { prompt_tokens: 7, completion_tokens: 3 }));
+        assert!(o.done);
+        assert_eq!(o.events, 3);
+    }
+
+    #[test]
+    fn usage_with_bare_cr_line_endings() {
+        let o = feed(&[
+            "data: {\"choices\":[]}\r\rdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"comp",
+            "letion_tokens\":5}}\r",
+            "\rdata: [DONE]\r\r",
+        ]);
+        assert_eq!(o.usage, Some(Usage { prompt_tokens: 2, completion_tokens: 5 }));
         assert!(o.done);
         assert_eq!(o.events, 3);
     }
