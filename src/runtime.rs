@@ -137,6 +137,8 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(runtime_dir(Some("gateway.yaml"), &env(&[])), cwd);
         assert_eq!(runtime_dir(Some("conf/gateway.yaml"), &env(&[])), cwd.join("conf"));
-        assert!(!runtime_dir(None, &env(&[])).starts_with("/tmp"));
+        // No config file and no runtime directory: the working directory (wherever that is),
+        // never a shared default such as /tmp.
+        assert_eq!(runtime_dir(None, &env(&[])), cwd);
     }
 }
