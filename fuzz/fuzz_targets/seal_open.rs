@@ -2,7 +2,7 @@
 //!
 //! Input: a mode byte, then data. Properties:
 //! - any text: `open` answers without panicking;
-//! - seal mode: a `Pinned` built from the data (provider, backend address, token) opens to
+//! - seal mode: a `Pinned` built from the data (key name, provider, backend address, token) opens to
 //!   itself; the same value under another key is refused as forged; and after one
 //!   fuzz-chosen edit (change, insert or delete a character, truncate, append) the edited
 //!   text never opens, unless it differs from the original only by surrounding whitespace
@@ -33,13 +33,12 @@ fn pinned(data: &[u8]) -> Option<(Pinned, &[u8])> {
     let split = usize::from(head[7]).min(rest.len());
     let (text, edit) = rest.split_at(split);
     let text = String::from_utf8_lossy(text);
-    let (provider, token) = text.split_once('|').unwrap_or((&text, ""));
-    // The configuration refuses provider names with control characters (src/config/compile.rs):
-    // the seal's `provider \n address \n token` layout relies on it. Tokens may hold anything.
-    if provider.chars().any(char::is_control) {
-        return None;
-    }
-    Some((Pinned { provider: provider.to_string(), backend, token: token.to_string() }, edit))
+    let mut parts = text.splitn(3, '|');
+    let (key, provider, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // Fields are length-prefixed in the seal, so any text survives; the configuration still
+    // refuses control characters in provider names (src/config/compile.rs).
+    let pinned = Pinned { provider: provider.to_string(), backend, token: token.to_string(), key: key.to_string() };
+    Some((pinned, edit))
 }
 
 fn edited(sealed: &str, edit: &[u8]) -> String {
