@@ -12,6 +12,7 @@ pub mod framing;
 pub mod heartbeat;
 pub mod limit;
 pub mod local;
+pub mod mcp_session;
 pub mod model;
 pub mod models_list;
 pub mod per_ip_connections;

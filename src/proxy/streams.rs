@@ -3,9 +3,9 @@
 //! (endpoint rewriter, concurrency slots) lives in [`StreamState`] in the context.
 
 use super::ctx::Routed;
+use super::mcp_session as session;
 use super::{conn_limits as limits, websocket};
 use crate::mcp::endpoint::EndpointRewriter;
-use crate::mcp::session;
 use crate::routes::{Route, RouteKind, RouteOpts};
 use crate::upstream::Provider;
 use pingora::prelude::*;

@@ -8,7 +8,7 @@
 //! MCP transport's answer to an unknown session: the client initializes a new one), so a
 //! stolen id neither works for another key nor tells that it exists.
 
-use super::seal::Pinned;
+use crate::mcp::seal::Pinned;
 use crate::proxy::ctx::Routed;
 use crate::proxy::respond;
 use crate::upstream::Backend;
