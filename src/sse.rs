@@ -1,49 +1,182 @@
-//! Server-sent events as bytes: the one event splitter and substring check shared by the
-//! request path (usage observer, usage-event removal) and MCP (endpoint rewrite). Events may
-//! be split across chunks or share one, and lines end with LF, CRLF or CR.
+//! Server-sent events as bytes: the one tokenizer every SSE consumer uses — the usage
+//! observer and the usage-event removal on the request path, the keepalive boundary of the
+//! heartbeat relay, MCP's endpoint rewrite, and the Telegram runner's answer reader.
+//!
+//! Lines end with LF, CRLF or a bare CR (all three are SSE); a blank line ends an event.
+//! Bytes arrive in chunks split anywhere, also between the CR and the LF of one line ending:
+//! the tokenizer keeps the unfinished line (bounded) and remembers a trailing CR, so a line
+//! is reported as soon as its ending arrives and never twice.
 
-/// One line of an event, without and with its line ending.
-pub struct Line<'a> {
-    pub text: &'a [u8],
-    pub eol: &'a [u8],
+use std::mem;
+
+/// Default bound of one line (4 MiB): longer lines are reported as [`Token::LongLine`].
+pub const MAX_LINE: usize = 4 << 20;
+
+/// What the tokenizer found; each comes with the offset in the fed chunk just past it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Token<'a> {
+    /// A complete non-empty line, without its ending; `eol` is `\n`, `\r\n` or `\r`.
+    Line { text: &'a [u8], eol: &'a [u8] },
+    /// A line longer than the bound: its text was not kept.
+    LongLine,
+    /// A blank line: the event ends here.
+    Blank { eol: &'a [u8] },
+    /// The LF of a CR LF whose CR ended the previous chunk (it belongs to that line ending).
+    CrLfTail,
 }
 
-/// Walks the first complete event in `buf` (ended by a blank line), handing each of its lines
-/// to `on_line`; returns its length including the blank line, or `None` until it is whole.
-fn walk_event<'a>(buf: &'a [u8], mut on_line: impl FnMut(Line<'a>)) -> Option<usize> {
-    let mut pos = 0;
-    loop {
-        let rest = &buf[pos..];
-        let i = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
-        let eol_len = if rest[i] == b'\r' {
-            match rest.get(i + 1) {
-                Some(b'\n') => 2,
-                Some(_) => 1,
-                None => return None, // a CR at the end: its LF may be in the next chunk
-            }
-        } else {
-            1
-        };
-        let text = &rest[..i];
-        let eol = &rest[i..i + eol_len];
-        pos += i + eol_len;
-        if text.is_empty() {
-            return Some(pos);
-        }
-        on_line(Line { text, eol });
+/// Incremental SSE line splitter.
+#[derive(Debug)]
+pub struct Tokenizer {
+    /// The start of a line that continues in the next chunk.
+    line: Vec<u8>,
+    /// The unfinished line passed `max_line`: its text is dropped.
+    overlong: bool,
+    /// The last byte was a CR ending a line: an LF next completes that line ending.
+    after_cr: bool,
+    /// A line of the current event was seen (no blank line since).
+    in_event: bool,
+    max_line: usize,
+}
+
+impl Default for Tokenizer {
+    fn default() -> Self {
+        Tokenizer::new(MAX_LINE)
     }
 }
 
-/// Length of the first complete event in `buf`, blank line included.
-pub fn event_len(buf: &[u8]) -> Option<usize> {
-    walk_event(buf, |_| {})
+impl Tokenizer {
+    /// Lines longer than `max_line` bytes are reported as [`Token::LongLine`] (0: never keep
+    /// text, for consumers that only need event boundaries).
+    pub fn new(max_line: usize) -> Self {
+        Tokenizer { line: Vec::new(), overlong: false, after_cr: false, in_event: false, max_line }
+    }
+
+    /// Splits `data`, calling `on` with each token and the offset in `data` just past it.
+    /// Bytes after the last line ending are kept for the next call.
+    pub fn feed(&mut self, data: &[u8], mut on: impl FnMut(Token<'_>, usize)) {
+        if data.is_empty() {
+            return;
+        }
+        let mut pos = 0;
+        if mem::take(&mut self.after_cr) && data[0] == b'\n' {
+            pos = 1;
+            on(Token::CrLfTail, 1);
+        }
+        while let Some(i) = memchr::memchr2(b'\n', b'\r', &data[pos..]) {
+            let at = pos + i;
+            let mut end = at + 1;
+            if data[at] == b'\r' {
+                match data.get(end) {
+                    Some(b'\n') => end += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            let (head, eol) = (&data[pos..at], &data[at..end]);
+            pos = end;
+            if mem::take(&mut self.overlong) {
+                self.line.clear();
+                on(Token::LongLine, end);
+            } else if self.line.is_empty() && head.is_empty() {
+                self.in_event = false;
+                on(Token::Blank { eol }, end);
+                continue;
+            } else if self.line.len() + head.len() > self.max_line {
+                self.line.clear();
+                on(Token::LongLine, end);
+            } else if self.line.is_empty() {
+                on(Token::Line { text: head, eol }, end);
+            } else {
+                self.line.extend_from_slice(head);
+                let line = mem::take(&mut self.line);
+                on(Token::Line { text: &line, eol }, end);
+                self.line = line;
+                self.line.clear();
+            }
+            self.in_event = true;
+        }
+        let tail = &data[pos..];
+        if tail.is_empty() || self.overlong {
+            return;
+        }
+        if self.line.len() + tail.len() > self.max_line {
+            self.overlong = true;
+            self.line = Vec::new();
+        } else {
+            self.line.extend_from_slice(tail);
+        }
+        self.in_event = true;
+    }
+
+    /// True when the bytes fed so far end at an event boundary (or nothing was fed): a
+    /// comment or a new event may be inserted here without joining another event.
+    pub fn at_boundary(&self) -> bool {
+        !self.in_event && self.line.is_empty() && !self.overlong
+    }
+
+    /// [`Self::at_boundary`], and no CR waits for its LF: a chunk may be passed on without
+    /// feeding it when it ends in a blank line too.
+    pub fn at_clean_boundary(&self) -> bool {
+        self.at_boundary() && !self.after_cr
+    }
 }
 
-/// The first complete event in `buf`: its length (blank line included) and its lines.
-pub fn next_event(buf: &[u8]) -> Option<(usize, Vec<Line<'_>>)> {
-    let mut lines = Vec::new();
-    let len = walk_event(buf, |l| lines.push(l))?;
-    Some((len, lines))
+/// Whether the bytes written so far end at an event boundary (a blank line), however the
+/// events were split into chunks: where the heartbeat relay may insert a keepalive comment.
+#[derive(Debug)]
+pub struct Boundary(Tokenizer);
+
+impl Default for Boundary {
+    fn default() -> Self {
+        Boundary(Tokenizer::new(0))
+    }
+}
+
+impl Boundary {
+    pub fn feed(&mut self, data: &[u8]) {
+        self.0.feed(data, |_, _| {});
+    }
+
+    /// True before any byte, and after a blank line.
+    pub fn at_boundary(&self) -> bool {
+        self.0.at_boundary()
+    }
+}
+
+/// The value of the field `name` if `line` is that field (`name:` then an optional space).
+pub fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
+    Some(rest.strip_prefix(b" ").unwrap_or(rest))
+}
+
+/// The `data` of one whole event (its data lines joined by LF, as a client sees it);
+/// `None` when a line of it is longer than [`MAX_LINE`].
+pub fn event_data(event: &[u8]) -> Option<Vec<u8>> {
+    let mut data: Option<Vec<u8>> = None;
+    let mut long = false;
+    let mut tok = Tokenizer::default();
+    let mut take = |t: Token<'_>, _| match t {
+        Token::Line { text, .. } => {
+            if let Some(v) = field(text, b"data") {
+                match data.as_mut() {
+                    Some(d) => {
+                        d.push(b'\n');
+                        d.extend_from_slice(v);
+                    }
+                    None => data = Some(v.to_vec()),
+                }
+            }
+        }
+        Token::LongLine => long = true,
+        Token::Blank { .. } | Token::CrLfTail => {}
+    };
+    tok.feed(event, &mut take);
+    tok.feed(b"\n", &mut take); // an event given without its blank line ends here
+    if long {
+        return None;
+    }
+    Some(data.unwrap_or_default())
 }
 
 /// Byte substring search (SIMD via memchr): the hot-path check before any JSON parsing.
@@ -52,20 +185,122 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
+    /// What a tokenizer reports for `chunks`, as text: lines, `~` for a long line, `|` for a
+    /// blank line (events end); also checks every offset lies inside its chunk.
+    fn tokens(chunks: &[&[u8]], max_line: usize) -> String {
+        let mut t = Tokenizer::new(max_line);
+        let mut out = String::new();
+        for c in chunks {
+            let mut last = 0;
+            t.feed(c, |tok, end| {
+                assert!(end > last && end <= c.len(), "offset {end} after {last} in {}", c.len());
+                last = end;
+                match tok {
+                    Token::Line { text, .. } => {
+                        out.push_str(std::str::from_utf8(text).unwrap());
+                        out.push(';');
+                    }
+                    Token::LongLine => out.push('~'),
+                    Token::Blank { .. } => out.push('|'),
+                    Token::CrLfTail => {}
+                }
+            });
+        }
+        out
+    }
+
+    const STREAM: &str = "event: e\ndata: one\n\n: c\ndata: two\ndata: 2\n\ndata: [DONE]\n\n";
+    const WANT: &str = "event: e;data: one;|: c;data: two;data: 2;|data: [DONE];|";
+
+    fn with_eol(eol: &str) -> Vec<u8> {
+        STREAM.replace('\n', eol).into_bytes()
+    }
+
     #[test]
-    fn events_end_at_a_blank_line_with_any_line_ending() {
-        assert_eq!(event_len(b"data: a\n\ndata: b\n\n"), Some(9));
-        assert_eq!(event_len(b"data: a\r\n\r\nrest"), Some(11));
-        assert_eq!(event_len(b"data: a\r\rrest"), Some(9));
-        assert_eq!(event_len(b"data: a\n"), None);
-        assert_eq!(event_len(b"data: a\r\n\r"), None);
-        let (n, lines) = next_event(b"event: e\r\ndata: x\n\n").unwrap();
-        assert_eq!(n, 19);
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].eol, b"\r\n");
+    fn every_line_ending_gives_the_same_tokens() {
+        for eol in ["\n", "\r\n", "\r"] {
+            assert_eq!(tokens(&[&with_eol(eol)], MAX_LINE), WANT, "{eol:?}");
+        }
+        // Mixed endings in one stream.
+        assert_eq!(tokens(&[b"data: a\r\ndata: b\rdata: c\n\r\n"], MAX_LINE), "data: a;data: b;data: c;|");
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_tokens() {
+        for eol in ["\n", "\r\n", "\r"] {
+            let s = with_eol(eol);
+            for i in 0..=s.len() {
+                assert_eq!(tokens(&[&s[..i], &s[i..]], MAX_LINE), WANT, "{eol:?} split at {i}");
+                for j in i..=s.len() {
+                    assert_eq!(tokens(&[&s[..i], &s[i..j], &s[j..]], MAX_LINE), WANT, "{eol:?} at {i},{j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_crlf_split_between_cr_and_lf_is_one_line_ending() {
+        let mut t = Tokenizer::default();
+        let mut seen = Vec::new();
+        t.feed(b"data: a\r", |tok, end| seen.push(format!("{tok:?}@{end}")));
+        t.feed(b"\n\r", |tok, end| seen.push(format!("{tok:?}@{end}")));
+        t.feed(b"\n", |tok, end| seen.push(format!("{tok:?}@{end}")));
+        assert_eq!(
+            seen,
+            [
+                "Line { text: [100, 97, 116, 97, 58, 32, 97], eol: [13] }@8",
+                "CrLfTail@1",
+                "Blank { eol: [13] }@2",
+                "CrLfTail@1"
+            ]
+        );
+        assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn lines_are_bounded() {
+        assert_eq!(tokens(&[b"data: 12345\ndata: 1\n\n"], 8), "~data: 1;|");
+        assert_eq!(tokens(&[b"data: 12", b"345\rdata: 1\r\r"], 8), "~data: 1;|");
+        assert_eq!(tokens(&[b"data", b": 1", b"2345", b"\r\n\r\n"], 8), "~|");
+        // The bound never keeps more than `max_line` bytes between calls.
+        let mut t = Tokenizer::new(8);
+        t.feed(&[b'x'; 100], |_, _| {});
+        assert!(t.line.capacity() <= 8);
+    }
+
+    #[test]
+    fn boundaries_with_any_line_ending_and_split() {
+        let after = |chunks: &[&str]| {
+            let mut b = Boundary::default();
+            for c in chunks {
+                b.feed(c.as_bytes());
+            }
+            b.at_boundary()
+        };
+        assert!(after(&[]));
+        assert!(after(&["data: a\n\n"]));
+        assert!(after(&["data: a\r\n\r\n"]));
+        assert!(after(&["data: a\r\r"]));
+        assert!(after(&["data: a\r\n", "\r\n"]));
+        assert!(after(&["data: a\n", "\n"]));
+        assert!(after(&["data: a\r", "\r"]));
+        assert!(!after(&["data: a\n"]));
+        assert!(!after(&["data: a\r\n"]));
+        assert!(!after(&["data: a\r"]));
+        assert!(!after(&["data: a\n\ndata: b"]));
+        assert!(!after(&["event: x\ndata: a\n"]));
+        assert!(!after(&["data: a\r\n\r\nda", "ta: b\r"]));
+        assert!(after(&["data: a\r\n\r\nda", "ta: b\r", "\n\r\n"]));
+    }
+
+    #[test]
+    fn event_data_joins_data_lines() {
+        assert_eq!(event_data(b"event: x\r\ndata: {\"a\":\rdata:1}\r\r").unwrap(), b"{\"a\":\n1}");
+        assert_eq!(event_data(b": only a comment\n\n").unwrap(), b"");
         assert!(contains(b"{\"usage\":1}", b"\"usage\""));
         assert!(!contains(b"{}", b"\"usage\""));
     }

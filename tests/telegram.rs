@@ -526,3 +526,27 @@ async fn a_key_the_gateway_refuses_gives_an_apology_and_status_503() {
     let everything = format!("{status}{log}{}", sent[0].body);
     assert!(!everything.contains("wrong-key-SECRET") && !everything.contains(TOKEN));
 }
+
+/// SSE lines may end with a bare CR. The gateway must still find the usage (the runner did
+/// not ask for it: the gateway adds `include_usage`, counts the tokens and removes the extra
+/// event) and the runner must still read the answer (it split lines at LF only before).
+#[tokio::test]
+async fn a_bare_cr_stream_is_answered_and_its_tokens_counted() {
+    let w = World::new().await;
+    let (_sim, gw, runner) = with_gateway(&w, &["--tokens", "12", "--itl-ms", "20", "--line-ending", "cr"], KEY).await;
+    w.bot.push_private(ALICE, "hello with carriage returns");
+    let sent = w.bot.wait_sent(ALICE, 1).await;
+    assert_eq!(sent[0].text(), sim_answer(12));
+    runner.wait_handled(1).await;
+    let want = "mcas_tokens_total{key=\"tg\",kind=\"completion\",model=\"sim-small\"} 12";
+    let mut m = String::new();
+    for _ in 0..50 {
+        m = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+        if m.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(m.contains(want), "{m}");
+    assert!(m.contains("mcas_tokens_total{key=\"tg\",kind=\"prompt\",model=\"sim-small\"}"), "{m}");
+}

@@ -2,12 +2,13 @@
 //! for the client's POSTs (`/messages/?session_id=<hex>`). The gateway rewrites it so the
 //! URL lies in the gateway's own path space (the route's prefix in place of the provider's
 //! base path) and carries a sealed token naming the backend that owns the stream; it stays
-//! relative and same-origin, as SDK clients require. Events are parsed as SSE: they may be
-//! split across chunks, share a chunk, and end lines with LF, CRLF or CR. Everything after
+//! relative and same-origin, as SDK clients require. Events are found by the one SSE
+//! tokenizer ([`crate::sse`]): they may be split across chunks, share a chunk, and end lines
+//! with LF, CRLF or CR. Everything after
 //! the endpoint event passes untouched; nothing is held beyond `MAX_HELD` bytes.
 
 use super::seal::{Pinned, Sealer};
-use crate::sse::{next_event, Line};
+use crate::sse::{field, Token, Tokenizer};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 
@@ -24,7 +25,11 @@ pub struct EndpointRewriter {
     /// Provider base path to remove, client prefix to put in its place.
     base_path: String,
     client_prefix: String,
+    tok: Tokenizer,
+    /// Raw bytes of the event in progress.
     held: BytesMut,
+    /// The event in progress is the endpoint event.
+    endpoint: bool,
     done: bool,
 }
 
@@ -44,7 +49,9 @@ impl EndpointRewriter {
             key: key.to_string(),
             base_path: base_path.to_string(),
             client_prefix: client_prefix.to_string(),
+            tok: Tokenizer::new(MAX_HELD),
             held: BytesMut::new(),
+            endpoint: false,
             done: false,
         }
     }
@@ -54,47 +61,60 @@ impl EndpointRewriter {
         if self.done {
             return chunk;
         }
-        self.held.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
-        let mut pos = 0;
-        while let Some((event_end, lines)) = next_event(&self.held[pos..]) {
-            let raw = &self.held[pos..pos + event_end];
-            if is_endpoint(&lines) {
-                out.extend_from_slice(&self.rewrite(raw, &lines));
-                pos += event_end;
-                self.done = true;
-                break;
+        let mut start = 0;
+        // Offset in `chunk` where the endpoint event ended: the rest passes untouched.
+        let mut cut = None;
+        let EndpointRewriter { tok, held, endpoint, .. } = self;
+        tok.feed(&chunk, |t, at| {
+            if cut.is_some() {
+                return;
             }
-            out.extend_from_slice(raw);
-            pos += event_end;
+            held.extend_from_slice(&chunk[start..at]);
+            start = at;
+            match t {
+                Token::Line { text, .. } => *endpoint |= field(text, b"event") == Some(b"endpoint"),
+                Token::Blank { .. } if *endpoint => cut = Some(at),
+                Token::Blank { .. } => out.extend_from_slice(&held.split()),
+                Token::LongLine | Token::CrLfTail => {}
+            }
+        });
+        if let Some(at) = cut {
+            let event = self.held.split();
+            out.extend_from_slice(&self.rewrite(&event));
+            out.extend_from_slice(&chunk[at..]);
+            self.done = true;
+            return out.freeze();
         }
-        let rest = self.held.split_off(pos);
-        self.held = rest;
-        if self.done || end || self.held.len() > MAX_HELD {
-            if !self.done && self.held.len() > MAX_HELD {
+        self.held.extend_from_slice(&chunk[start..]);
+        if end || self.held.len() > MAX_HELD {
+            if !end {
                 log::warn!("MCP SSE stream: no endpoint event in the first {MAX_HELD} bytes; passing it through");
             }
             self.done = true;
-            out.extend_from_slice(&self.held);
-            self.held.clear();
+            out.extend_from_slice(&self.held.split());
         }
         out.freeze()
     }
 
-    fn rewrite(&self, raw: &[u8], lines: &[Line]) -> Vec<u8> {
-        let eol: &[u8] = lines.first().map(|l| l.eol).unwrap_or(b"\n");
-        let mut out = Vec::with_capacity(raw.len() + 128);
-        for l in lines {
-            if let Some(value) = field(l.text, b"data") {
-                let url = String::from_utf8_lossy(value);
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(self.map_url(&url).as_bytes());
-            } else {
-                out.extend_from_slice(l.text);
+    /// The endpoint event with its `data` URL mapped; every other byte as it came.
+    fn rewrite(&self, event: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(event.len() + 128);
+        Tokenizer::new(MAX_HELD).feed(event, |t, _| match t {
+            Token::Line { text, eol } => {
+                match field(text, b"data") {
+                    Some(value) => {
+                        out.extend_from_slice(b"data: ");
+                        out.extend_from_slice(self.map_url(&String::from_utf8_lossy(value)).as_bytes());
+                    }
+                    None => out.extend_from_slice(text),
+                }
+                out.extend_from_slice(eol);
             }
-            out.extend_from_slice(l.eol);
-        }
-        out.extend_from_slice(eol);
+            Token::Blank { eol } => out.extend_from_slice(eol),
+            Token::CrLfTail => out.push(b'\n'),
+            Token::LongLine => {}
+        });
         out
     }
 
@@ -135,15 +155,6 @@ impl EndpointRewriter {
         }
         out
     }
-}
-
-fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
-    Some(rest.strip_prefix(b" ").unwrap_or(rest))
-}
-
-fn is_endpoint(lines: &[Line]) -> bool {
-    lines.iter().any(|l| field(l.text, b"event") == Some(b"endpoint"))
 }
 
 #[cfg(test)]

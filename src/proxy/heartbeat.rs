@@ -11,6 +11,7 @@ use super::ctx::Ctx;
 use super::direct::{self, Connectors};
 use super::stream::BodyKind;
 use crate::error::GatewayError;
+use crate::sse::Boundary;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
@@ -21,48 +22,6 @@ use std::time::Duration;
 
 /// The comment line sent on silence; SSE parsers ignore lines starting with ':'.
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
-
-/// Tracks whether the bytes written so far end at an SSE event boundary (a blank line), with
-/// LF, CRLF or a mix, however the events are split across chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Boundary {
-    /// Line breaks seen since the last byte that was not part of a line break (a CR LF pair
-    /// counts once).
-    breaks: u8,
-    last_cr: bool,
-    started: bool,
-}
-
-impl Default for Boundary {
-    fn default() -> Self {
-        Boundary { breaks: 2, last_cr: false, started: false }
-    }
-}
-
-impl Boundary {
-    pub fn feed(&mut self, data: &[u8]) {
-        for &b in data {
-            self.started = true;
-            match b {
-                b'\n' if self.last_cr => self.last_cr = false, // the LF of a CR LF
-                b'\n' => self.breaks = self.breaks.saturating_add(1),
-                b'\r' => {
-                    self.breaks = self.breaks.saturating_add(1);
-                    self.last_cr = true;
-                }
-                _ => {
-                    self.breaks = 0;
-                    self.last_cr = false;
-                }
-            }
-        }
-    }
-
-    /// True before any byte, and after a blank line.
-    pub fn at_boundary(&self) -> bool {
-        !self.started || self.breaks >= 2
-    }
-}
 
 /// Carries the request to the backend and relays the answer, adding keepalives on silence.
 /// `body`: the request body the gateway already read (empty: stream the client's, if any).
@@ -232,33 +191,5 @@ async fn relay(session: &mut Session, ctx: &mut Ctx, up: &mut HttpSession, sse: 
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Boundary;
-
-    fn after(chunks: &[&str]) -> bool {
-        let mut b = Boundary::default();
-        for c in chunks {
-            b.feed(c.as_bytes());
-        }
-        b.at_boundary()
-    }
-
-    #[test]
-    fn boundaries() {
-        assert!(after(&[]));
-        assert!(after(&["data: a\n\n"]));
-        assert!(after(&["data: a\r\n\r\n"]));
-        assert!(after(&["data: a\r\n", "\r\n"]));
-        assert!(after(&["data: a\n", "\n"]));
-        assert!(!after(&["data: a\n"]));
-        assert!(!after(&["data: a\r\n"]));
-        assert!(!after(&["data: a\n\ndata: b"]));
-        assert!(!after(&["event: x\ndata: a\n"]));
-        assert!(!after(&["data: a\r\n\r\nda", "ta: b\r"]));
-        assert!(after(&["data: a\r\n\r\nda", "ta: b\r", "\n\r\n"]));
     }
 }

@@ -7,7 +7,7 @@
 
 use super::stream::BodyKind;
 use crate::auth::ModelGlobs;
-use crate::sse;
+use crate::sse::{self, Token, Tokenizer};
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::Value;
@@ -76,47 +76,73 @@ pub fn json_body(chunks: &[Bytes], set_model: Option<&str>, include_usage: bool)
 }
 
 /// Removes the one SSE event whose JSON has `"choices": []` and a `usage` object. Events can
-/// span chunks: the unfinished tail of a chunk is held until its event ends (bounded).
+/// span chunks: the unfinished event is held until it ends (bounded); events are found by
+/// the one SSE tokenizer, so LF, CRLF and bare CR streams are handled alike.
 #[derive(Debug, Default)]
 pub struct SseStrip {
+    tok: Tokenizer,
+    /// Raw bytes of the event in progress.
     held: Vec<u8>,
+    /// The event in progress outgrew `MAX_HELD`: it passes on unchecked until it ends.
+    passing: bool,
+    /// The last event ended was the removed one: an LF completing its final CR LF goes too.
+    last_removed: bool,
     pub removed: bool,
 }
 
 impl SseStrip {
     pub fn filter(&mut self, body: &mut Option<Bytes>, end: bool) {
-        if self.removed && self.held.is_empty() {
+        if self.removed && self.held.is_empty() && !self.last_removed {
             return; // only one usage event per stream: the rest passes untouched
         }
         let chunk = body.take().unwrap_or_default();
         // Fast path: whole events and no usage in sight.
-        if self.held.is_empty() && (chunk.is_empty() || ends_event(&chunk)) && !sse::contains(&chunk, b"\"usage\"") {
+        if self.held.is_empty()
+            && self.tok.at_clean_boundary()
+            && (chunk.is_empty() || chunk.ends_with(b"\n\n"))
+            && !sse::contains(&chunk, b"\"usage\"")
+        {
             *body = (!chunk.is_empty()).then_some(chunk);
             return;
         }
-        self.held.extend_from_slice(&chunk);
-        let mut out = Vec::with_capacity(self.held.len());
-        let mut rest: &[u8] = &self.held;
-        while let Some(end_at) = sse::event_len(rest) {
-            let (event, tail) = rest.split_at(end_at);
-            if !self.removed && is_usage_event(event) {
-                self.removed = true;
-            } else {
-                out.extend_from_slice(event);
+        let mut out = Vec::with_capacity(self.held.len() + chunk.len());
+        let SseStrip { tok, held, passing, last_removed, removed } = self;
+        let mut start = 0;
+        tok.feed(&chunk, |t, at| {
+            match t {
+                // The LF of the previous event's last CR LF: it goes where that event went.
+                Token::CrLfTail if held.is_empty() => {
+                    if !*last_removed {
+                        out.extend_from_slice(&chunk[start..at]);
+                    }
+                    *last_removed = false;
+                }
+                Token::Blank { .. } => {
+                    held.extend_from_slice(&chunk[start..at]);
+                    let drop = !*removed && !*passing && is_usage_event(held);
+                    if drop {
+                        *removed = true;
+                    } else {
+                        out.extend_from_slice(held);
+                    }
+                    *last_removed = drop;
+                    *passing = false;
+                    held.clear();
+                }
+                _ => {
+                    held.extend_from_slice(&chunk[start..at]);
+                    *last_removed = false;
+                }
             }
-            rest = tail;
+            start = at;
+        });
+        held.extend_from_slice(&chunk[start..]);
+        if end || *passing || held.len() > MAX_HELD {
+            *passing = !end;
+            out.append(held);
         }
-        if end || rest.len() > MAX_HELD {
-            out.extend_from_slice(rest);
-            rest = &[];
-        }
-        self.held = rest.to_vec();
         *body = (!out.is_empty()).then(|| Bytes::from(out));
     }
-}
-
-fn ends_event(b: &[u8]) -> bool {
-    b.ends_with(b"\n\n") || b.ends_with(b"\r\n\r\n")
 }
 
 fn is_usage_event(event: &[u8]) -> bool {
@@ -128,13 +154,7 @@ fn is_usage_event(event: &[u8]) -> bool {
         choices: Option<Vec<serde::de::IgnoredAny>>,
         usage: Option<serde::de::IgnoredAny>,
     }
-    let mut data = Vec::new();
-    for line in event.split(|&c| c == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(p) = line.strip_prefix(b"data:") {
-            data.extend_from_slice(p.strip_prefix(b" ").unwrap_or(p));
-        }
-    }
+    let Some(data) = sse::event_data(event) else { return false };
     match serde_json::from_slice::<Chunk>(&data) {
         Ok(c) => c.usage.is_some() && c.choices.is_some_and(|v| v.is_empty()),
         Err(_) => false,
@@ -196,16 +216,17 @@ mod tests {
 
     #[test]
     fn removes_only_the_usage_event_even_when_split() {
-        let whole = format!("{TOK}{USAGE}{DONE}");
-        for cut in 1..whole.len() {
-            let (a, b) = whole.split_at(cut);
-            let (out, removed) = run(&[a, b]);
-            assert_eq!(out, format!("{TOK}{DONE}"), "cut at {cut}");
-            assert!(removed);
+        for eol in ["\n", "\r\n", "\r"] {
+            let whole = format!("{TOK}{USAGE}{DONE}").replace('\n', eol);
+            let want = format!("{TOK}{DONE}").replace('\n', eol);
+            assert_eq!(run(&[&whole]), (want.clone(), true), "{eol:?}");
+            for cut in 1..whole.len() {
+                let (a, b) = whole.split_at(cut);
+                let (out, removed) = run(&[a, b]);
+                assert_eq!(out, want, "{eol:?} cut at {cut}");
+                assert!(removed);
+            }
         }
-        let crlf = whole.replace('\n', "\r\n");
-        let (out, _) = run(&[&crlf]);
-        assert_eq!(out, format!("{TOK}{DONE}").replace('\n', "\r\n"));
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! Observes response bodies without changing a byte: SSE events are split into lines (events
-//! span chunks, chunks hold several events, LF, CRLF or a bare CR as SSE allows) to find the `usage` object of the
-//! final chunk; plain JSON bodies are kept (bounded) and parsed at the end for `usage`.
+//! Observes response bodies without changing a byte: SSE bodies go through the one SSE
+//! tokenizer ([`crate::sse`]: events span chunks, chunks hold several events, lines end with
+//! LF, CRLF or a bare CR) to find the `usage` object of the final chunk; plain JSON bodies are
+//! kept (bounded) and parsed at the end for `usage`.
 
+use crate::sse::{self, Token, Tokenizer};
 use bytes::Bytes;
 
-/// Longest SSE line or JSON body kept for usage parsing; longer ones are not parsed.
+/// Longest JSON body kept for usage parsing; longer ones are not parsed (SSE lines are
+/// bounded by the tokenizer's `sse::MAX_LINE`).
 const MAX_KEEP: usize = 4 << 20;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +27,7 @@ pub enum BodyKind {
 #[derive(Debug, Default)]
 pub struct UsageObserver {
     kind: BodyKind,
+    sse: Tokenizer,
     buf: Vec<u8>,
     overflow: bool,
     pub usage: Option<Usage>,
@@ -80,41 +84,25 @@ impl UsageObserver {
         self.buf.extend_from_slice(data);
     }
 
-    /// Every CR and every LF ends a line (a CRLF pair then gives one empty line, which is no
-    /// `data:` line): clients split bare-CR streams into events too, so must the accounting.
-    fn feed_sse(&mut self, mut data: &[u8]) {
-        while let Some(nl) = memchr::memchr2(b'\n', b'\r', data) {
-            let (head, tail) = data.split_at(nl);
-            data = &tail[1..];
-            if self.overflow {
-                // The rest of an over-long line: skip it.
-                self.overflow = false;
-                self.buf.clear();
-                continue;
+    fn feed_sse(&mut self, data: &[u8]) {
+        let mut tok = std::mem::take(&mut self.sse);
+        tok.feed(data, |t, _| {
+            if let Token::Line { text, .. } = t {
+                self.line(text);
             }
-            if self.buf.is_empty() {
-                self.line(head);
-            } else {
-                self.buf.extend_from_slice(head);
-                let line = std::mem::take(&mut self.buf);
-                self.line(&line);
-            }
-        }
-        if !data.is_empty() {
-            self.keep(data);
-        }
+        });
+        self.sse = tok;
     }
 
     fn line(&mut self, line: &[u8]) {
-        let Some(payload) = line.strip_prefix(b"data:") else { return };
-        let payload = payload.strip_prefix(b" ").unwrap_or(payload);
+        let Some(payload) = sse::field(line, b"data") else { return };
         self.events += 1;
         if payload == b"[DONE]" {
             self.done = true;
             return;
         }
         // Only the chunk(s) carrying usage are parsed: the hot path is a substring check.
-        if crate::sse::contains(payload, b"\"usage\"") {
+        if sse::contains(payload, b"\"usage\"") {
             if let Some(u) = parse_usage(payload) {
                 self.usage = Some(u);
             }

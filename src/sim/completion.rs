@@ -112,7 +112,13 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
     let ttft = ov.ttft.unwrap_or(cfg.ttft);
     let itl = ov.itl.unwrap_or(cfg.itl);
     let mut resp = if req.stream {
-        let pace = Pace { ttft, itl, cut_after: close.then_some(answer.tokens / 2), include_usage: req.include_usage };
+        let pace = Pace {
+            ttft,
+            itl,
+            cut_after: close.then_some(answer.tokens / 2),
+            include_usage: req.include_usage,
+            eol: cfg.line_ending.as_str(),
+        };
         let body = stream::body(answer, pace, r.metrics.generation_tokens.clone(), running);
         let mut resp = response::with_body(StatusCode::OK, HeaderValue::from_static("text/event-stream"), body);
         resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

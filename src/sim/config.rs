@@ -42,6 +42,28 @@ pub struct SimConfig {
     /// Gzip every answer whatever the request's `Accept-Encoding` says (`--force-gzip`): a
     /// misbehaving upstream, for testing that compression cannot dodge accounting.
     pub force_gzip: bool,
+    /// Line ending of streamed answers (`--line-ending lf|crlf|cr`, default lf): SSE allows
+    /// all three, and clients (the gateway too) must read each.
+    pub line_ending: LineEnding,
+}
+
+/// How the SSE lines of a streamed answer end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LineEnding {
+    #[default]
+    Lf,
+    CrLf,
+    Cr,
+}
+
+impl LineEnding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineEnding::Lf => "\n",
+            LineEnding::CrLf => "\r\n",
+            LineEnding::Cr => "\r",
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -62,6 +84,7 @@ impl Default for SimConfig {
             block_chars: 64,
             threads: 1,
             force_gzip: false,
+            line_ending: LineEnding::Lf,
         }
     }
 }
@@ -85,6 +108,7 @@ impl fmt::Debug for SimConfig {
             .field("block_chars", &self.block_chars)
             .field("threads", &self.threads)
             .field("force_gzip", &self.force_gzip)
+            .field("line_ending", &self.line_ending)
             .finish()
     }
 }
@@ -109,6 +133,7 @@ usage: mcas-sim [--listen ADDR] [flags]
   --block-chars N             prompt chars per cache block (default 64)
   --threads N                 tokio worker threads (default 1)
   --force-gzip                gzip every answer, even when asked for identity
+  --line-ending lf|crlf|cr    line ending of streamed (SSE) answers (default lf)
   --help                      this text
 
 request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
@@ -170,6 +195,14 @@ impl SimConfig {
             "--prefix-cache-blocks" => self.prefix_cache_blocks = parse(flag, v)?,
             "--block-chars" => self.block_chars = parse(flag, v)?,
             "--threads" => self.threads = parse(flag, v)?,
+            "--line-ending" => {
+                self.line_ending = match v {
+                    "lf" => LineEnding::Lf,
+                    "crlf" => LineEnding::CrLf,
+                    "cr" => LineEnding::Cr,
+                    _ => return Err(format!("{flag}: expected lf, crlf or cr, got {v:?}")),
+                }
+            }
             _ => return Err(format!("{flag}: unknown flag (see --help)")),
         }
         Ok(())
@@ -220,6 +253,8 @@ mod tests {
                 .unwrap();
         assert!(!cfg.force_gzip);
         assert!(SimConfig::from_args(args("--force-gzip --tokens 2")).unwrap().force_gzip);
+        assert_eq!(SimConfig::from_args(args("--line-ending cr")).unwrap().line_ending, LineEnding::Cr);
+        assert!(SimConfig::from_args(args("--line-ending lfcr")).is_err());
         assert_eq!(cfg.listen.port(), 9);
         assert_eq!(cfg.models, vec!["a", "b"]);
         assert_eq!(cfg.tokens, 3);

@@ -4,6 +4,7 @@
 //!
 //! Order: wait `ttft`; for chat a role chunk; token 1; then `itl` before every further token;
 //! a chunk with `finish_reason`; the usage chunk (`"choices":[]`) only if asked; `[DONE]`.
+//! Lines end with LF unless `--line-ending` says otherwise.
 
 use std::io;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub struct Pace {
     /// Cut the connection after this many tokens (the `close` failure).
     pub cut_after: Option<u32>,
     pub include_usage: bool,
+    /// Line ending of every SSE line (`--line-ending`).
+    pub eol: &'static str,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -118,7 +121,7 @@ impl<G> Gen<G> {
                 }
                 Phase::Done => {
                     self.phase = Phase::End;
-                    return Some(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+                    return Some(Ok(Bytes::from(format!("data: [DONE]{0}{0}", self.pace.eol))));
                 }
                 Phase::End => return None,
             }
@@ -128,13 +131,15 @@ impl<G> Gen<G> {
     /// `head` + `choice` + `]}` + blank line. A `choice` starting with `]` closes the list
     /// itself (the usage chunk).
     fn event(&self, choice: &str) -> Bytes {
-        let mut s = String::with_capacity(self.head.len() + choice.len() + 8);
+        let mut s = String::with_capacity(self.head.len() + choice.len() + 10);
         s.push_str(&self.head);
         s.push_str(choice);
         if !choice.starts_with(']') {
             s.push(']');
         }
-        s.push_str("}\n\n");
+        s.push('}');
+        s.push_str(self.pace.eol);
+        s.push_str(self.pace.eol);
         Bytes::from(s)
     }
 

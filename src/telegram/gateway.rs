@@ -1,6 +1,7 @@
 //! Client of the MCAS gateway: streamed `/v1/chat/completions` (SSE `data:` lines until
 //! `[DONE]`) and `/v1/models`. The gateway key goes in a header only, never in a URL or error.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::bot_api::describe;
 use crate::secret::Secret;
+use crate::sse::{field, Token, Tokenizer, MAX_LINE};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -89,7 +91,7 @@ impl Gateway {
         let body = json!({ "model": model, "messages": messages, "stream": true });
         let req = self.http.post(format!("{}/v1/chat/completions", self.url)).json(&body);
         let resp = self.send(req).await?;
-        Ok(ChatStream { body: Box::pin(resp.bytes_stream()), buf: Vec::new(), idle: self.timeout, done: false })
+        Ok(ChatStream::new(Box::pin(resp.bytes_stream()), self.timeout))
     }
 
     /// Sends with the key and turns non-2xx answers into typed errors.
@@ -132,25 +134,34 @@ fn error_message(body: &str) -> (String, String) {
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
-/// An SSE completion stream. Chunks may split lines anywhere, so bytes are buffered until
-/// a newline.
+/// An SSE completion stream. Chunks may split lines anywhere and lines may end with LF,
+/// CRLF or a bare CR: the bytes go through the one SSE tokenizer ([`crate::sse`]).
 pub struct ChatStream {
     body: ByteStream,
-    buf: Vec<u8>,
+    sse: Tokenizer,
+    /// Lines complete but not yet returned: the `data` of each, or `None` for a line longer
+    /// than the tokenizer's bound.
+    lines: VecDeque<Option<Vec<u8>>>,
     idle: Duration,
     done: bool,
 }
 
 impl ChatStream {
+    fn new(body: ByteStream, idle: Duration) -> Self {
+        ChatStream { body, sse: Tokenizer::default(), lines: VecDeque::new(), idle, done: false }
+    }
+
     /// The next piece of answer text; `None` after `[DONE]`.
     pub async fn next_delta(&mut self) -> Result<Option<String>, GatewayError> {
         loop {
             if self.done {
                 return Ok(None);
             }
-            while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                match parse_line(&String::from_utf8_lossy(&line))? {
+            while let Some(line) = self.lines.pop_front() {
+                let Some(data) = line else {
+                    return Err(GatewayError::Stream(format!("an SSE line longer than {MAX_LINE} bytes")));
+                };
+                match parse_data(&String::from_utf8_lossy(&data))? {
                     Line::Delta(text) => return Ok(Some(text)),
                     Line::Done => {
                         self.done = true;
@@ -163,7 +174,18 @@ impl ChatStream {
                 Err(_) => return Err(GatewayError::Stream("stream stalled".to_string())),
                 Ok(None) => return Err(GatewayError::Stream("ended before [DONE]".to_string())),
                 Ok(Some(Err(e))) => return Err(GatewayError::Stream(describe(e))),
-                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(Some(Ok(chunk))) => {
+                    let lines = &mut self.lines;
+                    self.sse.feed(&chunk, |t, _| match t {
+                        Token::Line { text, .. } => {
+                            if let Some(data) = field(text, b"data") {
+                                lines.push_back(Some(data.to_vec()));
+                            }
+                        }
+                        Token::LongLine => lines.push_back(None),
+                        Token::Blank { .. } | Token::CrLfTail => {}
+                    });
+                }
             }
         }
     }
@@ -176,13 +198,9 @@ enum Line {
     Nothing,
 }
 
-/// One SSE line: `data: {chunk}`, `data: [DONE]`, or anything else (comments, `event:`, blank).
-fn parse_line(line: &str) -> Result<Line, GatewayError> {
-    let line = line.trim_end_matches(['\r', '\n']);
-    let Some(data) = line.strip_prefix("data:") else {
-        return Ok(Line::Nothing);
-    };
-    let data = data.trim_start();
+/// The data of one SSE `data:` line: a chunk, or `[DONE]`.
+fn parse_data(data: &str) -> Result<Line, GatewayError> {
+    let data = data.trim();
     if data == "[DONE]" {
         return Ok(Line::Done);
     }
@@ -203,50 +221,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_sse_lines() {
-        let chunk = r#"data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#;
-        assert_eq!(parse_line(chunk).unwrap(), Line::Delta("Hi".into()));
-        assert_eq!(parse_line("data: [DONE]\r\n").unwrap(), Line::Done);
-        assert_eq!(parse_line(": keepalive").unwrap(), Line::Nothing);
-        assert_eq!(parse_line("").unwrap(), Line::Nothing);
-        let role_only = r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#;
-        assert_eq!(parse_line(role_only).unwrap(), Line::Nothing);
-        let usage = r#"data: {"choices":[],"usage":{"total_tokens":3}}"#;
-        assert_eq!(parse_line(usage).unwrap(), Line::Nothing);
-        assert!(parse_line(r#"data: {"error":{"message":"boom"}}"#).is_err());
+    fn parses_sse_data() {
+        let chunk = r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#;
+        assert_eq!(parse_data(chunk).unwrap(), Line::Delta("Hi".into()));
+        assert_eq!(parse_data("[DONE]").unwrap(), Line::Done);
+        let role_only = r#"{"choices":[{"delta":{"role":"assistant"}}]}"#;
+        assert_eq!(parse_data(role_only).unwrap(), Line::Nothing);
+        let usage = r#"{"choices":[],"usage":{"total_tokens":3}}"#;
+        assert_eq!(parse_data(usage).unwrap(), Line::Nothing);
+        assert!(parse_data(r#"{"error":{"message":"boom"}}"#).is_err());
+    }
+
+    async fn text_of(parts: &[&str]) -> Result<String, GatewayError> {
+        let chunks: Vec<reqwest::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from(p.to_string()))).collect();
+        let mut s = ChatStream::new(Box::pin(futures_util::stream::iter(chunks)), Duration::from_secs(1));
+        let mut text = String::new();
+        while let Some(d) = s.next_delta().await? {
+            text.push_str(&d);
+        }
+        Ok(text)
     }
 
     #[tokio::test]
-    async fn stream_reassembles_lines_split_across_chunks() {
-        let parts = [
-            "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\nda",
-            "ta: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n",
-            "\ndata: [DONE]\n\n",
-        ];
-        let chunks: Vec<reqwest::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from(*p))).collect();
-        let mut s = ChatStream {
-            body: Box::pin(futures_util::stream::iter(chunks)),
-            buf: Vec::new(),
-            idle: Duration::from_secs(1),
-            done: false,
-        };
-        let mut text = String::new();
-        while let Some(d) = s.next_delta().await.unwrap() {
-            text.push_str(&d);
+    async fn every_line_ending_and_split_gives_the_answer() {
+        let stream = ": keepalive\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+                      data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n";
+        for eol in ["\n", "\r\n", "\r"] {
+            let s = stream.replace('\n', eol);
+            for cut in 0..=s.len() {
+                assert_eq!(text_of(&[&s[..cut], &s[cut..]]).await.unwrap(), "Hello", "{eol:?} cut at {cut}");
+            }
         }
-        assert_eq!(text, "Hello");
     }
 
     #[tokio::test]
     async fn stream_without_done_is_an_error() {
         let chunks: Vec<reqwest::Result<Bytes>> =
             vec![Ok(Bytes::from("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n"))];
-        let mut s = ChatStream {
-            body: Box::pin(futures_util::stream::iter(chunks)),
-            buf: Vec::new(),
-            idle: Duration::from_secs(1),
-            done: false,
-        };
+        let mut s = ChatStream::new(Box::pin(futures_util::stream::iter(chunks)), Duration::from_secs(1));
         assert_eq!(s.next_delta().await.unwrap().as_deref(), Some("x"));
         assert!(s.next_delta().await.is_err());
     }
