@@ -1,7 +1,8 @@
 //! Bodies larger than Pingora's 64 KiB retry buffer: the main request, having read the whole
 //! body to learn the model, replays it through a subrequest that runs this same `ProxyHttp`
-//! (see PINGORA.md, "the subrequest pipe"). The routing decision travels in the subrequest's
-//! user context so the subrequest skips authentication and routing.
+//! (docs/pingora.md, "Reading a request body before choosing the backend"). The routing
+//! decision travels in the subrequest's user context so the subrequest skips authentication
+//! and routing.
 
 use super::ctx::Routed;
 use super::respond;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
-/// Binding environment variables (DESIGN.md and issue 6).
+/// Binding environment variables (README.md and docs/telegram.md list them).
 pub const ENV_BOT_TOKEN: &str = "MCAS_TELEGRAM_BOT_TOKEN";
 pub const ENV_GATEWAY_URL: &str = "MCAS_GATEWAY_URL";
 pub const ENV_GATEWAY_KEY: &str = "MCAS_GATEWAY_KEY";

@@ -6,8 +6,9 @@ use pingora_ketama::{Bucket, Continuum};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-/// Ring steps walked before giving up on finding a backend that fits (PINGORA.md: repeats
-/// count as steps, so this must be well above the number of backends).
+/// Ring steps walked before giving up on finding a backend that fits (docs/pingora.md,
+/// "Consistent hashing": repeats count as steps, so this must be well above the number of
+/// backends).
 pub const MAX_STEPS: usize = 256;
 
 pub struct Ring {
