@@ -279,6 +279,40 @@ async fn streamed_tokens_pass_unbuffered_with_and_without_heartbeat() {
     }
 }
 
+/// A backend whose SSE lines end with a bare CR: each event reaches the client when the
+/// backend sends it (before, the usage-event removal held every event until the next chunk,
+/// waiting for an LF that never comes), the usage event the gateway asked for is removed, and
+/// the tokens are counted — with and without heartbeat.
+#[tokio::test]
+async fn a_bare_cr_stream_passes_event_by_event_and_is_counted() {
+    let sim = spawn_sim(&["--itl-ms", "800", "--tokens", "3", "--line-ending", "cr"]).await;
+    let routes = "  - { path: \"/hb/v1/*\", provider: sim, strip_prefix: \"/hb\", heartbeat: 30s }\n";
+    let gw = gw(&sim, "", routes).await;
+    for path in ["/v1/chat/completions", "/hb/v1/chat/completions"] {
+        let body =
+            serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": true});
+        let resp = reqwest::Client::new().post(gw.url(path)).bearer_auth(KEY).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let (all, chunks) = timed_body(resp).await;
+        assert!(all.ends_with("}\r\rdata: [DONE]\r\r") && !all.contains('\n'), "{path}: {all:?}");
+        assert!(!all.contains("\"usage\""), "{path}: the added usage event is removed: {all:?}");
+        let at = |tok: &str| chunks.iter().find(|(_, c)| c.contains(tok)).map(|(t, _)| *t).unwrap();
+        // Sent at once (no time to first token), the next one 800 ms later.
+        let first = at("\"tok1");
+        assert!(first < Duration::from_millis(400), "{path}: tok1 was held until tok2 came ({first:?})");
+    }
+    let want = "mcas_tokens_total{key=\"alice\",kind=\"completion\",model=\"sim-model\"} 6";
+    let mut m = String::new();
+    for _ in 0..50 {
+        m = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+        if m.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(m.contains(want), "{m}");
+}
+
 #[tokio::test]
 async fn silent_stream_ends_at_idle_timeout() {
     let sim = spawn_sim(&["--itl-ms", "3000", "--tokens", "3"]).await;
