@@ -18,7 +18,8 @@
 
 use mcas::auth::{sha256, KeyEntry, KeyTable, ModelGlobs};
 use mcas::limits::ip::{IpGuard, IpLimits};
-use mcas::limits::{now_ms, KeyLimits};
+use mcas::clock::now_ms;
+use mcas::limits::KeyLimits;
 use mcas::proxy::auth::authenticate;
 use pingora_http::RequestHeader;
 use std::hint::black_box;

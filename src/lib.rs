@@ -4,6 +4,7 @@
 //! the upstream simulator in [`sim`]; the Telegram runner in [`telegram`].
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod drain;

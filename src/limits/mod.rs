@@ -13,16 +13,9 @@ pub mod connections;
 pub mod ip;
 
 use http::HeaderValue;
-use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// Milliseconds on a monotonic clock private to this process.
-pub fn now_ms() -> u64 {
-    static BASE: Lazy<Instant> = Lazy::new(Instant::now);
-    BASE.elapsed().as_millis() as u64
-}
+use std::time::Duration;
 
 /// What a key may do; `None` is unlimited. Resolved against `limits.defaults` at compile time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

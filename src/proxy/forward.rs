@@ -5,7 +5,7 @@
 
 use super::ctx::{Routed, UpstreamState};
 use crate::observe::metrics::metrics;
-use crate::upstream::clock;
+use crate::clock;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};

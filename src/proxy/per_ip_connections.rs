@@ -17,7 +17,7 @@
 
 use crate::limits::connections::{ConnSlot, ConnTable};
 use crate::limits::ip::IpGuard;
-use crate::limits::now_ms;
+use crate::clock::now_ms;
 use crate::observe::metrics::metrics;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;

@@ -38,7 +38,7 @@ pub struct ActiveHealth {
     streak: AtomicU32,
     /// Consecutive failed probes (for `/health`).
     failures: AtomicU32,
-    /// Clock value (see [`super::clock`]) at which the next probe is due; 0 = now.
+    /// Clock value (see [`crate::clock`]) at which the next probe is due; 0 = now.
     next_probe: AtomicU64,
 }
 

@@ -5,7 +5,6 @@
 //! circuit breaker ([`circuit`]), retries and fallbacks.
 
 pub mod circuit;
-pub mod clock;
 pub mod hash_key;
 pub mod health;
 pub mod ketama;
@@ -13,6 +12,7 @@ pub mod probe;
 pub mod select;
 
 use crate::auth::ModelGlobs;
+use crate::clock;
 use crate::observe::metrics::metrics;
 use crate::secret::Secret;
 use circuit::{Circuit, CircuitSettings, CircuitState};

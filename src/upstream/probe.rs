@@ -4,7 +4,8 @@
 //! Only a 2xx answer within the timeout counts as good.
 
 use super::health::HealthSettings;
-use super::{clock, Backend, Provider};
+use super::{Backend, Provider};
+use crate::clock;
 use crate::observe::metrics::metrics;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;

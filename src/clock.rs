@@ -1,5 +1,6 @@
-//! A monotonic millisecond clock for health and circuit state kept in atomics. Functions that
-//! decide take `now` as an argument so tests can drive time.
+//! The one monotonic millisecond clock of the process: limits windows, health and circuit
+//! state kept in atomics. Functions that decide take `now` as an argument so tests can drive
+//! time.
 
 use once_cell::sync::Lazy;
 use std::time::Instant;
