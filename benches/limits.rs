@@ -16,11 +16,11 @@
 //! numbers across runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mcas::auth::{sha256, KeyEntry, KeyTable, ModelGlobs};
-use mcas::limits::ip::{IpGuard, IpLimits};
 use mcas::clock::now_ms;
+use mcas::keys::{sha256, KeyEntry, KeyTable, ModelGlobs};
+use mcas::limits::per_ip::{IpGuard, IpLimits};
 use mcas::limits::KeyLimits;
-use mcas::proxy::auth::authenticate;
+use mcas::proxy::credentials::authenticate;
 use pingora_http::RequestHeader;
 use std::hint::black_box;
 use std::io::Write;

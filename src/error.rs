@@ -1,7 +1,7 @@
 //! The one table from gateway errors to HTTP status and OpenAI's error body
 //! `{"error":{"message","type","code"}}`. Messages never carry a key or a prompt.
 
-use crate::auth::AuthError;
+use crate::keys::AuthError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {

@@ -3,7 +3,6 @@
 //! The request path lives in [`proxy`], one module per step; configuration in [`config`];
 //! the upstream simulator in [`sim`]; the Telegram runner in [`telegram`].
 
-pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -11,6 +10,7 @@ pub mod drain;
 pub mod error;
 pub mod framing;
 pub mod http_path;
+pub mod keys;
 pub mod limits;
 pub mod mcp;
 pub mod observe;

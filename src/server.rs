@@ -2,7 +2,7 @@
 //! listener, and the SIGHUP reload watcher, then runs until a signal ends it.
 
 use crate::observe::admin::AdminApp;
-use crate::proxy::per_ip_connections::{Gate, PerIpConnections};
+use crate::proxy::connection_gate::{Gate, PerIpConnections};
 use crate::proxy::Gateway;
 use crate::reload::{Reloader, SighupService};
 use crate::runtime::Runtime;

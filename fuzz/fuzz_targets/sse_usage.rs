@@ -16,7 +16,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use mcas::proxy::stream::UsageObserver;
+use mcas::proxy::usage::UsageObserver;
 use mcas::sse::{self, Token, Tokenizer};
 
 /// What the tokenizer reported: `Some(line text)` per line, `None` per long line, an empty
@@ -47,7 +47,7 @@ fn tokens(chunks: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
     out
 }
 
-fn observe(kind: &str, chunks: &[&[u8]]) -> (Option<mcas::proxy::stream::Usage>, bool, u64) {
+fn observe(kind: &str, chunks: &[&[u8]]) -> (Option<mcas::proxy::usage::Usage>, bool, u64) {
     let mut o = UsageObserver::default();
     o.start(Some(kind));
     for c in chunks {

@@ -3,7 +3,7 @@
 
 use super::schema::*;
 use super::ConfigError;
-use crate::auth::{KeyEntry, KeyTable, ModelGlobs};
+use crate::keys::{KeyEntry, KeyTable, ModelGlobs};
 use crate::routes::{Route, RouteKind, RouteOpts, RouteTable, Target};
 use crate::runtime::{ListenTls, LogSettings, Runtime, ServerSettings};
 use crate::secret::Secret;
@@ -204,7 +204,7 @@ fn keys(keys: Vec<KeySection>, limits: &super::limits::Compiled, errors: &mut Ve
                 errors.push(ConfigError::new(format!("{path}.key"), "is empty"));
                 continue;
             }
-            (Some(key), None) => crate::auth::sha256(key.as_bytes()),
+            (Some(key), None) => crate::keys::sha256(key.as_bytes()),
             (None, Some(hex_digest)) => match hex::decode(hex_digest.trim()) {
                 Ok(bytes) if bytes.len() == 32 => {
                     let mut d = [0u8; 32];

@@ -2,8 +2,8 @@
 
 use super::schema::{KeyLimitsSection, LimitsSection};
 use super::ConfigError;
-use crate::limits::cidr::Cidr;
-use crate::limits::ip::{IpLimits, DEFAULT_AUTH_FAILURES, DEFAULT_COOLOFF, DEFAULT_MAX_TRACKED};
+use crate::limits::per_ip::{IpLimits, DEFAULT_AUTH_FAILURES, DEFAULT_COOLOFF, DEFAULT_MAX_TRACKED};
+use crate::limits::trusted_proxies::Cidr;
 use crate::limits::{KeyLimits, LimitSettings, DEFAULT_IPV6_PREFIX, DEFAULT_WINDOW};
 
 /// The compiled `limits:` section; `defaults` is what per-key limits fall back to.

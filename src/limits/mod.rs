@@ -1,16 +1,16 @@
 //! Local, exact limits. Per key: requests and tokens per window, and requests in flight,
 //! counted in a [`KeyState`] per configured key (the key table is known when the config is
 //! compiled, so no sketch is needed and nothing is ever over-counted). Per client IP before
-//! authentication: [`ip::IpGuard`].
+//! authentication: [`per_ip::IpGuard`].
 //!
 //! Windows are fixed and anchored at the first request after the previous window ended (not
 //! aligned to the wall clock), so a burst is never split across a boundary by accident.
 //! A reload hands a key's [`KeyState`] to the key of the same name in the new config, so
 //! rotation never resets a window.
 
-pub mod cidr;
-pub mod connections;
-pub mod ip;
+pub mod open_connections;
+pub mod per_ip;
+pub mod trusted_proxies;
 
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +33,8 @@ pub struct KeyLimits {
 /// The runtime's limit settings that are not per key (those live in each key's entry).
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
-    pub per_ip: ip::IpLimits,
-    pub trusted_proxies: Vec<cidr::Cidr>,
+    pub per_ip: per_ip::IpLimits,
+    pub trusted_proxies: Vec<trusted_proxies::Cidr>,
     /// IPv6 clients are counted per network of this prefix length (`limits.ipv6_prefix`).
     pub ipv6_prefix: u8,
 }

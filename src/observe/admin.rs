@@ -36,7 +36,7 @@ impl AdminToken {
                 "must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`, via \"${{MCAS_ADMIN_TOKEN}}\")"
             ));
         }
-        Ok(AdminToken(crate::auth::sha256(token.as_bytes())))
+        Ok(AdminToken(crate::keys::sha256(token.as_bytes())))
     }
 
     /// Whether `authorization` is `Bearer <the token>` (scheme case-insensitive).
@@ -46,7 +46,7 @@ impl AdminToken {
         if !scheme.eq_ignore_ascii_case(b"bearer ") {
             return false;
         }
-        let candidate = crate::auth::sha256(value[7..].trim_ascii());
+        let candidate = crate::keys::sha256(value[7..].trim_ascii());
         bool::from(self.0.ct_eq(&candidate))
     }
 }

@@ -58,7 +58,7 @@ const PARAMS: [&str; 13] = [
 /// Authentication schemes followed by a credential.
 const SCHEMES: [&str; 2] = ["bearer ", "basic "];
 
-/// Prefixes of WebSocket subprotocol entries that carry a key (src/proxy/auth.rs).
+/// Prefixes of WebSocket subprotocol entries that carry a key (src/proxy/credentials.rs).
 const PROTOCOL_KEYS: [&str; 2] = ["openai-insecure-api-key.", "api_key."];
 
 /// Shortest secret redacted by value; shorter ones would blank out ordinary words.
@@ -88,7 +88,7 @@ pub fn remember_digest(digest: &[u8; 32]) {
 
 fn forms_of(secret: &[u8]) -> Vec<String> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    let hex = hex::encode(crate::auth::sha256(secret));
+    let hex = hex::encode(crate::keys::sha256(secret));
     let mut forms = vec![hex.to_ascii_uppercase(), hex];
     for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
         forms.push(engine.encode(secret));
@@ -431,7 +431,7 @@ mod tests {
     fn known_values_in_every_form() {
         let secret = "provider-known-value-ÿ";
         remember(secret);
-        let hex = hex::encode(crate::auth::sha256(secret.as_bytes()));
+        let hex = hex::encode(crate::keys::sha256(secret.as_bytes()));
         let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
         for form in [secret.to_string(), hex.clone(), hex.to_uppercase(), b64] {
             let out = r(&format!("é {form} é"));

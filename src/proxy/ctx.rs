@@ -1,7 +1,7 @@
 //! The per-request context, grouped by the step that fills it.
 
-use super::stream::UsageObserver;
-use crate::auth::KeyEntry;
+use super::usage::UsageObserver;
+use crate::keys::KeyEntry;
 use crate::runtime::Runtime;
 use crate::upstream::{Backend, Provider};
 use std::sync::atomic::Ordering;
@@ -33,7 +33,7 @@ pub struct Routed {
     /// The rewritten body, when it replaces the retry buffer (bodies up to 64 KiB).
     pub new_body: Option<bytes::Bytes>,
     /// WebSocket, event-stream and MCP settings of the route, and MCP pinning.
-    pub streams: super::streams::RouteStreams,
+    pub streams: super::long_lived::RouteStreams,
 }
 
 #[derive(Default)]
@@ -87,10 +87,10 @@ pub struct Ctx {
     /// The route pattern of a request the gateway answered after routing (426, caps).
     pub route_label: Option<String>,
     pub counted_inflight: bool,
-    pub limit: super::limit::LimitCtx,
+    pub limit: super::rate_limit::LimitCtx,
     pub rewrite: super::rewrite::ResponseRewrite,
     /// Long-lived connections: MCP endpoint rewriting, concurrency slots.
-    pub streams: super::streams::StreamState,
+    pub streams: super::long_lived::StreamState,
 }
 
 impl Ctx {

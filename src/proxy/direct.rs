@@ -4,7 +4,7 @@
 //! the backend cannot be reached.
 
 use super::ctx::{Ctx, Routed};
-use super::{forward, limit, respond, rewrite, streams};
+use super::{forward, long_lived, rate_limit, respond, rewrite};
 use crate::error::GatewayError;
 use crate::observe::metrics::metrics;
 use pingora::prelude::*;
@@ -43,7 +43,7 @@ pub fn upstream_request(req: &mut RequestHeader, routed: &Routed) -> Result<()> 
     if let Some(len) = routed.body_len {
         rewrite::set_body_length(req, len)?;
     }
-    streams::upstream_request(req, routed)
+    long_lived::upstream_request(req, routed)
 }
 
 /// The client's request as an HTTP/1.1 request to the backend (it may have come over HTTP/2).
@@ -93,7 +93,7 @@ where
 pub async fn refuse(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Result<()> {
     ctx.local_status = Some(e.status());
     session.set_keepalive(None);
-    let extra = limit::headers(ctx);
+    let extra = rate_limit::headers(ctx);
     respond::error_with(session, e, &ctx.request_id, extra).await
 }
 

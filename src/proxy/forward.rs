@@ -4,8 +4,8 @@
 //! (and the check that the answer came plain).
 
 use super::ctx::{Routed, UpstreamState};
-use crate::observe::metrics::metrics;
 use crate::clock;
+use crate::observe::metrics::metrics;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -14,7 +14,7 @@ use std::time::Instant;
 /// Chooses a backend not yet tried by this request; `None` when none is left.
 pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let provider = &routed.provider;
-    let (index, backend) = match super::streams::pinned_backend(routed, &up.tried) {
+    let (index, backend) = match super::long_lived::pinned_backend(routed, &up.tried) {
         Some(pinned) => pinned?,
         None => provider.pick(&routed.hash_key, &up.tried)?,
     };
@@ -48,7 +48,7 @@ pub fn rewrite_request(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     req.set_uri(uri);
     req.remove_header(&http::header::AUTHORIZATION);
     req.remove_header("x-api-key");
-    if let Some(kept) = super::auth::strip_protocol_key(req) {
+    if let Some(kept) = super::credentials::strip_protocol_key(req) {
         req.remove_header(&http::header::SEC_WEBSOCKET_PROTOCOL);
         if let Some(v) = kept {
             req.insert_header(http::header::SEC_WEBSOCKET_PROTOCOL, v)?;

@@ -9,7 +9,7 @@
 
 use super::ctx::Ctx;
 use super::direct::{self, Connectors};
-use super::stream::BodyKind;
+use super::usage::BodyKind;
 use crate::error::GatewayError;
 use crate::sse::Boundary;
 use bytes::Bytes;

@@ -1,28 +1,28 @@
 //! The request path: one Pingora `ProxyHttp` implementation that only dispatches to a module
-//! per step — [`local`] (health), [`auth`], [`route`], [`forward`], [`stream`] (observe),
+//! per step — [`local`] (health), [`credentials`], [`route`], [`forward`], [`usage`] (observe),
 //! [`account`] — and [`pipe`] for bodies too large for Pingora's retry buffer.
 
 pub mod account;
-pub mod auth;
-pub mod conn_limits;
+pub mod connection_gate;
+pub mod credentials;
 pub mod ctx;
 pub mod direct;
 pub mod forward;
 pub mod framing;
 pub mod heartbeat;
-pub mod limit;
 pub mod local;
+pub mod long_lived;
+pub mod long_lived_caps;
 pub mod mcp_session;
 pub mod model;
 pub mod models_list;
-pub mod per_ip_connections;
 pub mod pipe;
+pub mod rate_limit;
 pub mod respond;
 pub mod rewrite;
 pub mod route;
-pub mod stream;
-pub mod streams;
 pub mod tunnel;
+pub mod usage;
 pub mod websocket;
 pub mod ws_frames;
 
@@ -50,7 +50,7 @@ pub enum Step {
 pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// Per-address pre-auth state; outlives reloads.
-    pub guard: Arc<crate::limits::ip::IpGuard>,
+    pub guard: Arc<crate::limits::per_ip::IpGuard>,
     /// Backend connections of the requests the gateway carries itself (tunnels, relays).
     connectors: direct::Connectors,
     /// Announces the end of the grace period to tunnels.
@@ -77,29 +77,29 @@ impl Gateway {
             return Ok(Step::Answered);
         }
         let rt = self.runtime.load_full();
-        let ip = limit::client_addr(session, &rt.limits);
-        if let Err(e) = limit::guard(&self.guard, &rt.limits, ip) {
+        let ip = rate_limit::client_addr(session, &rt.limits);
+        if let Err(e) = rate_limit::guard(&self.guard, &rt.limits, ip) {
             if matches!(&e, GatewayError::RateLimited(r) if r.kind == crate::limits::LimitKind::AuthFailures) {
-                // The address is refused at accept while it cools off (per_ip_connections):
+                // The address is refused at accept while it cools off (connection_gate):
                 // after this 429, its attempts cost no HTTP exchange.
                 session.set_keepalive(None);
             }
             return self.refuse(session, ctx, e).await;
         }
-        let authenticated = auth::authenticate(session.req_header(), &rt.keys);
-        auth::scrub_query_key(session.req_header_mut());
+        let authenticated = credentials::authenticate(session.req_header(), &rt.keys);
+        credentials::scrub_query_key(session.req_header_mut());
         let key = match authenticated {
             Ok(k) => k,
             Err(e) => {
                 if let Some(m) = metrics() {
                     m.auth_failures.with_label_values(&[e.reason()]).inc();
                 }
-                limit::auth_failed(&self.guard, &rt.limits, ip);
+                rate_limit::auth_failed(&self.guard, &rt.limits, ip);
                 return self.refuse(session, ctx, GatewayError::Unauthorized(e)).await;
             }
         };
         ctx.key_name = Some(key.name.clone());
-        if let Err(e) = limit::admit(&key, &mut ctx.limit) {
+        if let Err(e) = rate_limit::admit(&key, &mut ctx.limit) {
             return self.refuse(session, ctx, e).await;
         }
         let meta = route::RequestMeta {
@@ -119,13 +119,13 @@ impl Gateway {
             models_list::run(session, routed).await?;
             return Ok(Step::Answered);
         }
-        match streams::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
-            streams::Admit::Answered(status) => {
+        match long_lived::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
+            long_lived::Admit::Answered(status) => {
                 ctx.local_status = Some(status);
                 ctx.route_label = Some(routed.route_label.clone());
                 return Ok(Step::Answered);
             }
-            streams::Admit::Heartbeat(every) => {
+            long_lived::Admit::Heartbeat(every) => {
                 let chunks = match body {
                     route::BodyPlan::Pipe(c) | route::BodyPlan::Replay(c) => c,
                     route::BodyPlan::Untouched => Vec::new(),
@@ -137,13 +137,13 @@ impl Gateway {
                 Box::pin(heartbeat::run(session, ctx, &self.connectors, chunks, every)).await?;
                 return Ok(Step::Answered);
             }
-            streams::Admit::Tunnel => {
+            long_lived::Admit::Tunnel => {
                 ctx.routed = Some(routed);
                 // Boxed: only tunnels pay for the relay's state.
                 Box::pin(tunnel::run(session, ctx, &self.connectors.fresh, self.drain.subscribe())).await?;
                 return Ok(Step::Answered);
             }
-            streams::Admit::Continue => {}
+            long_lived::Admit::Continue => {}
         }
         match body {
             route::BodyPlan::Pipe(chunks) => {
@@ -163,7 +163,7 @@ impl Gateway {
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
         ctx.local_status = Some(e.status());
-        let extra = limit::answer_headers(ctx, &e);
+        let extra = rate_limit::answer_headers(ctx, &e);
         respond::error_with(session, &e, &ctx.request_id, extra).await?;
         Ok(Step::Answered)
     }
@@ -305,7 +305,7 @@ impl ProxyHttp for Gateway {
                 if session.response_written().is_none() {
                     // Pingora will not reuse this connection: say so, or clients reuse a dead one.
                     session.set_keepalive(None);
-                    let extra = limit::headers(ctx);
+                    let extra = rate_limit::headers(ctx);
                     if let Err(write_err) = respond::error_with(session, g, &ctx.request_id, extra).await {
                         log::debug!("could not send error response: {write_err}");
                     }
@@ -319,7 +319,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.upstream.release();
-        limit::finish(ctx);
+        rate_limit::finish(ctx);
         if ctx.counted_inflight {
             if let Some(m) = metrics() {
                 m.inflight.dec();
@@ -345,7 +345,7 @@ fn upstream_answered(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     }
     let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     ctx.usage.start(ct);
-    streams::upstream_response(resp, ctx)
+    long_lived::upstream_response(resp, ctx)
 }
 
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,
@@ -354,7 +354,7 @@ fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     if !ctx.request_id.is_empty() {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     }
-    for (name, value) in limit::headers(ctx) {
+    for (name, value) in rate_limit::headers(ctx) {
         resp.insert_header(name, value)?;
     }
     ctx.rewrite.response_header(resp, ctx.usage.kind())
@@ -363,7 +363,7 @@ fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
 /// What the gateway does to every response body chunk: the MCP endpoint rewrite, the usage
 /// observer (on the backend's bytes), then the body rewrite.
 fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
-    streams::response_body(body, end, &mut ctx.streams);
+    long_lived::response_body(body, end, &mut ctx.streams);
     ctx.usage.observe(body.as_ref(), end);
     ctx.rewrite.response_body(body, end, ctx.usage.kind());
 }

@@ -4,8 +4,8 @@
 //! model takes the route's or provider's `default_model`, which is then written into what
 //! is forwarded; and a key that may not use every model must end up with a model it may use.
 
-use crate::auth::KeyEntry;
 use crate::error::GatewayError;
+use crate::keys::KeyEntry;
 use crate::request_body::{self, Scan, ScanError};
 use bytes::Bytes;
 use pingora::prelude::*;

@@ -5,8 +5,8 @@
 //! - a request that names no model gets the `default_model` it was checked for;
 //! - `GET …/models` lists only the models the key may use (see `models_list`).
 
-use super::stream::BodyKind;
-use crate::auth::ModelGlobs;
+use super::usage::BodyKind;
+use crate::keys::ModelGlobs;
 use crate::sse::{self, Token, Tokenizer};
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};

@@ -4,8 +4,8 @@
 
 use super::ctx::Routed;
 use super::model;
-use crate::auth::KeyEntry;
 use crate::error::GatewayError;
+use crate::keys::KeyEntry;
 use crate::request_body::Scan;
 use crate::routes::{Route, Target};
 use crate::runtime::Runtime;
@@ -105,7 +105,7 @@ pub async fn decide(
         None => path.clone(),
     };
     let upstream_path = upstream_target(session, provider.upstream_path(&stripped), defaulted.as_deref());
-    let streams = super::streams::RouteStreams::new(route, &provider);
+    let streams = super::long_lived::RouteStreams::new(route, &provider);
     let models_list =
         matches!(listing, Listing::All) && session.req_header().method == http::Method::GET && !key.models.allows_all();
     let routed = Routed {

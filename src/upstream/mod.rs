@@ -11,8 +11,8 @@ pub mod ketama;
 pub mod probe;
 pub mod select;
 
-use crate::auth::ModelGlobs;
 use crate::clock;
+use crate::keys::ModelGlobs;
 use crate::observe::metrics::metrics;
 use crate::secret::Secret;
 use circuit::{Circuit, CircuitSettings, CircuitState};

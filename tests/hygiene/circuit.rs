@@ -80,7 +80,7 @@ fn concurrent_picks_take_one_half_open_trial() {
             },
             ..Fleet::default()
         };
-        let models = mcas::auth::ModelGlobs(vec!["*".into()]);
+        let models = mcas::keys::ModelGlobs(vec!["*".into()]);
         let p = Provider::new(
             "p",
             "h".into(),

@@ -4,7 +4,7 @@
 
 use super::ctx::Routed;
 use super::mcp_session as session;
-use super::{conn_limits as limits, websocket};
+use super::{long_lived_caps as limits, websocket};
 use crate::mcp::endpoint::EndpointRewriter;
 use crate::routes::{Route, RouteKind, RouteOpts};
 use crate::upstream::Provider;
@@ -132,7 +132,7 @@ pub fn upstream_response(resp: &mut pingora_http::ResponseHeader, ctx: &mut supe
         return Ok(());
     }
     session::rewrite_response(resp, routed, ctx.upstream.backend.as_ref())?;
-    let is_sse = ctx.usage.kind() == super::stream::BodyKind::Sse;
+    let is_sse = ctx.usage.kind() == super::usage::BodyKind::Sse;
     // A GET stream opened without a session id is the legacy transport's `GET …/sse`.
     if is_sse && routed.streams.pin.is_none() && routed.streams.get {
         if let (Some(sealer), Some(b)) = (routed.runtime.mcp.as_ref(), ctx.upstream.backend.as_ref()) {

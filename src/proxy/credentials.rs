@@ -5,7 +5,7 @@
 //! parameter or as a `Sec-WebSocket-Protocol` entry `openai-insecure-api-key.<key>` (the form
 //! OpenAI's browser clients use) or `api_key.<key>`; both are removed before forwarding.
 
-use crate::auth::{AuthError, KeyEntry, KeyTable};
+use crate::keys::{AuthError, KeyEntry, KeyTable};
 use crate::secret::Secret;
 use pingora_http::RequestHeader;
 use std::sync::Arc;

@@ -3,11 +3,11 @@
 //! response reported.
 
 use super::ctx::Ctx;
-use crate::auth::KeyEntry;
-use crate::error::GatewayError;
-use crate::limits::ip::IpGuard;
 use crate::clock::now_ms;
-use crate::limits::{cidr, LimitSettings, Refusal, Slot};
+use crate::error::GatewayError;
+use crate::keys::KeyEntry;
+use crate::limits::per_ip::IpGuard;
+use crate::limits::{trusted_proxies, LimitSettings, Refusal, Slot};
 use crate::observe::metrics::metrics;
 use http::HeaderValue;
 use pingora_proxy::Session;
@@ -40,9 +40,9 @@ pub fn client_addr(session: &Session, s: &LimitSettings) -> Option<IpAddr> {
             .iter()
             .map(|v| v.to_str().unwrap_or("unknown"))
             .collect();
-        cidr::client_addr(peer, &lines, &s.trusted_proxies)
+        trusted_proxies::client_addr(peer, &lines, &s.trusted_proxies)
     };
-    Some(cidr::limit_bucket(client, s.ipv6_prefix))
+    Some(trusted_proxies::limit_bucket(client, s.ipv6_prefix))
 }
 
 fn refused(r: Refusal, key: &str) -> GatewayError {

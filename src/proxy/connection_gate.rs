@@ -15,9 +15,9 @@
 //! Refusals are counted in `mcas_connections_refused_total{reason="per_ip"|"cooloff"}`;
 //! nothing is logged per refusal (a flood would flood the log too).
 
-use crate::limits::connections::{ConnSlot, ConnTable};
-use crate::limits::ip::IpGuard;
 use crate::clock::now_ms;
+use crate::limits::open_connections::{ConnSlot, ConnTable};
+use crate::limits::per_ip::IpGuard;
 use crate::observe::metrics::metrics;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
@@ -50,9 +50,9 @@ impl Gate {
     }
 
     /// What the per-address limits count `ip` as: an IPv6 client by its `limits.ipv6_prefix`
-    /// network, like every other per-address limit (`src/limits/cidr.rs`).
+    /// network, like every other per-address limit (`src/limits/trusted_proxies.rs`).
     fn bucket(&self, ip: IpAddr) -> IpAddr {
-        crate::limits::cidr::limit_bucket(ip, self.runtime.load().limits.ipv6_prefix)
+        crate::limits::trusted_proxies::limit_bucket(ip, self.runtime.load().limits.ipv6_prefix)
     }
 
     /// The cap that applies to `ip`, if any.

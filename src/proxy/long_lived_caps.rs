@@ -75,7 +75,7 @@ fn gauge(kind: Kind, route: &str, key: &str, delta: i64) {
 pub async fn acquire(
     session: &mut Session,
     routed: &Routed,
-    state: &mut super::streams::StreamState,
+    state: &mut super::long_lived::StreamState,
     request_id: &str,
 ) -> Result<Option<u16>> {
     let o = &routed.streams.opts;
