@@ -44,7 +44,12 @@ async fn backend(answer: Answer) -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>
     (addr, rx, flooded)
 }
 
-async fn serve(mut sock: tokio::net::TcpStream, answer: Answer, tx: mpsc::UnboundedSender<Vec<u8>>, flooded: Arc<AtomicU64>) {
+async fn serve(
+    mut sock: tokio::net::TcpStream,
+    answer: Answer,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    flooded: Arc<AtomicU64>,
+) {
     let mut head = Vec::new();
     let mut buf = vec![0u8; 8192];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -56,7 +61,9 @@ async fn serve(mut sock: tokio::net::TcpStream, answer: Answer, tx: mpsc::Unboun
     let text = String::from_utf8_lossy(&head).to_string();
     let ws_key = text
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")).map(|(_, v)| v.trim()))
+        .find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")).map(|(_, v)| v.trim())
+        })
         .unwrap_or("")
         .to_string();
     match answer {
@@ -216,7 +223,9 @@ async fn refused(parts: Vec<Vec<u8>>) -> (u16, Vec<u8>) {
 async fn refusal_bodies_arrive_intact_in_every_framing() {
     let data = body(100_000);
     let want = Sha256::digest(&data);
-    let head = |framing: &str| format!("HTTP/1.1 401 Unauthorized\r\ncontent-type: application/octet-stream\r\n{framing}\r\n").into_bytes();
+    let head = |framing: &str| {
+        format!("HTTP/1.1 401 Unauthorized\r\ncontent-type: application/octet-stream\r\n{framing}\r\n").into_bytes()
+    };
 
     let mut length = head(&format!("content-length: {}\r\n", data.len()));
     length.extend_from_slice(&data[..1000]);

@@ -69,7 +69,12 @@ impl Tunnel {
     /// Relays until either side closes, the tunnel idles out, or a drain completes. Errors
     /// on either side end the tunnel; they are routine here (the response is long written).
     /// The downstream session must have the proxy-task API enabled.
-    pub async fn relay(&mut self, session: &mut Session, up: &mut Backend, drain: &mut watch::Receiver<bool>) -> Result<()> {
+    pub async fn relay(
+        &mut self,
+        session: &mut Session,
+        up: &mut Backend,
+        drain: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
         match self.pump(session, up, drain).await {
             Ok(End::Closed) => {
                 // Bytes read before the close still reach the other side, within the idle
@@ -88,7 +93,12 @@ impl Tunnel {
         Ok(())
     }
 
-    async fn pump(&mut self, session: &mut Session, up: &mut Backend, drain: &mut watch::Receiver<bool>) -> Result<End> {
+    async fn pump(
+        &mut self,
+        session: &mut Session,
+        up: &mut Backend,
+        drain: &mut watch::Receiver<bool>,
+    ) -> Result<End> {
         // The drain may have begun while the tunnel was being set up.
         let mut draining = *drain.borrow();
         let mut watch_drain = !draining;
