@@ -91,7 +91,7 @@ async fn serve(
                 tokio::spawn(async move {
                     // Unmasked binary frames of 16 KiB (126: a 16-bit length follows).
                     let mut frame = vec![0x82, 126, 0x40, 0x00];
-                    frame.extend(std::iter::repeat(b'x').take(16 * 1024));
+                    frame.extend(std::iter::repeat_n(b'x', 16 * 1024));
                     while wr.write_all(&frame).await.is_ok() {
                         flooded.fetch_add(frame.len() as u64, Ordering::Relaxed);
                     }
