@@ -251,3 +251,37 @@ async fn refusal_bodies_arrive_intact_in_every_framing() {
     assert_eq!(status, 401);
     assert_eq!(Sha256::digest(&got), want, "until close: {} bytes", got.len());
 }
+
+/// Measurement, not a check: gateway memory per idle tunnel (RSS growth over 300 tunnels to
+/// the sim's echo, divided by 300). `cargo test --test it tunnel::memory -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn memory_per_idle_tunnel() {
+    let sim = crate::common::spawn_sim(&[]).await;
+    let rest = format!(
+        "{}providers:\n  - {{ name: sim, url: \"http://{}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/ws\", provider: sim, websocket: true }}\n",
+        key_yaml("alice", KEY),
+        sim.addr
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    // Warm up allocator and runtime with a few tunnels first.
+    let mut warm = Vec::new();
+    for _ in 0..20 {
+        let mut ws = connect(&gw).await;
+        ws.send(Message::text("x")).await.unwrap();
+        let _ = next(&mut ws).await;
+        warm.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = gw.proc.rss_kib();
+    let mut open = Vec::new();
+    for _ in 0..300 {
+        let mut ws = connect(&gw).await;
+        ws.send(Message::text("x")).await.unwrap();
+        let _ = next(&mut ws).await;
+        open.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = gw.proc.rss_kib();
+    eprintln!("idle tunnels: RSS {before} KiB -> {after} KiB, {:.1} KiB per tunnel", (after - before) as f64 / 300.0);
+}
