@@ -10,6 +10,9 @@
 //! close-delimited and returns them before it reads the connection ([`Upgrade::into_pipe`]).
 //! A Pingora change making `into_inner` return them too would turn that into one call; the
 //! public API is enough, so the gateway carries no patch for it.
+//!
+//! Measured (`tunnel::memory_per_idle_tunnel` in tests/tunnel.rs, debug build): about 66 KiB
+//! of gateway RSS per idle tunnel, as before this design; most of it is the client's side.
 
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::prelude::*;
