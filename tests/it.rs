@@ -16,3 +16,4 @@ mod sim;
 mod streams;
 mod streams_bench;
 mod telegram;
+mod tunnel;

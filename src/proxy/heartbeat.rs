@@ -6,6 +6,19 @@
 //! arrived for `heartbeat`, it writes `: keepalive`, only at an event boundary, never inside
 //! an event. The backend is read only after the client took the previous bytes, so a slow
 //! client slows the backend instead of growing a buffer.
+//!
+//! A Pingora change would remove this path and its connection pool: a timer arm in the
+//! response loops of vendor/pingora-proxy/src/proxy_h1.rs and proxy_h2.rs calling a new
+//! `ProxyHttp` hook that may return bytes after a silence. The gateway does not carry it: it
+//! changes the core proxy loop of both protocols.
+//!
+//! The exchange is Pingora's HTTP/1 client session: nothing is parsed here. The request body
+//! goes out whole before the answer is read; once the answer flows, nothing else is pending
+//! (the client is only watched for departure), so no direction waits on another there. A
+//! backend that answers before it has read a body larger than the socket buffers is heard
+//! only after the upload (or its write timeout): the session's `write_body` is not
+//! cancel-safe, so reading the answer during an upload needs the same one-write-at-a-time
+//! loop as Pingora's `proxy_handle_upstream` (proxy_h1.rs).
 
 use super::ctx::Ctx;
 use super::direct::{self, Connectors};

@@ -2,7 +2,9 @@
 //! tunnel can speak on its own: when the gateway drains it closes both sides with 1001
 //! (Going Away) at a frame boundary. Otherwise bytes pass untouched in both
 //! directions (text, binary, ping/pong, close codes); each side is read only when the other
-//! has taken the previous bytes, so a slow reader slows the sender instead of growing a buffer.
+//! has taken the previous bytes, so a slow reader slows the sender instead of growing a buffer,
+//! and neither direction waits on the other ([`relay`]). The upgrade itself goes through
+//! Pingora's HTTP/1 client session; raw bytes flow only after a 101 ([`backend`]).
 //!
 //! The backend is chosen, connected and failed over like any request ([`forward`]); the
 //! upgrade request gets the same header rewriting. The tunnel ends when either side closes,
@@ -14,7 +16,7 @@ mod relay;
 use super::ctx::Ctx;
 use super::direct;
 use crate::error::GatewayError;
-use backend::Backend;
+use backend::Upgrade;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_core::connectors::TransportConnector;
@@ -40,7 +42,7 @@ pub async fn run(
     let open = |peer: Box<HttpPeer>| async move { (connector.new_stream(&*peer).await, peer) };
     // Boxed: the connect future (TLS included) is large and needed only until connected.
     let mut up = match Box::pin(direct::connect(session, ctx, open)).await? {
-        Some((stream, _)) => Backend::new(stream, timeouts.write),
+        Some((stream, peer)) => Upgrade::new(stream, &peer, timeouts.read, timeouts.write),
         None => return Ok(()),
     };
     let resp = match Box::pin(handshake(session, ctx, &mut up, timeouts.read)).await {
@@ -50,21 +52,44 @@ pub async fn run(
     if resp.status.as_u16() != 101 {
         return relay_refusal(session, ctx, &mut up, resp, timeouts.read).await;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    // The tunnel's own idle timer governs reads from here on.
+    let mut backend = match up.into_pipe(timeouts.write).await {
+        Ok(backend) => backend,
+        Err(e) => return direct::answer_failure(session, ctx, &e).await,
+    };
+    session.write_response_header(resp, false).await?;
+    if !session.was_upgraded() {
+        // A 101 without `Upgrade`: the client does not switch protocols either.
+        session.set_keepalive(None);
+        return Ok(());
+    }
+    // The tunnel's own idle timer governs reads from here on; a client that takes no bytes
+    // for as long fails the write. The relay writes through the cancel-safe task API.
     session.set_read_timeout(None);
-    Tunnel::new(idle).relay(session, &mut up, &mut drain).await
+    session.downstream_session.set_write_timeout(Some(idle));
+    session.set_proxy_tasks_enabled(true);
+    if !session.downstream_session.supports_proxy_task_api() {
+        // Only HTTP/1 upgrades reach here; any other session ends at once.
+        return Ok(());
+    }
+    Tunnel::new(idle).relay(session, &mut backend, &mut drain).await
 }
 
 /// Sends the rewritten upgrade request; returns the backend's answer header as the client
 /// will see it.
-async fn handshake(session: &mut Session, ctx: &mut Ctx, up: &mut Backend, within: Duration) -> Result<ResponseHeader> {
+async fn handshake(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    up: &mut Upgrade,
+    within: Duration,
+) -> Result<Box<ResponseHeader>> {
     let Some(routed) = ctx.routed.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no route decided");
     };
     let req = direct::h1_request(session, routed)?;
-    up.send_request(&req).await?;
-    let mut resp = up.read_response(within).await?;
+    let mut resp = match tokio::time::timeout(within, up.exchange(req)).await {
+        Ok(resp) => resp?,
+        Err(_) => return Err(Error::explain(ErrorType::ReadTimedout, "waiting for the response header").into_up()),
+    };
     super::upstream_answered(&mut resp, ctx)?;
     super::response_headers(&mut resp, ctx)?;
     Ok(resp)
@@ -75,18 +100,22 @@ async fn handshake(session: &mut Session, ctx: &mut Ctx, up: &mut Backend, withi
 async fn relay_refusal(
     session: &mut Session,
     ctx: &mut Ctx,
-    up: &mut Backend,
-    mut resp: ResponseHeader,
+    up: &mut Upgrade,
+    mut resp: Box<ResponseHeader>,
     within: Duration,
 ) -> Result<()> {
-    let body = match up.read_refusal_body(&resp, within).await {
-        Ok(body) => body,
-        Err(e) => return direct::answer_failure(session, ctx, &e).await,
+    let body = match tokio::time::timeout(within, up.refusal_body()).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return direct::answer_failure(session, ctx, &e).await,
+        Err(_) => {
+            let e = Error::explain(ErrorType::ReadTimedout, "reading the response body").into_up();
+            return direct::answer_failure(session, ctx, &e).await;
+        }
     };
     resp.remove_header(&http::header::TRANSFER_ENCODING);
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_header(resp, false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
 }
