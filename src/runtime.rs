@@ -2,8 +2,8 @@
 //! and swaps it in atomically; requests in flight keep the one they started with.
 
 use crate::auth::KeyTable;
+use crate::fleet::Provider;
 use crate::routes::RouteTable;
-use crate::upstream::Provider;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ impl Runtime {
     /// `provider` when any of its backends may take a request, else its first fallback that
     /// can (one level: a fallback's own fallbacks are not followed); `None` when none can.
     pub fn serving(&self, provider: &Arc<Provider>) -> Option<Arc<Provider>> {
-        let now = crate::upstream::clock::now_ms();
+        let now = crate::fleet::clock::now_ms();
         if provider.any_usable(now) {
             return Some(provider.clone());
         }

@@ -117,7 +117,7 @@ impl AdminApp {
 
     fn health(&self) -> serde_json::Value {
         let rt = self.reloader.runtime.load();
-        let now = crate::upstream::clock::now_ms();
+        let now = crate::fleet::clock::now_ms();
         let providers: Vec<_> = rt
             .providers
             .iter()

@@ -2,8 +2,8 @@
 
 use super::stream::UsageObserver;
 use crate::auth::KeyEntry;
+use crate::fleet::{Backend, Provider};
 use crate::runtime::Runtime;
-use crate::upstream::{Backend, Provider};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;

@@ -4,8 +4,8 @@
 //! (and the check that the answer came plain).
 
 use super::ctx::{Routed, UpstreamState};
+use crate::fleet::clock;
 use crate::observe::metrics::metrics;
-use crate::upstream::clock;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};

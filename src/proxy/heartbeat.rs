@@ -104,7 +104,7 @@ async fn exchange(
     req: RequestHeader,
     body: Vec<Bytes>,
     idle: Duration,
-    timeouts: &crate::upstream::Timeouts,
+    timeouts: &crate::fleet::Timeouts,
 ) -> Result<Option<(HttpSession, Box<HttpPeer>, Box<ResponseHeader>)>> {
     let mut fresh = false;
     loop {

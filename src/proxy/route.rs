@@ -6,10 +6,10 @@ use super::ctx::Routed;
 use super::model;
 use crate::auth::KeyEntry;
 use crate::error::GatewayError;
+use crate::fleet::hash_key::{key_for, KeyInputs};
 use crate::request_body::Scan;
 use crate::routes::{Route, Target};
 use crate::runtime::Runtime;
-use crate::upstream::hash_key::{key_for, KeyInputs};
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
@@ -148,7 +148,7 @@ async fn learn(
     session: &mut Session,
     rt: &Runtime,
     route: &Route,
-    fixed: Option<&Arc<crate::upstream::Provider>>,
+    fixed: Option<&Arc<crate::fleet::Provider>>,
     key: &KeyEntry,
     path: &str,
 ) -> Result<Result<Learned, GatewayError>> {
