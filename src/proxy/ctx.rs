@@ -28,7 +28,8 @@ pub struct Routed {
     pub client_proto: &'static str,
     /// The gateway added `stream_options.include_usage`: remove the usage event it causes.
     pub strip_usage: bool,
-    /// The body was rewritten to this length (the subrequest fixes `Content-Length`).
+    /// The body goes upstream with this `Content-Length`: it was rewritten, or it is piped
+    /// and came without a length (HTTP/2).
     pub body_len: Option<usize>,
     /// The rewritten body, when it replaces the retry buffer (bodies up to 64 KiB).
     pub new_body: Option<bytes::Bytes>,

@@ -1,6 +1,6 @@
 //! Keepalive comments for event streams. Pingora calls body filters only when bytes arrive, so
 //! nothing in its proxy loop can speak while the upstream is silent. On a route with
-//! `heartbeat` the gateway therefore carries the request to the backend itself ([`direct`]:
+//! `heartbeat` the gateway therefore carries the request to the backend itself ([`super::upstream`]:
 //! the same backend choice, failover, pinning and header rewriting as any request) and relays
 //! the answer through the same body filters (usage, rewrites, MCP endpoint): when nothing
 //! arrived for `heartbeat`, it writes `: keepalive`, only at an event boundary, never inside
@@ -8,8 +8,8 @@
 //! client slows the backend instead of growing a buffer.
 
 use super::ctx::Ctx;
-use super::direct::{self, Connectors};
 use super::stream::BodyKind;
+use super::upstream::{self as direct, Connectors};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::prelude::*;
@@ -155,11 +155,11 @@ async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, 
     up.write_request_header(Box::new(req.clone())).await.map_err(|e| e.into_up())?;
     if body.is_empty() {
         while let Some(chunk) = session.read_request_body().await? {
-            up.write_body(&chunk).await.map_err(|e| e.into_up())?;
+            direct::write_body(up, &chunk).await?;
         }
     } else {
         for chunk in body {
-            up.write_body(chunk).await.map_err(|e| e.into_up())?;
+            direct::write_body(up, chunk).await?;
         }
     }
     up.finish_body().await.map_err(|e| e.into_up())?;
@@ -169,7 +169,7 @@ async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, 
 /// What Pingora's `upstream_response_filter` and `response_filter` do for proxied requests,
 /// and framing for a close-delimited answer.
 fn response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    super::upstream_answered(resp, ctx)?;
+    super::upstream::answer::answered(resp, ctx)?;
     super::response_headers(resp, ctx)?;
     let framed = resp.headers.contains_key(http::header::CONTENT_LENGTH)
         || resp.headers.contains_key(http::header::TRANSFER_ENCODING);

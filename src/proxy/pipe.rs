@@ -41,8 +41,16 @@ pub fn subrequest(
 
 /// Runs the subrequest and pipes its response to the client. Errors after the response
 /// started are the subrequest's to report; the main request only answers when nothing did.
-pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>) -> Result<()> {
+pub async fn run(session: &mut Session, mut routed: Routed, body: Vec<Bytes>) -> Result<()> {
     let request_id = routed.request_id.clone();
+    let headers = &session.req_header().headers;
+    if routed.body_len.is_none()
+        && !headers.contains_key(http::header::CONTENT_LENGTH)
+        && !headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        // An HTTP/2 request without a length: the subrequest would read no body at all.
+        routed.body_len = Some(body.iter().map(Bytes::len).sum());
+    }
     let Some((sub, handle)) = subrequest(session, routed, BodyMode::ExpectBody) else {
         return respond::error(session, &GatewayError::Internal, &request_id).await;
     };
@@ -55,7 +63,7 @@ pub async fn run(session: &mut Session, routed: Routed, body: Vec<Bytes>) -> Res
                 // have said (a compressed answer, a timeout, …).
                 let e = pe
                     .from_subreq
-                    .then(|| super::classify(&pe.error))
+                    .then(|| super::upstream::failure::classify(&pe.error))
                     .flatten()
                     .unwrap_or_else(|| GatewayError::BadGateway("upstream failed".into()));
                 return respond::error(session, &e, &request_id).await;

@@ -4,7 +4,7 @@
 //! directions (text, binary, ping/pong, close codes); each side is read only when the other
 //! has taken the previous bytes, so a slow reader slows the sender instead of growing a buffer.
 //!
-//! The backend is chosen, connected and failed over like any request ([`forward`]); the
+//! The backend is chosen, connected and failed over like any request ([`super::upstream`]); the
 //! upgrade request gets the same header rewriting. The tunnel ends when either side closes,
 //! or when neither side sent anything for the route's idle timeout.
 
@@ -12,7 +12,7 @@ mod backend;
 mod relay;
 
 use super::ctx::Ctx;
-use super::direct;
+use super::upstream as direct;
 use crate::error::GatewayError;
 use backend::Backend;
 use pingora::prelude::*;
@@ -65,7 +65,7 @@ async fn handshake(session: &mut Session, ctx: &mut Ctx, up: &mut Backend, withi
     let req = direct::h1_request(session, routed)?;
     up.send_request(&req).await?;
     let mut resp = up.read_response(within).await?;
-    super::upstream_answered(&mut resp, ctx)?;
+    super::upstream::answer::answered(&mut resp, ctx)?;
     super::response_headers(&mut resp, ctx)?;
     Ok(resp)
 }
