@@ -1,7 +1,8 @@
 //! `GET …/models` in every spelling (the path is canonical by now): the list must reach the
 //! client filtered to the key's globs, or not at all. Filtering inside Pingora's body filter
-//! would come after the `200` header is sent, so a list that cannot be read could only be cut
-//! off, not refused. Instead the request runs as a subrequest (the same `ProxyHttp`, as for
+//! would come after the `200` header is sent (Pingora 0.9.1's proxy loop has no hook that holds
+//! the answer header until the body is in; one would remove this subrequest), so a list that
+//! cannot be read could only be cut off, not refused. Instead the request runs as a subrequest (the same `ProxyHttp`, as for
 //! large bodies in [`super::pipe`]) whose answer is held whole (bounded), then filtered and
 //! written here: a `200` that is not a model list becomes a 502; any other answer (401, 404,
 //! the gateway's own errors) is passed on as it came.

@@ -1,7 +1,19 @@
-//! Bodies larger than Pingora's 64 KiB retry buffer: the main request, having read the whole
-//! body to learn the model, replays it through a subrequest that runs this same `ProxyHttp`
-//! (see PINGORA.md, "the subrequest pipe"). The routing decision travels in the subrequest's
-//! user context so the subrequest skips authentication and routing.
+//! Bodies larger than Pingora's retry buffer: the main request, having read the whole body to
+//! learn the model, replays it through a subrequest that runs this same `ProxyHttp` (its own
+//! `new_ctx`, `request_filter`, `upstream_peer`, filters, `fail_to_proxy`, `logging`). The
+//! routing decision travels in the subrequest's user context so the subrequest skips
+//! authentication and routing; the subrequest reaches the backend through Pingora's proxy
+//! loop and [`super::upstream`] like any request.
+//!
+//! The Pingora 0.9.1 limitation that forces this path: a body read in `request_filter` is
+//! replayed to the upstream only from the session's retry buffer, and that buffer is a fixed
+//! 64 KiB (`BODY_BUF_LIMIT`, a `const` in vendor/pingora-core/src/protocols/http/v1/common.rs
+//! and again in v2/server.rs; the same const in subrequest/server.rs). A larger body read whole
+//! is never forwarded. A Pingora patch making that limit settable per session (for example
+//! from `server.max_body`) would let the proxy loop replay every body the gateway accepts, and
+//! this module would go; it stays for now because such a patch touches the v1, v2 and
+//! subrequest server sessions and `Session::enable_retry_buffering`, and the routing step's
+//! body plan with them.
 
 use super::ctx::Routed;
 use super::respond;
