@@ -149,3 +149,39 @@ fn is_connect(e: &Error) -> bool {
             | ConnectProxyFailure
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(etype: ErrorType, source: ErrorSource) -> Option<u16> {
+        let mut e = Error::new(etype);
+        e.esource = source;
+        classify(&e).map(|g| g.status())
+    }
+
+    /// One table for every path: what the client is told for each kind of failure.
+    #[test]
+    fn failures_map_to_the_gateway_errors() {
+        use ErrorSource::*;
+        use ErrorType::*;
+        assert_eq!(status(ConnectTimedout, Upstream), Some(504));
+        assert_eq!(status(ConnectRefused, Upstream), Some(502));
+        assert_eq!(status(ReadTimedout, Upstream), Some(504));
+        assert_eq!(status(ConnectionClosed, Upstream), Some(502));
+        assert_eq!(status(HTTPStatus(503), Unset), Some(503));
+        assert_eq!(status(ENCODED_ANSWER, Upstream), Some(502));
+        assert_eq!(status(Custom("InvalidChunk"), Downstream), Some(400));
+        assert_eq!(status(InvalidHTTPHeader, Downstream), Some(400));
+        assert_eq!(status(ConnectionClosed, Downstream), None, "the client is gone: nobody to answer");
+        assert_eq!(status(InternalError, Internal), Some(500));
+    }
+
+    #[test]
+    fn connect_errors_are_told_apart() {
+        assert!(is_connect(&Error::new(ErrorType::ConnectRefused)));
+        assert!(is_connect(&Error::new(ErrorType::TLSHandshakeFailure)));
+        assert!(!is_connect(&Error::new(ErrorType::ReadTimedout)));
+        assert!(!is_connect(&Error::new(ErrorType::ConnectionClosed)));
+    }
+}
