@@ -1,6 +1,7 @@
-//! Framing through every path the gateway reaches a backend by: Pingora's proxy loop (a small
-//! body), the subrequest pipe (a body over Pingora's 64 KiB retry buffer) and the heartbeat
-//! relay (a route with `heartbeat`). Request bodies framed by `Content-Length`, chunked, and
+//! Framing through every path the gateway reaches a backend by: Pingora's proxy loop with a
+//! small body and with a body over Pingora's default 64 KiB retry buffer (it once took a
+//! subrequest pipe; vendor/patches/0002 sizes the buffer to `server.max_body`), and the
+//! heartbeat relay (a route with `heartbeat`). Request bodies framed by `Content-Length`, chunked, and
 //! HTTP/2 without a length must reach the upstream byte for byte (sha256 at `mcas-sim`'s echo);
 //! answers framed by length, chunked and by the connection's close must reach the client whole;
 //! hop-by-hop request headers must stay on the client's hop.
@@ -17,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "client-key-0123456789";
 
-/// Routes: `/v1/*` by model through Pingora's loop (or the pipe for large bodies); `/hb/v1/*`
+/// Routes: `/v1/*` by model through Pingora's loop; `/hb/v1/*`
 /// with a heartbeat (the relay, for streamed requests).
 fn routes(provider_url: &str) -> String {
     format!(
@@ -37,11 +38,11 @@ fn body(size: usize, stream: bool) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-/// The three paths: (name, request path, body).
+/// The paths: (name, request path, body).
 fn paths() -> [(&'static str, &'static str, Vec<u8>); 4] {
     [
         ("proxy loop", "/v1/echo", body(1_000, false)),
-        ("pipe", "/v1/echo", body(200_000, false)),
+        ("proxy loop, large body", "/v1/echo", body(200_000, false)),
         ("heartbeat relay", "/hb/v1/echo", body(1_000, true)),
         ("heartbeat relay, large body", "/hb/v1/echo", body(200_000, true)),
     ]

@@ -1,6 +1,6 @@
 //! The request path: one Pingora `ProxyHttp` implementation that only dispatches to a module
 //! per step — [`local`] (health), [`auth`], [`route`], [`upstream`], [`stream`] (observe),
-//! [`account`] — and [`pipe`] for bodies too large for Pingora's retry buffer.
+//! [`account`] — and [`subrequest`] for the model list.
 
 pub mod account;
 pub mod auth;
@@ -14,12 +14,12 @@ pub mod mcp_session;
 pub mod model;
 pub mod models_list;
 pub mod per_ip_connections;
-pub mod pipe;
 pub mod respond;
 pub mod rewrite;
 pub mod route;
 pub mod stream;
 pub mod streams;
+pub mod subrequest;
 pub mod tunnel;
 pub mod upstream;
 pub mod websocket;
@@ -125,7 +125,7 @@ impl Gateway {
             }
             streams::Admit::Heartbeat(every) => {
                 let chunks = match body {
-                    route::BodyPlan::Pipe(c) | route::BodyPlan::Replay(c) => c,
+                    route::BodyPlan::Replay(c) => c,
                     route::BodyPlan::Untouched => Vec::new(),
                 };
                 if routed.strip_usage {
@@ -143,20 +143,11 @@ impl Gateway {
             }
             streams::Admit::Continue => {}
         }
-        match body {
-            route::BodyPlan::Pipe(chunks) => {
-                ctx.piped = true;
-                pipe::run(session, routed, chunks).await?;
-                Ok(Step::Answered)
-            }
-            route::BodyPlan::Replay(_) | route::BodyPlan::Untouched => {
-                if routed.strip_usage {
-                    ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
-                }
-                ctx.routed = Some(routed);
-                Ok(Step::Continue)
-            }
+        if routed.strip_usage {
+            ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
         }
+        ctx.routed = Some(routed);
+        Ok(Step::Continue)
     }
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
@@ -184,13 +175,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if let Some(routed) = pipe::take_routed(session) {
+        if let Some(routed) = subrequest::take_routed(session) {
             ctx.request_id = routed.request_id.clone();
             ctx.started = routed.started;
-            if let Some(len) = routed.body_len {
-                // The body was rewritten: frame the piped body by its new length.
-                rewrite::set_body_length(session.req_header_mut(), len)?;
-            }
             if routed.strip_usage {
                 ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
             }

@@ -2,7 +2,7 @@
 //! one mapping of a Pingora error to the gateway's OpenAI error ([`classify`]), and the one
 //! place where the circuit breaker and `mcas_upstream_errors_total` hear about a backend
 //! ([`connect_failed`], [`responded`], [`failed`]). Every path reports here: Pingora's
-//! `fail_to_connect` / `fail_to_proxy` hooks, the subrequest pipe, and the relays.
+//! `fail_to_connect` / `fail_to_proxy` hooks (subrequests included) and the relays.
 
 use crate::error::GatewayError;
 use crate::fleet::clock;

@@ -11,22 +11,21 @@
 //!
 //! The paths, each forced by a Pingora 0.9.1 limitation and each calling this module:
 //!
-//! 1. Pingora's proxy loop (`ProxyHttp` hooks in `proxy/mod.rs`): most requests.
-//! 2. The subrequest pipe (`proxy/pipe.rs`): bodies over Pingora's fixed 64 KiB retry buffer
-//!    (`BODY_BUF_LIMIT`); the subrequest runs the same hooks, so it is path 1 again behind a
-//!    pipe. A patch making the limit settable per session would remove it.
-//! 3. The model list (`proxy/models_list.rs`), also a subrequest: the proxy loop writes the
-//!    answer header downstream before any body filter sees the body, so a list that turns out
-//!    unreadable could only be cut off, not refused. A hook that holds the header until the
-//!    body is in would remove it.
-//! 4. The heartbeat relay (`proxy/heartbeat.rs`): the proxy loop calls body filters only when
+//! 1. Pingora's proxy loop (`ProxyHttp` hooks in `proxy/mod.rs`): most requests, bodies of
+//!    every accepted size too (Pingora's retry buffer, a fixed 64 KiB in 0.9.1, is sized to
+//!    `server.max_body` by vendor/patches/0002; it once took a subrequest pipe).
+//! 2. The model list (`proxy/models_list.rs`), a subrequest that runs path 1 again: the proxy
+//!    loop writes the answer header downstream before any body filter sees the body, so a
+//!    list that turns out unreadable could only be cut off, not refused. A hook that holds the
+//!    header until the body is in would remove it.
+//! 3. The heartbeat relay (`proxy/heartbeat.rs`): the proxy loop calls body filters only when
 //!    bytes arrive and has no idle timer hook, so it cannot write a keepalive while the backend
 //!    is silent. Such a hook would remove it.
-//! 5. The WebSocket tunnel (`proxy/tunnel/`): after a 101 the proxy loop only passes bytes
+//! 4. The WebSocket tunnel (`proxy/tunnel/`): after a 101 the proxy loop only passes bytes
 //!    through the body filters and offers no way to add bytes of the gateway's own (the 1001
 //!    close frames on drain) while both sides are silent. Such a hook would remove it.
 //!
-//! Paths 4 and 5 use [`h1_request`], [`write_body`], [`connect::connect`], [`answer_failure`]
+//! Paths 3 and 4 use [`h1_request`], [`write_body`], [`connect::connect`], [`answer_failure`]
 //! and [`refuse`].
 
 pub mod answer;
@@ -42,7 +41,7 @@ use crate::proxy::ctx::Ctx;
 use pingora::prelude::*;
 use pingora_proxy::Session;
 
-/// Backend connections of the relays (paths 4 and 5).
+/// Backend connections of the relays (paths 3 and 4).
 pub struct Connectors {
     /// HTTP/1.1 sessions kept alive between requests (relays).
     pub pooled: pingora_core::connectors::http::v1::Connector,
