@@ -1,9 +1,9 @@
 //! The compiled, immutable configuration the request path reads. A reload builds a new one
 //! and swaps it in atomically; requests in flight keep the one they started with.
 
+use crate::fleet::Provider;
 use crate::keys::KeyTable;
 use crate::routes::RouteTable;
-use crate::upstream::Provider;
 use std::sync::Arc;
 use std::time::Duration;
 

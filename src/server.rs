@@ -87,7 +87,7 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let sighup = pingora::services::background::background_service("sighup-reload", SighupService(reloader));
     let probes = pingora::services::background::background_service(
         "health-probes",
-        crate::upstream::probe::ProbeService { runtime: shared.clone() },
+        crate::fleet::probe::ProbeService { runtime: shared.clone() },
     );
 
     server.add_service(proxy);

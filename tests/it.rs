@@ -5,6 +5,7 @@ mod abuse;
 mod common;
 mod compression;
 mod fleet;
+mod framing_paths;
 mod gateway;
 mod hygiene;
 mod limits;

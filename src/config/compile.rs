@@ -3,11 +3,11 @@
 
 use super::schema::*;
 use super::ConfigError;
+use crate::fleet::{Backend, Provider, Timeouts, UpstreamTls};
 use crate::keys::{KeyEntry, KeyTable, ModelGlobs};
 use crate::routes::{Route, RouteKind, RouteOpts, RouteTable, Target};
 use crate::runtime::{ListenTls, LogSettings, Runtime, ServerSettings};
 use crate::secret::Secret;
-use crate::upstream::{Backend, Provider, Timeouts, UpstreamTls};
 use pingora_core::utils::tls::WrappedX509;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -3,11 +3,11 @@
 
 use super::schema::{BalanceSection, EpsilonSection, ProviderSection};
 use super::ConfigError;
-use crate::upstream::circuit::CircuitSettings;
-use crate::upstream::hash_key::HashSource;
-use crate::upstream::health::HealthSettings;
-use crate::upstream::select::Balance;
-use crate::upstream::{Fleet, Provider};
+use crate::fleet::circuit::CircuitSettings;
+use crate::fleet::hash_key::HashSource;
+use crate::fleet::health::HealthSettings;
+use crate::fleet::select::Balance;
+use crate::fleet::{Fleet, Provider};
 use std::sync::Arc;
 
 /// `path` is the provider's YAML path (`providers[i]`).

@@ -1,15 +1,15 @@
 //! The per-request context, grouped by the step that fills it.
 
 use super::usage::UsageObserver;
+use crate::fleet::{Backend, Provider};
 use crate::keys::KeyEntry;
 use crate::runtime::Runtime;
-use crate::upstream::{Backend, Provider};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// What the request path learned before choosing an upstream. It travels from the main
-/// request into the subrequest when the body was too large for Pingora's retry buffer.
+/// request into a subrequest (the model list).
 #[derive(Debug, Clone)]
 pub struct Routed {
     pub runtime: Arc<Runtime>,
@@ -28,9 +28,9 @@ pub struct Routed {
     pub client_proto: &'static str,
     /// The gateway added `stream_options.include_usage`: remove the usage event it causes.
     pub strip_usage: bool,
-    /// The body was rewritten to this length (the subrequest fixes `Content-Length`).
+    /// The body was rewritten to this length (sent with this `Content-Length`).
     pub body_len: Option<usize>,
-    /// The rewritten body, when it replaces the retry buffer (bodies up to 64 KiB).
+    /// The rewritten body, which replaces Pingora's retry buffer in `request_body_filter`.
     pub new_body: Option<bytes::Bytes>,
     /// WebSocket, event-stream and MCP settings of the route, and MCP pinning.
     pub streams: super::long_lived::RouteStreams,

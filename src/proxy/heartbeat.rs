@@ -1,6 +1,6 @@
 //! Keepalive comments for event streams. Pingora calls body filters only when bytes arrive, so
 //! nothing in its proxy loop can speak while the upstream is silent. On a route with
-//! `heartbeat` the gateway therefore carries the request to the backend itself ([`direct`]:
+//! `heartbeat` the gateway therefore carries the request to the backend itself ([`super::upstream`]:
 //! the same backend choice, failover, pinning and header rewriting as any request) and relays
 //! the answer through the same body filters (usage, rewrites, MCP endpoint): when nothing
 //! arrived for `heartbeat`, it writes `: keepalive`, only at an event boundary, never inside
@@ -21,7 +21,7 @@
 //! loop as Pingora's `proxy_handle_upstream` (proxy_h1.rs).
 
 use super::ctx::Ctx;
-use super::direct::{self, Connectors};
+use super::upstream::{self, Connectors};
 use super::usage::BodyKind;
 use crate::error::GatewayError;
 use crate::sse::Boundary;
@@ -46,11 +46,11 @@ pub async fn run(
     every: Duration,
 ) -> Result<()> {
     let Some(routed) = ctx.routed.as_ref() else {
-        return direct::refuse(session, ctx, &GatewayError::Internal).await;
+        return upstream::refuse(session, ctx, &GatewayError::Internal).await;
     };
     let timeouts = routed.provider.timeouts.clone();
     let idle = routed.streams.idle(&routed.provider);
-    let req = direct::h1_request(session, routed)?;
+    let req = upstream::h1_request(session, routed)?;
     // Boxed: the exchange's state is needed only until the answer header is in.
     let exchanged = Box::pin(exchange(session, ctx, connectors, req, body, idle, &timeouts)).await?;
     let Some((mut up, peer, mut resp)) = exchanged else {
@@ -76,7 +76,7 @@ async fn exchange(
     req: RequestHeader,
     body: Vec<Bytes>,
     idle: Duration,
-    timeouts: &crate::upstream::Timeouts,
+    timeouts: &crate::fleet::Timeouts,
 ) -> Result<Option<(HttpSession, Box<HttpPeer>, Box<ResponseHeader>)>> {
     let mut fresh = false;
     loop {
@@ -88,7 +88,7 @@ async fn exchange(
             };
             (opened, peer)
         };
-        let Some(((mut up, reused), peer)) = Box::pin(direct::connect(session, ctx, open)).await? else {
+        let Some(((mut up, reused), peer)) = Box::pin(upstream::connect(session, ctx, open)).await? else {
             return Ok(None);
         };
         // Like proxied requests: the route's idle timeout bounds every read, the first too.
@@ -109,7 +109,7 @@ async fn exchange(
                 fresh = true;
             }
             Err(e) => {
-                direct::answer_failure(session, ctx, &e).await?;
+                upstream::answer_failure(session, ctx, &e).await?;
                 return Ok(None);
             }
         }
@@ -127,11 +127,11 @@ async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, 
     up.write_request_header(Box::new(req.clone())).await.map_err(|e| e.into_up())?;
     if body.is_empty() {
         while let Some(chunk) = session.read_request_body().await? {
-            up.write_body(&chunk).await.map_err(|e| e.into_up())?;
+            upstream::write_body(up, &chunk).await?;
         }
     } else {
         for chunk in body {
-            up.write_body(chunk).await.map_err(|e| e.into_up())?;
+            upstream::write_body(up, chunk).await?;
         }
     }
     up.finish_body().await.map_err(|e| e.into_up())?;
@@ -141,7 +141,7 @@ async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, 
 /// What Pingora's `upstream_response_filter` and `response_filter` do for proxied requests,
 /// and framing for a close-delimited answer.
 fn response_header(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    super::upstream_answered(resp, ctx)?;
+    super::upstream::answer::answered(resp, ctx)?;
     super::response_headers(resp, ctx)?;
     let framed = resp.headers.contains_key(http::header::CONTENT_LENGTH)
         || resp.headers.contains_key(http::header::TRANSFER_ENCODING);

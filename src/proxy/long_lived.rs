@@ -5,9 +5,9 @@
 use super::ctx::Routed;
 use super::mcp_session as session;
 use super::{long_lived_caps as limits, websocket};
+use crate::fleet::Provider;
 use crate::mcp::endpoint::EndpointRewriter;
 use crate::routes::{Route, RouteKind, RouteOpts};
-use crate::upstream::Provider;
 use pingora::prelude::*;
 use pingora_proxy::Session;
 use std::time::Duration;
@@ -111,7 +111,7 @@ pub async fn admit(
 pub fn pinned_backend(
     routed: &Routed,
     tried: &[usize],
-) -> Option<Option<(usize, std::sync::Arc<crate::upstream::Backend>)>> {
+) -> Option<Option<(usize, std::sync::Arc<crate::fleet::Backend>)>> {
     let pin = routed.streams.pin.as_ref()?;
     Some(session::find_backend(routed, pin.backend).filter(|(i, _)| !tried.contains(i)))
 }

@@ -8,10 +8,10 @@
 //! MCP transport's answer to an unknown session: the client initializes a new one), so a
 //! stolen id neither works for another key nor tells that it exists.
 
+use crate::fleet::Backend;
 use crate::mcp::seal::Pinned;
 use crate::proxy::ctx::Routed;
 use crate::proxy::respond;
-use crate::upstream::Backend;
 use pingora::prelude::*;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;

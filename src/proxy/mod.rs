@@ -1,13 +1,11 @@
 //! The request path: one Pingora `ProxyHttp` implementation that only dispatches to a module
-//! per step — [`local`] (health), [`credentials`], [`route`], [`forward`], [`usage`] (observe),
-//! [`account`] — and [`pipe`] for bodies too large for Pingora's retry buffer.
+//! per step — [`local`] (health), [`credentials`], [`route`], [`upstream`], [`usage`] (observe),
+//! [`account`] — and [`subrequest`] for the model list.
 
 pub mod account;
 pub mod connection_gate;
 pub mod credentials;
 pub mod ctx;
-pub mod direct;
-pub mod forward;
 pub mod framing;
 pub mod heartbeat;
 pub mod local;
@@ -16,12 +14,13 @@ pub mod long_lived_caps;
 pub mod mcp_session;
 pub mod model;
 pub mod models_list;
-pub mod pipe;
 pub mod rate_limit;
 pub mod respond;
 pub mod rewrite;
 pub mod route;
+pub mod subrequest;
 pub mod tunnel;
+pub mod upstream;
 pub mod usage;
 pub mod websocket;
 pub mod ws_frames;
@@ -37,7 +36,6 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What a step decided.
 pub enum Step {
@@ -52,14 +50,14 @@ pub struct Gateway {
     /// Per-address pre-auth state; outlives reloads.
     pub guard: Arc<crate::limits::per_ip::IpGuard>,
     /// Backend connections of the requests the gateway carries itself (tunnels, relays).
-    connectors: direct::Connectors,
+    connectors: upstream::Connectors,
     /// Announces the end of the grace period to tunnels.
     drain: crate::drain::Drain,
 }
 
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>, drain: crate::drain::Drain) -> Self {
-        Gateway { runtime, guard: Default::default(), connectors: direct::Connectors::new(), drain }
+        Gateway { runtime, guard: Default::default(), connectors: upstream::Connectors::new(), drain }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -127,7 +125,7 @@ impl Gateway {
             }
             long_lived::Admit::Heartbeat(every) => {
                 let chunks = match body {
-                    route::BodyPlan::Pipe(c) | route::BodyPlan::Replay(c) => c,
+                    route::BodyPlan::Replay(c) => c,
                     route::BodyPlan::Untouched => Vec::new(),
                 };
                 if routed.strip_usage {
@@ -145,20 +143,11 @@ impl Gateway {
             }
             long_lived::Admit::Continue => {}
         }
-        match body {
-            route::BodyPlan::Pipe(chunks) => {
-                ctx.piped = true;
-                pipe::run(session, routed, chunks).await?;
-                Ok(Step::Answered)
-            }
-            route::BodyPlan::Replay(_) | route::BodyPlan::Untouched => {
-                if routed.strip_usage {
-                    ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
-                }
-                ctx.routed = Some(routed);
-                Ok(Step::Continue)
-            }
+        if routed.strip_usage {
+            ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
         }
+        ctx.routed = Some(routed);
+        Ok(Step::Continue)
     }
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
@@ -186,13 +175,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if let Some(routed) = pipe::take_routed(session) {
+        if let Some(routed) = subrequest::take_routed(session) {
             ctx.request_id = routed.request_id.clone();
             ctx.started = routed.started;
-            if let Some(len) = routed.body_len {
-                // The body was rewritten: frame the piped body by its new length.
-                rewrite::set_body_length(session.req_header_mut(), len)?;
-            }
             if routed.strip_usage {
                 ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
             }
@@ -206,7 +191,7 @@ impl ProxyHttp for Gateway {
         let Some(routed) = ctx.routed.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route decided");
         };
-        match forward::peer(routed, &mut ctx.upstream) {
+        match upstream::connect::peer(routed, &mut ctx.upstream) {
             Some(p) => Ok(p),
             None => Error::e_explain(ErrorType::HTTPStatus(503), "no backend left to try"),
         }
@@ -220,11 +205,8 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(r) = &ctx.routed {
-            if let Some(m) = metrics() {
-                m.upstream_errors.with_label_values(&[&r.provider.name, "connect"]).inc();
-            }
             // Nothing was sent yet: the next backend on the ring may take it.
-            if forward::connect_failed(r, &ctx.upstream) {
+            if upstream::failure::connect_failed(r, &ctx.upstream) {
                 e.set_retry(true);
             }
         }
@@ -238,7 +220,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         match &ctx.routed {
-            Some(r) => direct::upstream_request(req, r),
+            Some(r) => upstream::request::rewrite(req, r),
             None => Error::e_explain(ErrorType::InternalError, "no route decided"),
         }
     }
@@ -267,7 +249,7 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
-        upstream_answered(resp, ctx)
+        upstream::answer::answered(resp, ctx)
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
@@ -293,26 +275,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        if let Some(r) = &ctx.routed {
-            forward::failed_before_header(r, &ctx.upstream, e);
-        }
-        let err = classify(e);
-        let code = match &err {
-            Some(g) => {
-                if let (Some(r), Some(m)) = (&ctx.routed, metrics()) {
-                    m.upstream_errors.with_label_values(&[&r.provider.name, e.etype().as_str()]).inc();
-                }
-                if session.response_written().is_none() {
-                    // Pingora will not reuse this connection: say so, or clients reuse a dead one.
-                    session.set_keepalive(None);
-                    let extra = rate_limit::headers(ctx);
-                    if let Err(write_err) = respond::error_with(session, g, &ctx.request_id, extra).await {
-                        log::debug!("could not send error response: {write_err}");
-                    }
-                }
-                g.status()
+        let code = match upstream::failure::answer(session, ctx, e).await {
+            Ok(status) => status.unwrap_or(0),
+            Err(write_err) => {
+                log::debug!("could not send error response: {write_err}");
+                0
             }
-            None => 0,
         };
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
@@ -334,20 +302,6 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// The backend's answer header arrived (through Pingora's proxy or the gateway's own relays):
-/// time it, count it for the circuit, refuse it if it came compressed (see
-/// [`forward::check_encoding`]), start the usage observer, seal MCP sessions.
-fn upstream_answered(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    ctx.upstream.header_at = Some(Instant::now());
-    if let Some(r) = &ctx.routed {
-        forward::responded(r, &ctx.upstream, resp.status.as_u16());
-        forward::check_encoding(r, resp)?;
-    }
-    let ct = resp.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    ctx.usage.start(ct);
-    long_lived::upstream_response(resp, ctx)
-}
-
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,
 /// and the body rewrite's framing.
 fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
@@ -366,42 +320,6 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
     long_lived::response_body(body, end, &mut ctx.streams);
     ctx.usage.observe(body.as_ref(), end);
     ctx.rewrite.response_body(body, end, ctx.usage.kind());
-}
-
-/// Maps a Pingora error to the answer the client gets; `None` when the client is gone.
-fn classify(e: &Error) -> Option<GatewayError> {
-    use ErrorType::*;
-    if e.etype() == &forward::ENCODED_ANSWER {
-        return Some(GatewayError::BadGateway(
-            "the upstream sent a compressed answer although asked for identity; it cannot be accounted".into(),
-        ));
-    }
-    match e.etype() {
-        HTTPStatus(503) => Some(GatewayError::Unavailable("no healthy backend for this request".into())),
-        HTTPStatus(code) if *code == 504 => Some(GatewayError::GatewayTimeout("upstream timed out".into())),
-        HTTPStatus(code) if *code >= 500 => Some(GatewayError::BadGateway("upstream failed".into())),
-        HTTPStatus(400) => Some(GatewayError::BadRequest("malformed request".into())),
-        // A chunk size that is not hex, overflows, or a chunk longer than announced: the
-        // client's framing, whether the body was being read here or on its way upstream
-        // (pingora-core's `INVALID_CHUNK` error type).
-        Custom("InvalidChunk") if e.esource() != &ErrorSource::Upstream => {
-            Some(GatewayError::BadRequest("invalid chunked request body".into()))
-        }
-        ConnectTimedout => Some(GatewayError::GatewayTimeout("timed out connecting to the upstream".into())),
-        ReadTimedout | WriteTimedout => {
-            Some(GatewayError::GatewayTimeout("the upstream did not answer in time".into()))
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => {
-                Some(GatewayError::BadGateway(format!("upstream unreachable or failed ({})", e.etype().as_str())))
-            }
-            ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => None,
-                _ => Some(GatewayError::BadRequest("malformed request".into())),
-            },
-            ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal),
-        },
-    }
 }
 
 /// The client's `x-request-id` when it is short and plain, else a fresh random one.

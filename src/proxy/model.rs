@@ -58,7 +58,9 @@ pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Vec<Byt
     if expects_continue {
         session.write_continue_response().await?;
     }
-    session.enable_retry_buffering();
+    // Pingora replays the body to the upstream from this buffer (on every attempt): it must
+    // hold every body the gateway accepts (vendor/patches/0002, Pingora's default is 64 KiB).
+    session.enable_retry_buffering_with_limit(usize::try_from(max).unwrap_or(usize::MAX));
     let mut chunks = Vec::new();
     let mut total: u64 = 0;
     while let Some(chunk) = session.read_request_body().await? {

@@ -1,13 +1,14 @@
 //! `GET …/models` in every spelling (the path is canonical by now): the list must reach the
 //! client filtered to the key's globs, or not at all. Filtering inside Pingora's body filter
-//! would come after the `200` header is sent, so a list that cannot be read could only be cut
-//! off, not refused. Instead the request runs as a subrequest (the same `ProxyHttp`, as for
-//! large bodies in [`super::pipe`]) whose answer is held whole (bounded), then filtered and
-//! written here: a `200` that is not a model list becomes a 502; any other answer (401, 404,
+//! would come after the `200` header is sent (Pingora 0.9.1's proxy loop has no hook that holds
+//! the answer header until the body is in; one would remove this subrequest), so a list that
+//! cannot be read could only be cut off, not refused. Instead the request runs as a subrequest
+//! (the same `ProxyHttp`, [`super::subrequest`]) whose answer is held whole (bounded), then
+//! filtered and written here: a `200` that is not a model list becomes a 502; any other answer (401, 404,
 //! the gateway's own errors) is passed on as it came.
 
 use super::ctx::Routed;
-use super::{pipe, respond, rewrite};
+use super::{respond, rewrite, subrequest};
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora::prelude::*;
@@ -56,7 +57,7 @@ pub async fn run(session: &mut Session, routed: Routed) -> Result<()> {
     }
     // A compressed list could not be read: ask for it plain (the subrequest copies this header).
     session.req_header_mut().remove_header(&http::header::ACCEPT_ENCODING);
-    let Some((sub, handle)) = pipe::subrequest(session, routed, BodyMode::NoBody) else {
+    let Some((sub, handle)) = subrequest::spawn(session, routed, BodyMode::NoBody) else {
         return respond::error(session, &GatewayError::Internal, &request_id).await;
     };
     let mut held = Held::default();

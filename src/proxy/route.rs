@@ -5,30 +5,25 @@
 use super::ctx::Routed;
 use super::model;
 use crate::error::GatewayError;
+use crate::fleet::hash_key::{key_for, KeyInputs};
 use crate::keys::KeyEntry;
 use crate::request_body::Scan;
 use crate::routes::{Route, Target};
 use crate::runtime::Runtime;
-use crate::upstream::hash_key::{key_for, KeyInputs};
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Pingora replays a body read in `request_filter` only from its retry buffer, which holds
-/// 64 KiB (`BODY_BUF_LIMIT` in pingora-core); larger bodies go through a subrequest pipe.
-pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
-
 /// How the request body reaches the upstream.
 pub enum BodyPlan {
     /// Not read (no body, or not JSON): Pingora streams it.
     Untouched,
-    /// Read whole and small: Pingora replays it from its retry buffer (the bytes are kept for
-    /// the heartbeat relay, which replays them itself).
+    /// Read whole (up to `server.max_body`): Pingora replays it from its retry buffer, sized
+    /// to `server.max_body` (`model::read_body`); the bytes are kept for the heartbeat relay,
+    /// which replays them itself.
     Replay(Vec<Bytes>),
-    /// Read whole and too large to replay: hand these bytes to a subrequest.
-    Pipe(Vec<Bytes>),
 }
 
 pub struct Decision {
@@ -148,7 +143,7 @@ async fn learn(
     session: &mut Session,
     rt: &Runtime,
     route: &Route,
-    fixed: Option<&Arc<crate::upstream::Provider>>,
+    fixed: Option<&Arc<crate::fleet::Provider>>,
     key: &KeyEntry,
     path: &str,
 ) -> Result<Result<Learned, GatewayError>> {
@@ -223,13 +218,10 @@ fn body_plan(
     add_usage: bool,
 ) -> (BodyPlan, Option<usize>, Option<Bytes>, bool) {
     let add_usage = add_usage && *form == model::Form::Json;
-    let len: usize = body.iter().map(Bytes::len).sum();
     match model::rewritten(&body, form, set_model, add_usage) {
-        // Small: Pingora replays the retry buffer through `request_body_filter`, which swaps
-        // in the new body. Large: the new body goes through the subrequest pipe.
-        Some(new) if len > RETRY_BUFFER_LIMIT => (BodyPlan::Pipe(vec![new.clone()]), Some(new.len()), None, add_usage),
+        // Pingora replays the retry buffer through `request_body_filter`, which swaps in the
+        // new body.
         Some(new) => (BodyPlan::Replay(vec![new.clone()]), Some(new.len()), Some(new), add_usage),
-        None if len > RETRY_BUFFER_LIMIT => (BodyPlan::Pipe(body), None, None, false),
         None => (BodyPlan::Replay(body), None, None, false),
     }
 }

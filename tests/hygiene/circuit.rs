@@ -67,8 +67,8 @@ async fn half_open_circuit_lets_one_trial_through() {
 /// get nothing.
 #[test]
 fn concurrent_picks_take_one_half_open_trial() {
-    use mcas::upstream::circuit::CircuitSettings;
-    use mcas::upstream::{Backend, Fleet, Provider, Timeouts};
+    use mcas::fleet::circuit::CircuitSettings;
+    use mcas::fleet::{Backend, Fleet, Provider, Timeouts};
     use std::sync::Barrier;
     for round in 0..40 {
         let backend = Arc::new(Backend::new("127.0.0.1:9".parse().unwrap(), 1));

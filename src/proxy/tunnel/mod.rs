@@ -6,7 +6,7 @@
 //! and neither direction waits on the other ([`relay`]). The upgrade itself goes through
 //! Pingora's HTTP/1 client session; raw bytes flow only after a 101 ([`backend`]).
 //!
-//! The backend is chosen, connected and failed over like any request ([`forward`]); the
+//! The backend is chosen, connected and failed over like any request ([`super::upstream`]); the
 //! upgrade request gets the same header rewriting. The tunnel ends when either side closes,
 //! or when neither side sent anything for the route's idle timeout.
 
@@ -14,7 +14,7 @@ mod backend;
 mod relay;
 
 use super::ctx::Ctx;
-use super::direct;
+use super::upstream;
 use crate::error::GatewayError;
 use backend::Upgrade;
 use pingora::prelude::*;
@@ -35,26 +35,26 @@ pub async fn run(
     mut drain: watch::Receiver<bool>,
 ) -> Result<()> {
     let Some(routed) = ctx.routed.as_ref() else {
-        return direct::refuse(session, ctx, &GatewayError::Internal).await;
+        return upstream::refuse(session, ctx, &GatewayError::Internal).await;
     };
     let idle = routed.streams.idle(&routed.provider);
     let timeouts = routed.provider.timeouts.clone();
     let open = |peer: Box<HttpPeer>| async move { (connector.new_stream(&*peer).await, peer) };
     // Boxed: the connect future (TLS included) is large and needed only until connected.
-    let mut up = match Box::pin(direct::connect(session, ctx, open)).await? {
+    let mut up = match Box::pin(upstream::connect(session, ctx, open)).await? {
         Some((stream, peer)) => Upgrade::new(stream, &peer, timeouts.read, timeouts.write),
         None => return Ok(()),
     };
     let resp = match Box::pin(handshake(session, ctx, &mut up, timeouts.read)).await {
         Ok(resp) => resp,
-        Err(e) => return direct::answer_failure(session, ctx, &e).await,
+        Err(e) => return upstream::answer_failure(session, ctx, &e).await,
     };
     if resp.status.as_u16() != 101 {
         return relay_refusal(session, ctx, &mut up, resp, timeouts.read).await;
     }
     let mut backend = match up.into_pipe(timeouts.write).await {
         Ok(backend) => backend,
-        Err(e) => return direct::answer_failure(session, ctx, &e).await,
+        Err(e) => return upstream::answer_failure(session, ctx, &e).await,
     };
     session.write_response_header(resp, false).await?;
     if !session.was_upgraded() {
@@ -85,12 +85,12 @@ async fn handshake(
     let Some(routed) = ctx.routed.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "no route decided");
     };
-    let req = direct::h1_request(session, routed)?;
+    let req = upstream::h1_request(session, routed)?;
     let mut resp = match tokio::time::timeout(within, up.exchange(req)).await {
         Ok(resp) => resp?,
         Err(_) => return Err(Error::explain(ErrorType::ReadTimedout, "waiting for the response header").into_up()),
     };
-    super::upstream_answered(&mut resp, ctx)?;
+    super::upstream::answer::answered(&mut resp, ctx)?;
     super::response_headers(&mut resp, ctx)?;
     Ok(resp)
 }
@@ -106,10 +106,10 @@ async fn relay_refusal(
 ) -> Result<()> {
     let body = match tokio::time::timeout(within, up.refusal_body()).await {
         Ok(Ok(body)) => body,
-        Ok(Err(e)) => return direct::answer_failure(session, ctx, &e).await,
+        Ok(Err(e)) => return upstream::answer_failure(session, ctx, &e).await,
         Err(_) => {
             let e = Error::explain(ErrorType::ReadTimedout, "reading the response body").into_up();
-            return direct::answer_failure(session, ctx, &e).await;
+            return upstream::answer_failure(session, ctx, &e).await;
         }
     };
     resp.remove_header(&http::header::TRANSFER_ENCODING);

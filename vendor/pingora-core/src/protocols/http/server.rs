@@ -676,6 +676,17 @@ impl Session {
         }
     }
 
+    /// Like [`Self::enable_retry_buffering`], keeping up to `limit` bytes of the request body
+    /// (the default is 64 KiB). Custom sessions keep their own limit.
+    pub fn enable_retry_buffering_with_limit(&mut self, limit: usize) {
+        match self {
+            Self::H1(s) => s.enable_retry_buffering_with_limit(limit),
+            Self::H2(s) => s.enable_retry_buffering_with_limit(limit),
+            Self::Subrequest(s) => s.enable_retry_buffering_with_limit(limit),
+            Self::Custom(s) => s.enable_retry_buffering(),
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         match self {
             Self::H1(s) => s.get_retry_buffer(),

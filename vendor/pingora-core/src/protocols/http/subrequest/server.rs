@@ -582,8 +582,15 @@ impl HttpSession {
     }
 
     pub fn enable_retry_buffering(&mut self) {
+        self.enable_retry_buffering_with_limit(BODY_BUF_LIMIT)
+    }
+
+    /// Like [`Self::enable_retry_buffering`], but keep up to `limit` bytes of the request body
+    /// for a retry instead of the default 64 KiB. A body larger than `limit` truncates the
+    /// buffer as before. No effect when retry buffering is already enabled.
+    pub fn enable_retry_buffering_with_limit(&mut self, limit: usize) {
         if self.retry_buffer.is_none() {
-            self.retry_buffer = Some(FixedBuffer::new(BODY_BUF_LIMIT))
+            self.retry_buffer = Some(FixedBuffer::new(limit))
         }
     }
 

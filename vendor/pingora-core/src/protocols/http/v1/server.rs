@@ -1167,8 +1167,15 @@ impl HttpSession {
     }
 
     pub fn enable_retry_buffering(&mut self) {
+        self.enable_retry_buffering_with_limit(BODY_BUF_LIMIT)
+    }
+
+    /// Like [`Self::enable_retry_buffering`], but keep up to `limit` bytes of the request body
+    /// for a retry instead of the default 64 KiB. A body larger than `limit` truncates the
+    /// buffer as before. No effect when retry buffering is already enabled.
+    pub fn enable_retry_buffering_with_limit(&mut self, limit: usize) {
         if self.retry_buffer.is_none() {
-            self.retry_buffer = Some(FixedBuffer::new(BODY_BUF_LIMIT))
+            self.retry_buffer = Some(FixedBuffer::new(limit))
         }
     }
 
@@ -1938,6 +1945,32 @@ mod tests_stream {
         assert_eq!(res, input3.as_slice());
         assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
         assert_eq!(http_stream.body_bytes_read(), 3);
+    }
+
+    async fn retry_buffer_after_reading(body_len: usize, limit: Option<usize>) -> Option<Bytes> {
+        let head = format!("POST / HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: {body_len}\r\n\r\n");
+        let body = vec![b'x'; body_len];
+        let mock_io = Builder::new().read(head.as_bytes()).read(&body).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        match limit {
+            Some(limit) => http_stream.enable_retry_buffering_with_limit(limit),
+            None => http_stream.enable_retry_buffering(),
+        }
+        while http_stream.read_body_bytes().await.unwrap().is_some() {}
+        assert_eq!(http_stream.body_bytes_read(), body_len);
+        http_stream.get_retry_buffer()
+    }
+
+    #[tokio::test]
+    async fn retry_buffer_limit() {
+        init_log();
+        let big = BODY_BUF_LIMIT + 1;
+        assert!(retry_buffer_after_reading(big, None).await.is_none());
+        let kept = retry_buffer_after_reading(big, Some(2 * BODY_BUF_LIMIT)).await.unwrap();
+        assert_eq!(kept.len(), big);
+        assert!(retry_buffer_after_reading(100, Some(99)).await.is_none());
+        assert_eq!(retry_buffer_after_reading(100, Some(100)).await.unwrap().len(), 100);
     }
 
     #[tokio::test]

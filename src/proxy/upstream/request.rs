@@ -1,0 +1,236 @@
+//! The request header as a backend gets it, on every path. Two steps, in this order:
+//!
+//! 1. **HTTP hygiene**: what Pingora's proxy loop does before `upstream_request_filter`
+//!    (`sanitize_h1_upstream_request` in vendor/pingora-proxy/src/proxy_common.rs, under
+//!    `HttpUpstreamRequestPolicy::standard()` from vendor/pingora-core/src/upstreams/peer.rs):
+//!    HTTP/1.1, the hop-by-hop fields and those `Connection` names removed, a WebSocket upgrade
+//!    re-announced as `Connection: Upgrade` + `Upgrade: websocket`. Pingora's functions are
+//!    crate-private, so the relays ([`h1_request`]) apply [`sanitize`] here; the proxy loop
+//!    and the subrequest pipe get Pingora's own.
+//! 2. **The gateway's rewrites** ([`rewrite`]): provider path and Host, the provider's key in
+//!    place of the client's credentials, request id and forwarding headers, the rewritten
+//!    body's length, `Accept-Encoding: identity` where the gateway reads the answer, MCP
+//!    session and Origin.
+//!
+//! Then **framing**: a request with a body but neither `Content-Length` nor
+//! `Transfer-Encoding` (an HTTP/2 request without length, or a chunked one whose
+//! `Transfer-Encoding` step 1 removed) goes chunked, as Pingora's
+//! `finalize_h1_upstream_request_framing` does after the filter.
+
+use crate::proxy::ctx::Routed;
+use crate::proxy::{credentials, long_lived, rewrite};
+use http::header::{self, HeaderName};
+use pingora::prelude::*;
+use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+/// Fields that describe one hop, never the request (RFC 9110 §7.6.1, plus the legacy
+/// `Keep-Alive` and `Proxy-Connection`, and `HTTP2-Settings` of an h2c upgrade offer).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Fields a `Connection` header may not name away: the target and the forwarding facts.
+const PROTECTED: [&str; 4] = ["host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"];
+
+/// At most this many `Connection` names (Pingora's bound too).
+const MAX_NOMINATIONS: usize = 9;
+
+/// The client's request as an HTTP/1.1 request to the backend, for the paths outside
+/// Pingora's proxy loop (heartbeat relay, WebSocket tunnel): the same hygiene and framing as
+/// Pingora's own path, then the gateway's rewrites.
+pub fn h1_request(session: &mut Session, routed: &Routed) -> Result<RequestHeader> {
+    let has_body = !session.is_body_empty();
+    let mut req = session.req_header().clone();
+    let websocket = req.version == http::Version::HTTP_11 && is_websocket(&req);
+    req.set_version(http::Version::HTTP_11);
+    sanitize(&mut req, websocket)?;
+    rewrite(&mut req, routed)?;
+    frame(&mut req, has_body)?;
+    Ok(req)
+}
+
+/// Step 1 for the relays: see the module comment. A `Connection` header that names a
+/// protected field, or is not a list of tokens, is the client's error (400), as on Pingora's
+/// path.
+pub fn sanitize(req: &mut RequestHeader, websocket: bool) -> Result<()> {
+    for name in nominated(req)? {
+        req.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+    if websocket {
+        req.insert_header(header::CONNECTION, "Upgrade")?;
+        req.insert_header(header::UPGRADE, "websocket")?;
+    }
+    Ok(())
+}
+
+fn is_websocket(req: &RequestHeader) -> bool {
+    req.headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// The fields the client's `Connection` header names.
+fn nominated(req: &RequestHeader) -> Result<Vec<HeaderName>> {
+    let refuse = |why: &'static str| Error::e_explain(ErrorType::InvalidHTTPHeader, why).map_err(|e| e.into_down());
+    let mut names = Vec::new();
+    let tokens = req.headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    for token in tokens.map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()) {
+        if names.len() == MAX_NOMINATIONS {
+            return refuse("too many Connection header nominations");
+        }
+        // `HeaderName` accepts exactly the tchar set, lowercased.
+        let Ok(name) = HeaderName::from_bytes(token) else {
+            return refuse("invalid token nominated by the Connection header");
+        };
+        if PROTECTED.contains(&name.as_str()) {
+            return refuse("protected header cannot be nominated by the Connection header");
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Step 2, on every path (Pingora's `upstream_request_filter` calls it too).
+pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
+    let uri: http::Uri = routed
+        .upstream_path
+        .parse()
+        .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
+    req.set_uri(uri);
+    req.remove_header(&header::AUTHORIZATION);
+    req.remove_header("x-api-key");
+    if let Some(kept) = credentials::strip_protocol_key(req) {
+        req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
+        if let Some(v) = kept {
+            req.insert_header(header::SEC_WEBSOCKET_PROTOCOL, v)?;
+        }
+    }
+    // The body was already read by the gateway (and 100 Continue answered if asked).
+    req.remove_header(&header::EXPECT);
+    if let Some(key) = &routed.provider.api_key {
+        req.insert_header(header::AUTHORIZATION, format!("Bearer {}", key.expose()))?;
+    }
+    req.insert_header(header::HOST, routed.provider.host_header.as_str())?;
+    req.insert_header("x-request-id", routed.request_id.as_str())?;
+    if let Some(ip) = &routed.client_ip {
+        let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip.clone(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    req.insert_header("x-forwarded-proto", routed.client_proto)?;
+    if observed(routed) {
+        // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
+        req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        req.remove_header(&header::TE);
+    }
+    if let Some(len) = routed.body_len {
+        rewrite::set_body_length(req, len)?;
+    }
+    long_lived::upstream_request(req, routed)
+}
+
+/// A body without a length goes chunked; see the module comment.
+pub fn frame(req: &mut RequestHeader, has_body: bool) -> Result<()> {
+    let framed =
+        req.headers.contains_key(header::CONTENT_LENGTH) || req.headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body && !framed {
+        req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// Writes one piece of a request body to a relay's backend connection. An empty piece (an
+/// HTTP/2 DATA frame that only ends the stream, for one) is skipped: Pingora's chunked writer
+/// would write it as the last chunk, `0\r\n\r\n` (`do_write_chunked_body` in
+/// vendor/pingora-core/src/protocols/http/v1/body.rs), ending the body early, and the backend
+/// would read the rest as a second request.
+pub async fn write_body(up: &mut HttpSession, piece: &[u8]) -> Result<()> {
+    if !piece.is_empty() {
+        up.write_body(piece).await.map_err(|e| e.into_up())?;
+    }
+    Ok(())
+}
+
+/// Whether the gateway reads this request's answer: every request except a WebSocket upgrade
+/// (tunnels carry bytes the gateway does not look into).
+pub fn observed(routed: &Routed) -> bool {
+    !routed.streams.upgrade
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/v1/x", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_connection_names_are_removed() {
+        let mut r = req(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        sanitize(&mut r, false).unwrap();
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn websocket_upgrades_are_re_announced() {
+        let mut r = req(&[("connection", "Upgrade, keep-alive"), ("upgrade", "WebSocket"), ("sec-websocket-key", "k")]);
+        let ws = is_websocket(&r);
+        sanitize(&mut r, ws).unwrap();
+        assert_eq!(r.headers["connection"], "Upgrade");
+        assert_eq!(r.headers["upgrade"], "websocket");
+        assert_eq!(r.headers["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn protected_or_malformed_nominations_are_refused() {
+        for bad in ["host", "X-Forwarded-For", "\"x-a\"", "a b", "1,2,3,4,5,6,7,8,9,10"] {
+            let mut r = req(&[("connection", bad)]);
+            let e = sanitize(&mut r, false).unwrap_err();
+            assert_eq!(e.esource(), &ErrorSource::Downstream, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_without_length_go_chunked() {
+        let mut r = req(&[]);
+        frame(&mut r, true).unwrap();
+        assert_eq!(r.headers["transfer-encoding"], "chunked");
+        let mut r = req(&[("content-length", "3")]);
+        frame(&mut r, true).unwrap();
+        assert!(!r.headers.contains_key("transfer-encoding"));
+        let mut r = req(&[]);
+        frame(&mut r, false).unwrap();
+        assert!(r.headers.is_empty());
+    }
+}
