@@ -438,9 +438,8 @@ async fn run_round(
     around: &mut dyn FnMut(bool),
 ) -> RoundResult {
     let start = Arc::new(Barrier::new(conns + 1));
-    let handles: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(conn_loop(target.port, workload, start.clone(), until.clone())))
-        .collect();
+    let handles: Vec<_> =
+        (0..conns).map(|_| tokio::spawn(conn_loop(target.port, workload, start.clone(), until.clone()))).collect();
     // Before the barrier, which every connection reaches after its warm-up request.
     around(true);
     start.wait().await;
@@ -746,9 +745,9 @@ fn main() {
     let bare = if want("bare") { bare_binary("MCAS_BENCH_BARE", "patched") } else { None };
     let bare_unpatched = if want("bare-0.9.1") { bare_binary("MCAS_BENCH_BARE_UNPATCHED", "unpatched") } else { None };
     let version = |p: &Option<PathBuf>, flag: &str| {
-        p.as_ref().and_then(|p| command_output(&p.display().to_string(), &[flag])).map(|v| {
-            v.lines().next().unwrap_or("").to_string()
-        })
+        p.as_ref()
+            .and_then(|p| command_output(&p.display().to_string(), &[flag]))
+            .map(|v| v.lines().next().unwrap_or("").to_string())
     };
     let commit = command_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]);
     let kernel = command_output("uname", &["-r"]).unwrap_or_default();
@@ -858,7 +857,10 @@ fn main() {
             "nginx" => {
                 let Some(bin) = &nginx else { continue };
                 let conf = nginx_config(dir.path(), port, sim_port);
-                (bin.clone(), vec!["-p".into(), dir.path().display().to_string(), "-c".into(), conf.display().to_string()])
+                (
+                    bin.clone(),
+                    vec!["-p".into(), dir.path().display().to_string(), "-c".into(), conf.display().to_string()],
+                )
             }
             "haproxy" => {
                 let Some(bin) = &haproxy else { continue };
@@ -884,7 +886,8 @@ fn main() {
     }
 
     let targets: Vec<Target> = targets.into_iter().filter(|t| want(t.name)).collect();
-    let workloads: Vec<Workload> = Workload::ALL.into_iter().filter(|w| picked("MCAS_BENCH_WORKLOADS", w.label())).collect();
+    let workloads: Vec<Workload> =
+        Workload::ALL.into_iter().filter(|w| picked("MCAS_BENCH_WORKLOADS", w.label())).collect();
     let mut results: HashMap<(Workload, &'static str), Vec<RoundResult>> = HashMap::new();
     for &w in &workloads {
         let c = if w == Workload::Ttft { 1 } else { conns };

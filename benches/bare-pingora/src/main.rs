@@ -61,10 +61,7 @@ fn main() {
     conf.work_stealing = false;
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut proxy = pingora_proxy::http_proxy_service(
-        &server.configuration,
-        Bare { upstream: upstream.clone() },
-    );
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Bare { upstream: upstream.clone() });
     proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(proxy);
     server.run_forever();
