@@ -1,22 +1,26 @@
-//! Load benchmark: `mcas-sim` direct vs `mcas-gateway` (`threads: 1`) vs nginx, both proxies in front of the
-//! same `mcas-sim`, in one run with alternated rounds and medians. See docs/benchmarks.md.
+//! Load benchmark: `mcas-sim` direct, `mcas-gateway` with every feature on, a bare Pingora proxy built from
+//! the patched Pingora in vendor/ and from crates.io Pingora 0.9.1 as published, nginx and HAProxy, all in
+//! front of the same `mcas-sim`, in one run with alternated rounds and medians. See docs/benchmarks.md.
 //!
 //! Run: `cargo bench --bench load`. Environment: `MCAS_BENCH_SECS` (seconds per round, default 5),
 //! `MCAS_BENCH_ROUNDS` (default 3), `MCAS_BENCH_CONNS` (connections for the throughput workloads, default 32),
-//! `MCAS_BENCH_NGINX` (path of the nginx binary; default `nginx` on PATH, then /usr/sbin/nginx),
-//! `MCAS_BENCH_NO_PIN=1` (do not pin with taskset); for profiling, `MCAS_BENCH_TARGETS=gateway` and
-//! `MCAS_BENCH_WORKLOADS=streamed` (comma lists) run only those, with no summary.
+//! `MCAS_BENCH_NGINX`, `MCAS_BENCH_HAPROXY` (binaries; default on PATH, then /usr/sbin),
+//! `MCAS_BENCH_BARE` / `MCAS_BENCH_BARE_UNPATCHED` (prebuilt bare-Pingora binaries; default: built by
+//! benches/bare-pingora/build.sh), `MCAS_BENCH_NO_PIN=1` (do not pin with taskset), `MCAS_BENCH_TARGETS` and
+//! `MCAS_BENCH_WORKLOADS` (comma lists: run only those), `MCAS_BENCH_SYSCALLS=N` (instead of timed rounds:
+//! N requests per target and workload under `strace -c -f`, and the system calls per request).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -25,8 +29,9 @@ use tokio::sync::Barrier;
 const KEY: &str = "bench-key-0123456789";
 const PLAIN_BODY: &str = r#"{"messages":[{"role":"user","content":"hello"}],"model":"sim-model"}"#;
 const STREAM_BODY: &str = r#"{"messages":[{"role":"user","content":"hello"}],"model":"sim-model","stream":true}"#;
-/// Tokens per completion in the throughput workloads (streamed and not).
+/// Tokens per completion in the throughput workloads (streamed and not), and in the long streamed one.
 const TOKENS: u32 = 16;
+const LONG_TOKENS: u32 = 256;
 /// The TTFT workload: simulated time to first token and inter-token latency, and tokens per completion
 /// (few, so that a round holds more samples; the figure measured is the time to the first token).
 const TTFT_MS: u32 = 20;
@@ -35,19 +40,25 @@ const TTFT_TOKENS: u32 = 4;
 /// Core of the load generator, and core of the servers (sim and proxy share it).
 const GEN_CORE: &str = "0";
 const SERVER_CORE: &str = "1";
+/// Every target, in the order of the rounds and of the tables.
+const TARGETS: [&str; 6] = ["sim", "gateway", "bare", "bare-0.9.1", "nginx", "haproxy"];
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 enum Workload {
     Plain,
     Stream,
+    Long,
     Ttft,
 }
 
 impl Workload {
+    const ALL: [Workload; 4] = [Workload::Plain, Workload::Stream, Workload::Long, Workload::Ttft];
+
     fn label(self) -> &'static str {
         match self {
             Workload::Plain => "non-streamed",
             Workload::Stream => "streamed",
+            Workload::Long => "streamed-256",
             Workload::Ttft => "ttft",
         }
     }
@@ -55,14 +66,19 @@ impl Workload {
     fn body(self) -> Bytes {
         match self {
             Workload::Plain => Bytes::from_static(PLAIN_BODY.as_bytes()),
-            Workload::Stream | Workload::Ttft => Bytes::from_static(STREAM_BODY.as_bytes()),
+            _ => Bytes::from_static(STREAM_BODY.as_bytes()),
         }
+    }
+
+    fn streamed(self) -> bool {
+        self != Workload::Plain
     }
 
     /// Per-request simulator overrides: (tokens, ttft ms, itl ms).
     fn sim(self) -> (u32, u32, u32) {
         match self {
             Workload::Plain | Workload::Stream => (TOKENS, 0, 0),
+            Workload::Long => (LONG_TOKENS, 0, 0),
             Workload::Ttft => (TTFT_TOKENS, TTFT_MS, ITL_MS),
         }
     }
@@ -180,24 +196,47 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
     Some(text.trim().to_string())
 }
 
-fn find_nginx() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("MCAS_BENCH_NGINX") {
+/// A binary from `env` if set, else `name` on PATH, else `/usr/sbin/name`.
+fn find_binary(env: &str, name: &str) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
         return Some(PathBuf::from(p));
     }
     if let Some(dir) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&dir) {
-            let p = d.join("nginx");
+            let p = d.join(name);
             if p.is_file() {
                 return Some(p);
             }
         }
     }
-    let p = PathBuf::from("/usr/sbin/nginx");
+    let p = PathBuf::from("/usr/sbin").join(name);
     p.is_file().then_some(p)
+}
+
+/// The bare-Pingora binary of one variant (`patched` or `unpatched`): from `env` if set, else built by
+/// benches/bare-pingora/build.sh (a release build in target/bare-pingora; minutes the first time).
+fn bare_binary(env: &str, variant: &str) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
+        return Some(PathBuf::from(p));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bare-pingora/build.sh");
+    println!("building the bare Pingora reference ({variant}): {} {variant}", script.display());
+    let out = Command::new("bash").arg(&script).arg(variant).stderr(Stdio::inherit()).output().ok()?;
+    if !out.status.success() {
+        println!("bare Pingora ({variant}) did not build: column skipped");
+        return None;
+    }
+    let path = String::from_utf8_lossy(&out.stdout).lines().last()?.trim().to_string();
+    Some(PathBuf::from(path))
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// True if the comma list in `var` names `name`, or `var` is unset.
+fn picked(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.split(',').any(|x| x.trim() == name))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -214,6 +253,7 @@ struct Target {
 struct ConnStats {
     latency_us: Vec<u32>,
     ttft_us: Vec<u32>,
+    events: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -221,6 +261,8 @@ struct ConnStats {
 struct Sample {
     latency_us: u32,
     ttft_us: Option<u32>,
+    /// SSE events in the response (`data:` lines), 0 for a non-streamed answer.
+    events: u64,
 }
 
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -257,6 +299,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+fn count(hay: &[u8], needle: &[u8]) -> u64 {
+    hay.windows(needle.len()).filter(|w| *w == needle).count() as u64
+}
+
 async fn one_request(sender: &mut Sender, port: u16, workload: Workload) -> Result<Sample, String> {
     let (tokens, ttft, itl) = workload.sim();
     let req = hyper::Request::builder()
@@ -281,27 +327,36 @@ async fn one_request(sender: &mut Sender, port: u16, workload: Workload) -> Resu
         let frame = frame.map_err(|e| format!("body: {e}"))?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
-            if workload != Workload::Plain && ttft_us.is_none() && has_content(&buf) {
+            if workload.streamed() && ttft_us.is_none() && has_content(&buf) {
                 ttft_us = Some(t0.elapsed().as_micros() as u32);
             }
         }
     }
     let latency_us = t0.elapsed().as_micros() as u32;
     let ok = status == 200
-        && match workload {
-            Workload::Plain => contains(&buf, b"\"choices\""),
-            Workload::Stream | Workload::Ttft => contains(&buf[buf.len().saturating_sub(64)..], b"[DONE]"),
+        && if workload.streamed() {
+            contains(&buf[buf.len().saturating_sub(64)..], b"[DONE]")
+        } else {
+            contains(&buf, b"\"choices\"")
         };
     if !ok {
         let text = String::from_utf8_lossy(&buf[..buf.len().min(400)]).into_owned();
         return Err(format!("status {status}: {text}"));
     }
-    Ok(Sample { latency_us, ttft_us })
+    let events = if workload.streamed() { count(&buf, b"data:") } else { 0 };
+    Ok(Sample { latency_us, ttft_us, events })
+}
+
+/// How long a round lasts: a time, or a number of requests shared by every connection.
+#[derive(Clone)]
+enum Until {
+    Elapsed(Duration),
+    Requests(Arc<AtomicI64>),
 }
 
 /// One connection: connect, one warm-up request, wait for the start, then request → full response until the
-/// deadline. A failed request is counted and the connection reopened.
-async fn conn_loop(port: u16, workload: Workload, start: Arc<Barrier>, dur: Duration) -> ConnStats {
+/// round ends. A failed request is counted and the connection reopened.
+async fn conn_loop(port: u16, workload: Workload, start: Arc<Barrier>, until: Until) -> ConnStats {
     let mut stats = ConnStats::default();
     let mut sender = connect(port).await.ok();
     if let Some(s) = sender.as_mut() {
@@ -310,8 +365,13 @@ async fn conn_loop(port: u16, workload: Workload, start: Arc<Barrier>, dur: Dura
         }
     }
     start.wait().await;
-    let deadline = Instant::now() + dur;
-    while Instant::now() < deadline {
+    let t0 = Instant::now();
+    loop {
+        match &until {
+            Until::Elapsed(d) if t0.elapsed() >= *d => break,
+            Until::Requests(left) if left.fetch_sub(1, Ordering::Relaxed) <= 0 => break,
+            _ => {}
+        }
         if sender.is_none() {
             match connect(port).await {
                 Ok(s) => sender = Some(s),
@@ -327,6 +387,7 @@ async fn conn_loop(port: u16, workload: Workload, start: Arc<Barrier>, dur: Dura
         match one_request(s, port, workload).await {
             Ok(sample) => {
                 stats.latency_us.push(sample.latency_us);
+                stats.events += sample.events;
                 if let Some(t) = sample.ttft_us {
                     stats.ttft_us.push(t);
                 }
@@ -349,6 +410,8 @@ struct RoundResult {
     ttft_p99_ms: f64,
     /// CPU µs per request of the serving process (the sim for `sim`, the proxy otherwise).
     cpu_us: f64,
+    /// CPU µs per SSE event of the serving process (streamed workloads).
+    cpu_event_us: f64,
     /// CPU µs per request of the sim (the upstream), for every target.
     sim_cpu_us: f64,
     requests: u64,
@@ -363,17 +426,22 @@ fn percentile_ms(sorted: &[u32], q: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
+/// One round: `conns` warm connections until `until`; `around(true)` runs just before the start and
+/// `around(false)` just after the end (the syscall mode attaches and detaches strace there).
 async fn run_round(
     target: &Target,
     sim_pid: u32,
     workload: Workload,
     conns: usize,
-    dur: Duration,
+    until: Until,
     tck: u64,
+    around: &mut dyn FnMut(bool),
 ) -> RoundResult {
     let start = Arc::new(Barrier::new(conns + 1));
     let handles: Vec<_> =
-        (0..conns).map(|_| tokio::spawn(conn_loop(target.port, workload, start.clone(), dur))).collect();
+        (0..conns).map(|_| tokio::spawn(conn_loop(target.port, workload, start.clone(), until.clone()))).collect();
+    // Before the barrier, which every connection reaches after its warm-up request.
+    around(true);
     start.wait().await;
     let cpu0 = cpu_ticks(target.pid);
     let sim0 = cpu_ticks(sim_pid);
@@ -383,6 +451,7 @@ async fn run_round(
         let s = h.await.unwrap();
         all.latency_us.extend(s.latency_us);
         all.ttft_us.extend(s.ttft_us);
+        all.events += s.events;
         all.errors += s.errors;
         if all.first_error.is_none() {
             all.first_error = s.first_error;
@@ -391,21 +460,23 @@ async fn run_round(
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_ticks(target.pid);
     let sim1 = cpu_ticks(sim_pid);
+    around(false);
     if let Some(e) = &all.first_error {
         eprintln!("  {} {}: {} errors, first: {e}", target.name, workload.label(), all.errors);
     }
     all.latency_us.sort_unstable();
     all.ttft_us.sort_unstable();
     let n = all.latency_us.len() as u64;
-    let per_req = |ticks: u64| if n == 0 { f64::NAN } else { ticks as f64 * 1e6 / tck as f64 / n as f64 };
+    let per = |ticks: u64, n: u64| if n == 0 { f64::NAN } else { ticks as f64 * 1e6 / tck as f64 / n as f64 };
     RoundResult {
         rps: n as f64 / elapsed,
         p50_ms: percentile_ms(&all.latency_us, 0.50),
         p99_ms: percentile_ms(&all.latency_us, 0.99),
         ttft_p50_ms: percentile_ms(&all.ttft_us, 0.50),
         ttft_p99_ms: percentile_ms(&all.ttft_us, 0.99),
-        cpu_us: per_req(cpu1 - cpu0),
-        sim_cpu_us: per_req(sim1 - sim0),
+        cpu_us: per(cpu1 - cpu0, n),
+        cpu_event_us: per(cpu1 - cpu0, all.events),
+        sim_cpu_us: per(sim1 - sim0, n),
         requests: n,
         errors: all.errors,
     }
@@ -442,6 +513,7 @@ struct Summary {
     ttft_p50_ms: f64,
     ttft_p99_ms: f64,
     cpu_us: f64,
+    cpu_event_us: f64,
     sim_cpu_us: f64,
     requests: u64,
     errors: u64,
@@ -456,6 +528,7 @@ fn summarize(rounds: &[RoundResult]) -> Summary {
         ttft_p50_ms: med(|r| r.ttft_p50_ms),
         ttft_p99_ms: med(|r| r.ttft_p99_ms),
         cpu_us: med(|r| r.cpu_us),
+        cpu_event_us: med(|r| r.cpu_event_us),
         sim_cpu_us: med(|r| r.sim_cpu_us),
         requests: rounds.iter().map(|r| r.requests).sum(),
         errors: rounds.iter().map(|r| r.errors).sum(),
@@ -463,19 +536,31 @@ fn summarize(rounds: &[RoundResult]) -> Summary {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Setup and report
+// Setup
 
+/// The gateway with every feature on: key auth, rpm + tpm + concurrency limits on the key (high enough never
+/// to refuse), ketama over a fleet of three backends (loopback aliases of the one sim, bound to 0.0.0.0,
+/// with health probes), metrics (always on), and the access log (stdout, which the bench sends to a file).
 fn gateway_config(dir: &Path, gw: u16, admin: u16, sim: u16) -> PathBuf {
     let path = dir.join("gateway.yaml");
     let yaml = format!(
-        r#"server: {{ listen: "127.0.0.1:{gw}", threads: 1, pid_file: /tmp/mcas-bench.pid, upgrade_sock: /tmp/mcas-bench.sock }}
+        r#"server: {{ listen: "127.0.0.1:{gw}", threads: 1, pid_file: {d}/gateway.pid, upgrade_sock: {d}/gateway.sock }}
 admin: {{ listen: "127.0.0.1:{admin}" }}
 keys:
-  - {{ name: bench, key: "{KEY}", models: ["*"] }}
+  - name: bench
+    key: "{KEY}"
+    models: ["*"]
+    limits: {{ rpm: 1000000000, tpm: 1000000000000, concurrency: 4096 }}
 providers:
-  - {{ name: vllm, url: "http://127.0.0.1:{sim}/v1", models: ["*"] }}
-log: {{ access_log: false }}
-"#
+  - name: vllm
+    url: "http://127.0.0.1:{sim}/v1"
+    api_key: upstream-provider-key
+    models: ["*"]
+    backends: ["127.0.0.1:{sim}", "127.0.0.2:{sim}", "127.0.0.3:{sim}"]
+    balance: ketama
+log: {{ access_log: true }}
+"#,
+        d = dir.display()
     );
     std::fs::write(&path, yaml).unwrap();
     path
@@ -511,6 +596,7 @@ http {{
             proxy_buffering off;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer upstream-provider-key";
         }}
     }}
 }}
@@ -520,18 +606,124 @@ http {{
     path
 }
 
+/// HAProxy (Debian's): one thread, plain HTTP proxy mode, idle server connections shared by every client
+/// connection (`http-reuse always`), `Authorization` replaced like the other proxies do.
+fn haproxy_config(dir: &Path, port: u16, sim: u16) -> PathBuf {
+    let path = dir.join("haproxy.cfg");
+    let conf = format!(
+        r#"global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend sim
+backend sim
+    http-request set-header Authorization "Bearer upstream-provider-key"
+    server sim 127.0.0.1:{sim}
+"#
+    );
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
 fn f(x: f64, prec: usize) -> String {
-    if x.is_nan() {
+    if x.is_nan() || x.is_infinite() {
         "-".to_string()
     } else {
         format!("{x:.prec$}")
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// System calls per request (`MCAS_BENCH_SYSCALLS=N`)
+
+/// `strace -c -f -p PID` around a round; the counts per system call once it is detached.
+struct Strace {
+    child: Option<Child>,
+    out: PathBuf,
+    counts: BTreeMap<String, u64>,
+}
+
+impl Strace {
+    fn new(out: PathBuf) -> Self {
+        Strace { child: None, out, counts: BTreeMap::new() }
+    }
+
+    fn around(&mut self, pid: u32, start: bool) {
+        if start {
+            let _ = std::fs::remove_file(&self.out);
+            let child = Command::new("strace")
+                .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+                .arg(&self.out)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("strace (apt-get install -y strace)");
+            self.child = Some(child);
+            // strace attaches to every thread before the round starts.
+            std::thread::sleep(Duration::from_millis(1000));
+        } else if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+            self.counts = parse_strace(&std::fs::read_to_string(&self.out).unwrap_or_default());
+        }
+    }
+}
+
+/// The `calls` column of `strace -c` per system call (the line `total` left out).
+fn parse_strace(text: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 5 || fields[0].parse::<f64>().is_err() {
+            continue;
+        }
+        let name = fields[fields.len() - 1];
+        if name == "total" {
+            continue;
+        }
+        if let Ok(calls) = fields[3].parse::<u64>() {
+            counts.insert(name.to_string(), calls);
+        }
+    }
+    counts
+}
+
+fn syscalls_mode(rt: &tokio::runtime::Runtime, targets: &[Target], sim_pid: u32, n: i64, conns: usize, dir: &Path) {
+    println!("\n## System calls per request (strace -c -f over {n} requests, {conns} connections)\n");
+    println!("| workload | target | system calls per request (calls ÷ requests) | total |");
+    println!("|---|---|---|---:|");
+    for w in Workload::ALL.into_iter().filter(|w| picked("MCAS_BENCH_WORKLOADS", w.label()) && *w != Workload::Ttft) {
+        for t in targets.iter().filter(|t| t.name != "sim") {
+            let mut st = Strace::new(dir.join(format!("strace-{}.txt", t.name)));
+            let until = Until::Requests(Arc::new(AtomicI64::new(n)));
+            let pid = t.pid;
+            let r = rt.block_on(run_round(t, sim_pid, w, conns, until, 100, &mut |s| st.around(pid, s)));
+            let per = |c: u64| c as f64 / r.requests.max(1) as f64;
+            let mut rows: Vec<(&String, &u64)> = st.counts.iter().filter(|(_, c)| per(**c) >= 0.05).collect();
+            rows.sort_by(|a, b| b.1.cmp(a.1));
+            let list: Vec<String> = rows.iter().map(|(name, c)| format!("{name} {}", f(per(**c), 2))).collect();
+            let total: u64 = st.counts.values().sum();
+            println!("| {} | {} | {} | {} |", w.label(), t.name, list.join(", "), f(per(total), 2));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Main and report
+
 fn main() {
     let secs: f64 = env_num("MCAS_BENCH_SECS", 5.0);
     let rounds: usize = env_num("MCAS_BENCH_ROUNDS", 3usize).max(1);
     let conns: usize = env_num("MCAS_BENCH_CONNS", 32usize).max(1);
+    let syscalls: i64 = env_num("MCAS_BENCH_SYSCALLS", 0i64);
     let dur = Duration::from_secs_f64(secs);
     let nproc = command_output("nproc", &[]).unwrap_or_else(|| "?".into());
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -547,8 +739,16 @@ fn main() {
         && cores >= 2
         && command_output("taskset", &["-V"]).is_some_and(|v| v.contains("taskset"));
     let tck = clock_ticks_per_sec();
-    let nginx = find_nginx();
-    let nginx_version = nginx.as_ref().and_then(|p| command_output(&p.display().to_string(), &["-v"]));
+    let want = |name: &str| picked("MCAS_BENCH_TARGETS", name);
+    let nginx = find_binary("MCAS_BENCH_NGINX", "nginx").filter(|_| want("nginx"));
+    let haproxy = find_binary("MCAS_BENCH_HAPROXY", "haproxy").filter(|_| want("haproxy"));
+    let bare = if want("bare") { bare_binary("MCAS_BENCH_BARE", "patched") } else { None };
+    let bare_unpatched = if want("bare-0.9.1") { bare_binary("MCAS_BENCH_BARE_UNPATCHED", "unpatched") } else { None };
+    let version = |p: &Option<PathBuf>, flag: &str| {
+        p.as_ref()
+            .and_then(|p| command_output(&p.display().to_string(), &[flag]))
+            .map(|v| v.lines().next().unwrap_or("").to_string())
+    };
     let commit = command_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]);
     let kernel = command_output("uname", &["-r"]).unwrap_or_default();
     let load = |tag: &str| {
@@ -556,28 +756,37 @@ fn main() {
         println!("load average {tag}: {}", l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     };
 
-    println!("# MCAS load benchmark: sim direct vs gateway vs nginx\n");
+    println!("# MCAS load benchmark: sim direct, gateway, bare Pingora (patched and 0.9.1), nginx, HAProxy\n");
     println!("hardware: {nproc} CPUs ({cpu_model}), Linux {kernel}");
     println!("gateway commit: {}", commit.as_deref().unwrap_or("?"));
-    println!(
-        "nginx: {}",
-        match (&nginx, &nginx_version) {
-            (Some(p), Some(v)) => format!("{} ({v})", p.display()),
-            _ => "not installed: column skipped (install with `apt-get install -y nginx`)".to_string(),
+    for (name, path, v) in [
+        ("nginx", &nginx, version(&nginx, "-v")),
+        ("haproxy", &haproxy, version(&haproxy, "-v")),
+        ("bare (patched vendor/ Pingora)", &bare, None),
+        ("bare-0.9.1 (crates.io Pingora 0.9.1)", &bare_unpatched, None),
+    ] {
+        match path {
+            Some(p) => println!("{name}: {} {}", p.display(), v.unwrap_or_default()),
+            None => println!("{name}: not selected or not installed: skipped"),
         }
-    );
+    }
     println!(
-        "method: per workload, rounds of {secs} s alternate sim, gateway, nginx ({rounds} rounds each); figures are \
+        "method: per workload, rounds of {secs} s alternate the targets ({rounds} rounds each); figures are \
          medians over rounds. Load generator: hyper 1 HTTP/1.1 client on one tokio thread, keep-alive connections, \
          each looping request → full response; latency = send → last body byte. CPU/req = Δ(utime+stime) of the \
-         serving process from /proc/PID/stat (tick = {} µs) over the round ÷ requests completed.",
+         serving process from /proc/PID/stat (tick = {} µs) over the round ÷ requests completed; CPU/event the \
+         same ÷ SSE events received.",
         1_000_000 / tck
     );
     println!(
         "workloads: non-streamed POST /v1/chat/completions ({TOKENS} tokens) at {conns} connections; streamed \
-         ({TOKENS} tokens, no delays) at {conns} connections; TTFT at 1 connection with x-sim-ttft-ms {TTFT_MS}, \
-         x-sim-itl-ms {ITL_MS}, {TTFT_TOKENS} tokens: time from send to the first body chunk with a non-empty \
-         \"content\"."
+         ({TOKENS} tokens) and streamed-256 ({LONG_TOKENS} tokens), no delays, at {conns} connections; TTFT at 1 \
+         connection with x-sim-ttft-ms {TTFT_MS}, x-sim-itl-ms {ITL_MS}, {TTFT_TOKENS} tokens: time from send to \
+         the first body chunk with a non-empty \"content\"."
+    );
+    println!(
+        "gateway: every feature on (key auth; rpm, tpm and concurrency limits on the key; ketama over 3 backends \
+         127.0.0.1-3 reaching the one sim; metrics; access log to a file)."
     );
     if pin {
         println!(
@@ -587,13 +796,6 @@ fn main() {
     } else {
         println!("pinning: none (taskset missing, fewer than 2 CPUs, or MCAS_BENCH_NO_PIN set); all share all cores.");
     }
-    println!(
-        "caveats: a shared 2-core machine (other builds may run: see load averages); loopback only; one proxy \
-         thread/worker each (gateway threads: 1, nginx worker_processes 1, master_process off); nginx \
-         keepalive_requests raised to 1000000 (client and upstream) so neither side recycles connections; CPU \
-         ticks are 10 ms so short rounds have coarse CPU figures; the gateway's CPU includes its admin listener \
-         and background threads (idle here)."
-    );
     load("at start");
     println!();
 
@@ -610,9 +812,10 @@ fn main() {
     let sim_port = free_port();
     let sim_log = dir.path().join("sim.log");
     let sim_bin = PathBuf::from(env!("CARGO_BIN_EXE_mcas-sim"));
+    // 0.0.0.0: the gateway's fleet reaches it as 127.0.0.1, 127.0.0.2 and 127.0.0.3.
     let sim_args: Vec<String> = [
         "--listen",
-        &format!("127.0.0.1:{sim_port}"),
+        &format!("0.0.0.0:{sim_port}"),
         "--threads",
         "1",
         "--models",
@@ -630,29 +833,45 @@ fn main() {
     let sim_pid = children.spawn("mcas-sim", pin, &sim_bin, &sim_args, &sim_log);
     wait_ready(&mut children, "mcas-sim", &sim_log, sim_port, Some(200));
 
-    let gw_port = free_port();
-    let admin_port = free_port();
-    let gw_conf = gateway_config(dir.path(), gw_port, admin_port, sim_port);
-    let gw_log = dir.path().join("gateway.log");
-    let gw_bin = PathBuf::from(env!("CARGO_BIN_EXE_mcas-gateway"));
-    let gw_args = vec!["--config".to_string(), gw_conf.display().to_string()];
-    let gw_pid = children.spawn("mcas-gateway", pin, &gw_bin, &gw_args, &gw_log);
-    wait_ready(&mut children, "mcas-gateway", &gw_log, gw_port, Some(200));
-    wait_ready(&mut children, "mcas-gateway", &gw_log, admin_port, None);
-
-    let mut targets = vec![
-        Target { name: "sim", port: sim_port, pid: sim_pid },
-        Target { name: "gateway", port: gw_port, pid: gw_pid },
-    ];
-    if let Some(nginx_bin) = &nginx {
-        let ng_port = free_port();
-        let ng_conf = nginx_config(dir.path(), ng_port, sim_port);
-        let ng_log = dir.path().join("nginx.log");
-        let ng_args =
-            vec!["-p".to_string(), dir.path().display().to_string(), "-c".to_string(), ng_conf.display().to_string()];
-        let ng_pid = children.spawn("nginx", pin, nginx_bin, &ng_args, &ng_log);
-        wait_ready(&mut children, "nginx", &ng_log, ng_port, Some(200));
-        targets.push(Target { name: "nginx", port: ng_port, pid: ng_pid });
+    let mut targets = vec![Target { name: "sim", port: sim_port, pid: sim_pid }];
+    for name in TARGETS.into_iter().filter(|n| *n != "sim" && want(n)) {
+        let port = free_port();
+        let log = dir.path().join(format!("{name}.log"));
+        let upstream = format!("127.0.0.1:{sim_port}");
+        let (program, args): (PathBuf, Vec<String>) = match name {
+            "gateway" => {
+                let admin = free_port();
+                let conf = gateway_config(dir.path(), port, admin, sim_port);
+                let program = PathBuf::from(env!("CARGO_BIN_EXE_mcas-gateway"));
+                let pid = children.spawn(name, pin, &program, &["--config".into(), conf.display().to_string()], &log);
+                wait_ready(&mut children, name, &log, port, Some(200));
+                wait_ready(&mut children, name, &log, admin, None);
+                targets.push(Target { name, port, pid });
+                continue;
+            }
+            "bare" | "bare-0.9.1" => {
+                let bin = if name == "bare" { &bare } else { &bare_unpatched };
+                let Some(bin) = bin else { continue };
+                (bin.clone(), vec![format!("127.0.0.1:{port}"), upstream])
+            }
+            "nginx" => {
+                let Some(bin) = &nginx else { continue };
+                let conf = nginx_config(dir.path(), port, sim_port);
+                (
+                    bin.clone(),
+                    vec!["-p".into(), dir.path().display().to_string(), "-c".into(), conf.display().to_string()],
+                )
+            }
+            "haproxy" => {
+                let Some(bin) = &haproxy else { continue };
+                let conf = haproxy_config(dir.path(), port, sim_port);
+                (bin.clone(), vec!["-db".into(), "-f".into(), conf.display().to_string()])
+            }
+            _ => unreachable!(),
+        };
+        let pid = children.spawn(name, pin, &program, &args, &log);
+        wait_ready(&mut children, name, &log, port, Some(200));
+        targets.push(Target { name, port, pid });
     }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -660,18 +879,23 @@ fn main() {
         rt.block_on(precheck(t));
     }
 
-    // For profiling: MCAS_BENCH_TARGETS=gateway MCAS_BENCH_WORKLOADS=streamed runs only those, without summary.
-    let pick = |var: &str, name: &str| std::env::var(var).map_or(true, |v| v.split(',').any(|x| x.trim() == name));
-    let filtered = std::env::var("MCAS_BENCH_TARGETS").is_ok() || std::env::var("MCAS_BENCH_WORKLOADS").is_ok();
-    let workloads = [Workload::Plain, Workload::Stream, Workload::Ttft];
+    if syscalls > 0 {
+        syscalls_mode(&rt, &targets, sim_pid, syscalls, conns, dir.path());
+        load("at end");
+        return;
+    }
+
+    let targets: Vec<Target> = targets.into_iter().filter(|t| want(t.name)).collect();
+    let workloads: Vec<Workload> =
+        Workload::ALL.into_iter().filter(|w| picked("MCAS_BENCH_WORKLOADS", w.label())).collect();
     let mut results: HashMap<(Workload, &'static str), Vec<RoundResult>> = HashMap::new();
-    for w in workloads.into_iter().filter(|w| pick("MCAS_BENCH_WORKLOADS", w.label())) {
+    for &w in &workloads {
         let c = if w == Workload::Ttft { 1 } else { conns };
         for round in 1..=rounds {
-            for t in targets.iter().filter(|t| pick("MCAS_BENCH_TARGETS", t.name)) {
-                let r = rt.block_on(run_round(t, sim_pid, w, c, dur, tck));
+            for t in &targets {
+                let r = rt.block_on(run_round(t, sim_pid, w, c, Until::Elapsed(dur), tck, &mut |_| {}));
                 println!(
-                    "round {round}/{rounds} {:<12} {:<8} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  ttft p50 {:>6} ms  \
+                    "round {round}/{rounds} {:<12} {:<10} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  ttft p50 {:>6} ms  \
                      cpu {:>6} µs/req  sim cpu {:>6} µs/req  errors {}",
                     w.label(),
                     t.name,
@@ -689,93 +913,96 @@ fn main() {
     }
     println!();
     load("at end");
-    if filtered {
-        println!("(filtered run: no summary)");
-        return;
-    }
+    report(&targets, &workloads, &results, rounds, secs, conns);
+    drop(children);
+}
 
+fn report(
+    targets: &[Target],
+    workloads: &[Workload],
+    results: &HashMap<(Workload, &'static str), Vec<RoundResult>>,
+    rounds: usize,
+    secs: f64,
+    conns: usize,
+) {
     let sum: HashMap<(Workload, &str), Summary> = results.iter().map(|(k, v)| (*k, summarize(v))).collect();
+    let ratio = |w: Workload, t: &str, base: &str| match (sum.get(&(w, t)), sum.get(&(w, base))) {
+        (Some(a), Some(b)) => f(a.cpu_us / b.cpu_us, 2),
+        _ => "-".to_string(),
+    };
     println!("\n## Results (medians of {rounds} rounds of {secs} s)\n");
     println!(
-        "| workload | target | conns | req/s | p50 ms | p99 ms | serving CPU µs/req | sim CPU µs/req | requests | errors |"
+        "| workload | target | conns | req/s | p50 ms | p99 ms | CPU µs/req | CPU µs/event | CPU ×nginx | CPU ×bare | \
+         sim CPU µs/req | requests | errors |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for w in [Workload::Plain, Workload::Stream] {
-        for t in &targets {
-            let s = &sum[&(w, t.name)];
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &w in workloads.iter().filter(|w| **w != Workload::Ttft) {
+        for t in targets {
+            let Some(s) = sum.get(&(w, t.name)) else { continue };
             println!(
-                "| {} | {} | {conns} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {conns} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 w.label(),
                 t.name,
                 f(s.rps, 0),
                 f(s.p50_ms, 2),
                 f(s.p99_ms, 2),
                 f(s.cpu_us, 1),
+                f(s.cpu_event_us, 2),
+                ratio(w, t.name, "nginx"),
+                ratio(w, t.name, "bare"),
                 f(s.sim_cpu_us, 1),
                 s.requests,
                 s.errors
             );
         }
     }
-    println!("\n| TTFT (1 conn, ttft {TTFT_MS} ms, itl {ITL_MS} ms) | TTFT p50 ms | TTFT p99 ms | full p50 ms | req/s | serving CPU µs/req | requests | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for t in &targets {
-        let s = &sum[&(Workload::Ttft, t.name)];
+    if workloads.contains(&Workload::Ttft) {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            t.name,
-            f(s.ttft_p50_ms, 2),
-            f(s.ttft_p99_ms, 2),
-            f(s.p50_ms, 2),
-            f(s.rps, 1),
-            f(s.cpu_us, 1),
-            s.requests,
-            s.errors
+            "\n| TTFT (1 conn, ttft {TTFT_MS} ms, itl {ITL_MS} ms, {TTFT_TOKENS} tokens) | TTFT p50 ms | TTFT p99 ms | \
+             TTFT added ms (p50) | full p50 ms | req/s | CPU µs/req | requests | errors |"
         );
-    }
-
-    println!("\n## Ratios and added latency\n");
-    let has_nginx = targets.iter().any(|t| t.name == "nginx");
-    for w in [Workload::Plain, Workload::Stream] {
-        let (sim, gw) = (&sum[&(w, "sim")], &sum[&(w, "gateway")]);
-        if has_nginx {
-            let ng = &sum[&(w, "nginx")];
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let sim = sum.get(&(Workload::Ttft, "sim"));
+        for t in targets {
+            let Some(s) = sum.get(&(Workload::Ttft, t.name)) else { continue };
+            let added = sim.map_or(f64::NAN, |d| s.ttft_p50_ms - d.ttft_p50_ms);
             println!(
-                "{:<12} gateway/nginx throughput {}×, gateway/nginx CPU per request {}× ({} vs {} µs)",
-                w.label(),
-                f(gw.rps / ng.rps, 2),
-                f(gw.cpu_us / ng.cpu_us, 2),
-                f(gw.cpu_us, 1),
-                f(ng.cpu_us, 1)
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                t.name,
+                f(s.ttft_p50_ms, 2),
+                f(s.ttft_p99_ms, 2),
+                f(added, 3),
+                f(s.p50_ms, 2),
+                f(s.rps, 1),
+                f(s.cpu_us, 1),
+                s.requests,
+                s.errors
             );
-            println!(
-                "{:<12} p99 added over direct: gateway {} ms, nginx {} ms",
-                w.label(),
-                f(gw.p99_ms - sim.p99_ms, 2),
-                f(ng.p99_ms - sim.p99_ms, 2)
-            );
-        } else {
-            println!("{:<12} p99 added over direct: gateway {} ms", w.label(), f(gw.p99_ms - sim.p99_ms, 2));
+        }
+        if sim.is_some_and(|d| d.ttft_p50_ms < TTFT_MS as f64 * 0.9) {
+            println!("WARNING: direct TTFT median is below {TTFT_MS} ms: the sim may ignore x-sim-ttft-ms.");
         }
     }
-    let (sim, gw) = (&sum[&(Workload::Ttft, "sim")], &sum[&(Workload::Ttft, "gateway")]);
-    print!(
-        "ttft         added over direct (median): gateway {} ms (p99 {} ms)",
-        f(gw.ttft_p50_ms - sim.ttft_p50_ms, 3),
-        f(gw.ttft_p99_ms - sim.ttft_p99_ms, 3)
-    );
-    if has_nginx {
-        let ng = &sum[&(Workload::Ttft, "nginx")];
-        print!(
-            ", nginx {} ms (p99 {} ms)",
-            f(ng.ttft_p50_ms - sim.ttft_p50_ms, 3),
-            f(ng.ttft_p99_ms - sim.ttft_p99_ms, 3)
+    println!("\n## p99 added over direct (ms), and the headline ratios\n");
+    for &w in workloads.iter().filter(|w| **w != Workload::Ttft) {
+        let Some(sim) = sum.get(&(w, "sim")) else { continue };
+        let added: Vec<String> = targets
+            .iter()
+            .filter(|t| t.name != "sim")
+            .filter_map(|t| sum.get(&(w, t.name)).map(|s| format!("{} {}", t.name, f(s.p99_ms - sim.p99_ms, 2))))
+            .collect();
+        println!("{:<13} p99 added: {}", w.label(), added.join(", "));
+    }
+    for &w in workloads.iter().filter(|w| **w != Workload::Ttft) {
+        println!(
+            "{:<13} CPU/req: gateway ÷ bare {}×, bare ÷ bare-0.9.1 {}×, gateway ÷ nginx {}×, gateway ÷ haproxy {}×, \
+             bare ÷ nginx {}×",
+            w.label(),
+            ratio(w, "gateway", "bare"),
+            ratio(w, "bare", "bare-0.9.1"),
+            ratio(w, "gateway", "nginx"),
+            ratio(w, "gateway", "haproxy"),
+            ratio(w, "bare", "nginx"),
         );
     }
-    println!();
-    if sim.ttft_p50_ms < TTFT_MS as f64 * 0.9 {
-        println!("WARNING: direct TTFT median is below {TTFT_MS} ms: the sim may ignore x-sim-ttft-ms.");
-    }
-    drop(children);
-    let _ = std::fs::remove_file("/tmp/mcas-bench.pid");
 }

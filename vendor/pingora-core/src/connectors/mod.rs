@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +470,29 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Whether a pooled stream is connected to `peer`. The address the connector connected to is
+/// in the stream's socket digest (recorded at connect, or read once with getpeername and
+/// cached): comparing with it spares a getpeername system call on every reuse. A connected
+/// TCP socket's peer never changes, and a closed one is caught by [`test_reusable_stream`]
+/// and the idle watch. Peers behind a proxy (CONNECT over a Unix socket) and streams without
+/// a digest keep the getpeername check.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as L4Addr;
+    if peer.get_proxy().is_none() {
+        let digest = stream.get_socket_digest();
+        if let (Some(L4Addr::Inet(connected)), L4Addr::Inet(wanted)) = (
+            digest.as_ref().and_then(|d| d.peer_addr()),
+            peer.address(),
+        ) {
+            // 0.0.0.0 as a destination may reach 127.0.0.1: the same leniency as check_fd_match
+            return wanted.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                || connected == wanted;
+        }
+    }
+    peer.matches_fd(stream.id())
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {

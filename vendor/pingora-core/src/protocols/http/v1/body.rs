@@ -1376,10 +1376,35 @@ impl BodyWriter {
         }
     }
 
+    /// Write the last data of a body, which the caller then ends with [`Self::finish`] (whose
+    /// flush sends what is buffered): a chunk is not flushed on its own, so that it and the last
+    /// chunk can leave in one write. Other body modes write as [`Self::write_body`] does.
+    pub async fn write_last_body<S>(&mut self, stream: &mut S, buf: &[u8]) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        match self.body_mode {
+            BM::ChunkedEncoding(_) => self.do_write_chunk(stream, buf, false).await,
+            _ => self.write_body(stream, buf).await,
+        }
+    }
+
     async fn do_write_chunked_body<S>(
         &mut self,
         stream: &mut S,
         buf: &[u8],
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        self.do_write_chunk(stream, buf, true).await
+    }
+
+    async fn do_write_chunk<S>(
+        &mut self,
+        stream: &mut S,
+        buf: &[u8],
+        flush: bool,
     ) -> Result<Option<usize>>
     where
         S: AsyncWrite + Unpin + Send,
@@ -1394,7 +1419,9 @@ impl BodyWriter {
                     .write_all_buf(&mut output_buf)
                     .await
                     .or_err(WriteError, "while writing body")?;
-                stream.flush().await.or_err(WriteError, "flushing body")?;
+                if flush {
+                    stream.flush().await.or_err(WriteError, "flushing body")?;
+                }
                 self.body_mode = BM::ChunkedEncoding(written + chunk_size);
                 Ok(Some(chunk_size))
             }

@@ -1048,16 +1048,22 @@ impl HttpSession {
         self.body_reader.take_body_overread()
     }
 
-    async fn do_write_body_buf(&mut self) -> Result<Option<usize>> {
+    async fn do_write_body_buf(&mut self, last: bool) -> Result<Option<usize>> {
         // Don't flush empty chunks, they are considered end of body for chunks
         if self.body_write_buf.is_empty() {
             return Ok(None);
         }
 
-        let written = self
-            .body_writer
-            .write_body(&mut self.underlying_stream, &self.body_write_buf)
-            .await;
+        let written = if last {
+            // finish_body follows and flushes: the data and the end leave in one write
+            self.body_writer
+                .write_last_body(&mut self.underlying_stream, &self.body_write_buf)
+                .await
+        } else {
+            self.body_writer
+                .write_body(&mut self.underlying_stream, &self.body_write_buf)
+                .await
+        };
 
         if let Ok(Some(num_bytes)) = written {
             self.body_bytes_sent += num_bytes;
@@ -1070,12 +1076,18 @@ impl HttpSession {
     }
 
     async fn write_body_buf(&mut self) -> Result<Option<usize>> {
+        self.write_body_buf_then(false).await
+    }
+
+    /// Write the buffered body; `last`: the caller ends the body next (`finish_body`, which
+    /// flushes), so a chunk need not be flushed on its own.
+    async fn write_body_buf_then(&mut self, last: bool) -> Result<Option<usize>> {
         match self.write_timeout(self.body_write_buf.len()) {
-            Some(t) => match timeout(t, self.do_write_body_buf()).await {
+            Some(t) => match timeout(t, self.do_write_body_buf(last)).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
             },
-            None => self.do_write_body_buf().await,
+            None => self.do_write_body_buf(last).await,
         }
     }
 
@@ -1498,7 +1510,12 @@ impl HttpSession {
         Ok(())
     }
 
-    async fn write_non_empty_body(&mut self, data: Option<Bytes>, upgraded: bool) -> Result<()> {
+    async fn write_non_empty_body(
+        &mut self,
+        data: Option<Bytes>,
+        upgraded: bool,
+        last: bool,
+    ) -> Result<()> {
         // Both upstream and downstream should agree on upgrade status.
         // Upgrade can only occur if both downstream and upstream sessions are H1.1
         // and see a 101 response, which logically MUST have been received
@@ -1516,7 +1533,15 @@ impl HttpSession {
         if d.is_empty() {
             return Ok(());
         }
-        self.write_body(&d).await.map_err(|e| e.into_down())?;
+        if last {
+            // finish_body follows and flushes: the data and the end leave in one write
+            self.body_write_buf.put_slice(&d);
+            self.write_body_buf_then(true)
+                .await
+                .map_err(|e| e.into_down())?;
+        } else {
+            self.write_body(&d).await.map_err(|e| e.into_down())?;
+        }
         Ok(())
     }
 
@@ -1529,11 +1554,11 @@ impl HttpSession {
                 end_stream
             }
             HttpTask::Body(data, end_stream) => {
-                self.write_non_empty_body(data, false).await?;
+                self.write_non_empty_body(data, false, end_stream).await?;
                 end_stream
             }
             HttpTask::UpgradedBody(data, end_stream) => {
-                self.write_non_empty_body(data, true).await?;
+                self.write_non_empty_body(data, true, end_stream).await?;
                 end_stream
             }
             HttpTask::Trailer(_) => true, // h1 trailer is not supported yet
@@ -1602,7 +1627,9 @@ impl HttpSession {
                 }
             }
         }
-        self.write_body_buf().await.map_err(|e| e.into_down())?;
+        self.write_body_buf_then(end_stream)
+            .await
+            .map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
