@@ -6,7 +6,8 @@
 //! `MCAS_BENCH_ROUNDS` (default 3), `MCAS_BENCH_CONNS` (connections for the throughput workloads, default 32),
 //! `MCAS_BENCH_NGINX`, `MCAS_BENCH_HAPROXY` (binaries; default on PATH, then /usr/sbin),
 //! `MCAS_BENCH_BARE` / `MCAS_BENCH_BARE_UNPATCHED` (prebuilt bare-Pingora binaries; default: built by
-//! benches/bare-pingora/build.sh), `MCAS_BENCH_NO_PIN=1` (do not pin with taskset), `MCAS_BENCH_TARGETS` and
+//! benches/bare-pingora/build.sh), `MCAS_BENCH_GATEWAY_BASE` (an older mcas-gateway binary, run beside this one as
+//! `gateway-base` with the same config), `MCAS_BENCH_NO_PIN=1` (do not pin with taskset), `MCAS_BENCH_TARGETS` and
 //! `MCAS_BENCH_WORKLOADS` (comma lists: run only those), `MCAS_BENCH_SYSCALLS=N` (instead of timed rounds:
 //! N requests per target and workload under `strace -c -f`, and the system calls per request).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,7 +42,7 @@ const TTFT_TOKENS: u32 = 4;
 const GEN_CORE: &str = "0";
 const SERVER_CORE: &str = "1";
 /// Every target, in the order of the rounds and of the tables.
-const TARGETS: [&str; 6] = ["sim", "gateway", "bare", "bare-0.9.1", "nginx", "haproxy"];
+const TARGETS: [&str; 7] = ["sim", "gateway", "gateway-base", "bare", "bare-0.9.1", "nginx", "haproxy"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 enum Workload {
@@ -839,10 +840,20 @@ fn main() {
         let log = dir.path().join(format!("{name}.log"));
         let upstream = format!("127.0.0.1:{sim_port}");
         let (program, args): (PathBuf, Vec<String>) = match name {
-            "gateway" => {
+            "gateway" | "gateway-base" => {
+                // gateway-base: an older build of the gateway (MCAS_BENCH_GATEWAY_BASE), run with the same
+                // config beside this one, so a change is measured old against new in one run.
+                let program = match name {
+                    "gateway" => PathBuf::from(env!("CARGO_BIN_EXE_mcas-gateway")),
+                    _ => match std::env::var_os("MCAS_BENCH_GATEWAY_BASE") {
+                        Some(p) => PathBuf::from(p),
+                        None => continue,
+                    },
+                };
                 let admin = free_port();
-                let conf = gateway_config(dir.path(), port, admin, sim_port);
-                let program = PathBuf::from(env!("CARGO_BIN_EXE_mcas-gateway"));
+                let own = dir.path().join(name);
+                std::fs::create_dir_all(&own).unwrap();
+                let conf = gateway_config(&own, port, admin, sim_port);
                 let pid = children.spawn(name, pin, &program, &["--config".into(), conf.display().to_string()], &log);
                 wait_ready(&mut children, name, &log, port, Some(200));
                 wait_ready(&mut children, name, &log, admin, None);
