@@ -74,8 +74,8 @@ where
             Err(e) => e,
         };
         let Some(routed) = ctx.routed.as_ref() else { return Ok(None) };
-        if let Some(m) = metrics() {
-            m.upstream_errors.with_label_values(&[&routed.provider.name, "connect"]).inc();
+        if let Some(c) = routed.provider_metrics().and_then(|p| p.connect_errors()) {
+            c.inc();
         }
         if forward::connect_failed(routed, &ctx.upstream) {
             continue;

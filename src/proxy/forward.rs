@@ -4,7 +4,6 @@
 //! (and the check that the answer came plain).
 
 use super::ctx::{Routed, UpstreamState};
-use crate::observe::metrics::metrics;
 use crate::upstream::clock;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
@@ -118,8 +117,8 @@ pub fn connect_failed(routed: &Routed, up: &UpstreamState) -> bool {
     let left = p.backends.iter().enumerate().any(|(i, b)| !up.tried.contains(&i) && p.usable(b, now));
     let retry = attempts <= p.fleet.retries && left;
     if retry {
-        if let Some(m) = metrics() {
-            m.fleet.retries.with_label_values(&[&*p.name]).inc();
+        if let Some(c) = routed.provider_metrics().and_then(|p| p.retries()) {
+            c.inc();
         }
     }
     retry

@@ -78,6 +78,8 @@ pub struct Backend {
     pub health: ActiveHealth,
     /// Fed by the request path (connect failures, timeouts, 5xx).
     pub circuit: Circuit,
+    /// Its metric series, bound once.
+    pub metrics: crate::observe::bound::BackendMetrics,
 }
 
 impl Backend {
@@ -88,6 +90,7 @@ impl Backend {
             inflight: AtomicUsize::new(0),
             health: ActiveHealth::default(),
             circuit: Circuit::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -244,8 +247,8 @@ impl Provider {
                 return self.pick(key, &skip);
             }
         }
-        if let Some(m) = metrics() {
-            m.fleet.backend_selections.with_label_values(&[&*self.name, &b.addr.to_string()]).inc();
+        if let Some(c) = b.metrics.selections(&self.name, b.addr) {
+            c.inc();
         }
         Some((i, b))
     }
