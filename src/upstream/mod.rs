@@ -146,6 +146,26 @@ pub struct Provider {
     pub ring: Ring,
     /// Round-robin cursor.
     cursor: AtomicUsize,
+    /// Header values sent on every request, built once here rather than per request.
+    pub headers: ProviderHeaders,
+}
+
+/// `Authorization: Bearer <api_key>` (marked sensitive: never printed) and `Host`.
+#[derive(Debug, Clone)]
+pub struct ProviderHeaders {
+    pub authorization: Option<http::HeaderValue>,
+    pub host: Option<http::HeaderValue>,
+}
+
+impl ProviderHeaders {
+    fn new(api_key: Option<&Secret>, host: &str) -> Self {
+        let authorization = api_key.and_then(|k| {
+            let mut v = http::HeaderValue::try_from(format!("Bearer {}", k.expose())).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        ProviderHeaders { authorization, host: http::HeaderValue::from_str(host).ok() }
+    }
 }
 
 impl Provider {
@@ -161,6 +181,7 @@ impl Provider {
         timeouts: Timeouts,
     ) -> Self {
         let ring = Ring::new(&backends.iter().map(|b| (b.addr, b.weight)).collect::<Vec<_>>());
+        let headers = ProviderHeaders::new(api_key.as_ref(), &host_header);
         Provider {
             name: name.into(),
             host_header,
@@ -174,6 +195,7 @@ impl Provider {
             fleet: Fleet::default(),
             ring,
             cursor: AtomicUsize::new(0),
+            headers,
         }
     }
 
