@@ -241,3 +241,22 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_model_pairs_are_capped_with_an_other_bucket() {
+        let m = metrics().unwrap();
+        // Only this test adds pairs in this process.
+        let cap = m.models_seen.lock().unwrap().pairs + 2;
+        assert_eq!(m.model_label("cap-k1", "a", cap), "a");
+        assert_eq!(m.model_label("cap-k2", "a", cap), "a");
+        assert_eq!(m.model_label("cap-k2", "b", cap), "other");
+        assert_eq!(m.model_label("cap-k3", "a", cap), "other");
+        assert_eq!(m.model_label("cap-k1", "a", cap), "a");
+        assert_eq!(m.model_label("cap-k1", "a", 0), "a", "a pair already labelled keeps its name");
+    }
+}
