@@ -254,15 +254,15 @@ impl<'a> SeenKeys<'a> {
     const FEW: usize = 32;
 
     /// Records `key`; false when it was seen before.
-    fn insert(&mut self, key: &Cow<'a, str>) -> bool {
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
         if self.few.len() < Self::FEW {
-            if self.few.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            if self.few.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
                 return false;
             }
-            self.few.push(key.clone());
+            self.few.push(key);
             return true;
         }
-        if self.few.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+        if self.few.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
             return false;
         }
         self.many.insert(key.to_ascii_lowercase())
@@ -281,7 +281,7 @@ impl<'de: 'a, 'a> Visitor<'de> for TopVisitor<'a> {
         let mut seen = SeenKeys::default();
         while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
             top.members += 1;
-            if !seen.insert(&key) {
+            if !seen.insert(key.clone()) {
                 top.refused.get_or_insert(ScanError::DuplicateKey(bounded(&key)));
             }
             if key.eq_ignore_ascii_case("model") && key != "model" {
@@ -296,8 +296,7 @@ impl<'de: 'a, 'a> Visitor<'de> for TopVisitor<'a> {
                 "stream" => top.stream = map.next_value::<Option<bool>>()?,
                 "stream_options" => {
                     let raw = map.next_value::<&'a RawValue>()?;
-                    let opts =
-                        serde_json::from_str::<Option<StreamOptions<'a>>>(raw.get()).map_err(nested)?;
+                    let opts = serde_json::from_str::<Option<StreamOptions<'a>>>(raw.get()).map_err(nested)?;
                     let usage_raw = opts.and_then(|o| o.include_usage);
                     top.include_usage = match usage_raw {
                         Some(u) => serde_json::from_str::<Option<bool>>(u.get()).map_err(nested)?,

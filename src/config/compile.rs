@@ -72,7 +72,9 @@ fn max_key_model_pairs(n: Option<usize>, errors: &mut Vec<ConfigError>) -> usize
         Some(n) => {
             errors.push(ConfigError::new(
                 "admin.max_key_model_pairs",
-                format!("{n} is more than {MAX_KEY_MODEL_PAIRS}: the label pairs of mcas_tokens_total must stay bounded"),
+                format!(
+                    "{n} is more than {MAX_KEY_MODEL_PAIRS}: the label pairs of mcas_tokens_total must stay bounded"
+                ),
             ));
             DEFAULT_MAX_KEY_MODEL_PAIRS
         }

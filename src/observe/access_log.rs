@@ -127,7 +127,10 @@ mod tests {
 
     /// A stdout that blocks until released, like a full pipe nobody reads.
     #[derive(Clone, Default)]
-    struct Stuck(Arc<(Mutex<(bool, Vec<u8>)>, Condvar)>);
+    struct Stuck(Arc<(Mutex<Written>, Condvar)>);
+
+    /// Whether the stdout is released, and what was written to it.
+    type Written = (bool, Vec<u8>);
 
     impl Write for Stuck {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

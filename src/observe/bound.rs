@@ -102,7 +102,10 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     pub fn selections(&self, provider: &str, addr: std::net::SocketAddr) -> Option<&IntCounter> {
         let m = metrics()?;
-        Some(self.selections.get_or_init(|| m.fleet.backend_selections.with_label_values(&[provider, &addr.to_string()])))
+        Some(
+            self.selections
+                .get_or_init(|| m.fleet.backend_selections.with_label_values(&[provider, &addr.to_string()])),
+        )
     }
 }
 
@@ -125,7 +128,11 @@ impl BoundMetrics {
                 providers.iter().map(move |p| RouteMetrics::new(r.clone(), p.clone()))
             })
             .collect();
-        BoundMetrics { max_key_model_pairs, providers: providers.iter().map(|p| ProviderMetrics::new(p.clone())).collect(), pairs }
+        BoundMetrics {
+            max_key_model_pairs,
+            providers: providers.iter().map(|p| ProviderMetrics::new(p.clone())).collect(),
+            pairs,
+        }
     }
 
     pub fn pair(&self, route: usize, provider: usize) -> Option<&RouteMetrics> {

@@ -427,7 +427,6 @@ fn fresh_request_id(n: u128) -> String {
     id
 }
 
-
 pub fn client_ip(session: &Session) -> Option<String> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string())
 }

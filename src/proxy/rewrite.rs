@@ -7,8 +7,8 @@
 
 use super::stream::BodyKind;
 use crate::auth::ModelGlobs;
-use crate::sse;
 use crate::request_body::Spans;
+use crate::sse;
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::Value;
@@ -87,8 +87,8 @@ pub fn json_body(body: &[u8], spans: &Spans, set_model: Option<&str>, include_us
             None => add_member(&[&b"\"stream_options\":"[..], OBJECT].concat()),
             Some(r) => {
                 let value = body.get(r.clone())?;
-                let empty = value.first() == Some(&b'{')
-                    && value[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+                let empty =
+                    value.first() == Some(&b'{') && value[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
                 match (&spans.include_usage, value.first()) {
                     // `false` or `null`: the value is replaced.
                     (Some(u), Some(b'{')) => edits.push((u.clone(), b"true".to_vec())),
@@ -334,7 +334,10 @@ mod tests {
     fn ambiguous_bodies_are_refused_before_any_splice() {
         use crate::request_body::{scan, ScanError};
         // A key twice, at the top or inside stream_options: upstreams differ in which wins.
-        assert!(matches!(scan(br#"{"stream":true,"stream_options":{},"stream_options":{}}"#), Err(ScanError::DuplicateKey(_))));
+        assert!(matches!(
+            scan(br#"{"stream":true,"stream_options":{},"stream_options":{}}"#),
+            Err(ScanError::DuplicateKey(_))
+        ));
         assert!(matches!(
             scan(br#"{"stream":true,"stream_options":{},"stream_options":{}}"#),
             Err(ScanError::DuplicateKey(_))
