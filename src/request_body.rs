@@ -19,8 +19,10 @@ pub use multipart::{close_offset, multipart_boundary, multipart_model};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 
 /// Deepest nesting of arrays and objects accepted (serde_json's own limit for typed values).
 pub const MAX_DEPTH: usize = 128;
@@ -36,9 +38,43 @@ pub struct Scan {
     pub include_usage: Option<bool>,
     /// OpenAI's end-user id: a JSON string's value, else the raw JSON.
     pub user: Option<String>,
+    /// Where in the body the rewrite splices (`crate::proxy::rewrite` reads it).
+    pub spans: Spans,
+    /// The raw `content` of the first system and first user message, for [`Scan::prefix`].
+    pub prefix_parts: Option<(Option<Range<usize>>, Range<usize>)>,
+}
+
+/// Byte offsets into the scanned body of what a splice needs (values, not keys: a key may be
+/// spelt with escapes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spans {
+    /// Just after the top-level `{`.
+    pub open: usize,
+    /// The top-level object has at least one member.
+    pub has_members: bool,
+    /// The value of `model` (also when it is `null` or `""`).
+    pub model: Option<Range<usize>>,
+    /// The value of `stream_options`.
+    pub stream_options: Option<Range<usize>>,
+    /// The value of `stream_options.include_usage`.
+    pub include_usage: Option<Range<usize>>,
+}
+
+impl Scan {
     /// SHA-256 of the model and the first system and user messages (`None` without a user
-    /// message): stays the same while a conversation grows.
-    pub prefix: Option<[u8; 32]>,
+    /// message): stays the same while a conversation grows. `body` is the scanned body; the
+    /// hash is computed here, on demand, only for providers whose `hash_key` reaches `prefix`.
+    pub fn prefix(&self, body: &[u8]) -> Option<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let (system, user) = self.prefix_parts.as_ref()?;
+        let mut h = Sha256::new();
+        h.update(self.model.as_deref().unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(system.clone().and_then(|r| body.get(r)).unwrap_or(b""));
+        h.update([0]);
+        h.update(body.get(user.clone())?);
+        Some(h.finalize().into())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,18 +103,39 @@ pub fn scan(body: &[u8]) -> Result<Scan, ScanError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Scan::default());
     }
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    let Some(open) = body.iter().position(|b| !b.is_ascii_whitespace()).filter(|&i| body[i] == b'{') else {
         return Err(ScanError::NotJson);
-    }
+    };
     let text = std::str::from_utf8(body).map_err(|_| ScanError::InvalidUtf8)?;
     check_shape(body)?;
     let top = serde_json::from_str::<Top>(text).map_err(|e| ScanError::Invalid(e.to_string()))?;
     if let Some(e) = top.refused {
         return Err(e);
     }
+    let at = |raw: &RawValue| span(text, raw);
     let model = top.model.filter(|m| !m.is_empty());
-    let prefix = top.messages.fingerprint(model.as_deref());
-    Ok(Scan { model, stream: top.stream, include_usage: top.include_usage, user: top.user, prefix })
+    let prefix_parts = top.messages.user.map(|u| (top.messages.system.map(at), at(u)));
+    let spans = Spans {
+        open: open + 1,
+        has_members: top.members > 0,
+        model: top.model_raw.map(at),
+        stream_options: top.stream_options.map(|(o, _)| at(o)),
+        include_usage: top.stream_options.and_then(|(_, u)| u).map(at),
+    };
+    Ok(Scan {
+        model,
+        stream: top.stream,
+        include_usage: top.include_usage,
+        user: top.user.map(user_text),
+        spans,
+        prefix_parts,
+    })
+}
+
+/// Where a raw value borrowed from `text` sits in it.
+fn span(text: &str, raw: &RawValue) -> Range<usize> {
+    let start = (raw.get().as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+    start..start + raw.get().len()
 }
 
 /// One pass over the bytes, outside strings: nesting depth and number lengths.
@@ -125,56 +182,130 @@ fn check_shape(b: &[u8]) -> Result<(), ScanError> {
     Ok(())
 }
 
-/// The top-level object, read key by key so spellings and repeats can be refused.
+/// The top-level object, read key by key so spellings and repeats can be refused. Values
+/// the gateway may splice into are kept as raw slices of the body (no tree is built and
+/// nothing is copied but the model name).
 #[derive(Default)]
-struct Top {
+struct Top<'a> {
     model: Option<String>,
+    model_raw: Option<&'a RawValue>,
     stream: Option<bool>,
     include_usage: Option<bool>,
-    user: Option<String>,
-    messages: FirstMessages,
+    /// `stream_options` and its `include_usage` value.
+    stream_options: Option<(&'a RawValue, Option<&'a RawValue>)>,
+    user: Option<&'a RawValue>,
+    messages: FirstMessages<'a>,
+    members: usize,
     /// A reason to refuse found while reading (kept apart from serde's error text).
     refused: Option<ScanError>,
 }
 
-impl<'de> Deserialize<'de> for Top {
+impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(TopVisitor)
+        d.deserialize_map(TopVisitor(std::marker::PhantomData))
     }
 }
 
-struct TopVisitor;
+struct TopVisitor<'a>(std::marker::PhantomData<&'a ()>);
 
+/// `stream_options`; a repeated `include_usage` is refused by serde ("duplicate field").
 #[derive(Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
+struct StreamOptions<'a> {
+    /// Also `null` (which the splice must replace, not add beside).
+    #[serde(borrow, default, deserialize_with = "raw_even_null")]
+    include_usage: Option<&'a RawValue>,
 }
 
-impl<'de> Visitor<'de> for TopVisitor {
-    type Value = Top;
+fn raw_even_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A key, borrowed from the body unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// The keys seen so far, compared ignoring ASCII case: a short list for the usual few keys,
+/// a set once there are many (so a body with thousands of keys is not quadratic).
+#[derive(Default)]
+struct SeenKeys<'a> {
+    few: Vec<Cow<'a, str>>,
+    many: HashSet<String>,
+}
+
+impl<'a> SeenKeys<'a> {
+    const FEW: usize = 32;
+
+    /// Records `key`; false when it was seen before.
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
+        if self.few.len() < Self::FEW {
+            if self.few.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+                return false;
+            }
+            self.few.push(key);
+            return true;
+        }
+        if self.few.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+            return false;
+        }
+        self.many.insert(key.to_ascii_lowercase())
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for TopVisitor<'a> {
+    type Value = Top<'a>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'a>, A::Error> {
         let mut top = Top::default();
-        let mut seen: HashSet<String> = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.to_ascii_lowercase()) {
+        let mut seen = SeenKeys::default();
+        while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
+            top.members += 1;
+            if !seen.insert(key.clone()) {
                 top.refused.get_or_insert(ScanError::DuplicateKey(bounded(&key)));
             }
             if key.eq_ignore_ascii_case("model") && key != "model" {
                 top.refused.get_or_insert(ScanError::ModelSpelling(bounded(&key)));
             }
-            match key.as_str() {
-                "model" => top.model = map.next_value::<Option<String>>()?,
+            match &*key {
+                "model" => {
+                    let raw = map.next_value::<&'a RawValue>()?;
+                    top.model = serde_json::from_str::<Option<String>>(raw.get()).map_err(nested)?;
+                    top.model_raw = Some(raw);
+                }
                 "stream" => top.stream = map.next_value::<Option<bool>>()?,
                 "stream_options" => {
-                    top.include_usage = map.next_value::<Option<StreamOptions>>()?.and_then(|o| o.include_usage)
+                    let raw = map.next_value::<&'a RawValue>()?;
+                    let opts = serde_json::from_str::<Option<StreamOptions<'a>>>(raw.get()).map_err(nested)?;
+                    let usage_raw = opts.and_then(|o| o.include_usage);
+                    top.include_usage = match usage_raw {
+                        Some(u) => serde_json::from_str::<Option<bool>>(u.get()).map_err(nested)?,
+                        None => None,
+                    };
+                    top.stream_options = Some((raw, usage_raw));
                 }
-                "user" => top.user = map.next_value::<Option<Box<RawValue>>>()?.map(|r| user_text(&r)),
-                "messages" => top.messages = map.next_value::<FirstMessages>()?,
+                "user" => top.user = map.next_value::<Option<&'a RawValue>>()?,
+                "messages" => top.messages = map.next_value::<FirstMessages<'a>>()?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -182,6 +313,12 @@ impl<'de> Visitor<'de> for TopVisitor {
         }
         Ok(top)
     }
+}
+
+/// An error of a value parsed on its own, for the outer parser (which adds the position).
+fn nested<E: serde::de::Error>(e: serde_json::Error) -> E {
+    let text = e.to_string();
+    E::custom(text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m))
 }
 
 /// A key as quoted in an error: printable and short.
@@ -200,45 +337,33 @@ fn user_text(raw: &RawValue) -> String {
 /// The raw `content` of the first system and the first user message, for the prefix
 /// fingerprint: in a multi-turn chat they stay the same while the history grows.
 #[derive(Default)]
-struct FirstMessages {
-    system: Option<Box<RawValue>>,
-    user: Option<Box<RawValue>>,
+struct FirstMessages<'a> {
+    system: Option<&'a RawValue>,
+    user: Option<&'a RawValue>,
 }
 
-impl FirstMessages {
-    fn fingerprint(&self, model: Option<&str>) -> Option<[u8; 32]> {
-        use sha2::{Digest, Sha256};
-        let user = self.user.as_ref()?;
-        let mut h = Sha256::new();
-        h.update(model.unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(self.system.as_ref().map(|s| s.get()).unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(user.get().as_bytes());
-        Some(h.finalize().into())
-    }
-}
-
-impl<'de> Deserialize<'de> for FirstMessages {
+impl<'de: 'a, 'a> Deserialize<'de> for FirstMessages<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = FirstMessages;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = FirstMessages<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a list of messages")
             }
-            fn visit_unit<E>(self) -> Result<FirstMessages, E> {
+            fn visit_unit<E>(self) -> Result<FirstMessages<'a>, E> {
                 Ok(FirstMessages::default())
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FirstMessages, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FirstMessages<'a>, A::Error> {
                 #[derive(Deserialize)]
-                struct Msg {
-                    role: Option<String>,
-                    content: Option<Box<RawValue>>,
+                struct Msg<'a> {
+                    #[serde(borrow)]
+                    role: Option<Cow<'a, str>>,
+                    #[serde(borrow)]
+                    content: Option<&'a RawValue>,
                 }
                 let mut out = FirstMessages::default();
                 while out.system.is_none() || out.user.is_none() {
-                    let Some(m) = seq.next_element::<Msg>()? else { return Ok(out) };
+                    let Some(m) = seq.next_element::<Msg<'a>>()? else { return Ok(out) };
                     let slot = match m.role.as_deref() {
                         Some("system" | "developer") => &mut out.system,
                         Some("user") => &mut out.user,
@@ -253,7 +378,7 @@ impl<'de> Deserialize<'de> for FirstMessages {
                 Ok(out)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 

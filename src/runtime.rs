@@ -52,6 +52,8 @@ pub struct Runtime {
     pub limits: crate::limits::LimitSettings,
     /// Seals MCP backend identities; `Some` whenever a route has `kind: mcp`.
     pub mcp: Option<crate::mcp::seal::Sealer>,
+    /// Metric children of every (route, provider) pair and provider, bound once.
+    pub metrics: crate::observe::bound::BoundMetrics,
 }
 
 impl Runtime {

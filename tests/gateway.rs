@@ -142,6 +142,49 @@ async fn bodies_of_every_size_arrive_byte_for_byte() {
     assert!(resp.text().await.unwrap().contains("[DONE]"));
 }
 
+/// What reaches the upstream is the client's body byte for byte; a stream that did not ask
+/// for `include_usage` gets exactly that member spliced in (the rest of the document, its
+/// spacing, key order and escapes, untouched), through the retry buffer and the pipe alike.
+#[tokio::test]
+async fn forwarded_bodies_are_the_clients_bytes_with_include_usage_spliced() {
+    let sim = spawn_sim(&[]).await;
+    let gw = gw_for(&sim, "/v1", "").await;
+    let long = "z".repeat(100_000);
+    let cases = [
+        (
+            "{ \"messages\" : [ {\"role\":\"user\",\"content\":\"h\\u00e9\"} ],\n \"model\":\"sim-model\", \"temperature\": 1.0e0 }".to_string(),
+            None,
+        ),
+        (
+            "{\"model\":\"sim-model\", \"stream\": true ,\"stream_options\":{ }, \"n\" : 1}".to_string(),
+            Some("{\"model\":\"sim-model\", \"stream\": true ,\"stream_options\":{\"include_usage\":true}, \"n\" : 1}".to_string()),
+        ),
+        (
+            "{\"stream\":true,\"stream_options\":{\"include_usage\":false,\"x\":[]},\"model\":\"sim-model\"}".to_string(),
+            Some("{\"stream\":true,\"stream_options\":{\"include_usage\":true,\"x\":[]},\"model\":\"sim-model\"}".to_string()),
+        ),
+        (
+            format!("{{\"messages\":[{{\"role\":\"user\",\"content\":\"{long}\"}}], \"stream\":true,\"model\":\"sim-model\"}}"),
+            Some(format!("{{\"stream_options\":{{\"include_usage\":true}},\"messages\":[{{\"role\":\"user\",\"content\":\"{long}\"}}], \"stream\":true,\"model\":\"sim-model\"}}")),
+        ),
+    ];
+    for (sent, want) in cases {
+        let want = want.unwrap_or_else(|| sent.clone());
+        let resp = client()
+            .post(gw.url("/v1/echo"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(sent.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{sent:.80}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["body_len"], want.len(), "{sent:.80}");
+        assert_eq!(v["body_sha256"], hex::encode(Sha256::digest(want.as_bytes())), "{sent:.80}");
+    }
+}
+
 #[tokio::test]
 async fn gateway_errors_have_openai_shape() {
     let sim = spawn_sim(&["--models", "sim-model"]).await;

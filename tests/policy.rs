@@ -431,6 +431,17 @@ async fn a_websocket_query_key_is_scrubbed_in_every_spelling() {
 }
 
 #[test]
+fn the_key_model_label_cap_is_bounded_and_named() {
+    use crate::common::gateway::check;
+    let rest = "keys:\n  - { name: a, key: k, models: [\"*\"] }\nproviders:\n  - { name: p, url: \"http://127.0.0.1:9/v1\" }\n";
+    let (code, out) = check(&format!("admin: {{ max_key_model_pairs: 100001 }}\n{rest}"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("admin.max_key_model_pairs"), "{out}");
+    let (code, out) = check(&format!("admin: {{ max_key_model_pairs: 0 }}\n{rest}"), &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn a_default_model_must_be_served_where_it_leads() {
     use crate::common::gateway::check;
     let base = "keys:\n  - { name: a, key: k, models: [\"*\"] }\nproviders:\n  - { name: p, url: \"http://127.0.0.1:9/v1\", models: [\"llama-*\"] ";

@@ -45,7 +45,40 @@ pub fn compile(mut file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Ru
     if errors.len() > start {
         return None;
     }
-    Some(Runtime { server, admin_listen, admin_token, keys, providers, routes, log, limits: limits.settings, mcp })
+    let labels: Vec<&str> = routes.routes().iter().map(|r| r.label.as_str()).collect();
+    let names: Vec<Arc<str>> = providers.iter().map(|p| p.name.clone()).collect();
+    let pairs = max_key_model_pairs(file.admin.max_key_model_pairs, errors);
+    let metrics = crate::observe::bound::BoundMetrics::new(&labels, &names, pairs);
+    Some(Runtime {
+        server,
+        admin_listen,
+        admin_token,
+        keys,
+        providers,
+        routes,
+        log,
+        limits: limits.settings,
+        mcp,
+        metrics,
+    })
+}
+
+/// `admin.max_key_model_pairs`: bounded, or the cap would not bound anything.
+fn max_key_model_pairs(n: Option<usize>, errors: &mut Vec<ConfigError>) -> usize {
+    use crate::observe::metrics::{DEFAULT_MAX_KEY_MODEL_PAIRS, MAX_KEY_MODEL_PAIRS};
+    match n {
+        None => DEFAULT_MAX_KEY_MODEL_PAIRS,
+        Some(n) if n <= MAX_KEY_MODEL_PAIRS => n,
+        Some(n) => {
+            errors.push(ConfigError::new(
+                "admin.max_key_model_pairs",
+                format!(
+                    "{n} is more than {MAX_KEY_MODEL_PAIRS}: the label pairs of mcas_tokens_total must stay bounded"
+                ),
+            ));
+            DEFAULT_MAX_KEY_MODEL_PAIRS
+        }
+    }
 }
 
 fn check_addr(path: &str, addr: &str, errors: &mut Vec<ConfigError>) {

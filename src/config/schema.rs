@@ -108,6 +108,10 @@ pub struct AdminSection {
     /// admin endpoint needs it; `POST /reload` is refused without it. Required when `listen`
     /// is not a loopback address. Default: none.
     pub token: Option<String>,
+    /// The most distinct (key name, model) label pairs of `mcas_tokens_total`; tokens of
+    /// later pairs count under the model `other`, so the series stay bounded however many
+    /// keys and models there are. Default 256, at most 100000.
+    pub max_key_model_pairs: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

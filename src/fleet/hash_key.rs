@@ -48,7 +48,8 @@ pub struct KeyInputs<'a> {
     pub headers: &'a http::HeaderMap,
     pub key_name: &'a str,
     pub user: Option<&'a str>,
-    pub prefix: Option<&'a [u8]>,
+    /// The prefix fingerprint, computed only if the walk over the sources reaches it.
+    pub prefix: &'a dyn Fn() -> Option<[u8; 32]>,
     pub client_ip: Option<&'a str>,
 }
 
@@ -56,11 +57,15 @@ pub struct KeyInputs<'a> {
 /// named like an IP does not share a ring point with that IP. `None` when no source is present.
 pub fn key_for(sources: &[HashSource], i: &KeyInputs<'_>) -> Option<Vec<u8>> {
     for s in sources {
+        let fingerprint;
         let (tag, value): (&[u8], Option<&[u8]>) = match s {
             HashSource::Header(h) => (b"h:", i.headers.get(h).map(|v| v.as_bytes()).filter(|v| !v.is_empty())),
             HashSource::ApiKey => (b"k:", Some(i.key_name.as_bytes())),
             HashSource::BodyUser => (b"u:", i.user.map(str::as_bytes).filter(|v| !v.is_empty())),
-            HashSource::Prefix => (b"p:", i.prefix),
+            HashSource::Prefix => {
+                fingerprint = (i.prefix)();
+                (b"p:", fingerprint.as_ref().map(|f| f.as_slice()))
+            }
             HashSource::ClientIp => (b"i:", i.client_ip.map(str::as_bytes)),
         };
         if let Some(v) = value {
@@ -84,8 +89,9 @@ mod tests {
         let empty = http::HeaderMap::new();
         let mut with_session = http::HeaderMap::new();
         with_session.insert("x-session-id", "s1".parse().unwrap());
+        let none = || None;
         let mut i =
-            KeyInputs { headers: &empty, key_name: "alice", user: None, prefix: None, client_ip: Some("1.2.3.4") };
+            KeyInputs { headers: &empty, key_name: "alice", user: None, prefix: &none, client_ip: Some("1.2.3.4") };
         assert_eq!(key_for(&sources, &i).unwrap(), b"i:1.2.3.4");
         i.user = Some("bob");
         assert_eq!(key_for(&sources, &i).unwrap(), b"u:bob");

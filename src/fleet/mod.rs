@@ -78,6 +78,8 @@ pub struct Backend {
     pub health: ActiveHealth,
     /// Fed by the request path (connect failures, timeouts, 5xx).
     pub circuit: Circuit,
+    /// Its metric series, bound once.
+    pub metrics: crate::observe::bound::BackendMetrics,
 }
 
 impl Backend {
@@ -88,6 +90,7 @@ impl Backend {
             inflight: AtomicUsize::new(0),
             health: ActiveHealth::default(),
             circuit: Circuit::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -143,6 +146,26 @@ pub struct Provider {
     pub ring: Ring,
     /// Round-robin cursor.
     cursor: AtomicUsize,
+    /// Header values sent on every request, built once here rather than per request.
+    pub headers: ProviderHeaders,
+}
+
+/// `Authorization: Bearer <api_key>` (marked sensitive: never printed) and `Host`.
+#[derive(Debug, Clone)]
+pub struct ProviderHeaders {
+    pub authorization: Option<http::HeaderValue>,
+    pub host: Option<http::HeaderValue>,
+}
+
+impl ProviderHeaders {
+    fn new(api_key: Option<&Secret>, host: &str) -> Self {
+        let authorization = api_key.and_then(|k| {
+            let mut v = http::HeaderValue::try_from(format!("Bearer {}", k.expose())).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        ProviderHeaders { authorization, host: http::HeaderValue::from_str(host).ok() }
+    }
 }
 
 impl Provider {
@@ -158,6 +181,7 @@ impl Provider {
         timeouts: Timeouts,
     ) -> Self {
         let ring = Ring::new(&backends.iter().map(|b| (b.addr, b.weight)).collect::<Vec<_>>());
+        let headers = ProviderHeaders::new(api_key.as_ref(), &host_header);
         Provider {
             name: name.into(),
             host_header,
@@ -171,6 +195,7 @@ impl Provider {
             fleet: Fleet::default(),
             ring,
             cursor: AtomicUsize::new(0),
+            headers,
         }
     }
 
@@ -244,8 +269,8 @@ impl Provider {
                 return self.pick(key, &skip);
             }
         }
-        if let Some(m) = metrics() {
-            m.fleet.backend_selections.with_label_values(&[&*self.name, &b.addr.to_string()]).inc();
+        if let Some(c) = b.metrics.selections(&self.name, b.addr) {
+            c.inc();
         }
         Some((i, b))
     }

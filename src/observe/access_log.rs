@@ -1,8 +1,16 @@
 //! One JSON line per request on stdout (journald under systemd). No key, hash or prompt:
 //! the key appears by name, the path without its query string.
+//!
+//! Lines are appended to a bounded in-memory buffer that a writer thread writes out in
+//! batches: a request never waits for stdout. When stdout is slow or its pipe is full and the
+//! buffer fills up, further lines are dropped and counted (`mcas_access_log_dropped_total`)
+//! instead of blocking the request path.
 
+use once_cell::sync::Lazy;
 use serde::Serialize;
 use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 #[derive(Serialize)]
 pub struct AccessRecord<'a> {
@@ -21,8 +29,9 @@ pub struct AccessRecord<'a> {
     pub route: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<&'a str>,
+    /// Written as `"ip:port"`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
+    pub backend: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<&'a str>,
     pub stream: bool,
@@ -31,16 +40,147 @@ pub struct AccessRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<&'a str>,
 }
 
+/// Bytes of lines waiting for the writer before new lines are dropped (seconds of a stalled
+/// stdout at full load).
+const MAX_PENDING: usize = 4 << 20;
+/// How often the writer takes what has accumulated.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Lines waiting for the writer thread. Requests append under the lock (a copy, never I/O);
+/// the writer swaps the buffer out every [`FLUSH_EVERY`] and writes it with the lock released,
+/// so one wake-up and one `write` carry many lines instead of one each.
+struct Pending {
+    buf: Mutex<Vec<u8>>,
+}
+
+/// Started with the first line (after Pingora's daemonising fork, which would lose a thread
+/// started earlier). `None` if the thread could not start.
+static PENDING: Lazy<Option<Arc<Pending>>> = Lazy::new(|| start(std::io::stdout()));
+
+/// Starts a writer thread draining the pending lines into `out`.
+fn start<W: Write + Send + 'static>(out: W) -> Option<Arc<Pending>> {
+    let pending = Arc::new(Pending { buf: Mutex::new(Vec::with_capacity(64 * 1024)) });
+    let shared = pending.clone();
+    let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || drain(&shared, out));
+    match spawned {
+        Ok(_) => Some(pending),
+        Err(e) => {
+            log::error!("access log disabled: cannot start its writer thread: {e}");
+            None
+        }
+    }
+}
+
+fn drain<W: Write>(pending: &Pending, mut out: W) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    loop {
+        std::thread::sleep(FLUSH_EVERY);
+        {
+            let mut buf = pending.buf.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *buf, &mut batch);
+        }
+        if !batch.is_empty() {
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+            batch.clear();
+        }
+    }
+}
+
+/// Queues the record's line; never waits for stdout. A line that does not fit is dropped
+/// and counted.
 pub fn write(record: &AccessRecord) {
-    if let Ok(mut line) = serde_json::to_vec(record) {
-        line.push(b'\n');
-        let _ = std::io::stdout().lock().write_all(&line);
+    if let Some(p) = PENDING.as_ref() {
+        append(p, |buf| serde_json::to_writer(buf, record).is_ok());
+    }
+}
+
+fn append(p: &Pending, line: impl FnOnce(&mut Vec<u8>) -> bool) {
+    let mut buf = p.buf.lock().unwrap_or_else(|p| p.into_inner());
+    if buf.len() >= MAX_PENDING {
+        drop(buf);
+        if let Some(m) = crate::observe::metrics::metrics() {
+            m.access_log_dropped.inc();
+        }
+        return;
+    }
+    let at = buf.len();
+    if line(&mut buf) {
+        buf.push(b'\n');
+    } else {
+        buf.truncate(at);
     }
 }
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Condvar, Mutex};
+
+    /// A stdout that blocks until released, like a full pipe nobody reads.
+    #[derive(Clone, Default)]
+    struct Stuck(Arc<(Mutex<Written>, Condvar)>);
+
+    /// Whether the stdout is released, and what was written to it.
+    type Written = (bool, Vec<u8>);
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (lock, cv) = &*self.0;
+            let mut g = cv.wait_while(lock.lock().unwrap(), |(open, _)| !*open).unwrap();
+            g.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_stdout_never_blocks_a_request_and_drops_are_counted() {
+        let out = Stuck::default();
+        let p = start(out.clone()).unwrap();
+        let dropped = || crate::observe::metrics::metrics().unwrap().access_log_dropped.get();
+        let before = dropped();
+        let started = std::time::Instant::now();
+        // The writer takes a first batch and blocks on the stuck stdout; MAX_PENDING bytes
+        // wait; the rest are dropped.
+        let line = [&[b'x'; 1023][..]].concat();
+        let n = MAX_PENDING / 1024 * 3;
+        for _ in 0..n {
+            append(&p, |b| {
+                b.extend_from_slice(&line);
+                true
+            });
+            if started.elapsed() < FLUSH_EVERY * 3 {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "a request waited on the log");
+        let lost = dropped() - before;
+        assert!(lost >= (n - 2 * MAX_PENDING / 1024) as u64, "dropped {lost} of {n}");
+        // Released: every line not dropped arrives whole.
+        {
+            let (lock, cv) = &*out.0;
+            lock.lock().unwrap().0 = true;
+            cv.notify_all();
+        }
+        let want = n as u64 - lost;
+        for _ in 0..500 {
+            let got = out.0 .0.lock().unwrap().1.iter().filter(|&&b| b == b'\n').count() as u64;
+            if got == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("pending lines were not written");
+    }
 }

@@ -5,7 +5,7 @@ use once_cell::sync::Lazy;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 pub struct Metrics {
@@ -30,11 +30,23 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Requests refused for their framing or header size (400/431), by reason.
     pub malformed_requests: IntCounterVec,
-    models_seen: Mutex<HashSet<String>>,
+    /// Access log lines dropped because the writer fell behind (stdout slow or its pipe full).
+    pub access_log_dropped: prometheus::IntCounter,
+    /// The (key, model) pairs `tokens` carries, by key name.
+    models_seen: Mutex<ModelsSeen>,
 }
 
-/// Distinct model names that may appear as label values; later ones count as "other".
-const MAX_MODEL_LABELS: usize = 64;
+#[derive(Default)]
+struct ModelsSeen {
+    by_key: HashMap<String, HashSet<String>>,
+    pairs: usize,
+}
+
+/// Default of `admin.max_key_model_pairs`: distinct (key, model) label pairs of
+/// `mcas_tokens_total`; later pairs count under the model `other`.
+pub const DEFAULT_MAX_KEY_MODEL_PAIRS: usize = 256;
+/// The largest `admin.max_key_model_pairs` accepted.
+pub const MAX_KEY_MODEL_PAIRS: usize = 100_000;
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -117,6 +129,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["reason"],
     )?;
     registry.register(Box::new(malformed_requests.clone()))?;
+    let access_log_dropped = prometheus::IntCounter::new(
+        "access_log_dropped_total",
+        "Access log lines dropped because stdout could not take them fast enough",
+    )?;
+    registry.register(Box::new(access_log_dropped.clone()))?;
     Ok(Metrics {
         registry,
         fleet,
@@ -137,7 +154,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         mcp_unknown_sessions,
         connections_refused,
         malformed_requests,
-        models_seen: Mutex::new(HashSet::new()),
+        access_log_dropped,
+        models_seen: Mutex::new(ModelsSeen::default()),
     })
 }
 
@@ -190,17 +208,20 @@ pub fn metrics() -> Option<&'static Metrics> {
 }
 
 impl Metrics {
-    /// The model as a label value: the name itself for the first few distinct names, else "other".
-    pub fn model_label(&self, model: &str) -> String {
-        let Ok(mut seen) = self.models_seen.lock() else { return "other".into() };
-        if seen.contains(model) {
-            return model.to_string();
+    /// The model as a label value beside `key`: the name itself for the first `cap` distinct
+    /// (key, model) pairs (`admin.max_key_model_pairs`), else "other", so the series of
+    /// `mcas_tokens_total` stay bounded however many keys and models there are.
+    pub fn model_label<'a>(&self, key: &str, model: &'a str, cap: usize) -> &'a str {
+        let Ok(mut seen) = self.models_seen.lock() else { return "other" };
+        if seen.by_key.get(key).is_some_and(|m| m.contains(model)) {
+            return model;
         }
-        if seen.len() < MAX_MODEL_LABELS {
-            seen.insert(model.to_string());
-            return model.to_string();
+        if seen.pairs >= cap {
+            return "other";
         }
-        "other".into()
+        seen.pairs += 1;
+        seen.by_key.entry(key.to_string()).or_default().insert(model.to_string());
+        model
     }
 
     pub fn render(&self) -> Vec<u8> {
@@ -218,5 +239,24 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_model_pairs_are_capped_with_an_other_bucket() {
+        let m = metrics().unwrap();
+        // Only this test adds pairs in this process.
+        let cap = m.models_seen.lock().unwrap().pairs + 2;
+        assert_eq!(m.model_label("cap-k1", "a", cap), "a");
+        assert_eq!(m.model_label("cap-k2", "a", cap), "a");
+        assert_eq!(m.model_label("cap-k2", "b", cap), "other");
+        assert_eq!(m.model_label("cap-k3", "a", cap), "other");
+        assert_eq!(m.model_label("cap-k1", "a", cap), "a");
+        assert_eq!(m.model_label("cap-k1", "a", 0), "a", "a pair already labelled keeps its name");
     }
 }

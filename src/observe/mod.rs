@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod bound;
 pub mod logging;
 pub mod metrics;
 pub mod redact;

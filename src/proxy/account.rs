@@ -19,31 +19,57 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
     };
     // A client that went away after the response started is a cancel, not an upstream error.
     let client_gone = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream) && status != 0;
-    if let Some(m) = metrics() {
-        m.requests.with_label_values(&[route, provider, status_class(status)]).inc();
-        m.duration.with_label_values(&[route, provider]).observe(elapsed.as_secs_f64());
-        if let Some(t) = ttfb {
-            m.upstream_ttfb.with_label_values(&[provider]).observe(t.as_secs_f64());
+    match routed.and_then(|r| r.metrics()) {
+        // Routed: through the series bound to its route and provider.
+        Some(bound) => {
+            if let Some(c) = bound.requests(status) {
+                c.inc();
+            }
+            if let Some(h) = bound.duration() {
+                h.observe(elapsed.as_secs_f64());
+            }
+            if let (Some(t), Some(h)) = (ttfb, routed.and_then(|r| r.provider_metrics()).and_then(|p| p.ttfb())) {
+                h.observe(t.as_secs_f64());
+            }
+            if client_gone {
+                if let Some(c) = bound.cancels() {
+                    c.inc();
+                }
+            }
         }
-        if client_gone {
-            m.client_cancels.with_label_values(&[route]).inc();
+        // Answered before routing (refusals, local endpoints): by label.
+        None => {
+            if let Some(m) = metrics() {
+                m.requests.with_label_values(&[route, provider, status_class(status)]).inc();
+                m.duration.with_label_values(&[route, provider]).observe(elapsed.as_secs_f64());
+                if let Some(t) = ttfb {
+                    m.upstream_ttfb.with_label_values(&[provider]).observe(t.as_secs_f64());
+                }
+                if client_gone {
+                    m.client_cancels.with_label_values(&[route]).inc();
+                }
+            }
         }
-        if let (Some(u), Some(r)) = (ctx.usage.usage, routed) {
-            let model = m.model_label(r.model.as_deref().unwrap_or("unknown"));
-            let key = &*r.key.name;
-            m.tokens.with_label_values(&[key, &model, "prompt"]).inc_by(u.prompt_tokens);
-            m.tokens.with_label_values(&[key, &model, "completion"]).inc_by(u.completion_tokens);
-        }
+    }
+    if let (Some(m), Some(u), Some(r)) = (metrics(), ctx.usage.usage, routed) {
+        let key = &*r.key.name;
+        let cap = r.runtime.metrics.max_key_model_pairs;
+        let model = m.model_label(key, r.model.as_deref().unwrap_or("unknown"), cap);
+        m.tokens.with_label_values(&[key, model, "prompt"]).inc_by(u.prompt_tokens);
+        m.tokens.with_label_values(&[key, model, "completion"]).inc_by(u.completion_tokens);
     }
     if !access_log {
         return;
     }
     let req = session.req_header();
-    let client_ip = routed.and_then(|r| r.client_ip.clone()).or_else(|| super::client_ip(session));
+    let client_ip = match routed.and_then(|r| r.client_ip.as_deref()) {
+        Some(ip) => std::borrow::Cow::Borrowed(ip),
+        None => super::client_ip(session).map(std::borrow::Cow::Owned).unwrap_or_default(),
+    };
     let record = AccessRecord {
         ts: access_log::now_rfc3339(),
         request_id: &ctx.request_id,
-        client_ip: client_ip.as_deref(),
+        client_ip: Some(&*client_ip).filter(|ip| !ip.is_empty()),
         method: req.method.as_str(),
         path: req.uri.path(),
         status,
@@ -52,12 +78,12 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
         key: routed.map(|r| &*r.key.name).or(ctx.key_name.as_deref()),
         route: Some(route),
         provider: routed.map(|r| &*r.provider.name),
-        backend: ctx.upstream.backend.as_ref().map(|b| b.addr.to_string()),
+        backend: ctx.upstream.backend.as_ref().map(|b| b.addr),
         model: routed.and_then(|r| r.model.as_deref()),
         stream: routed.is_some_and(|r| r.stream),
         prompt_tokens: ctx.usage.usage.map(|u| u.prompt_tokens),
         completion_tokens: ctx.usage.usage.map(|u| u.completion_tokens),
-        error: e.map(|e| if client_gone { "client closed".to_string() } else { e.etype().as_str().to_string() }),
+        error: e.map(|e| if client_gone { "client closed" } else { e.etype().as_str() }),
     };
     access_log::write(&record);
 }

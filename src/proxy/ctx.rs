@@ -18,6 +18,9 @@ pub struct Routed {
     pub key: Arc<KeyEntry>,
     pub route_label: String,
     pub provider: Arc<Provider>,
+    /// Indices of the route and the provider in `runtime` (for its bound metrics).
+    pub route_index: usize,
+    pub provider_index: usize,
     /// Bytes the provider's ketama ring is walked from (see `providers[].hash_key`).
     pub hash_key: Vec<u8>,
     /// Path and query to send upstream (base path joined).
@@ -34,6 +37,18 @@ pub struct Routed {
     pub new_body: Option<bytes::Bytes>,
     /// WebSocket, event-stream and MCP settings of the route, and MCP pinning.
     pub streams: super::long_lived::RouteStreams,
+}
+
+impl Routed {
+    /// The request and duration series of this route and provider.
+    pub fn metrics(&self) -> Option<&crate::observe::bound::RouteMetrics> {
+        self.runtime.metrics.pair(self.route_index, self.provider_index)
+    }
+
+    /// The upstream series of this provider.
+    pub fn provider_metrics(&self) -> Option<&crate::observe::bound::ProviderMetrics> {
+        self.runtime.metrics.provider(self.provider_index)
+    }
 }
 
 #[derive(Default)]

@@ -332,9 +332,29 @@ fn request_id(req: &RequestHeader) -> String {
             }
         }
     }
-    format!("{:032x}", rand::random::<u128>())
+    fresh_request_id(rand::random::<u128>())
+}
+
+/// 32 lower-case hex digits, written directly (no formatting machinery per request).
+fn fresh_request_id(n: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for shift in (0..32).rev() {
+        id.push(char::from(HEX[((n >> (shift * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 pub fn client_ip(session: &Session) -> Option<String> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fresh_request_ids_are_32_hex_digits() {
+        for n in [0u128, 1, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {
+            assert_eq!(super::fresh_request_id(n), format!("{n:032x}"));
+        }
+    }
 }

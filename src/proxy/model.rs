@@ -182,11 +182,20 @@ pub fn fallback(key: &KeyEntry, default: Option<&str>) -> Result<Option<String>,
 }
 
 /// The body with `model` set (a default the request did not name) and, for streams,
-/// `stream_options.include_usage`; `None` when nothing changes.
-pub fn rewritten(chunks: &[Bytes], form: &Form, set_model: Option<&str>, include_usage: bool) -> Option<Bytes> {
+/// `stream_options.include_usage`; `None` when nothing changes. JSON bodies are spliced at the
+/// places the scan recorded (see [`super::rewrite::json_body`]).
+pub fn rewritten(
+    body: &Bytes,
+    form: &Form,
+    scan: &Scan,
+    set_model: Option<&str>,
+    include_usage: bool,
+) -> Option<Bytes> {
     match form {
-        Form::Json => super::rewrite::json_body(chunks, set_model, include_usage),
-        Form::Multipart(boundary) => set_model.and_then(|m| super::rewrite::multipart_with_model(chunks, boundary, m)),
+        Form::Json => super::rewrite::json_body(body, &scan.spans, set_model, include_usage),
+        Form::Multipart(boundary) => {
+            set_model.and_then(|m| super::rewrite::multipart_with_model(std::slice::from_ref(body), boundary, m))
+        }
         Form::Opaque => None,
     }
 }

@@ -7,10 +7,12 @@
 
 use super::usage::BodyKind;
 use crate::keys::ModelGlobs;
+use crate::request_body::Spans;
 use crate::sse::{self, Token, Tokenizer};
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::Value;
+use std::ops::Range;
 
 /// An event larger than this is passed on whole, unchecked.
 const MAX_HELD: usize = 4 << 20;
@@ -54,25 +56,68 @@ pub fn set_body_length(req: &mut RequestHeader, len: usize) -> pingora::Result<(
 }
 
 /// The JSON request body with `model` set (a default the request did not name) and/or
-/// `stream_options.include_usage: true`; `None` when nothing is to change or the body is not
-/// a JSON object (then it is forwarded unchanged and usage may be unknown).
-pub fn json_body(chunks: &[Bytes], set_model: Option<&str>, include_usage: bool) -> Option<Bytes> {
+/// `stream_options.include_usage: true`; `None` when nothing is to change. The body is
+/// spliced, never re-serialised: every byte the client sent is forwarded as it came, and the
+/// gateway's additions are whole members (or a replaced value) at positions the scanner
+/// recorded ([`Spans`]), so the result is valid JSON whenever the scanned body was.
+pub fn json_body(body: &[u8], spans: &Spans, set_model: Option<&str>, include_usage: bool) -> Option<Bytes> {
     if set_model.is_none() && !include_usage {
         return None;
     }
-    let mut v: Value = serde_json::from_slice(&concat(chunks)).ok()?;
-    let obj = v.as_object_mut()?;
+    // (range replaced, replacement), disjoint; members added after the top-level `{`.
+    let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(3);
+    let mut members: Vec<u8> = Vec::new();
+    let mut add_member = |m: &[u8]| {
+        if !members.is_empty() {
+            members.push(b',');
+        }
+        members.extend_from_slice(m);
+    };
     if let Some(m) = set_model {
-        obj.insert("model".into(), Value::String(m.to_string()));
+        let quoted = serde_json::to_vec(m).ok()?;
+        match &spans.model {
+            // `"model": null` or `""`: the value is replaced.
+            Some(r) => edits.push((r.clone(), quoted)),
+            None => add_member(&[&b"\"model\":"[..], &quoted].concat()),
+        }
     }
     if include_usage {
-        let opts = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
-        if !opts.is_object() {
-            *opts = Value::Object(Default::default());
+        const OBJECT: &[u8] = b"{\"include_usage\":true}";
+        match &spans.stream_options {
+            None => add_member(&[&b"\"stream_options\":"[..], OBJECT].concat()),
+            Some(r) => {
+                let value = body.get(r.clone())?;
+                let empty =
+                    value.first() == Some(&b'{') && value[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+                match (&spans.include_usage, value.first()) {
+                    // `false` or `null`: the value is replaced.
+                    (Some(u), Some(b'{')) => edits.push((u.clone(), b"true".to_vec())),
+                    (None, Some(b'{')) if !empty => {
+                        edits.push((r.start + 1..r.start + 1, b"\"include_usage\":true,".to_vec()))
+                    }
+                    // `{}`, `null` or not an object at all: replaced by the object.
+                    _ => edits.push((r.clone(), OBJECT.to_vec())),
+                }
+            }
         }
-        opts.as_object_mut()?.insert("include_usage".into(), Value::Bool(true));
     }
-    serde_json::to_vec(&v).ok().map(Bytes::from)
+    if !members.is_empty() {
+        if spans.has_members {
+            members.push(b',');
+        }
+        edits.push((spans.open..spans.open, members));
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    let grown: usize = edits.iter().map(|(_, v)| v.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + grown);
+    let mut at = 0;
+    for (r, v) in edits {
+        out.extend_from_slice(body.get(at..r.start)?);
+        out.extend_from_slice(&v);
+        at = r.end;
+    }
+    out.extend_from_slice(body.get(at..)?);
+    Some(Bytes::from(out))
 }
 
 /// Removes the one SSE event whose JSON has `"choices": []` and a `usage` object. Events can
@@ -238,17 +283,92 @@ mod tests {
         assert_eq!(out, "data: unterminated");
     }
 
+    /// The body as the upstream gets it, after the gateway's scan and splice.
+    fn splice(body: &str, set_model: Option<&str>, usage: bool) -> Option<String> {
+        let scan = crate::request_body::scan(body.as_bytes()).unwrap();
+        json_body(body.as_bytes(), &scan.spans, set_model, usage).map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
     #[test]
-    fn include_usage_and_default_model_are_added() {
-        let body = [Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":{}}"#)];
-        let v: Value = serde_json::from_slice(&json_body(&body, None, true).unwrap()).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert!(json_body(&[Bytes::from_static(b"[1]")], None, true).is_none());
-        assert!(json_body(&body, None, false).is_none());
-        let body = [Bytes::from_static(br#"{"model":null,"x":1}"#)];
-        let v: Value = serde_json::from_slice(&json_body(&body, Some("d"), false).unwrap()).unwrap();
-        assert_eq!(v["model"], "d");
-        assert_eq!(v["x"], 1);
+    fn include_usage_and_default_model_are_spliced_in() {
+        let usage = |b: &str| splice(b, None, true).unwrap();
+        // Every byte of the client's body stays; only the member or value is added.
+        assert_eq!(
+            usage(r#"{"model":"m","stream":true,"stream_options":{}}"#),
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(usage(r#"{ "stream" : true }"#), r#"{"stream_options":{"include_usage":true}, "stream" : true }"#);
+        assert_eq!(
+            usage(r#"{"stream":true,"stream_options":{ "x":1 }}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true, "x":1 }}"#
+        );
+        assert_eq!(
+            usage("{\"stream\":true,\"stream_options\": { \n }}"),
+            r#"{"stream":true,"stream_options": {"include_usage":true}}"#
+        );
+        assert_eq!(
+            usage(r#"{"stream":true,"stream_options":{"include_usage":false,"y":2}}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true,"y":2}}"#
+        );
+        assert_eq!(
+            usage(r#"{"stream":true,"stream_options":{"y":2,"include_usage":null}}"#),
+            r#"{"stream":true,"stream_options":{"y":2,"include_usage":true}}"#
+        );
+        assert_eq!(
+            usage(r#"{"stream":true,"stream_options":null}"#),
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        // Keys spelt with escapes are found by their meaning; the spliced body keeps them.
+        assert_eq!(
+            usage(r#"{"stream":true,"stream\u005foptions":{"include\u005fusage":false},"t":"\u00e9"}"#),
+            r#"{"stream":true,"stream\u005foptions":{"include\u005fusage":true},"t":"\u00e9"}"#
+        );
+        assert_eq!(
+            usage(r#"{"é":"ü","stream":true}"#),
+            r#"{"stream_options":{"include_usage":true},"é":"ü","stream":true}"#
+        );
+        assert!(splice(r#"{"model":"m"}"#, None, false).is_none());
+        // A default model fills an absent, null or empty model.
+        assert_eq!(splice(r#"{"model":null,"x":1}"#, Some("d"), false).unwrap(), r#"{"model":"d","x":1}"#);
+        assert_eq!(splice(r#"{"model" : "" }"#, Some("d"), false).unwrap(), r#"{"model" : "d" }"#);
+        assert_eq!(
+            splice("{}", Some("d\"q"), true).unwrap(),
+            r#"{"model":"d\"q","stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(splice(r#" {"x":[1]} "#, Some("d"), false).unwrap(), r#" {"model":"d","x":[1]} "#);
+        // Every result is JSON, with what was asked for.
+        for body in [
+            "{}",
+            "{ }",
+            " {\"a\":{\"stream_options\":1}}\n",
+            r#"{"stream_options":[false]}"#,
+            r#"{"stream_options":{"a":{"include_usage":false}}}"#,
+            r#"{"model":null,"stream_options":{"include_usage":null}}"#,
+        ] {
+            let out = splice(body, Some("d"), true).unwrap_or_else(|| panic!("{body}"));
+            let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{body} -> {out}: {e}"));
+            assert_eq!(v["model"], "d", "{out}");
+            assert_eq!(v["stream_options"]["include_usage"], true, "{out}");
+        }
+    }
+    #[test]
+    fn ambiguous_bodies_are_refused_before_any_splice() {
+        use crate::request_body::{scan, ScanError};
+        // A key twice, at the top or inside stream_options: upstreams differ in which wins.
+        assert!(matches!(
+            scan(br#"{"stream":true,"stream_options":{},"stream_options":{}}"#),
+            Err(ScanError::DuplicateKey(_))
+        ));
+        assert!(matches!(
+            scan(br#"{"stream":true,"stream_options":{},"stream_options":{}}"#),
+            Err(ScanError::DuplicateKey(_))
+        ));
+        assert!(matches!(
+            scan(br#"{"stream_options":{"include_usage":false,"include_usage":true}}"#),
+            Err(ScanError::Invalid(_))
+        ));
+        assert!(matches!(scan(br#"{"stream_options":{"include_usage":"yes"}}"#), Err(ScanError::Invalid(_))));
+        assert!(matches!(scan(br#"{"stream_options":5}"#), Err(ScanError::Invalid(_))));
     }
 
     #[test]

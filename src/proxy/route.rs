@@ -55,6 +55,7 @@ pub async fn decide(
         return Ok(Err(GatewayError::NotFound(safe_path(&path))));
     };
     let route_label = route.label.clone();
+    let route_index = rt.routes.routes().iter().position(|r| std::ptr::eq(r, route)).unwrap_or(usize::MAX);
     let fixed = match route.target {
         Target::Provider(i) => rt.providers.get(i).cloned(),
         Target::ByModel => None,
@@ -64,6 +65,8 @@ pub async fn decide(
         Err(e) => return Ok(Err(e)),
     };
     let Learned { scan, form, chunks, listing, model, defaulted } = learned;
+    // The body stays at hand (a cheap clone) for the prefix fingerprint, computed only if used.
+    let chunks_ref = chunks.clone();
     let provider = match (fixed, &model) {
         (Some(p), _) => Some(p),
         (None, Some(m)) => match rt.provider_for_model(m) {
@@ -83,24 +86,16 @@ pub async fn decide(
     let add_usage = scan.stream == Some(true) && scan.include_usage != Some(true);
     let (plan, body_len, new_body, strip_usage) = match chunks {
         None => (BodyPlan::Untouched, None, None, false),
-        Some(body) => body_plan(body, &form, defaulted.as_deref(), add_usage),
+        Some(body) => body_plan(body, &form, &scan, defaulted.as_deref(), add_usage),
     };
-    let inputs = KeyInputs {
-        headers: &session.req_header().headers,
-        key_name: &key.name,
-        user: scan.user.as_deref(),
-        prefix: scan.prefix.as_ref().map(|f| f.as_slice()),
-        client_ip: meta.client_ip.as_deref(),
-    };
-    // No source present: a random key spreads such requests like round robin would.
-    let hash_key =
-        key_for(&provider.fleet.hash_key, &inputs).unwrap_or_else(|| rand::random::<u64>().to_le_bytes().to_vec());
+    let hash_key = hash_key(session, &provider, &key, &scan, chunks_ref.as_ref(), meta.client_ip.as_deref());
     let stripped = match route.strip_for(&provider.base_path) {
         Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
         None => path.clone(),
     };
     let upstream_path = upstream_target(session, provider.upstream_path(&stripped), defaulted.as_deref());
     let streams = super::long_lived::RouteStreams::new(route, &provider);
+    let provider_index = rt.providers.iter().position(|p| Arc::ptr_eq(p, &provider)).unwrap_or(usize::MAX);
     let models_list =
         matches!(listing, Listing::All) && session.req_header().method == http::Method::GET && !key.models.allows_all();
     let routed = Routed {
@@ -110,6 +105,8 @@ pub async fn decide(
         key,
         route_label,
         provider,
+        route_index,
+        provider_index,
         hash_key,
         upstream_path,
         model,
@@ -128,8 +125,8 @@ pub async fn decide(
 struct Learned {
     scan: Scan,
     form: model::Form,
-    /// The body, when the gateway read it.
-    chunks: Option<Vec<Bytes>>,
+    /// The body, when the gateway read it (joined into one buffer).
+    chunks: Option<Bytes>,
     listing: Listing,
     /// The model checked and charged (named, or the default).
     model: Option<String>,
@@ -156,7 +153,8 @@ async fn learn(
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        (scan, form) = match model::scan_body(session.req_header(), &joined(&body), needs) {
+        let body = joined(body);
+        (scan, form) = match model::scan_body(session.req_header(), &body, needs) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -212,32 +210,56 @@ fn upstream_target(session: &Session, mut target: String, defaulted: Option<&str
 /// How the read body reaches the upstream, rewritten when a default model or
 /// `include_usage` is added: (plan, new length, new body for the retry buffer, strip usage).
 fn body_plan(
-    body: Vec<Bytes>,
+    body: Bytes,
     form: &model::Form,
+    scan: &Scan,
     set_model: Option<&str>,
     add_usage: bool,
 ) -> (BodyPlan, Option<usize>, Option<Bytes>, bool) {
     let add_usage = add_usage && *form == model::Form::Json;
-    match model::rewritten(&body, form, set_model, add_usage) {
-        // Pingora replays the retry buffer through `request_body_filter`, which swaps in the
-        // new body.
+    match model::rewritten(&body, form, scan, set_model, add_usage) {
+        // Pingora replays the retry buffer (sized to `server.max_body`) through
+        // `request_body_filter`, which swaps in the new body.
         Some(new) => (BodyPlan::Replay(vec![new.clone()]), Some(new.len()), Some(new), add_usage),
-        None => (BodyPlan::Replay(body), None, None, false),
+        None => (BodyPlan::Replay(vec![body]), None, None, false),
     }
 }
 
-fn joined(chunks: &[Bytes]) -> std::borrow::Cow<'_, [u8]> {
-    match chunks {
-        [] => std::borrow::Cow::Borrowed(&[][..]),
-        [one] => std::borrow::Cow::Borrowed(&one[..]),
-        many => {
-            let mut all = Vec::with_capacity(many.iter().map(Bytes::len).sum());
-            for c in many {
-                all.extend_from_slice(c);
-            }
-            std::borrow::Cow::Owned(all)
-        }
+/// The body in one buffer (the usual single read is kept as it is).
+fn joined(mut chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
     }
+    let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for c in &chunks {
+        all.extend_from_slice(c);
+    }
+    Bytes::from(all)
+}
+
+/// The bytes the provider's ring is walked from (ketama only: the other policies do not hash).
+/// The prefix fingerprint is hashed only when the walk over `hash_key` reaches it.
+fn hash_key(
+    session: &Session,
+    provider: &crate::fleet::Provider,
+    key: &KeyEntry,
+    scan: &Scan,
+    body: Option<&Bytes>,
+    client_ip: Option<&str>,
+) -> Vec<u8> {
+    if provider.fleet.balance != crate::fleet::select::Balance::Ketama {
+        return Vec::new();
+    }
+    let prefix = || body.and_then(|b| scan.prefix(b));
+    let inputs = KeyInputs {
+        headers: &session.req_header().headers,
+        key_name: &key.name,
+        user: scan.user.as_deref(),
+        prefix: &prefix,
+        client_ip,
+    };
+    // No source present: a random key spreads such requests like round robin would.
+    key_for(&provider.fleet.hash_key, &inputs).unwrap_or_else(|| rand::random::<u64>().to_le_bytes().to_vec())
 }
 
 fn with_query_model(query: Option<&str>, model: &str) -> String {

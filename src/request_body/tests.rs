@@ -11,7 +11,7 @@ fn reads_what_the_gateway_needs() {
     assert_eq!(s.stream, Some(true));
     assert_eq!(s.include_usage, Some(false));
     assert_eq!(s.user.as_deref(), Some("u1"));
-    assert!(s.prefix.is_some());
+    assert!(s.prefix(br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true,"stream_options":{"include_usage":false},"user":"u1"}"#).is_some());
     assert_eq!(scan(br#"{"user":42}"#).unwrap().user.as_deref(), Some("42"));
     assert_eq!(scan(b"").unwrap(), Scan::default());
     assert_eq!(scan(b"  \r\n").unwrap(), Scan::default());
@@ -23,7 +23,7 @@ fn prefix_fingerprint_follows_the_conversation_start() {
     let turn1 = r#"{"model":"m","user":"u1","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
     let turn2 = r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}],"model":"m"}"#;
     let other = r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"bye"}]}"#;
-    let f = |b: &str| scan(b.as_bytes()).unwrap().prefix;
+    let f = |b: &str| scan(b.as_bytes()).unwrap().prefix(b.as_bytes());
     assert_eq!(f(turn1), f(turn2));
     assert_ne!(f(turn1), f(other));
     assert!(f(r#"{"model":"m","prompt":"x"}"#).is_none());

@@ -90,8 +90,8 @@ pub fn connect_failed(routed: &Routed, up: &UpstreamState) -> bool {
     let left = p.backends.iter().enumerate().any(|(i, b)| !up.tried.contains(&i) && p.usable(b, now));
     let retry = attempts <= p.fleet.retries && left;
     if retry {
-        if let Some(m) = metrics() {
-            m.fleet.retries.with_label_values(&[&*p.name]).inc();
+        if let Some(c) = routed.provider_metrics().and_then(|m| m.retries()) {
+            c.inc();
         }
     }
     retry
@@ -125,6 +125,13 @@ pub fn failed(routed: &Routed, up: &UpstreamState, e: &Error) {
 }
 
 fn count(routed: &Routed, kind: &str) {
+    if kind == "connect" {
+        // The common failure: its child is bound when the config compiles.
+        if let Some(c) = routed.provider_metrics().and_then(|m| m.connect_errors()) {
+            c.inc();
+        }
+        return;
+    }
     if let Some(m) = metrics() {
         m.upstream_errors.with_label_values(&[&routed.provider.name, kind]).inc();
     }

@@ -119,10 +119,17 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     }
     // The body was already read by the gateway (and 100 Continue answered if asked).
     req.remove_header(&header::EXPECT);
-    if let Some(key) = &routed.provider.api_key {
-        req.insert_header(header::AUTHORIZATION, format!("Bearer {}", key.expose()))?;
+    // Header values built once per provider when the config compiles.
+    let built = &routed.provider.headers;
+    match (&routed.provider.api_key, &built.authorization) {
+        (Some(_), Some(v)) => req.insert_header(header::AUTHORIZATION, v.clone())?,
+        (Some(key), None) => req.insert_header(header::AUTHORIZATION, format!("Bearer {}", key.expose()))?,
+        (None, _) => {}
     }
-    req.insert_header(header::HOST, routed.provider.host_header.as_str())?;
+    match &built.host {
+        Some(v) => req.insert_header(header::HOST, v.clone())?,
+        None => req.insert_header(header::HOST, routed.provider.host_header.as_str())?,
+    }
     req.insert_header("x-request-id", routed.request_id.as_str())?;
     if let Some(ip) = &routed.client_ip {
         let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -131,10 +138,10 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         };
         req.insert_header("x-forwarded-for", xff)?;
     }
-    req.insert_header("x-forwarded-proto", routed.client_proto)?;
+    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(routed.client_proto))?;
     if observed(routed) {
         // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
-        req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        req.insert_header(header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"))?;
         req.remove_header(&header::TE);
     }
     if let Some(len) = routed.body_len {
