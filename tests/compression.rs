@@ -1,7 +1,7 @@
 //! Accounting cannot be dodged by compression: on every route whose answers the gateway reads
 //! (usage, the models list, MCP endpoint rewrites), the upstream is asked for
 //! `Accept-Encoding: identity` on each path an answer can take (Pingora's proxy loop, the
-//! subrequest pipe for bodies over 64 KiB, the keepalive relay, MCP), and an answer that comes
+//! bodies over 64 KiB (once a subrequest pipe, now the proxy loop with a larger retry buffer), the keepalive relay, MCP), and an answer that comes
 //! compressed anyway (`mcas-sim --force-gzip`) is refused with a 502, never passed on
 //! uncounted.
 
@@ -44,7 +44,7 @@ fn requests(path_end: &str) -> Vec<(&'static str, reqwest::Method, String, Optio
     let chat_path = |p: &str| format!("{p}/{path_end}");
     vec![
         ("proxied", Method::POST, chat_path("/v1"), Some(chat(false, 10))),
-        ("piped (> 64 KiB)", Method::POST, chat_path("/v1"), Some(chat(false, 100_000))),
+        ("large body (> 64 KiB)", Method::POST, chat_path("/v1"), Some(chat(false, 100_000))),
         ("keepalive relay", Method::POST, chat_path("/v1"), Some(chat(true, 10))),
         ("proxied stream", Method::POST, chat_path("/plain/v1"), Some(chat(true, 10))),
         ("mcp", Method::POST, "/mcp/echo".to_string(), Some(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))),

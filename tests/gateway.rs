@@ -144,7 +144,7 @@ async fn bodies_of_every_size_arrive_byte_for_byte() {
 
 /// What reaches the upstream is the client's body byte for byte; a stream that did not ask
 /// for `include_usage` gets exactly that member spliced in (the rest of the document, its
-/// spacing, key order and escapes, untouched), through the retry buffer and the pipe alike.
+/// spacing, key order and escapes, untouched), for small and large (> 64 KiB) bodies alike.
 #[tokio::test]
 async fn forwarded_bodies_are_the_clients_bytes_with_include_usage_spliced() {
     let sim = spawn_sim(&[]).await;
@@ -286,7 +286,7 @@ async fn https_upstream_with_generated_certificate() {
     assert_eq!(chat_status(&untrusted).await.unwrap().status(), 502, "an unverified certificate was accepted");
 }
 
-/// A TLS listener offers HTTP/2: JSON bodies of every size (the retry buffer and the pipe),
+/// A TLS listener offers HTTP/2: JSON bodies of every size (small, and larger than 64 KiB),
 /// streamed completions, the heartbeat relay and refusals all work over h2 streams; with
 /// `http2: false` the same client gets HTTP/1.1.
 #[tokio::test]

@@ -277,7 +277,7 @@ async fn tokens_are_counted_exactly_for_streams_with_and_without_include_usage()
         m.contains(&format!("mcas_tokens_total{{key=\"alice\",kind=\"completion\",model=\"sim-model\"}} {}", 2 * k)),
         "{m}"
     );
-    // A large streamed body (piped) is rewritten and counted the same way.
+    // A large streamed body (> 64 KiB) is rewritten and counted the same way.
     let mut big = chat(true, false);
     big["messages"][0]["content"] = json!("z".repeat(100_000));
     let r = post(&gw, KEY, &big).await;
@@ -332,7 +332,7 @@ async fn concurrency_slots_are_released_however_requests_end() {
         let _ = r.json(&chat(true, false)).send().await.map(|r| async { r.bytes().await });
         eventually_free().await;
     }
-    // 4. A piped request (body over the retry buffer) holds exactly one slot.
+    // 4. A request whose body is over 64 KiB holds exactly one slot.
     let mut big = chat(true, true);
     big["messages"][0]["content"] = json!("z".repeat(100_000));
     let resp = post(&gw, KEY, &big).await;

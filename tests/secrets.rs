@@ -1,6 +1,6 @@
 //! No secret at any log level: the gateway and the Telegram runner run at `RUST_LOG=trace`
 //! (Pingora's header dumps, reqwest, hyper, rustls included) through streamed, non-streamed,
-//! piped, keepalive-relayed, WebSocket, MCP and error paths (401 with a wrong key in every
+//! large-body, keepalive-relayed, WebSocket, MCP and error paths (401 with a wrong key in every
 //! place a key can sit, 403, upstream down); then the whole log, every answer the clients got,
 //! `/health` and `/metrics` are searched for every secret in clear, SHA-256 hex and base64.
 
@@ -143,11 +143,11 @@ async fn gateway_at_trace_logs_no_secret_on_any_path() {
     };
     let post = |path: &str, body: Value| c.post(gw.url(path)).json(&body);
 
-    // Success paths: proxied, streamed, piped (> 64 KiB), keepalive relay, models list.
+    // Success paths: proxied, streamed, large body (> 64 KiB), keepalive relay, models list.
     for (what, req, want) in [
         ("non-streamed", post("/v1/chat/completions", chat(false, 10)).bearer_auth(KEY), 200),
         ("streamed", post("/v1/chat/completions", chat(true, 10)).header("x-api-key", KEY), 200),
-        ("piped", post("/v1/chat/completions", chat(false, 100_000)).bearer_auth(KEY), 200),
+        ("large body", post("/v1/chat/completions", chat(false, 100_000)).bearer_auth(KEY), 200),
         ("keepalive relay", post("/beat/v1/chat/completions", chat(true, 10)).bearer_auth(KEY), 200),
         ("models", c.get(gw.url("/v1/models")).bearer_auth(KEY), 200),
         // Refusals: a wrong key in every place one can sit, a model the key may not use, a

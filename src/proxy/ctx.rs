@@ -96,7 +96,7 @@ pub struct Ctx {
     /// Name of the key, once authenticated (for logs of refused requests too).
     pub key_name: Option<Arc<str>>,
     /// This main request handed its work to a subrequest: only the subrequest accounts.
-    pub piped: bool,
+    pub answered_by_subrequest: bool,
     /// The gateway answered itself with this status (local endpoint or refusal).
     pub local_status: Option<u16>,
     /// The route pattern of a request the gateway answered after routing (426, caps).
@@ -117,7 +117,7 @@ impl Ctx {
             upstream: UpstreamState::default(),
             usage: UsageObserver::default(),
             key_name: None,
-            piped: false,
+            answered_by_subrequest: false,
             local_status: None,
             route_label: None,
             counted_inflight: false,

@@ -113,7 +113,7 @@ impl Gateway {
         let route::Decision { mut routed, body, models_list } = decision;
         if models_list {
             // Before any stream handling: an upgrade or event stream must not carry the list past the filter.
-            ctx.piped = true;
+            ctx.answered_by_subrequest = true;
             models_list::run(session, routed).await?;
             return Ok(Step::Answered);
         }
@@ -293,7 +293,7 @@ impl ProxyHttp for Gateway {
                 m.inflight.dec();
             }
         }
-        if ctx.piped {
+        if ctx.answered_by_subrequest {
             return; // the subrequest accounted for this request
         }
         let access_log =

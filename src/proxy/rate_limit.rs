@@ -81,7 +81,7 @@ pub fn admit(key: &Arc<KeyEntry>, lc: &mut LimitCtx) -> Result<(), GatewayError>
     }
 }
 
-/// The key this request authenticated as, in the main request or a piped subrequest.
+/// The key this request authenticated as, in the main request or its subrequest (the model list).
 fn key_of(ctx: &Ctx) -> Option<&Arc<KeyEntry>> {
     ctx.routed.as_ref().map(|r| &r.key).or(ctx.limit.key.as_ref())
 }
