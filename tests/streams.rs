@@ -3,7 +3,7 @@
 //! placement, idle timeout, a slow reader over a fast 50 MB stream), connection caps, and
 //! draining on SIGTERM.
 
-use crate::common::gateway::{key_yaml, spawn_gateway, Gw};
+use crate::common::gateway::{key_yaml, raw_upgrade, spawn_gateway, Gw};
 use crate::common::{spawn_sim, Proc};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
@@ -87,16 +87,7 @@ async fn websocket_needs_a_key_and_a_route_that_allows_it() {
         other => panic!("expected 401, got {:?}", other.map(|_| "a tunnel")),
     }
     // A raw upgrade on a route without websocket: 426, Upgrade header, OpenAI body.
-    let resp = reqwest::Client::new()
-        .get(gw.url("/nows/ws"))
-        .bearer_auth(KEY)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let resp = raw_upgrade(&gw.url("/nows/ws"), KEY).send().await.unwrap();
     assert_eq!(resp.status(), 426);
     assert_eq!(resp.headers()["upgrade"], "websocket");
     let v: serde_json::Value = resp.json().await.unwrap();
@@ -302,14 +293,7 @@ async fn a_bare_cr_stream_passes_event_by_event_and_is_counted() {
         assert!(first < Duration::from_millis(400), "{path}: tok1 was held until tok2 came ({first:?})");
     }
     let want = "mcas_tokens_total{key=\"alice\",kind=\"completion\",model=\"sim-model\"} 6";
-    let mut m = String::new();
-    for _ in 0..50 {
-        m = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
-        if m.contains(want) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let m = gw.metrics_with(want).await;
     assert!(m.contains(want), "{m}");
 }
 

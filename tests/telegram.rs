@@ -539,14 +539,7 @@ async fn a_bare_cr_stream_is_answered_and_its_tokens_counted() {
     assert_eq!(sent[0].text(), sim_answer(12));
     runner.wait_handled(1).await;
     let want = "mcas_tokens_total{key=\"tg\",kind=\"completion\",model=\"sim-small\"} 12";
-    let mut m = String::new();
-    for _ in 0..50 {
-        m = reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap();
-        if m.contains(want) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let m = gw.metrics_with(want).await;
     assert!(m.contains(want), "{m}");
     assert!(m.contains("mcas_tokens_total{key=\"tg\",kind=\"prompt\",model=\"sim-small\"}"), "{m}");
 }

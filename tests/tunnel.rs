@@ -3,7 +3,7 @@
 //! together with its 101 reach the client; a refused upgrade's body reaches the client intact
 //! whatever its framing (length, chunked, until close).
 
-use crate::common::gateway::{key_yaml, spawn_gateway, Gw};
+use crate::common::gateway::{key_yaml, raw_upgrade, spawn_gateway, Gw};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -203,16 +203,7 @@ fn body(len: usize) -> Vec<u8> {
 async fn refused(parts: Vec<Vec<u8>>) -> (u16, Vec<u8>) {
     let (addr, _, _) = backend(Answer::Refuse(parts)).await;
     let gw = gateway_to(addr).await;
-    let resp = reqwest::Client::new()
-        .get(gw.url("/ws"))
-        .bearer_auth(KEY)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let resp = raw_upgrade(&gw.url("/ws"), KEY).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.bytes().await.unwrap().to_vec())
 }

@@ -102,3 +102,29 @@ pub fn key_yaml(name: &str, key: &str) -> String {
 pub fn provider_yaml(name: &str, url: &str, api_key: &str) -> String {
     format!("providers:\n  - {{ name: {name}, url: \"{url}\", api_key: \"{api_key}\", models: [\"*\"] }}\n")
 }
+
+impl Gw {
+    /// Polls the admin `/metrics` until it contains `want` (5 s at most); returns the last page.
+    pub async fn metrics_with(&self, want: &str) -> String {
+        let mut page = String::new();
+        for _ in 0..50 {
+            page = reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+            if page.contains(want) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        page
+    }
+}
+
+/// A raw WebSocket upgrade request (GET with the handshake headers) for `url`, with `key`.
+pub fn raw_upgrade(url: &str, key: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+}
