@@ -256,7 +256,15 @@ async fn admin_health_and_metrics() {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }
     assert!(!m.contains(KEY) && !m.contains(PROVIDER_KEY));
-    let logs = gw.proc.logs();
+    // The access log is written by its own thread (every 20 ms), after the answer went out.
+    let mut logs = gw.proc.logs();
+    for _ in 0..50 {
+        if logs.contains("\"key\":\"alice\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        logs = gw.proc.logs();
+    }
     assert!(logs.contains("\"key\":\"alice\""), "no access log line: {logs}");
     assert!(!logs.contains(KEY) && !logs.contains(PROVIDER_KEY), "a key reached the log");
 }
