@@ -99,7 +99,10 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
         crate::drain::DrainService { drain, grace },
     ));
     log::info!("mcas-gateway listening on {} (admin {admin_listen})", listen.join(", "));
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Pingora has stopped every service: write out the access log lines still queued.
+    crate::observe::access_log::flush();
+    std::process::exit(0)
 }
 
 /// One client listener. Pingora's default 64 KiB read buffer in front of every accepted

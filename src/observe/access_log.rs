@@ -90,6 +90,17 @@ fn drain<W: Write>(pending: &Pending, mut out: W) {
     }
 }
 
+/// Writes out the lines queued so far, on the caller's thread (at exit, after the last
+/// request was logged).
+pub fn flush() {
+    if let Some(p) = PENDING.as_ref() {
+        let batch = std::mem::take(&mut *p.buf.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&batch);
+        let _ = out.flush();
+    }
+}
+
 /// Queues the record's line; never waits for stdout. A line that does not fit is dropped
 /// and counted.
 pub fn write(record: &AccessRecord) {
