@@ -52,7 +52,8 @@ const MAX_NOMINATIONS: usize = 9;
 pub fn h1_request(session: &mut Session, routed: &Routed) -> Result<RequestHeader> {
     let has_body = !session.is_body_empty();
     let mut req = session.req_header().clone();
-    let websocket = req.version == http::Version::HTTP_11 && is_websocket(&req);
+    // Decided once at admission (`long_lived::admit`: other upgrade offers already declined).
+    let websocket = routed.streams.upgrade;
     req.set_version(http::Version::HTTP_11);
     sanitize(&mut req, websocket)?;
     rewrite(&mut req, routed)?;
@@ -75,10 +76,6 @@ pub fn sanitize(req: &mut RequestHeader, websocket: bool) -> Result<()> {
         req.insert_header(header::UPGRADE, "websocket")?;
     }
     Ok(())
-}
-
-fn is_websocket(req: &RequestHeader) -> bool {
-    req.headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The fields the client's `Connection` header names.
@@ -212,8 +209,7 @@ mod tests {
     #[test]
     fn websocket_upgrades_are_re_announced() {
         let mut r = req(&[("connection", "Upgrade, keep-alive"), ("upgrade", "WebSocket"), ("sec-websocket-key", "k")]);
-        let ws = is_websocket(&r);
-        sanitize(&mut r, ws).unwrap();
+        sanitize(&mut r, true).unwrap();
         assert_eq!(r.headers["connection"], "Upgrade");
         assert_eq!(r.headers["upgrade"], "websocket");
         assert_eq!(r.headers["sec-websocket-key"], "k");
