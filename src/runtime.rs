@@ -37,6 +37,10 @@ pub struct ListenTls {
 pub struct LogSettings {
     pub access_log: bool,
     pub level: String,
+    /// `log.dir`: daily files instead of stdout/stderr (read at start; a reload keeps the first).
+    pub dir: Option<std::path::PathBuf>,
+    /// `log.keep_days`: days of files kept, today's included; `None` keeps all.
+    pub keep_days: Option<u32>,
 }
 
 #[derive(Debug)]

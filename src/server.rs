@@ -28,6 +28,18 @@ pub fn init_logging(level: &str) {
     crate::observe::logging::init(level);
 }
 
+/// [`init_logging`] with `log:` applied: with `log.dir`, the process log and the access log
+/// go to its daily files (src/observe/daily_file.rs) instead of stderr and stdout.
+pub fn init_logging_for(log: &crate::runtime::LogSettings) {
+    use crate::observe::{access_log, daily_file::DailyFile, logging};
+    let files = log.dir.as_ref().map(|dir| DailyFile::shared(dir.clone(), log.keep_days));
+    if let Some(f) = &files {
+        access_log::to_files(f.clone());
+        eprintln!("mcas-gateway: logging to {}/mcas-gateway-YYYY-MM-DD.log (UTC days)", f.dir().display());
+    }
+    logging::init_to(&log.level, files);
+}
+
 /// Registers the secrets of `runtime` with the log filter: provider keys, and the digests
 /// the key table holds for client keys (src/observe/redact.rs).
 pub fn remember_secrets(runtime: &Runtime) {

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         println!("config ok");
         return ExitCode::SUCCESS;
     }
-    server::init_logging(&runtime.log.level);
+    server::init_logging_for(&runtime.log);
     report(server::run(runtime, Some(args.config), flags))
 }
 

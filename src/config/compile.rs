@@ -495,7 +495,24 @@ fn log(l: LogSection, errors: &mut Vec<ConfigError>) -> LogSettings {
     if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         errors.push(ConfigError::new("log.level", format!("{level:?} is not one of error, warn, info, debug, trace")));
     }
-    LogSettings { access_log: l.access_log.unwrap_or(true), level }
+    let dir = l.dir.filter(|d| {
+        let bad = if d.is_empty() {
+            Some("must not be empty (omit it to log to stdout)".to_string())
+        } else {
+            crate::observe::daily_file::plausible_dir(std::path::Path::new(d)).err()
+        };
+        if let Some(why) = &bad {
+            errors.push(ConfigError::new("log.dir", why.clone()));
+        }
+        bad.is_none()
+    });
+    if l.keep_days == Some(0) {
+        errors.push(ConfigError::new("log.keep_days", "must be at least 1 (omit it to keep every file)"));
+    }
+    if l.keep_days.is_some() && dir.is_none() && errors.iter().all(|e| e.path != "log.dir") {
+        errors.push(ConfigError::new("log.keep_days", "needs log.dir"));
+    }
+    LogSettings { access_log: l.access_log.unwrap_or(true), level, dir: dir.map(Into::into), keep_days: l.keep_days }
 }
 
 fn route_opts(path: &str, r: &RouteSection, errors: &mut Vec<ConfigError>) -> RouteOpts {

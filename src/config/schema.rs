@@ -299,6 +299,11 @@ pub struct LogSection {
     pub access_log: Option<bool>,
     /// `error`, `warn`, `info`, `debug`; `RUST_LOG` wins. Default `info`.
     pub level: Option<String>,
+    /// Directory of daily files `mcas-gateway-YYYY-MM-DD.log` (UTC) for the process and
+    /// access logs. Default: none (stdout and stderr, i.e. journald).
+    pub dir: Option<String>,
+    /// Days of files kept in `dir`, today's included (≥ 1). Default: all kept.
+    pub keep_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,12 +1,14 @@
-//! One JSON line per request on stdout (journald under systemd). No key, hash or prompt:
-//! the key appears by name, the path without its query string.
+//! One JSON line per request on stdout (journald under systemd), or in the day's file of
+//! `log.dir` (src/observe/daily_file.rs). No key, hash or prompt: the key appears by name, the
+//! path without its query string.
 //!
 //! Lines are appended to a bounded in-memory buffer that a writer thread writes out in
 //! batches: a request never waits for stdout. When stdout is slow or its pipe is full and the
 //! buffer fills up, further lines are dropped and counted (`mcas_access_log_dropped_total`)
 //! instead of blocking the request path.
 
-use once_cell::sync::Lazy;
+use super::daily_file::SharedDailyFile;
+use once_cell::sync::{Lazy, OnceCell};
 use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,8 +23,16 @@ pub struct AccessRecord<'a> {
     pub path: &'a str,
     pub status: u16,
     pub duration_ms: f64,
+    /// Upstream time to response header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttfb_ms: Option<f64>,
+    /// Time to the first event of a streamed answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +51,9 @@ pub struct AccessRecord<'a> {
     pub completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// The error code of the gateway's own refusal (`rate_limit_exceeded`, `invalid_api_key`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<&'a str>,
 }
 
 /// Bytes of lines waiting for the writer before new lines are dropped (seconds of a stalled
@@ -56,9 +69,26 @@ struct Pending {
     buf: Mutex<Vec<u8>>,
 }
 
+/// `log.dir`'s files, when set before the first line; stdout otherwise.
+static FILES: OnceCell<SharedDailyFile> = OnceCell::new();
+
+/// Sends the access log into `files` instead of stdout. Call before the first line is written;
+/// a later call changes nothing.
+pub fn to_files(files: SharedDailyFile) {
+    let _ = FILES.set(files);
+}
+
+/// Where lines go: the day's file of `log.dir`, or stdout.
+fn destination() -> Box<dyn Write + Send> {
+    match FILES.get() {
+        Some(f) => Box::new(f.clone()),
+        None => Box::new(std::io::stdout()),
+    }
+}
+
 /// Started with the first line (after Pingora's daemonising fork, which would lose a thread
 /// started earlier). `None` if the thread could not start.
-static PENDING: Lazy<Option<Arc<Pending>>> = Lazy::new(|| start(std::io::stdout()));
+static PENDING: Lazy<Option<Arc<Pending>>> = Lazy::new(|| start(destination()));
 
 /// Starts a writer thread draining the pending lines into `out`.
 fn start<W: Write + Send + 'static>(out: W) -> Option<Arc<Pending>> {
@@ -95,7 +125,7 @@ fn drain<W: Write>(pending: &Pending, mut out: W) {
 pub fn flush() {
     if let Some(p) = PENDING.as_ref() {
         let batch = std::mem::take(&mut *p.buf.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut out = std::io::stdout().lock();
+        let mut out = destination();
         let _ = out.write_all(&batch);
         let _ = out.flush();
     }

@@ -41,11 +41,21 @@ impl Log for Redacting {
     }
 }
 
-/// Installs the redacting logger (`RUST_LOG` wins over `default_level`) and the redacting
-/// panic hook. A second call changes nothing.
+/// Installs the redacting logger (`RUST_LOG` wins over `default_level`) on stderr and the
+/// redacting panic hook. A second call changes nothing.
 pub fn init(default_level: &str) {
+    init_to(default_level, None)
+}
+
+/// [`init`], writing into `files` (`log.dir`) instead of stderr when given.
+pub fn init_to(default_level: &str, files: Option<super::daily_file::SharedDailyFile>) {
     let env = env_logger::Env::default().default_filter_or(default_level);
-    let logger = env_logger::Builder::from_env(env).format_timestamp_millis().build();
+    let mut builder = env_logger::Builder::from_env(env);
+    builder.format_timestamp_millis();
+    if let Some(f) = files {
+        builder.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    let logger = builder.build();
     let max = logger.filter();
     if log::set_boxed_logger(Box::new(Redacting(logger))).is_ok() {
         log::set_max_level(max);

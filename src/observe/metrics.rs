@@ -32,6 +32,12 @@ pub struct Metrics {
     pub malformed_requests: IntCounterVec,
     /// Access log lines dropped because the writer fell behind (stdout slow or its pipe full).
     pub access_log_dropped: prometheus::IntCounter,
+    /// Writes to the `log.dir` file that failed (full disk, unwritable directory): lines lost.
+    pub log_write_errors: prometheus::IntCounter,
+    /// Time from the request header to the first SSE data event of a streamed answer.
+    pub ttft: HistogramVec,
+    /// Requests answered per key name (after authentication).
+    pub key_requests: IntCounterVec,
     /// The (key, model) pairs `tokens` carries, by key name.
     models_seen: Mutex<ModelsSeen>,
 }
@@ -131,9 +137,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(malformed_requests.clone()))?;
     let access_log_dropped = prometheus::IntCounter::new(
         "access_log_dropped_total",
-        "Access log lines dropped because stdout could not take them fast enough",
+        "Access log lines dropped because stdout or the log file could not take them fast enough",
     )?;
     registry.register(Box::new(access_log_dropped.clone()))?;
+    let log_write_errors = prometheus::IntCounter::new(
+        "log_write_errors_total",
+        "Writes to the log.dir file that failed (full disk, unwritable directory); their lines are lost",
+    )?;
+    registry.register(Box::new(log_write_errors.clone()))?;
+    let ttft = HistogramVec::new(
+        HistogramOpts::new("ttft_seconds", "Time from request header to the first event of a streamed answer")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["provider"],
+    )?;
+    registry.register(Box::new(ttft.clone()))?;
+    let key_requests = IntCounterVec::new(Opts::new("key_requests_total", "Requests answered, by key name"), &["key"])?;
+    registry.register(Box::new(key_requests.clone()))?;
     Ok(Metrics {
         registry,
         fleet,
@@ -155,6 +174,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         connections_refused,
         malformed_requests,
         access_log_dropped,
+        log_write_errors,
+        ttft,
+        key_requests,
         models_seen: Mutex::new(ModelsSeen::default()),
     })
 }

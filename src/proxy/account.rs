@@ -51,6 +51,16 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
             }
         }
     }
+    let ttft = ctx.usage.first_event_at.map(|t| t.saturating_duration_since(ctx.started));
+    let key = routed.map(|r| &*r.key.name).or(ctx.key_name.as_deref());
+    if let Some(m) = metrics() {
+        if let (Some(t), Some(r)) = (ttft, routed) {
+            m.ttft.with_label_values(&[&*r.provider.name]).observe(t.as_secs_f64());
+        }
+        if let Some(k) = key {
+            m.key_requests.with_label_values(&[k]).inc();
+        }
+    }
     if let (Some(m), Some(u), Some(r)) = (metrics(), ctx.usage.usage, routed) {
         let key = &*r.key.name;
         let cap = r.runtime.metrics.max_key_model_pairs;
@@ -75,7 +85,10 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
         status,
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         ttfb_ms: ttfb.map(|t| t.as_secs_f64() * 1000.0),
-        key: routed.map(|r| &*r.key.name).or(ctx.key_name.as_deref()),
+        ttft_ms: ttft.map(|t| t.as_secs_f64() * 1000.0),
+        bytes_in: session.body_bytes_read() as u64,
+        bytes_out: session.body_bytes_sent() as u64,
+        key,
         route: Some(route),
         provider: routed.map(|r| &*r.provider.name),
         backend: ctx.upstream.backend.as_ref().map(|b| b.addr),
@@ -84,6 +97,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
         prompt_tokens: ctx.usage.usage.map(|u| u.prompt_tokens),
         completion_tokens: ctx.usage.usage.map(|u| u.completion_tokens),
         error: e.map(|e| if client_gone { "client closed" } else { e.etype().as_str() }),
+        refusal: ctx.refusal,
     };
     access_log::write(&record);
 }

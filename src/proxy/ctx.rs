@@ -99,6 +99,8 @@ pub struct Ctx {
     pub answered_by_subrequest: bool,
     /// The gateway answered itself with this status (local endpoint or refusal).
     pub local_status: Option<u16>,
+    /// The OpenAI error code of that answer, for the access log's `refusal`.
+    pub refusal: Option<&'static str>,
     /// The route pattern of a request the gateway answered after routing (426, caps).
     pub route_label: Option<String>,
     pub counted_inflight: bool,
@@ -119,6 +121,7 @@ impl Ctx {
             key_name: None,
             answered_by_subrequest: false,
             local_status: None,
+            refusal: None,
             route_label: None,
             counted_inflight: false,
             limit: Default::default(),

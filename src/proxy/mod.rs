@@ -152,6 +152,7 @@ impl Gateway {
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
         ctx.local_status = Some(e.status());
+        ctx.refusal = Some(e.parts().2);
         let extra = rate_limit::answer_headers(ctx, &e);
         respond::error_with(session, &e, &ctx.request_id, extra).await?;
         Ok(Step::Answered)

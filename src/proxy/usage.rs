@@ -34,6 +34,8 @@ pub struct UsageObserver {
     /// SSE: saw `data: [DONE]`.
     pub done: bool,
     pub events: u64,
+    /// When the first SSE data event arrived (time to first token of a streamed answer).
+    pub first_event_at: Option<std::time::Instant>,
 }
 
 impl UsageObserver {
@@ -97,6 +99,9 @@ impl UsageObserver {
     fn line(&mut self, line: &[u8]) {
         let Some(payload) = sse::field(line, b"data") else { return };
         self.events += 1;
+        if self.first_event_at.is_none() && payload != b"[DONE]" {
+            self.first_event_at = Some(std::time::Instant::now());
+        }
         if payload == b"[DONE]" {
             self.done = true;
             return;

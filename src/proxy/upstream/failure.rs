@@ -71,6 +71,7 @@ pub async fn answer(session: &mut Session, ctx: &mut Ctx, e: &Error) -> Result<O
 /// Answers with the gateway's own error and closes the connection.
 pub async fn refuse(session: &mut Session, ctx: &mut Ctx, e: &GatewayError) -> Result<()> {
     ctx.local_status = Some(e.status());
+    ctx.refusal = Some(e.parts().2);
     session.set_keepalive(None);
     let extra = rate_limit::headers(ctx);
     respond::error_with(session, e, &ctx.request_id, extra).await
