@@ -107,6 +107,10 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     server.add_service(sighup);
     server.add_service(probes);
     server.add_service(pingora::services::background::background_service(
+        "dashboard-sampler",
+        crate::observe::dashboard::SamplerService,
+    ));
+    server.add_service(pingora::services::background::background_service(
         "drain",
         crate::drain::DrainService { drain, grace },
     ));

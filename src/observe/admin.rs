@@ -1,5 +1,6 @@
 //! The admin listener (default 127.0.0.1:18081): `GET /metrics` (Prometheus text),
-//! `GET /health` (JSON: status, version, uptime, providers and backends), `POST /reload`.
+//! `GET /health` (JSON: status, version, uptime, providers and backends), `POST /reload`,
+//! `GET /metrics/dashboard` (a live page, src/observe/dashboard/) and its JSON.
 //!
 //! `admin.token` is a bearer token. When it is set, every admin endpoint needs it
 //! (`Authorization: Bearer <token>`, 401 otherwise). `POST /reload` needs it always: with no
@@ -55,6 +56,26 @@ impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AdminToken(***)")
     }
+}
+
+/// The dashboard's page, script and style sheet: compiled in, the same for everyone, holding
+/// no data; served without the token so a browser can load them and then ask for the token
+/// the JSON needs (see dashboard.js).
+fn static_asset(method: &str, path: &str) -> Option<Response<Vec<u8>>> {
+    use super::dashboard::{CSS, HTML, JS};
+    let (body, content_type) = match (method, path) {
+        ("GET", "/metrics/dashboard") => (HTML, "text/html; charset=utf-8"),
+        ("GET", "/metrics/dashboard.js") => (JS, "text/javascript; charset=utf-8"),
+        ("GET", "/metrics/dashboard.css") => (CSS, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    let mut r = reply(StatusCode::OK, content_type, body.as_bytes().to_vec());
+    // Nothing but the gateway's own files and JSON: no CDN, no inline script.
+    r.headers_mut().insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+    );
+    Some(r)
 }
 
 /// The refusal to send when the request may not reach the endpoint; `None`: it may.
@@ -127,15 +148,20 @@ impl AdminApp {
                     .iter()
                     .map(|b| {
                         let up = p.usable(b, now);
+                        let circuit = b.circuit.state();
                         if let Some(m) = metrics() {
-                            m.backend_up.with_label_values(&[&*p.name, b.addr.to_string().as_str()]).set(up as i64);
+                            let addr = b.addr.to_string();
+                            let labels = [&*p.name, addr.as_str()];
+                            m.backend_up.with_label_values(&labels).set(up as i64);
+                            let open = circuit == crate::fleet::circuit::CircuitState::Open;
+                            m.circuit_open.with_label_values(&labels).set(open as i64);
                         }
                         json!({
                             "address": b.addr.to_string(),
                             "weight": b.weight,
                             "healthy": b.health.is_up(),
                             "in_rotation": up,
-                            "circuit": b.circuit.state().as_str(),
+                            "circuit": circuit.as_str(),
                             "consecutive_failures": b.health.consecutive_failures(),
                             "inflight": b.inflight.load(Ordering::Relaxed),
                         })
@@ -165,6 +191,9 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if let Some(page) = static_asset(method.as_str(), &path) {
+            return page;
+        }
         let token = self.reloader.runtime.load().admin_token.clone();
         let authorization = session.req_header().headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
         if let Some(refused) = refusal(token.as_ref(), path == "/reload", authorization) {
@@ -177,6 +206,13 @@ impl ServeHttp for AdminApp {
                 let body = metrics().map(|m| m.render()).unwrap_or_default();
                 reply(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
+            ("GET", "/metrics/dashboard.json") => {
+                let providers = self.health()["providers"].take();
+                let body = super::dashboard::snapshot(providers).to_string().into_bytes();
+                let mut r = reply(StatusCode::OK, "application/json", body);
+                r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+                r
+            }
             ("GET", "/health") => reply(StatusCode::OK, "application/json", self.health().to_string().into_bytes()),
             ("POST", "/reload") => match self.reload().await {
                 Ok(()) => reply(StatusCode::OK, "application/json", br#"{"status":"reloaded"}"#.to_vec()),
@@ -188,7 +224,7 @@ impl ServeHttp for AdminApp {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "application/json",
-                br#"{"error":{"message":"admin endpoints: GET /metrics, GET /health, POST /reload","type":"invalid_request_error","code":"not_found"}}"#.to_vec(),
+                br#"{"error":{"message":"admin endpoints: GET /metrics, GET /metrics/dashboard, GET /health, POST /reload","type":"invalid_request_error","code":"not_found"}}"#.to_vec(),
             ),
         }
     }

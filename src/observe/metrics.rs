@@ -21,6 +21,8 @@ pub struct Metrics {
     pub client_cancels: IntCounterVec,
     pub reloads: IntCounterVec,
     pub backend_up: IntGaugeVec,
+    /// 1 while the backend's circuit is open (requests skip it), 0 closed or half-open.
+    pub circuit_open: IntGaugeVec,
     pub limit_refusals: IntCounterVec,
     pub open_streams: IntGaugeVec,
     pub open_tunnels: IntGaugeVec,
@@ -120,6 +122,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(client_cancels.clone()))?;
     registry.register(Box::new(reloads.clone()))?;
     registry.register(Box::new(backend_up.clone()))?;
+    let circuit_open = IntGaugeVec::new(
+        Opts::new("backend_circuit_open", "1 while the backend's circuit breaker is open"),
+        &["provider", "backend"],
+    )?;
+    registry.register(Box::new(circuit_open.clone()))?;
     let limit_refusals = IntCounterVec::new(
         Opts::new("limit_refusals_total", "Requests refused with 429, by limit and key name (\"none\" before auth)"),
         &["reason", "key"],
@@ -166,6 +173,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         client_cancels,
         reloads,
         backend_up,
+        circuit_open,
         limit_refusals,
         open_streams,
         open_tunnels,

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod bound;
 pub mod daily_file;
+pub mod dashboard;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
