@@ -12,6 +12,7 @@ mod hygiene;
 mod limits;
 mod logfiles;
 mod mcp;
+mod monitoring;
 mod openai_sdk;
 mod policy;
 mod secrets;

@@ -51,7 +51,7 @@ pub struct AccessRecord<'a> {
     pub completion_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
-    /// The error code of the gateway's own refusal (`rate_limit_exceeded`, `invalid_api_key`, …).
+    /// The error code of the gateway's own refusal (`rate_limit_requests`, `invalid_api_key`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<&'a str>,
 }

@@ -56,12 +56,16 @@ pub const DEFAULT_MAX_KEY_MODEL_PAIRS: usize = 256;
 /// The largest `admin.max_key_model_pairs` accepted.
 pub const MAX_KEY_MODEL_PAIRS: usize = 100_000;
 
+/// The prefix of every metric name (`mcas_…`).
+const PREFIX: &str = "mcas";
+
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 fn build() -> Result<Metrics, prometheus::Error> {
-    let registry = Registry::new_custom(Some("mcas".into()), None)?;
+    let registry = Registry::new_custom(Some(PREFIX.into()), None)?;
     let fleet = fleet_metrics(&registry)?;
+    let registry = &registry;
     let requests = IntCounterVec::new(
         Opts::new("requests_total", "Requests answered, by route pattern, provider and status class"),
         &["route", "provider", "status"],
@@ -108,60 +112,60 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "mcp_unknown_sessions_total",
         "MCP requests refused with 404: session id forged, stale or of a removed backend",
     )?;
-    registry.register(Box::new(open_streams.clone()))?;
-    registry.register(Box::new(open_tunnels.clone()))?;
-    registry.register(Box::new(heartbeats.clone()))?;
-    registry.register(Box::new(mcp_unknown_sessions.clone()))?;
-    registry.register(Box::new(requests.clone()))?;
-    registry.register(Box::new(duration.clone()))?;
-    registry.register(Box::new(upstream_ttfb.clone()))?;
-    registry.register(Box::new(inflight.clone()))?;
-    registry.register(Box::new(auth_failures.clone()))?;
-    registry.register(Box::new(tokens.clone()))?;
-    registry.register(Box::new(upstream_errors.clone()))?;
-    registry.register(Box::new(client_cancels.clone()))?;
-    registry.register(Box::new(reloads.clone()))?;
-    registry.register(Box::new(backend_up.clone()))?;
+    register(registry, open_streams.clone())?;
+    register(registry, open_tunnels.clone())?;
+    register(registry, heartbeats.clone())?;
+    register(registry, mcp_unknown_sessions.clone())?;
+    register(registry, requests.clone())?;
+    register(registry, duration.clone())?;
+    register(registry, upstream_ttfb.clone())?;
+    register(registry, inflight.clone())?;
+    register(registry, auth_failures.clone())?;
+    register(registry, tokens.clone())?;
+    register(registry, upstream_errors.clone())?;
+    register(registry, client_cancels.clone())?;
+    register(registry, reloads.clone())?;
+    register(registry, backend_up.clone())?;
     let circuit_open = IntGaugeVec::new(
         Opts::new("backend_circuit_open", "1 while the backend's circuit breaker is open"),
         &["provider", "backend"],
     )?;
-    registry.register(Box::new(circuit_open.clone()))?;
+    register(registry, circuit_open.clone())?;
     let limit_refusals = IntCounterVec::new(
         Opts::new("limit_refusals_total", "Requests refused with 429, by limit and key name (\"none\" before auth)"),
         &["reason", "key"],
     )?;
-    registry.register(Box::new(limit_refusals.clone()))?;
+    register(registry, limit_refusals.clone())?;
     let connections_refused = IntCounterVec::new(
         Opts::new("connections_refused_total", "Client connections closed as soon as accepted, by reason"),
         &["reason"],
     )?;
-    registry.register(Box::new(connections_refused.clone()))?;
+    register(registry, connections_refused.clone())?;
     let malformed_requests = IntCounterVec::new(
         Opts::new("malformed_requests_total", "Requests refused for ambiguous framing or oversized headers, by reason"),
         &["reason"],
     )?;
-    registry.register(Box::new(malformed_requests.clone()))?;
+    register(registry, malformed_requests.clone())?;
     let access_log_dropped = prometheus::IntCounter::new(
         "access_log_dropped_total",
         "Access log lines dropped because stdout or the log file could not take them fast enough",
     )?;
-    registry.register(Box::new(access_log_dropped.clone()))?;
+    register(registry, access_log_dropped.clone())?;
     let log_write_errors = prometheus::IntCounter::new(
         "log_write_errors_total",
         "Writes to the log.dir file that failed (full disk, unwritable directory); their lines are lost",
     )?;
-    registry.register(Box::new(log_write_errors.clone()))?;
+    register(registry, log_write_errors.clone())?;
     let ttft = HistogramVec::new(
         HistogramOpts::new("ttft_seconds", "Time from request header to the first event of a streamed answer")
             .buckets(LATENCY_BUCKETS.to_vec()),
         &["provider"],
     )?;
-    registry.register(Box::new(ttft.clone()))?;
+    register(registry, ttft.clone())?;
     let key_requests = IntCounterVec::new(Opts::new("key_requests_total", "Requests answered, by key name"), &["key"])?;
-    registry.register(Box::new(key_requests.clone()))?;
+    register(registry, key_requests.clone())?;
     Ok(Metrics {
-        registry,
+        registry: registry.clone(),
         fleet,
         requests,
         duration,
@@ -217,11 +221,30 @@ fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error>
             &["provider", "backend", "state"],
         )?,
     };
-    registry.register(Box::new(m.backend_selections.clone()))?;
-    registry.register(Box::new(m.retries.clone()))?;
-    registry.register(Box::new(m.circuit_transitions.clone()))?;
-    registry.register(Box::new(m.health_transitions.clone()))?;
+    register(registry, m.backend_selections.clone())?;
+    register(registry, m.retries.clone())?;
+    register(registry, m.circuit_transitions.clone())?;
+    register(registry, m.health_transitions.clone())?;
     Ok(m)
+}
+
+/// The name of every metric family registered, whether it has a series yet or not (the
+/// registry's own listing leaves out families without one).
+static NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn register<C: prometheus::core::Collector + 'static>(registry: &Registry, c: C) -> Result<(), prometheus::Error> {
+    // The registry adds its prefix when it renders; the collectors' names lack it.
+    let names = c.desc().iter().map(|d| format!("{PREFIX}_{}", d.fq_name)).collect::<Vec<_>>();
+    registry.register(Box::new(c))?;
+    NAMES.lock().unwrap_or_else(|p| p.into_inner()).extend(names);
+    Ok(())
+}
+
+/// Every metric family the gateway exports (`mcas_…`), for checks of dashboards and alert
+/// rules written against them.
+pub fn family_names() -> Vec<String> {
+    let _ = metrics();
+    NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 static METRICS: Lazy<Option<Metrics>> = Lazy::new(|| match build() {
