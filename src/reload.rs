@@ -57,6 +57,9 @@ impl Reloader {
         {
             log::warn!("listen addresses and threads change only on restart or --upgrade; the rest is applied");
         }
+        if old.log.dir != new.log.dir || old.log.keep_days != new.log.keep_days || old.log.level != new.log.level {
+            log::warn!("log.dir, log.keep_days and log.level change only on restart or --upgrade");
+        }
         self.runtime.store(Arc::new(new));
         log::info!("config reloaded from {path}");
         Ok(())
