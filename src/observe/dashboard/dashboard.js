@@ -43,7 +43,9 @@ function spark(rps) {
   rates.push(rps);
   if (rates.length > 60) rates.shift();
   const max = Math.max(1e-9, ...rates);
-  const pts = rates.map((v, i) => `${i + 60 - rates.length},${(20 - (v / max) * 19).toFixed(2)}`);
+  // Spread over the full width however many points there are yet.
+  const step = rates.length > 1 ? 60 / (rates.length - 1) : 0;
+  const pts = rates.map((v, i) => `${(i * step).toFixed(2)},${(20 - (v / max) * 19).toFixed(2)}`);
   document.querySelector("#spark polyline").setAttribute("points", pts.join(" "));
 }
 
