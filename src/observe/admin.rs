@@ -3,7 +3,8 @@
 //! `GET /metrics/dashboard` (a live page, src/observe/dashboard/) and its JSON.
 //!
 //! `admin.token` is a bearer token. When it is set, every admin endpoint needs it
-//! (`Authorization: Bearer <token>`, 401 otherwise). `POST /reload` needs it always: with no
+//! (`Authorization: Bearer <token>`, 401 otherwise), except the dashboard's static page, script
+//! and style sheet (compiled in, no data; the JSON they read needs the token). `POST /reload` needs it always: with no
 //! token configured it is refused (403) — anything that can reach the listener could otherwise
 //! swap the configuration in; SIGHUP still reloads. A listener on a non-loopback address
 //! without a token is refused at load (see `config::compile`).

@@ -67,18 +67,31 @@ impl RouteMetrics {
 pub struct ProviderMetrics {
     provider: Arc<str>,
     ttfb: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
     connect_errors: OnceLock<IntCounter>,
     retries: OnceLock<IntCounter>,
 }
 
 impl ProviderMetrics {
     pub fn new(provider: Arc<str>) -> Self {
-        ProviderMetrics { provider, ttfb: OnceLock::new(), connect_errors: OnceLock::new(), retries: OnceLock::new() }
+        ProviderMetrics {
+            provider,
+            ttfb: OnceLock::new(),
+            ttft: OnceLock::new(),
+            connect_errors: OnceLock::new(),
+            retries: OnceLock::new(),
+        }
     }
 
     pub fn ttfb(&self) -> Option<&Histogram> {
         let m = metrics()?;
         Some(self.ttfb.get_or_init(|| m.upstream_ttfb.with_label_values(&[&*self.provider])))
+    }
+
+    /// `mcas_ttft_seconds`.
+    pub fn ttft(&self) -> Option<&Histogram> {
+        let m = metrics()?;
+        Some(self.ttft.get_or_init(|| m.ttft.with_label_values(&[&*self.provider])))
     }
 
     /// `mcas_upstream_errors_total{kind="connect"}`.

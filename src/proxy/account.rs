@@ -54,8 +54,8 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
     let ttft = ctx.usage.first_event_at.map(|t| t.saturating_duration_since(ctx.started));
     let key = routed.map(|r| &*r.key.name).or(ctx.key_name.as_deref());
     if let Some(m) = metrics() {
-        if let (Some(t), Some(r)) = (ttft, routed) {
-            m.ttft.with_label_values(&[&*r.provider.name]).observe(t.as_secs_f64());
+        if let (Some(t), Some(h)) = (ttft, routed.and_then(|r| r.provider_metrics()).and_then(|p| p.ttft())) {
+            h.observe(t.as_secs_f64());
         }
         if let Some(k) = key {
             m.key_requests.with_label_values(&[k]).inc();
