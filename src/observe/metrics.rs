@@ -166,6 +166,8 @@ pub struct FleetMetrics {
     pub retries: IntCounterVec,
     pub circuit_transitions: IntCounterVec,
     pub health_transitions: IntCounterVec,
+    /// DNS discovery (src/fleet/discover/status.rs): results are a fixed set.
+    pub discovery_resolutions: IntCounterVec,
 }
 
 fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error> {
@@ -186,11 +188,19 @@ fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error>
             Opts::new("health_transitions_total", "Active health changes by the state entered (up, down)"),
             &["provider", "backend", "state"],
         )?,
+        discovery_resolutions: IntCounterVec::new(
+            Opts::new(
+                "discovery_resolutions_total",
+                "DNS resolutions of discovering providers (changed, unchanged, empty, failed)",
+            ),
+            &["provider", "result"],
+        )?,
     };
     registry.register(Box::new(m.backend_selections.clone()))?;
     registry.register(Box::new(m.retries.clone()))?;
     registry.register(Box::new(m.circuit_transitions.clone()))?;
     registry.register(Box::new(m.health_transitions.clone()))?;
+    registry.register(Box::new(m.discovery_resolutions.clone()))?;
     Ok(m)
 }
 
