@@ -5,7 +5,7 @@
 use super::{Discover, Member, Query, MIN_INTERVAL};
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfigGroup, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::{ResolveError, Resolver, TokioResolver};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ pub struct Answer {
     pub valid_for: Duration,
 }
 
-/// A resolver for `d`: the answer is never older than its TTL (hickory's cache honours it),
+/// A resolver for `d`: a cached answer is never older than its TTL nor than `d.interval`,
 /// and one query waits at most `d.interval` (between 1 s and 5 s) before counting as failed.
 pub fn resolver(d: &Discover) -> Result<TokioResolver, String> {
     let mut builder = match d.resolver {
@@ -38,19 +38,26 @@ pub fn resolver(d: &Discover) -> Result<TokioResolver, String> {
     o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     o.timeout = d.interval.clamp(MIN_INTERVAL, Duration::from_secs(5));
     o.attempts = 1;
+    // Asked again every interval even when the record's TTL is longer: a cached answer would
+    // hide a new replica until the TTL ran out (and a cached "no such name" a returning one).
+    o.positive_max_ttl = Some(d.interval);
+    o.negative_max_ttl = Some(d.interval);
     if d.resolver.is_some() {
         o.use_hosts_file = ResolveHosts::Never;
     }
     Ok(builder.build())
 }
 
-/// Resolves `d.query` once. An answer with no address is `Ok` with no member: the caller
-/// tells it apart from a failure.
+/// Resolves `d.query` once. An answer with no address (no record, no such name) is `Ok` with
+/// no member: the caller tells it apart from a failure (timeout, refused, ...).
 pub async fn resolve(resolver: &TokioResolver, d: &Discover) -> Result<Answer, String> {
     let now = Instant::now();
     let (mut members, valid_until) = match &d.query {
         Query::Host { host, port } => {
-            let found = resolver.lookup_ip(host.as_str()).await.map_err(|e| e.to_string())?;
+            let found = match resolver.lookup_ip(host.as_str()).await {
+                Err(e) if no_records(&e) => return Ok(Answer { members: Vec::new(), valid_for: Duration::ZERO }),
+                r => r.map_err(|e| e.to_string())?,
+            };
             (found.iter().map(|ip| (SocketAddr::new(ip, *port), 1)).collect::<Vec<_>>(), found.valid_until())
         }
         Query::Srv { name } => srv(resolver, name).await?,
@@ -63,7 +70,10 @@ pub async fn resolve(resolver: &TokioResolver, d: &Discover) -> Result<Answer, S
 /// The records of the lowest priority present (higher ones are backups the gateway does not
 /// use); each target's addresses with the record's port and weight (0 counts as 1).
 async fn srv(resolver: &TokioResolver, name: &str) -> Result<(Vec<Member>, Instant), String> {
-    let found = resolver.srv_lookup(name).await.map_err(|e| e.to_string())?;
+    let found = match resolver.srv_lookup(name).await {
+        Err(e) if no_records(&e) => return Ok((Vec::new(), Instant::now())),
+        r => r.map_err(|e| e.to_string())?,
+    };
     let mut valid_until = found.as_lookup().valid_until();
     let Some(best) = found.iter().map(|r| r.priority()).min() else {
         return Ok((Vec::new(), valid_until));
@@ -72,10 +82,19 @@ async fn srv(resolver: &TokioResolver, name: &str) -> Result<(Vec<Member>, Insta
     let lookups = records.iter().map(|r| resolver.lookup_ip(r.target().clone()));
     let mut members = Vec::new();
     for (r, ips) in records.iter().zip(futures_util::future::join_all(lookups).await) {
-        let ips = ips.map_err(|e| format!("SRV target {}: {e}", r.target()))?;
+        let ips = match ips {
+            // A target with no address adds no backend; the others stand.
+            Err(e) if no_records(&e) => continue,
+            r2 => r2.map_err(|e| format!("SRV target {}: {e}", r.target()))?,
+        };
         valid_until = valid_until.min(ips.valid_until());
         let weight = usize::from(r.weight()).max(1);
         members.extend(ips.iter().map(|ip| (SocketAddr::new(ip, r.port()), weight)));
     }
     Ok((members, valid_until))
+}
+
+/// The name has no such record (or does not exist): an empty answer, not a failure.
+fn no_records(e: &ResolveError) -> bool {
+    e.is_no_records_found() || e.is_nx_domain()
 }
