@@ -175,4 +175,34 @@ mod tests {
         let local = Reloader::new(Arc::new(ArcSwap::from_pointee(runtime(""))), None);
         assert!(local.keeps_admin_guarded(runtime("")).is_ok());
     }
+
+    fn discovering(extra: &str) -> Runtime {
+        let yaml = format!(
+            "keys: [{{ name: a, key: \"client-key-0123456789\", models: [\"*\"] }}]\n\
+             providers:\n  - {{ name: v, url: \"http://vllm.svc:8000/v1\", discover: {{ dns: \"vllm.svc:8000\"{extra} }} }}\n"
+        );
+        config::load_str(&yaml, &|_| None).unwrap()
+    }
+
+    /// A reload does not resolve a discovering provider: it keeps the set found (and its
+    /// backends' state) while the DNS source is the same, and starts empty when it changed.
+    #[test]
+    fn a_reload_keeps_the_discovered_set_of_the_same_source() {
+        let members = [("10.0.0.1:8000".parse().unwrap(), 1), ("10.0.0.2:8000".parse().unwrap(), 1)];
+        let old = discovering("");
+        let r = Reloader::new(Arc::new(ArcSwap::from_pointee(old)), None);
+        assert!(r.runtime.load().providers[0].backends.is_empty());
+        let source = r.runtime.load().providers[0].fleet.discover.clone().unwrap();
+        assert!(r.apply_discovered("v", &source, &members));
+        assert!(!r.apply_discovered("v", &source, &members), "the same set is no change");
+        assert!(!r.apply_discovered("v", &source, &[]), "an empty answer never empties a fleet");
+        let old = r.runtime.load_full();
+        let mut same = discovering(", interval: 30s");
+        carry_over(&old, &mut same);
+        assert_eq!(same.providers[0].members(), members.to_vec());
+        assert!(Arc::ptr_eq(&same.providers[0].backends[0], &old.providers[0].backends[0]));
+        let mut other = discovering(", resolver: \"127.0.0.1:5353\"");
+        carry_over(&old, &mut other);
+        assert!(other.providers[0].backends.is_empty());
+    }
 }
