@@ -4,6 +4,7 @@
 mod abuse;
 mod common;
 mod compression;
+mod container;
 mod discovery;
 mod fleet;
 mod framing_paths;
