@@ -347,3 +347,22 @@ async fn srv_records_give_ports_and_weights() {
     }
     assert!(served.contains_key("a") && served.contains_key("b") && !served.contains_key("backup"), "{served:?}");
 }
+
+/// A provider with neither `backends` nor `discover` follows its URL's host (here `localhost`
+/// through the system's resolver and /etc/hosts) and keeps serving.
+#[tokio::test]
+async fn a_url_host_is_resolved_again() {
+    let sim = spawn_sim(&["--replica-id", "only"]).await;
+    let rest = format!(
+        "keys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"] }}\n\
+         providers:\n  - {{ name: vllm, url: \"http://localhost:{}/v1\" }}\n",
+        sim.addr.port()
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    let d = wait_discovery(&gw, |d| !d.is_null()).await;
+    assert_eq!(d["target"], format!("localhost:{}", sim.addr.port()), "{d}");
+    assert_eq!(d["resolver"], "system");
+    assert!(d["last_result"] == "unchanged" || d["last_result"] == "changed", "{d}");
+    assert!(backends(&gw).await.contains(&sim.addr.to_string()));
+    assert_eq!(ask(&client(), &gw, "s").await, (200, "only".to_string()));
+}
