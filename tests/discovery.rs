@@ -156,6 +156,18 @@ impl Traffic {
     }
 }
 
+/// When `replica` first served a request of `load` (30 s at most).
+async fn first_request_on(load: &Traffic, replica: &str, gw: &Gw) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(t) = load.seen(replica) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{replica} never took traffic: {}", health(gw).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A streamed request: (status, whether it ended with `[DONE]`, replica).
 async fn stream(url: String, session: String) -> (u16, bool, String) {
     let resp = client()
@@ -204,22 +216,12 @@ async fn replicas_join_and_leave_with_dns_while_traffic_flows() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let changed = Instant::now();
     dns.set_hosts(&hosts(&[2, 3, 4]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while load.seen("r4").is_none() {
-        assert!(Instant::now() < deadline, "r4 never took traffic: {}", health(&gw).await);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let joined = load.seen("r4").unwrap().duration_since(changed);
+    let joined = first_request_on(&load, "r4", &gw).await.duration_since(changed);
     let after = placement(&c, &gw, &sessions).await;
-    let moved: Vec<&String> = sessions.iter().filter(|s| before[*s] != after[*s]).collect();
-    assert!(moved.iter().all(|s| after[*s] == "r4"), "keys moved between old replicas");
-    let share = moved.len() as f64 / sessions.len() as f64;
-    assert!(
-        (0.15..0.55).contains(&share),
-        "{} of {} keys moved to the new replica (want about 1/3)",
-        moved.len(),
-        sessions.len()
-    );
+    let moved = sessions.iter().filter(|s| before[*s] != after[*s]).count();
+    assert!(sessions.iter().all(|s| before[s] == after[s] || after[s] == "r4"), "keys moved between old replicas");
+    let share = moved as f64 / sessions.len() as f64;
+    assert!((0.15..0.55).contains(&share), "{moved} of 300 keys moved to the new replica (want about 1/3)");
 
     // Removed while streams run on it and requests flow.
     let on_r2: Vec<String> = sessions.iter().filter(|s| after[*s] == "r2").take(3).cloned().collect();
@@ -255,10 +257,8 @@ async fn replicas_join_and_leave_with_dns_while_traffic_flows() {
     eprintln!(
         "discovery figures: DNS change to first request on the added replica {} ms (interval 1s); \
          {failed} of {sent} requests sent during the addition and the removal failed, {served_by_r2} streams on the removed replica all ended normally; \
-         {} of {} keys moved on the addition",
-        joined.as_millis(),
-        moved.len(),
-        sessions.len()
+         {moved} of 300 keys moved on the addition",
+        joined.as_millis()
     );
     assert_eq!(failed, 0, "requests failed while replicas joined and left");
 }
