@@ -5,7 +5,9 @@
 //! backend leaves only when its last request is done.
 
 use super::discover::Member;
+use super::ketama::Ring;
 use super::{Backend, Provider};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 /// Gives each backend in `backends` the object of the backend of `prev` with the same address
@@ -20,21 +22,26 @@ pub fn carry_state(prev: &Provider, backends: &mut [Arc<Backend>]) {
 
 impl Provider {
     /// This provider with `members` as its backends (fresh objects: see [`carry_state`]) and
-    /// the ring built for them; everything else the same.
+    /// the ring built for them; everything else the same. Every field is named, so a field
+    /// added to [`Provider`] must be decided on here (copied, or reset like the cursor).
     pub fn with_members(&self, members: &[Member]) -> Provider {
-        let backends = members.iter().map(|&(addr, weight)| Arc::new(Backend::new(addr, weight))).collect();
-        Provider::new(
-            &self.name,
-            self.host_header.clone(),
-            self.base_path.clone(),
-            self.tls.clone(),
-            self.api_key.clone(),
-            self.models.clone(),
+        let backends: Vec<Arc<Backend>> =
+            members.iter().map(|&(addr, weight)| Arc::new(Backend::new(addr, weight))).collect();
+        Provider {
+            name: self.name.clone(),
+            host_header: self.host_header.clone(),
+            base_path: self.base_path.clone(),
+            tls: self.tls.clone(),
+            api_key: self.api_key.clone(),
+            models: self.models.clone(),
+            default_model: self.default_model.clone(),
+            ring: Ring::new(members),
             backends,
-            self.timeouts.clone(),
-        )
-        .with_fleet(self.fleet.clone())
-        .with_default_model(self.default_model.clone())
+            timeouts: self.timeouts.clone(),
+            fleet: self.fleet.clone(),
+            cursor: AtomicUsize::new(0),
+            headers: self.headers.clone(),
+        }
     }
 
     /// `(address, weight)` of every backend, sorted.

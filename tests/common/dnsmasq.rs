@@ -32,7 +32,9 @@ impl Dnsmasq {
     pub fn start(hosts: &str, conf: &str) -> Dnsmasq {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| std::path::Path::new(p).exists());
         let bin = bin.unwrap_or_else(|| {
-            panic!("dnsmasq is not installed: apt-get install -y dnsmasq-base (.ci/run does), or MCAS_TEST_SKIP_DNSMASQ=1")
+            panic!(
+                "dnsmasq is not installed: apt-get install -y dnsmasq-base (.ci/run does), or MCAS_TEST_SKIP_DNSMASQ=1"
+            )
         });
         let dir = tempfile::tempdir().expect("tempdir");
         // Run as root, dnsmasq drops to `nobody`, who must still read the files on SIGHUP.
