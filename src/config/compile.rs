@@ -282,6 +282,10 @@ fn resolve_all(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>)
     match (host.trim_start_matches('[').trim_end_matches(']'), port).to_socket_addrs() {
         Ok(addrs) => {
             let mut all: Vec<SocketAddr> = addrs.collect();
+            // IPv4 when there is any, as the discovery task asks (src/fleet/discover/resolve.rs).
+            if all.iter().any(SocketAddr::is_ipv4) {
+                all.retain(SocketAddr::is_ipv4);
+            }
             all.sort();
             all.dedup();
             if all.is_empty() {

@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoverSection {
-    /// `HOST:PORT`: every A and AAAA address of HOST is a backend on PORT (a Kubernetes
-    /// headless service, DNS round robin).
+    /// `HOST:PORT`: every A address of HOST (AAAA when it has none) is a backend on PORT (a
+    /// Kubernetes headless service, DNS round robin).
     pub dns: Option<String>,
     /// `_service._tcp.domain`: SRV records, each target's addresses with the record's port and
     /// weight (the lowest priority present only).

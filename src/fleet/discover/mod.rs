@@ -17,7 +17,7 @@ use std::time::Duration;
 /// What to ask DNS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Query {
-    /// A and AAAA records of `host`; every address with `port`, weight 1.
+    /// A records of `host` (AAAA when it has none); every address with `port`, weight 1.
     Host { host: String, port: u16 },
     /// SRV records of `name`: each target's addresses with the record's port and weight.
     Srv { name: String },

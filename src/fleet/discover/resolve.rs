@@ -1,4 +1,5 @@
-//! Asking DNS (hickory-resolver, tokio): the A and AAAA records of a host, or the SRV records
+//! Asking DNS (hickory-resolver, tokio): the A records of a host (its AAAA records when it has
+//! no A record), or the SRV records
 //! of a service and the addresses of their targets. The system's resolvers and `/etc/hosts`
 //! by default (what `getaddrinfo` would use), or only the server given by `discover.resolver`.
 
@@ -34,8 +35,10 @@ pub fn resolver(d: &Discover) -> Result<TokioResolver, String> {
         }
     };
     let o = builder.options_mut();
-    // Every address is a backend, IPv4 and IPv6 alike.
-    o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    // The A records, or the AAAA records of a name without any: a dual-stack pod has one of
+    // each and would count twice, and an IPv6 address on a host without an IPv6 route is a
+    // backend that never connects.
+    o.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
     o.timeout = d.interval.clamp(MIN_INTERVAL, Duration::from_secs(5));
     o.attempts = 1;
     // Asked again every interval even when the record's TTL is longer: a cached answer would
