@@ -87,7 +87,8 @@ impl AuthError {
     }
 }
 
-#[derive(Debug, Default)]
+/// Cloning shares every entry (and its limit state).
+#[derive(Debug, Clone, Default)]
 pub struct KeyTable {
     by_digest: HashMap<[u8; 32], Arc<KeyEntry>>,
 }

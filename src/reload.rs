@@ -8,6 +8,7 @@
 //! swapped in after a newer one, or carry state over from a runtime already replaced).
 
 use crate::config::{self, ConfigErrors};
+use crate::fleet::discover::{Discover, Member};
 use crate::observe::metrics::metrics;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
@@ -82,17 +83,45 @@ impl Reloader {
     }
 }
 
-/// Reuses the backend objects (health, in-flight) of backends present before and after.
+/// Reuses the backend objects (health, in-flight) of backends present before and after
+/// ([`crate::fleet::members`]). A provider that discovers its backends from the same DNS
+/// source as before keeps the set it discovered (the file does not list it).
 fn carry_over(old: &Runtime, new: &mut Runtime) {
     new.keys.carry_limit_state(&old.keys);
     for p in new.providers.iter_mut() {
         let Some(prev) = old.providers.iter().find(|o| o.name == p.name) else { continue };
-        let Some(p) = Arc::get_mut(p) else { continue };
-        for b in p.backends.iter_mut() {
-            if let Some(same) = prev.backends.iter().find(|o| o.addr == b.addr && o.weight == b.weight) {
-                *b = same.clone();
-            }
+        let same_source = match (&p.fleet.discover, &prev.fleet.discover) {
+            (Some(d), Some(was)) => !d.from_url && d.same_source(was) && !prev.backends.is_empty(),
+            _ => false,
+        };
+        if same_source {
+            *p = Arc::new(p.with_members(&prev.members()));
         }
+        let Some(p) = Arc::get_mut(p) else { continue };
+        crate::fleet::members::carry_state(prev, &mut p.backends);
+    }
+}
+
+impl Reloader {
+    /// DNS discovery found `members` for `provider` from `source`: swaps in the runtime with
+    /// that provider's backends replaced, carried over as on a reload. Returns whether
+    /// anything changed (not when the set is the same, empty, or the provider no longer
+    /// discovers from `source`).
+    pub fn apply_discovered(&self, provider: &str, source: &Discover, members: &[Member]) -> bool {
+        let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.runtime.load_full();
+        let Some(i) = old.providers.iter().position(|p| &*p.name == provider) else { return false };
+        let prev = &old.providers[i];
+        let discovers = prev.fleet.discover.as_ref().is_some_and(|d| d.same_source(source));
+        let mut members = members.to_vec();
+        members.sort();
+        if !discovers || members.is_empty() || prev.members() == members {
+            return false;
+        }
+        let mut next = prev.with_members(&members);
+        crate::fleet::members::carry_state(prev, &mut next.backends);
+        self.runtime.store(Arc::new(old.with_provider(i, Arc::new(next))));
+        true
     }
 }
 
@@ -118,6 +147,16 @@ impl pingora::services::background::BackgroundService for SighupService {
     }
 }
 
+/// Runs the DNS discovery tasks (src/fleet/discover/task.rs) as a Pingora background service.
+pub struct DiscoveryService(pub Reloader);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for DiscoveryService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        crate::fleet::discover::task::run(self.0.clone(), shutdown).await;
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -138,5 +177,35 @@ mod tests {
         assert!(r.keeps_admin_guarded(runtime("token: \"another-token-0123456789\"")).is_ok());
         let local = Reloader::new(Arc::new(ArcSwap::from_pointee(runtime(""))), None);
         assert!(local.keeps_admin_guarded(runtime("")).is_ok());
+    }
+
+    fn discovering(extra: &str) -> Runtime {
+        let yaml = format!(
+            "keys: [{{ name: a, key: \"client-key-0123456789\", models: [\"*\"] }}]\n\
+             providers:\n  - {{ name: v, url: \"http://vllm.svc:8000/v1\", discover: {{ dns: \"vllm.svc:8000\"{extra} }} }}\n"
+        );
+        config::load_str(&yaml, &|_| None).unwrap()
+    }
+
+    /// A reload does not resolve a discovering provider: it keeps the set found (and its
+    /// backends' state) while the DNS source is the same, and starts empty when it changed.
+    #[test]
+    fn a_reload_keeps_the_discovered_set_of_the_same_source() {
+        let members = [("10.0.0.1:8000".parse().unwrap(), 1), ("10.0.0.2:8000".parse().unwrap(), 1)];
+        let old = discovering("");
+        let r = Reloader::new(Arc::new(ArcSwap::from_pointee(old)), None);
+        assert!(r.runtime.load().providers[0].backends.is_empty());
+        let source = r.runtime.load().providers[0].fleet.discover.clone().unwrap();
+        assert!(r.apply_discovered("v", &source, &members));
+        assert!(!r.apply_discovered("v", &source, &members), "the same set is no change");
+        assert!(!r.apply_discovered("v", &source, &[]), "an empty answer never empties a fleet");
+        let old = r.runtime.load_full();
+        let mut same = discovering(", interval: 30s");
+        carry_over(&old, &mut same);
+        assert_eq!(same.providers[0].members(), members.to_vec());
+        assert!(Arc::ptr_eq(&same.providers[0].backends[0], &old.providers[0].backends[0]));
+        let mut other = discovering(", resolver: \"127.0.0.1:5353\"");
+        carry_over(&old, &mut other);
+        assert!(other.providers[0].backends.is_empty());
     }
 }

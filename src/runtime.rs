@@ -81,6 +81,30 @@ impl Runtime {
             .find(|p| p.any_usable(now))
             .cloned()
     }
+
+    /// This runtime with provider `i` replaced (DNS discovery changed its backends): keys share
+    /// their state, metric children are bound again as on a reload.
+    pub fn with_provider(&self, i: usize, provider: Arc<Provider>) -> Runtime {
+        let mut providers = self.providers.clone();
+        if let Some(slot) = providers.get_mut(i) {
+            *slot = provider;
+        }
+        let labels: Vec<&str> = self.routes.routes().iter().map(|r| r.label.as_str()).collect();
+        let names: Vec<Arc<str>> = providers.iter().map(|p| p.name.clone()).collect();
+        let metrics = crate::observe::bound::BoundMetrics::new(&labels, &names, self.metrics.max_key_model_pairs);
+        Runtime {
+            server: self.server.clone(),
+            admin_listen: self.admin_listen.clone(),
+            admin_token: self.admin_token.clone(),
+            keys: self.keys.clone(),
+            providers,
+            routes: self.routes.clone(),
+            log: self.log.clone(),
+            limits: self.limits.clone(),
+            mcp: self.mcp.clone(),
+            metrics,
+        }
+    }
 }
 
 /// File names of the pid file and upgrade socket in the runtime directory.

@@ -96,7 +96,7 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let mut admin =
         Service::new("mcas-admin".to_string(), AdminApp { reloader: reloader.clone(), started: Instant::now() });
     admin.add_tcp(&admin_listen);
-    let sighup = pingora::services::background::background_service("sighup-reload", SighupService(reloader));
+    let sighup = pingora::services::background::background_service("sighup-reload", SighupService(reloader.clone()));
     let probes = pingora::services::background::background_service(
         "health-probes",
         crate::fleet::probe::ProbeService { runtime: shared.clone() },
@@ -109,6 +109,10 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     server.add_service(pingora::services::background::background_service(
         "dashboard-sampler",
         crate::observe::dashboard::SamplerService,
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "dns-discovery",
+        crate::reload::DiscoveryService(reloader),
     ));
     server.add_service(pingora::services::background::background_service(
         "drain",

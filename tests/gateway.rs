@@ -404,7 +404,8 @@ fn every_gateway_conf_file_loads() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if !name.ends_with(".yaml") || name.starts_with("telegram") {
+        // conf/kubernetes/ holds manifests, checked (with the config they carry) by tests/container.rs.
+        if !path.is_file() || !name.ends_with(".yaml") || name.starts_with("telegram") {
             continue;
         }
         let (code, out) = check_file(path.to_str().unwrap(), &[("ALICE_KEY", "a"), ("MCAS_VLLM_KEY", "v")]);

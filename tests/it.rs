@@ -4,7 +4,9 @@
 mod abuse;
 mod common;
 mod compression;
+mod container;
 mod dashboard;
+mod discovery;
 mod fleet;
 mod framing_paths;
 mod gateway;

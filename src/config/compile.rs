@@ -277,10 +277,33 @@ fn resolve(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>) -> 
     }
 }
 
+/// Every address of the URL's host (each one a backend, as the discovery task will find them).
+fn resolve_all(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>) -> Vec<SocketAddr> {
+    match (host.trim_start_matches('[').trim_end_matches(']'), port).to_socket_addrs() {
+        Ok(addrs) => {
+            let mut all: Vec<SocketAddr> = addrs.collect();
+            // IPv4 when there is any, as the discovery task asks (src/fleet/discover/resolve.rs).
+            if all.iter().any(SocketAddr::is_ipv4) {
+                all.retain(SocketAddr::is_ipv4);
+            }
+            all.sort();
+            all.dedup();
+            if all.is_empty() {
+                errors.push(ConfigError::new(path, format!("{host} resolves to no address")));
+            }
+            all
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(path, format!("cannot resolve {host}: {e}")));
+            vec![]
+        }
+    }
+}
+
 fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Option<Arc<Provider>> {
     let path = format!("providers[{i}]");
     let start = errors.len();
-    let fleet = super::upstream::fleet(&path, &p, errors);
+    let mut fleet = super::upstream::fleet(&path, &p, errors);
     if p.name.trim().is_empty() || p.name == "by_model" {
         errors.push(ConfigError::new(format!("{path}.name"), "must be a non-empty name other than \"by_model\""));
     }
@@ -317,10 +340,16 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         None => host.clone(),
     };
     let base_path = url.path().trim_end_matches('/').to_string();
+    fleet.discover = super::discover::compile(&path, p.discover, p.backends.is_some(), (&host, port), errors);
     let backends: Vec<Arc<Backend>> = match p.backends {
-        None => resolve(&format!("{path}.url"), &host, port, errors)
-            .map(|a| vec![Arc::new(Backend::new(a, 1))])
-            .unwrap_or_default(),
+        // Found by the discovery task (src/fleet/discover/), or kept from the running config
+        // on a reload (src/reload.rs): never resolved at load, so `--check` and a start while
+        // the service has no ready replica work.
+        None if fleet.discover.as_ref().is_some_and(|d| !d.from_url) => vec![],
+        None => resolve_all(&format!("{path}.url"), &host, port, errors)
+            .into_iter()
+            .map(|a| Arc::new(Backend::new(a, 1)))
+            .collect(),
         Some(list) if list.is_empty() => {
             errors.push(ConfigError::new(format!("{path}.backends"), "is empty (omit it to use the url's host)"));
             vec![]

@@ -5,6 +5,7 @@
 //! path of the value at fault, and `--check` prints them all.
 
 pub mod compile;
+pub mod discover;
 pub mod env;
 pub mod expand;
 pub mod limits;

@@ -145,6 +145,8 @@ pub struct ProviderSection {
     pub models: Option<Vec<String>>,
     /// Replicas sharing the URL's scheme and base path: `host:port` or `{address, weight}`.
     pub backends: Option<Vec<BackendSection>>,
+    /// Backends found in DNS instead of listed (src/config/discover.rs).
+    pub discover: Option<super::discover::DiscoverSection>,
     #[serde(default)]
     pub timeouts: ProviderTimeouts,
     #[serde(default)]
@@ -158,7 +160,7 @@ pub struct ProviderSection {
     /// Bounded load (ketama): no backend takes more than `(1 + epsilon) ×` the mean in-flight
     /// requests. Default 0.25; `off` for plain consistent hashing.
     pub epsilon: Option<EpsilonSection>,
-    /// Active health checks. Default: on for providers with `backends:`, off otherwise.
+    /// Active health checks. Default: on for providers with `backends:` or `discover:`, off otherwise.
     pub health: Option<HealthSection>,
     /// Circuit breaker fed by connect failures, timeouts and 5xx.
     pub circuit: Option<CircuitSection>,

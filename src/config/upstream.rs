@@ -43,7 +43,7 @@ pub fn fleet(path: &str, p: &ProviderSection, errors: &mut Vec<ConfigError>) -> 
     };
     let health_on = match &p.health {
         Some(h) => h.enabled.unwrap_or(true),
-        None => p.backends.is_some(),
+        None => p.backends.is_some() || p.discover.is_some(),
     };
     let health = health_on.then(|| {
         let hd = HealthSettings::default();
@@ -94,6 +94,7 @@ pub fn fleet(path: &str, p: &ProviderSection, errors: &mut Vec<ConfigError>) -> 
         circuit,
         retries: p.retries.unwrap_or(d.retries),
         fallbacks: p.fallbacks.clone().unwrap_or_default(),
+        discover: None,
     }
 }
 

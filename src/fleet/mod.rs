@@ -5,9 +5,11 @@
 //! circuit breaker ([`circuit`]), retries and fallbacks.
 
 pub mod circuit;
+pub mod discover;
 pub mod hash_key;
 pub mod health;
 pub mod ketama;
+pub mod members;
 pub mod probe;
 pub mod select;
 
@@ -110,6 +112,8 @@ pub struct Fleet {
     pub retries: usize,
     /// Providers tried, in order, when every backend of this one is down or open.
     pub fallbacks: Vec<String>,
+    /// Backends found in DNS (`discover`, or the URL's host without `backends`); `None`: fixed.
+    pub discover: Option<discover::Discover>,
 }
 
 impl Default for Fleet {
@@ -122,6 +126,7 @@ impl Default for Fleet {
             circuit: CircuitSettings::default(),
             retries: 2,
             fallbacks: Vec::new(),
+            discover: None,
         }
     }
 }

@@ -174,6 +174,7 @@ impl AdminApp {
                     "balance": p.fleet.balance.as_str(),
                     "probed": p.fleet.health.is_some(),
                     "backends": backends,
+                    "discovery": crate::fleet::discover::status::snapshot(&p.name),
                 })
             })
             .collect();

@@ -200,6 +200,8 @@ pub struct FleetMetrics {
     pub retries: IntCounterVec,
     pub circuit_transitions: IntCounterVec,
     pub health_transitions: IntCounterVec,
+    /// DNS discovery (src/fleet/discover/status.rs): results are a fixed set.
+    pub discovery_resolutions: IntCounterVec,
 }
 
 fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error> {
@@ -220,11 +222,19 @@ fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error>
             Opts::new("health_transitions_total", "Active health changes by the state entered (up, down)"),
             &["provider", "backend", "state"],
         )?,
+        discovery_resolutions: IntCounterVec::new(
+            Opts::new(
+                "discovery_resolutions_total",
+                "DNS resolutions of discovering providers (changed, unchanged, empty, failed)",
+            ),
+            &["provider", "result"],
+        )?,
     };
     register(registry, m.backend_selections.clone())?;
     register(registry, m.retries.clone())?;
     register(registry, m.circuit_transitions.clone())?;
     register(registry, m.health_transitions.clone())?;
+    register(registry, m.discovery_resolutions.clone())?;
     Ok(m)
 }
 

@@ -7,6 +7,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod dnsmasq;
 pub mod gateway;
 pub mod tls;
 
