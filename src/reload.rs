@@ -86,7 +86,12 @@ fn carry_over(old: &Runtime, new: &mut Runtime) {
         let Some(prev) = old.providers.iter().find(|o| o.name == p.name) else { continue };
         let Some(p) = Arc::get_mut(p) else { continue };
         for b in p.backends.iter_mut() {
-            if let Some(same) = prev.backends.iter().find(|o| o.addr == b.addr && o.weight == b.weight) {
+            // A changed pool cap makes a new backend object (the old one's slots stay with the
+            // requests that hold them).
+            let pool = |x: &crate::fleet::Backend| x.pool.as_ref().map(|p| p.settings);
+            if let Some(same) =
+                prev.backends.iter().find(|o| o.addr == b.addr && o.weight == b.weight && pool(o) == pool(b))
+            {
                 *b = same.clone();
             }
         }

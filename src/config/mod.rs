@@ -8,6 +8,8 @@ pub mod compile;
 pub mod env;
 pub mod expand;
 pub mod limits;
+pub mod ping;
+pub mod pool;
 pub mod schema;
 pub mod units;
 pub mod upstream;

@@ -8,6 +8,7 @@ pub mod circuit;
 pub mod hash_key;
 pub mod health;
 pub mod ketama;
+pub mod pool;
 pub mod probe;
 pub mod select;
 
@@ -80,6 +81,8 @@ pub struct Backend {
     pub circuit: Circuit,
     /// Its metric series, bound once.
     pub metrics: crate::observe::bound::BackendMetrics,
+    /// `providers[].pool`: the cap on connections and the queue; `None`: no cap.
+    pub pool: Option<Arc<pool::ConnPool>>,
 }
 
 impl Backend {
@@ -91,6 +94,7 @@ impl Backend {
             health: ActiveHealth::default(),
             circuit: Circuit::default(),
             metrics: Default::default(),
+            pool: None,
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub malformed_requests: IntCounterVec,
     /// Access log lines dropped because the writer fell behind (stdout slow or its pipe full).
     pub access_log_dropped: prometheus::IntCounter,
+    /// `providers[].pool`: connections per backend by state (`in_use`, `idle`, `waiting`).
+    pub pool_connections: IntGaugeVec,
+    /// `providers[].pool`: requests refused with 503, by reason (`queue_full`, `queue_timeout`).
+    pub pool_refusals: IntCounterVec,
     /// The (key, model) pairs `tokens` carries, by key name.
     models_seen: Mutex<ModelsSeen>,
 }
@@ -134,6 +138,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Access log lines dropped because stdout could not take them fast enough",
     )?;
     registry.register(Box::new(access_log_dropped.clone()))?;
+    let pool_connections = IntGaugeVec::new(
+        Opts::new(
+            "upstream_pool_connections",
+            "Connections per pooled backend: in_use, idle (kept), waiting (queued requests)",
+        ),
+        &["provider", "backend", "state"],
+    )?;
+    registry.register(Box::new(pool_connections.clone()))?;
+    let pool_refusals = IntCounterVec::new(
+        Opts::new("upstream_pool_refusals_total", "Requests refused (503) by a full backend pool, by reason"),
+        &["provider", "backend", "reason"],
+    )?;
+    registry.register(Box::new(pool_refusals.clone()))?;
     Ok(Metrics {
         registry,
         fleet,
@@ -155,6 +172,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         connections_refused,
         malformed_requests,
         access_log_dropped,
+        pool_connections,
+        pool_refusals,
         models_seen: Mutex::new(ModelsSeen::default()),
     })
 }

@@ -31,6 +31,7 @@
 pub mod answer;
 pub mod connect;
 pub mod failure;
+pub mod pool;
 pub mod request;
 
 pub use connect::connect;
