@@ -19,3 +19,4 @@ mod streams;
 mod streams_bench;
 mod telegram;
 mod tunnel;
+mod ws_ping;
