@@ -182,6 +182,14 @@ async fn beyond_the_queue_and_past_its_timeout_requests_get_503_with_retry_after
     backend.open_gate();
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1, "refused requests never reached the backend");
+    // max_idle 0: the connection is not kept once the request is done.
+    for _ in 0..500 {
+        if backend.open.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(backend.open.load(Ordering::SeqCst), 0, "the gateway kept an idle connection despite max_idle 0");
     let page = gw.metrics_with("mcas_upstream_pool_refusals_total").await;
     for reason in ["queue_full", "queue_timeout"] {
         assert!(page.contains(&format!("reason=\"{reason}\"}} 1")), "{reason} not counted:\n{page}");

@@ -66,7 +66,9 @@ async fn refuse(session: &mut Session, ctx: &mut Ctx, why: Refusal, retry_after:
 /// Resolves when the client closes its connection (only watched once its request body is
 /// in: reading earlier would consume the body). Bytes of a pipelined request end the watch.
 async fn client_gone(session: &mut Session) -> Box<Error> {
-    if session.is_body_done() {
+    // A subrequest (the model list) has no connection of its own to watch; its main request's
+    // client is watched by Pingora's subrequest pipe.
+    if session.subrequest_ctx.is_none() && session.is_body_done() {
         if let Err(e) = session.downstream_session.read_body_or_idle(true).await {
             return e;
         }
