@@ -50,6 +50,16 @@ pub struct RouteOpts {
     pub max_tunnels: Option<usize>,
     pub max_streams_per_key: Option<usize>,
     pub max_tunnels_per_key: Option<usize>,
+    /// `routes[].ping`: WebSocket keepalive by the gateway; `None`: off.
+    pub ping: Option<Ping>,
+}
+
+/// The gateway pings the client of a tunnel silent for `interval` and closes the tunnel (1001
+/// both ways) when no pong comes back within `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ping {
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -69,6 +69,11 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     };
     // Connect failures are retried on the next backend by our own selection (fail_to_connect).
     conf.max_retries = 16;
+    // Pingora keeps idle upstream connections in one LRU (per connector) of this size: make room
+    // for every `providers[].pool.max_idle` on top of the default, so pooled backends keep what
+    // they may keep (docs/pingora.md, "Upstream connection pools"). Set at start: a reload that
+    // raises max_idle takes effect at the next upgrade.
+    conf.upstream_keepalive_pool_size += pooled_idle(&runtime);
     // One single-threaded runtime per thread: connections stay on the thread that accepted
     // them, which spares the cross-thread wake-ups of a work-stealing runtime on every request.
     conf.work_stealing = false;
@@ -144,6 +149,16 @@ fn listener(addr: &str, tls: Option<&crate::runtime::ListenTls>) -> anyhow::Resu
             config.tls(settings).l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER))
         }
     })
+}
+
+/// The idle connections `providers[].pool` lets all pooled backends keep together.
+fn pooled_idle(rt: &Runtime) -> usize {
+    rt.providers
+        .iter()
+        .flat_map(|p| p.backends.iter())
+        .filter_map(|b| b.pool.as_ref())
+        .map(|p| p.settings.max_idle)
+        .sum()
 }
 
 fn warn_about(rt: &Runtime) {

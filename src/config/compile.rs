@@ -340,8 +340,10 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         None => host.clone(),
     };
     let base_path = url.path().trim_end_matches('/').to_string();
+    let pool = super::pool::settings(&path, p.pool.as_ref(), errors);
+    fleet.pool = pool;
     fleet.discover = super::discover::compile(&path, p.discover, p.backends.is_some(), (&host, port), errors);
-    let backends: Vec<Arc<Backend>> = match p.backends {
+    let mut backends: Vec<Arc<Backend>> = match p.backends {
         // Found by the discovery task (src/fleet/discover/), or kept from the running config
         // on a reload (src/reload.rs): never resolved at load, so `--check` and a start while
         // the service has no ready replica work.
@@ -383,6 +385,7 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         write: t.write.map(|x| x.0).unwrap_or(d.write),
         idle: t.idle.map(|x| x.0).unwrap_or(d.idle),
     };
+    super::pool::attach(&p.name, &mut backends, pool, timeouts.idle);
     let mut ca_der = Vec::new();
     let upstream_tls = if tls {
         let ca = p.tls.ca_file.as_ref().and_then(|f| match load_certs(f) {
@@ -589,6 +592,7 @@ fn route_opts(path: &str, r: &RouteSection, errors: &mut Vec<ConfigError>) -> Ro
         max_tunnels: r.max_tunnels,
         max_streams_per_key: r.max_streams_per_key,
         max_tunnels_per_key: r.max_tunnels_per_key,
+        ping: super::ping::compile(path, r, errors),
     }
 }
 

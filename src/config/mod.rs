@@ -9,6 +9,8 @@ pub mod discover;
 pub mod env;
 pub mod expand;
 pub mod limits;
+pub mod ping;
+pub mod pool;
 pub mod schema;
 pub mod units;
 pub mod upstream;

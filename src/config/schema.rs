@@ -172,6 +172,9 @@ pub struct ProviderSection {
     /// The model a request that names none is checked and charged for (and sent upstream
     /// with); must match `models`. Default: none (a key not allowed `*` must name the model).
     pub default_model: Option<String>,
+    /// Cap on connections per backend, with a bounded queue in front (`config/pool.rs`).
+    /// Default: no cap.
+    pub pool: Option<super::pool::PoolSection>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -292,6 +295,9 @@ pub struct RouteSection {
     /// The model a request on this route that names none is checked and charged for (and sent
     /// upstream with); wins over the provider's. Default: the provider's `default_model`.
     pub default_model: Option<String>,
+    /// WebSocket keepalive by the gateway on this route's tunnels (`config/ping.rs`).
+    /// Default: off.
+    pub ping: Option<super::ping::PingSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,6 +95,7 @@ pub fn fleet(path: &str, p: &ProviderSection, errors: &mut Vec<ConfigError>) -> 
         retries: p.retries.unwrap_or(d.retries),
         fallbacks: p.fallbacks.clone().unwrap_or_default(),
         discover: None,
+        pool: None,
     }
 }
 

@@ -10,11 +10,15 @@ use super::{Backend, Provider};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-/// Gives each backend in `backends` the object of the backend of `prev` with the same address
-/// and weight, when there is one.
+/// Gives each backend in `backends` the object of the backend of `prev` with the same address,
+/// weight and pool cap, when there is one (a changed pool cap makes a new backend object: the
+/// old one's slots stay with the requests that hold them).
 pub fn carry_state(prev: &Provider, backends: &mut [Arc<Backend>]) {
+    let pool = |x: &Backend| x.pool.as_ref().map(|p| p.settings);
     for b in backends.iter_mut() {
-        if let Some(same) = prev.backends.iter().find(|o| o.addr == b.addr && o.weight == b.weight) {
+        if let Some(same) =
+            prev.backends.iter().find(|o| o.addr == b.addr && o.weight == b.weight && pool(o) == pool(b))
+        {
             *b = same.clone();
         }
     }

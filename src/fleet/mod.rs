@@ -10,6 +10,7 @@ pub mod hash_key;
 pub mod health;
 pub mod ketama;
 pub mod members;
+pub mod pool;
 pub mod probe;
 pub mod select;
 
@@ -82,6 +83,8 @@ pub struct Backend {
     pub circuit: Circuit,
     /// Its metric series, bound once.
     pub metrics: crate::observe::bound::BackendMetrics,
+    /// `providers[].pool`: the cap on connections and the queue; `None`: no cap.
+    pub pool: Option<Arc<pool::ConnPool>>,
 }
 
 impl Backend {
@@ -93,6 +96,7 @@ impl Backend {
             health: ActiveHealth::default(),
             circuit: Circuit::default(),
             metrics: Default::default(),
+            pool: None,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct Fleet {
     pub fallbacks: Vec<String>,
     /// Backends found in DNS (`discover`, or the URL's host without `backends`); `None`: fixed.
     pub discover: Option<discover::Discover>,
+    /// `providers[].pool`, kept so backends found later (discovery) get the same cap.
+    pub pool: Option<pool::PoolSettings>,
 }
 
 impl Default for Fleet {
@@ -127,6 +133,7 @@ impl Default for Fleet {
             retries: 2,
             fallbacks: Vec::new(),
             discover: None,
+            pool: None,
         }
     }
 }

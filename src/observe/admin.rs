@@ -96,7 +96,7 @@ fn refusal(token: Option<&AdminToken>, reload: bool, authorization: Option<&[u8]
         None if reload => Some(error(
             StatusCode::FORBIDDEN,
             "POST /reload is refused while admin.token is not set; set admin.token (and send it as a \
-             bearer token) or reload with SIGHUP (systemctl reload)",
+             bearer token) or reload with SIGHUP (systemctl kill -s HUP --kill-whom=main mcas-gateway)",
             "permission_error",
             "admin_token_required",
         )),

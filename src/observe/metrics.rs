@@ -40,6 +40,10 @@ pub struct Metrics {
     pub ttft: HistogramVec,
     /// Requests answered per key name (after authentication).
     pub key_requests: IntCounterVec,
+    /// `providers[].pool`: connections per backend by state (`in_use`, `idle`, `waiting`).
+    pub pool_connections: IntGaugeVec,
+    /// `providers[].pool`: requests refused with 503, by reason (`queue_full`, `queue_timeout`).
+    pub pool_refusals: IntCounterVec,
     /// The (key, model) pairs `tokens` carries, by key name.
     models_seen: Mutex<ModelsSeen>,
 }
@@ -164,6 +168,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
     register(registry, ttft.clone())?;
     let key_requests = IntCounterVec::new(Opts::new("key_requests_total", "Requests answered, by key name"), &["key"])?;
     register(registry, key_requests.clone())?;
+    let pool_connections = IntGaugeVec::new(
+        Opts::new(
+            "upstream_pool_connections",
+            "Connections per pooled backend: in_use, idle (kept), waiting (queued requests)",
+        ),
+        &["provider", "backend", "state"],
+    )?;
+    register(registry, pool_connections.clone())?;
+    let pool_refusals = IntCounterVec::new(
+        Opts::new("upstream_pool_refusals_total", "Requests refused (503) by a full backend pool, by reason"),
+        &["provider", "backend", "reason"],
+    )?;
+    register(registry, pool_refusals.clone())?;
     Ok(Metrics {
         registry: registry.clone(),
         fleet,
@@ -189,6 +206,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         log_write_errors,
         ttft,
         key_requests,
+        pool_connections,
+        pool_refusals,
         models_seen: Mutex::new(ModelsSeen::default()),
     })
 }

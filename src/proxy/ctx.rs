@@ -60,6 +60,8 @@ pub struct UpstreamState {
     pub header_at: Option<Instant>,
     /// Whether `backend.inflight` was incremented (and must be decremented).
     pub counted: bool,
+    /// `providers[].pool`: this request's connection slot on `backend` (see `upstream/pool.rs`).
+    pub pool_slot: Option<crate::fleet::pool::Slot>,
 }
 
 impl UpstreamState {
@@ -72,6 +74,7 @@ impl UpstreamState {
     }
 
     pub fn release(&mut self) {
+        self.pool_slot = None;
         if self.counted {
             if let Some(b) = &self.backend {
                 b.inflight.fetch_sub(1, Ordering::Relaxed);

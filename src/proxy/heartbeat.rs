@@ -61,7 +61,8 @@ pub async fn run(
     session.write_response_header(resp, false).await?;
     relay(session, ctx, &mut up, sse, every).await?;
     if up.is_body_done() {
-        connectors.pooled.release_http_session(up, &*peer, Some(timeouts.idle)).await;
+        // The peer's idle timeout: zero for a pool slot that keeps no idle connection.
+        connectors.pooled.release_http_session(up, &*peer, peer.options.idle_timeout.or(Some(timeouts.idle))).await;
     }
     Ok(())
 }

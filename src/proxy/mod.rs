@@ -188,12 +188,15 @@ impl ProxyHttp for Gateway {
         Ok(matches!(self.admit(session, ctx).await?, Step::Answered))
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(routed) = ctx.routed.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route decided");
         };
         match upstream::connect::peer(routed, &mut ctx.upstream) {
-            Some(p) => Ok(p),
+            Some(mut p) => {
+                upstream::pool::hold(session, ctx, &mut p).await?;
+                Ok(p)
+            }
             None => Error::e_explain(ErrorType::HTTPStatus(503), "no backend left to try"),
         }
     }

@@ -11,6 +11,7 @@
 //! or when neither side sent anything for the route's idle timeout.
 
 mod backend;
+mod keepalive;
 mod relay;
 
 use super::ctx::Ctx;
@@ -38,6 +39,7 @@ pub async fn run(
         return upstream::refuse(session, ctx, &GatewayError::Internal).await;
     };
     let idle = routed.streams.idle(&routed.provider);
+    let ping = routed.streams.opts.ping;
     let timeouts = routed.provider.timeouts.clone();
     let open = |peer: Box<HttpPeer>| async move { (connector.new_stream(&*peer).await, peer) };
     // Boxed: the connect future (TLS included) is large and needed only until connected.
@@ -71,7 +73,7 @@ pub async fn run(
         // Only HTTP/1 upgrades reach here; any other session ends at once.
         return Ok(());
     }
-    Tunnel::new(idle).relay(session, &mut backend, &mut drain).await
+    Tunnel::new(idle, ping).relay(session, &mut backend, &mut drain).await
 }
 
 /// Sends the rewritten upgrade request; returns the backend's answer header as the client

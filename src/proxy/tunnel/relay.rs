@@ -14,6 +14,7 @@
 //! Pingora's own proxy loop polls them in `select!` (vendor/pingora-proxy/src/proxy_h2.rs).
 
 use super::backend::Backend;
+use super::keepalive::{Due, Keepalive};
 use crate::proxy::ws_frames::{close_going_away_to_server, FrameTracker, CLOSE_GOING_AWAY_TO_CLIENT};
 use bytes::Bytes;
 use pingora::prelude::*;
@@ -37,6 +38,8 @@ pub struct Tunnel {
     /// Close frames the gateway still owes each side while draining.
     owe_client: bool,
     owe_backend: bool,
+    /// `routes[].ping`: the gateway's pings to the client.
+    keepalive: Option<Keepalive>,
 }
 
 /// What woke the relay.
@@ -62,8 +65,8 @@ enum End {
 const LINGER: Duration = Duration::from_secs(1);
 
 impl Tunnel {
-    pub fn new(idle: Duration) -> Self {
-        Tunnel { idle, ..Default::default() }
+    pub fn new(idle: Duration, ping: Option<crate::routes::Ping>) -> Self {
+        Tunnel { idle, keepalive: ping.map(Keepalive::new), ..Default::default() }
     }
 
     /// Relays until either side closes, the tunnel idles out, or a drain completes. Errors
@@ -113,7 +116,15 @@ impl Tunnel {
             if draining && !self.owe_client && !self.owe_backend && self.up.close_seen() && self.down.close_seen() {
                 return Ok(End::Closed); // both sides answered the close handshake
             }
-            let deadline = linger.unwrap_or(last_read + self.idle);
+            if !draining {
+                self.ping_client(session);
+            }
+            let idle_end = linger.unwrap_or(last_read + self.idle);
+            let deadline = match &self.keepalive {
+                // A ping waiting for a frame boundary is sent after the backend's next bytes.
+                Some(k) if !draining && k.due(Instant::now()) != Due::Ping => idle_end.min(k.deadline()),
+                _ => idle_end,
+            };
             // A write to the backend that takes too long ends the tunnel (the client's are
             // bounded by the session's write timeout).
             let backend_stuck = backend_write_since.map(|t| t + up.write_timeout);
@@ -130,7 +141,16 @@ impl Tunnel {
             };
             match event {
                 Event::FromClient(None) | Event::FromBackend(None) => return Ok(End::Closed),
-                Event::Timeout => return Ok(End::TimedOut),
+                Event::Timeout if Instant::now() >= idle_end => return Ok(End::TimedOut),
+                Event::Timeout => {
+                    if self.keepalive.as_ref().is_some_and(|k| k.due(Instant::now()) == Due::Expired) {
+                        log::info!("tunnel closed: the client did not answer the gateway's ping");
+                        watch_drain = false;
+                        draining = true;
+                        self.start_drain(session, up);
+                        linger = Some(Instant::now() + LINGER);
+                    }
+                }
                 Event::Drain => {
                     watch_drain = false;
                     draining = true;
@@ -139,6 +159,14 @@ impl Tunnel {
                 }
                 Event::Wrote => {}
                 Event::FromClient(Some(data)) => {
+                    // The pongs to the gateway's own pings are not the backend's, nor traffic.
+                    let data = match self.keepalive.as_mut() {
+                        Some(k) => k.heard(&data, Instant::now()),
+                        None => data,
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
                     last_read = Instant::now();
                     // Once the gateway has closed towards the backend, what the client sends
                     // (its close reply included) is for the gateway, not the backend.
@@ -164,6 +192,16 @@ impl Tunnel {
                 (true, None) => Some(Instant::now()),
                 (true, since) => since,
             };
+        }
+    }
+
+    /// Sends the keepalive's ping when one is due and the client's direction is at a frame
+    /// boundary (else after the backend's frame in progress).
+    fn ping_client(&mut self, session: &mut Session) {
+        let Some(k) = self.keepalive.as_mut() else { return };
+        let now = Instant::now();
+        if k.due(now) == Due::Ping && self.down.at_boundary() {
+            to_client(session, k.ping_frame(now));
         }
     }
 

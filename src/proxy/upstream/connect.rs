@@ -52,11 +52,15 @@ where
 {
     loop {
         let Some(routed) = ctx.routed.as_ref() else { return Ok(None) };
-        let Some(peer) = peer(routed, &mut ctx.upstream) else {
+        let Some(mut peer) = peer(routed, &mut ctx.upstream) else {
             let e = GatewayError::Unavailable("no healthy backend for this request".into());
             failure::refuse(session, ctx, &e).await?;
             return Ok(None);
         };
+        // Refused (answered already) or the client left while waiting for a connection.
+        if super::pool::hold(session, ctx, &mut peer).await.is_err() {
+            return Ok(None);
+        }
         let (opened, peer) = open(peer).await;
         let mut e = match opened {
             Ok(conn) => return Ok(Some((conn, peer))),

@@ -57,6 +57,9 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
 /// it: say so, or clients reuse a dead one). Returns the status the failure maps to (`None`:
 /// the client is gone).
 pub async fn answer(session: &mut Session, ctx: &mut Ctx, e: &Error) -> Result<Option<u16>> {
+    if e.etype() == &super::pool::POOL_FULL {
+        return Ok(ctx.local_status); // answered by the pool (503, Retry-After); no backend failed
+    }
     let Some(err) = classify(e) else { return Ok(None) };
     if let Some(r) = &ctx.routed {
         failed(r, &ctx.upstream, e);

@@ -23,7 +23,8 @@
 //!    is silent. Such a hook would remove it.
 //! 4. The WebSocket tunnel (`proxy/tunnel/`): after a 101 the proxy loop only passes bytes
 //!    through the body filters and offers no way to add bytes of the gateway's own (the 1001
-//!    close frames on drain) while both sides are silent. Such a hook would remove it.
+//!    close frames on drain, the pings of `routes[].ping`) while both sides are silent. Such a
+//!    hook would remove it.
 //!
 //! Paths 3 and 4 use [`h1_request`], [`write_body`], [`connect::connect`], [`answer_failure`]
 //! and [`refuse`].
@@ -31,6 +32,7 @@
 pub mod answer;
 pub mod connect;
 pub mod failure;
+pub mod pool;
 pub mod request;
 
 pub use connect::connect;

@@ -80,6 +80,9 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 32;
 
+/// How long a connection may take to send its request once the service is shutting down.
+const SHUTDOWN_READ_GRACE: Duration = Duration::from_secs(2);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -329,14 +332,27 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        let (res, shutting_down) = {
+            let read = downstream_session.read_request();
+            tokio::pin!(read);
+            tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = &mut read => (res, false),
+                _ = self.await_shutdown() => {
+                    // Service shutting down. A request may be on its way on a connection that
+                    // was accepted just before the listener stopped (or on an idle keepalive
+                    // connection): give it a moment to arrive, serve it without keepalive, and
+                    // only then drop the connection; dropping at once fails that request.
+                    match time::timeout(SHUTDOWN_READ_GRACE, &mut read).await {
+                        Ok(res) => (res, true),
+                        Err(_) => return None,
+                    }
+                }
             }
         };
+        if shutting_down {
+            downstream_session.set_keepalive(None);
+        }
         match res {
             Ok(true) => {
                 // TODO: check n==0
