@@ -18,3 +18,4 @@ mod streams;
 mod streams_bench;
 mod telegram;
 mod tunnel;
+mod vllm_surface;

@@ -89,11 +89,7 @@ pub async fn decide(
         Some(body) => body_plan(body, &form, &scan, defaulted.as_deref(), add_usage),
     };
     let hash_key = hash_key(session, &provider, &key, &scan, chunks_ref.as_ref(), meta.client_ip.as_deref());
-    let stripped = match route.strip_for(&provider.base_path) {
-        Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
-        None => path.clone(),
-    };
-    let upstream_path = upstream_target(session, provider.upstream_path(&stripped), defaulted.as_deref());
+    let upstream_path = upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref());
     let streams = super::long_lived::RouteStreams::new(route, &provider);
     let provider_index = rt.providers.iter().position(|p| Arc::ptr_eq(p, &provider)).unwrap_or(usize::MAX);
     let models_list =

@@ -20,6 +20,8 @@ pub struct Replica {
     pub cache: PrefixCache,
     /// `GET /v1/models`, serialized once.
     pub models_body: Bytes,
+    /// Responses API answers this replica keeps (`store`), as vLLM does.
+    pub responses: super::responses::Store,
     /// `Bearer <key>` when `--api-key` is set.
     pub bearer: Option<Vec<u8>>,
     /// Random per instance, so ids of replicas in one process differ.
@@ -40,6 +42,7 @@ impl Replica {
             metrics: Metrics::new().map_err(io::Error::other)?,
             cache: PrefixCache::new(cfg.prefix_cache_blocks, cfg.block_chars),
             models_body: Bytes::from(models_body(&cfg.models)),
+            responses: Default::default(),
             bearer: cfg.api_key.as_ref().map(|k| format!("Bearer {k}").into_bytes()),
             id_salt: rand::random(),
             next_id: AtomicU64::new(1),
