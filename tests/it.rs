@@ -12,6 +12,7 @@ mod limits;
 mod mcp;
 mod openai_sdk;
 mod policy;
+mod responses_affinity;
 mod secrets;
 mod sim;
 mod streams;

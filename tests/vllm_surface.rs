@@ -179,7 +179,9 @@ async fn streamed_responses_are_charged() {
 #[tokio::test]
 async fn openai_python_sdk_surface() {
     let sim = spawn_sim(&["--models", "embed-model,resp-model,audio-model", "--tokens", "3"]).await;
-    let gw = spawn_gateway("", &config(&sim.addr.to_string()), &[]).await;
+    // With a sealing key: the SDK carries the gateway's sealed response ids.
+    let sealed = format!("mcp: {{ session_key: \"{}\" }}\n{}", "ab".repeat(32), config(&sim.addr.to_string()));
+    let gw = spawn_gateway("", &sealed, &[]).await;
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai/surface.py");
     let mut cmd = tokio::process::Command::new(crate::common::python());
     cmd.arg(script).args([gw.url("/v1"), ALICE.to_string()]);
