@@ -127,9 +127,11 @@ impl AdminApp {
                     .iter()
                     .map(|b| {
                         let up = p.usable(b, now);
+                        let sessions = b.sessions.load(Ordering::Relaxed);
                         if let Some(m) = metrics() {
                             m.backend_up.with_label_values(&[&*p.name, b.addr.to_string().as_str()]).set(up as i64);
                         }
+                        super::sessions::set(&p.name, &b.addr.to_string(), sessions);
                         json!({
                             "address": b.addr.to_string(),
                             "weight": b.weight,
@@ -138,6 +140,7 @@ impl AdminApp {
                             "circuit": b.circuit.state().as_str(),
                             "consecutive_failures": b.health.consecutive_failures(),
                             "inflight": b.inflight.load(Ordering::Relaxed),
+                            "sessions": sessions,
                         })
                     })
                     .collect();

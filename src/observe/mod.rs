@@ -7,3 +7,4 @@ pub mod bound;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
+pub mod sessions;

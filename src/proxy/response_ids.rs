@@ -88,6 +88,9 @@ pub fn admit(req: &RequestHeader, routed: &mut Routed, body: &mut BodyPlan) -> R
                 routed.new_body = Some(new.clone());
                 *body = BodyPlan::Replay(vec![new]);
                 rw.known.push((backend_id, client_id));
+            } else {
+                // A new chain: its follow-ups go where it lands, so it lands by load.
+                routed.streams.new_session = true;
             }
         }
     }
