@@ -201,3 +201,27 @@ async fn openai_python_sdk_surface() {
     assert!(v["audio"]["transcription"].as_str().unwrap().contains("audio-model"), "{v}");
     assert!(v["audio"]["translation"].as_str().unwrap().contains("audio-model"), "{v}");
 }
+
+/// `/v1/models` behind a fleet: the union of what the replicas serve, each model once,
+/// filtered per key (also for a key that may use every model).
+#[tokio::test]
+async fn model_list_is_merged_across_the_fleet() {
+    let a = spawn_sim(&["--models", "base,only-a"]).await;
+    let b = spawn_sim(&["--models", "base,only-b"]).await;
+    let c = spawn_sim(&["--models", "base,only-c"]).await;
+    let rest = format!(
+        "keys:\n  - {{ name: alice, key: \"{ALICE}\", models: [\"*\"] }}\n  - {{ name: bob, key: \"{BOB}\", models: [\"base\", \"only-b\"] }}\nproviders:\n  - {{ name: sim, url: \"http://vllm.test/v1\", backends: [\"{}\", \"{}\", \"{}\"], models: [\"*\"] }}\n",
+        a.addr, b.addr, c.addr
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    for (key, want) in [(ALICE, vec!["base", "only-a", "only-b", "only-c"]), (BOB, vec!["base", "only-b"])] {
+        for _ in 0..3 {
+            let r = reqwest::Client::new().get(gw.url("/v1/models")).bearer_auth(key).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            let mut ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+            ids.sort();
+            assert_eq!(ids, want, "{v}");
+        }
+    }
+}

@@ -92,8 +92,10 @@ pub async fn decide(
     let upstream_path = upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref());
     let streams = super::long_lived::RouteStreams::new(route, &provider);
     let provider_index = rt.providers.iter().position(|p| Arc::ptr_eq(p, &provider)).unwrap_or(usize::MAX);
-    let models_list =
-        matches!(listing, Listing::All) && session.req_header().method == http::Method::GET && !key.models.allows_all();
+    // A fleet's list is merged from its replicas even for a key that may use every model.
+    let models_list = matches!(listing, Listing::All)
+        && session.req_header().method == http::Method::GET
+        && (!key.models.allows_all() || provider.backends.len() > 1);
     let routed = Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
