@@ -225,3 +225,34 @@ async fn model_list_is_merged_across_the_fleet() {
         }
     }
 }
+
+/// LoRA adapters: listed with `parent`, permitted by their own name only (never because
+/// their base model is), reported in `vllm:lora_requests_info`.
+#[tokio::test]
+async fn lora_adapters_are_models_of_their_own() {
+    let sim = spawn_sim(&["--models", "base", "--lora", "ad-1,ad-2", "--max-loras", "1", "--tokens", "2"]).await;
+    let rest = format!(
+        "keys:\n  - {{ name: alice, key: \"{ALICE}\", models: [\"ad-1\"] }}\n  - {{ name: bob, key: \"{BOB}\", models: [\"base\"] }}\nproviders:\n  - {{ name: sim, url: \"http://{}/v1\", models: [\"*\"], hash_key: [model] }}\n",
+        sim.addr
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    let chat = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hi"}]});
+    let (s, v) = post(&gw.url("/v1/chat/completions"), ALICE, chat("ad-1")).await;
+    assert_eq!((s, v["model"].as_str()), (200, Some("ad-1")), "{v}");
+    let (s, v) = post(&gw.url("/v1/chat/completions"), BOB, chat("ad-1")).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("model_not_allowed")), "{v}");
+    let (s, _) = post(&gw.url("/v1/chat/completions"), ALICE, chat("ad-2")).await;
+    assert_eq!(s, 403);
+    let v: Value =
+        reqwest::Client::new().get(gw.url("/v1/models")).bearer_auth(ALICE).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        v["data"],
+        json!([{"id": "ad-1", "object": "model", "created": 0, "owned_by": "vllm", "root": "/adapters/ad-1", "parent": "base"}])
+    );
+    let m = reqwest::get(sim.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        m.contains("vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"}"),
+        "{m}"
+    );
+    assert!(m.contains("mcas_sim_lora_loads_total 1"), "{m}");
+}

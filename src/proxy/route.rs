@@ -255,6 +255,7 @@ fn hash_key(
         user: scan.user.as_deref(),
         prefix: &prefix,
         client_ip,
+        model: scan.model.as_deref(),
     };
     // No source present: a random key spreads such requests like round robin would.
     key_for(&provider.fleet.hash_key, &inputs).unwrap_or_else(|| rand::random::<u64>().to_le_bytes().to_vec())

@@ -21,6 +21,7 @@ mod completion;
 pub mod config;
 mod echo;
 mod gzip;
+mod lora;
 mod metrics;
 pub mod openai;
 pub mod prefix_cache;

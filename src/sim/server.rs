@@ -102,7 +102,7 @@ async fn dispatch(r: &Replica, endpoint: Endpoint, req: Request<Incoming>) -> Re
         Endpoint::Metrics => response::with_body(
             StatusCode::OK,
             HeaderValue::from_static("text/plain; version=0.0.4"),
-            response::full(r.metrics.render()),
+            response::full([r.metrics.render(), r.lora.render().into_bytes()].concat()),
         ),
         Endpoint::Echo => echo::handle(r, req).await,
         Endpoint::Ws => ws::upgrade(req, r.metrics.ws_closes.clone()),
