@@ -83,7 +83,10 @@ pub async fn decide(
     let Some(provider) = rt.serving(&provider) else {
         return Ok(Err(GatewayError::Unavailable(format!("every backend of provider {:?} is down", provider.name))));
     };
-    let add_usage = scan.stream == Some(true) && scan.include_usage != Some(true);
+    // The Responses API has no `include_usage` (usage comes in `response.completed`): only
+    // completions get it added.
+    let responses_api = path.split('/').any(|seg| seg == "responses");
+    let add_usage = scan.stream == Some(true) && scan.include_usage != Some(true) && !responses_api;
     let (plan, body_len, new_body, strip_usage) = match chunks {
         None => (BodyPlan::Untouched, None, None, false),
         Some(body) => body_plan(body, &form, &scan, defaulted.as_deref(), add_usage),

@@ -94,6 +94,11 @@ async fn create(r: &Replica, req: Request<Incoming>) -> Response<Body> {
         Ok(v @ Value::Object(_)) => v,
         _ => return response::bad_request("the body must be a JSON object"),
     };
+    // The Responses API reports usage in `response.completed` and has no `include_usage`;
+    // OpenAI's API refuses the parameter, so the sim does too (a gateway must not add it).
+    if doc.get("stream_options").and_then(|o| o.get("include_usage")).is_some() {
+        return response::bad_request("Unknown parameter: 'stream_options.include_usage'.");
+    }
     let model = match served_model(r, doc.get("model").and_then(Value::as_str)) {
         Ok(m) => m,
         Err(resp) => return *resp,
