@@ -21,6 +21,8 @@ pub enum GatewayError {
     NotFound(String),
     #[error("the model \"{0}\" does not exist or is not served here")]
     ModelNotFound(String),
+    #[error("no stored response with this id is reachable: it is unknown, expired or belongs to another key")]
+    ResponseNotFound,
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(u64),
     #[error("{0}")]
@@ -59,6 +61,7 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType(_) => (415, "invalid_request_error", "unsupported_media_type"),
             GatewayError::NotFound(_) => (404, "invalid_request_error", "not_found"),
             GatewayError::ModelNotFound(_) => (404, "invalid_request_error", "model_not_found"),
+            GatewayError::ResponseNotFound => (404, "invalid_request_error", "response_not_found"),
             GatewayError::PayloadTooLarge(_) => (413, "invalid_request_error", "request_too_large"),
             GatewayError::BadGateway(_) => (502, "upstream_error", "bad_gateway"),
             GatewayError::Unavailable(_) => (503, "upstream_error", "service_unavailable"),

@@ -2,6 +2,19 @@
 //! match wins. Patterns: `/exact`, `/v1/*` (trailing `*` or `**`: the rest of the path,
 //! including nothing), `/a/*/b` (`*` inside: exactly one segment).
 
+/// vLLM endpoints outside `/v1` (vLLM's `api_server.py` serves them at the root), routed by
+/// model like `/v1/*` when `routes:` is absent.
+pub const VLLM_ROOT_PATHS: [&str; 5] = ["/tokenize", "/detokenize", "/v2/rerank", "/rerank", "/score"];
+
+/// The route table used when the config has no `routes:`.
+pub fn default_routes() -> Result<RouteTable, String> {
+    let mut routes = vec![Route::new("/v1/*", Target::ByModel, None)?];
+    for p in VLLM_ROOT_PATHS {
+        routes.push(Route::new(p, Target::ByModel, None)?);
+    }
+    Ok(RouteTable::new(routes))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Index into the runtime's providers.
@@ -20,6 +33,9 @@ pub struct Route {
     /// `…/openai/v1` maps `/v1/chat/completions` to `/openai/v1/chat/completions`); a URL
     /// without a path keeps `/v1`.
     pub implicit_v1: bool,
+    /// One of vLLM's endpoints served beside `/v1` rather than under it ([`VLLM_ROOT_PATHS`]):
+    /// sent to the provider URL's path with its final `/v1` removed.
+    pub beside_v1: bool,
     /// Bounded label for metrics: the pattern as written.
     pub label: String,
     /// WebSocket, MCP and long-stream settings.
@@ -93,12 +109,14 @@ impl Route {
             segments.push(seg);
         }
         let implicit_v1 = strip_prefix.is_none() && (pattern == "/v1" || pattern.starts_with("/v1/"));
+        let beside_v1 = strip_prefix.is_none() && VLLM_ROOT_PATHS.contains(&pattern);
         Ok(Route {
             pattern: pattern.to_string(),
             segments,
             target,
             strip_prefix,
             implicit_v1,
+            beside_v1,
             label: pattern.to_string(),
             opts: RouteOpts::default(),
             default_model: None,
@@ -117,6 +135,24 @@ impl Route {
             return (!base_path.is_empty()).then_some("/v1");
         }
         self.strip_prefix.as_deref().map(|p| p.trim_end_matches('/'))
+    }
+
+    /// The path sent upstream for canonical `path` on a provider whose URL has `base_path`.
+    pub fn upstream_path(&self, base_path: &str, path: &str) -> String {
+        if self.beside_v1 {
+            return format!("{}{path}", base_path.strip_suffix("/v1").unwrap_or(base_path));
+        }
+        let stripped = match self.strip_for(base_path) {
+            Some(prefix) => path.strip_prefix(prefix).unwrap_or(path),
+            None => path,
+        };
+        let mut out = String::with_capacity(base_path.len() + stripped.len() + 1);
+        out.push_str(base_path);
+        if !stripped.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(stripped);
+        out
     }
 
     /// Matches a path (no query).
@@ -198,5 +234,20 @@ mod tests {
         assert_eq!(t.find("/v1/embeddings").unwrap().target, Target::Provider(1));
         assert_eq!(t.find("/v1/chat/completions").unwrap().target, Target::ByModel);
         assert!(t.find("/other").is_none());
+    }
+
+    #[test]
+    fn vllm_root_endpoints_go_beside_v1() {
+        let t = default_routes().unwrap();
+        let tok = t.find("/tokenize").unwrap();
+        assert_eq!(tok.upstream_path("/v1", "/tokenize"), "/tokenize");
+        assert_eq!(tok.upstream_path("/vllm/v1", "/tokenize"), "/vllm/tokenize");
+        assert_eq!(tok.upstream_path("", "/tokenize"), "/tokenize");
+        assert_eq!(t.find("/v2/rerank").unwrap().upstream_path("/v1", "/v2/rerank"), "/v2/rerank");
+        let v1 = t.find("/v1/rerank").unwrap();
+        assert_eq!(v1.upstream_path("/v1", "/v1/rerank"), "/v1/rerank");
+        assert_eq!(v1.upstream_path("/openai/v1", "/v1/rerank"), "/openai/v1/rerank");
+        assert_eq!(v1.upstream_path("", "/v1/rerank"), "/v1/rerank");
+        assert!(t.find("/tokenize/x").is_none());
     }
 }

@@ -249,3 +249,54 @@ async fn pinned_requests_carry_the_backend_id_and_mcp_headers() {
         .unwrap();
     assert_eq!(v["path"], "/messages/echo?session_id=abc123", "{v}");
 }
+
+/// New sessions are placed by load, not by hash key: with `ketama` (whose default key for an
+/// MCP body is the API key) eight concurrent sessions of one key still split over both
+/// replicas, and each stays on its own. Open sessions show in `/health` and `/metrics`.
+#[tokio::test]
+async fn new_sessions_of_one_key_are_placed_by_load() {
+    let (a, b) = (mcp_server("streamable-http", "rA").await, mcp_server("streamable-http", "rB").await);
+    let provider = format!(
+        "  - {{ name: tools, url: \"http://{}\", backends: [\"{}\", \"{}\"], balance: ketama }}\n",
+        a.addr, a.addr, b.addr
+    );
+    let gw = gateway(&provider, "  - { path: \"/mcp\", provider: tools, kind: mcp }\n").await;
+    let url = gw.url("/mcp");
+    let runs = (0..8).map(|_| run_client("streamable", &url, 10, None));
+    let summaries = futures_util::future::join_all(runs).await;
+    let mut on_a = 0;
+    for s in &summaries {
+        assert_pinned(s, 10);
+        if s["replicas"][0] == "rA" {
+            on_a += 1;
+        }
+    }
+    eprintln!("8 sessions of one key: {on_a} on rA, {} on rB", 8 - on_a);
+    assert!((3..=5).contains(&on_a), "sessions split {on_a}/{}", 8 - on_a);
+
+    // An open session is counted on its backend until its DELETE.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let client = reqwest::Client::new();
+    let r = client
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let sessions = |h: &Value| -> u64 {
+        h["providers"][0]["backends"].as_array().unwrap().iter().map(|b| b["sessions"].as_u64().unwrap()).sum()
+    };
+    let health: Value = reqwest::get(gw.admin_url("/health")).await.unwrap().json().await.unwrap();
+    assert_eq!(sessions(&health), 1, "{health}");
+    let m = gw.metrics_with("mcas_backend_sessions{").await;
+    assert!(m.lines().any(|l| l.starts_with("mcas_backend_sessions{") && l.ends_with(" 1")), "{m}");
+    let r = client.delete(&url).bearer_auth(KEY).header("mcp-session-id", &id).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let health: Value = reqwest::get(gw.admin_url("/health")).await.unwrap().json().await.unwrap();
+    assert_eq!(sessions(&health), 0, "{health}");
+}

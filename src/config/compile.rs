@@ -433,8 +433,8 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
 
 fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors: &mut Vec<ConfigError>) -> RouteTable {
     let Some(list) = routes else {
-        return match Route::new("/v1/*", Target::ByModel, None) {
-            Ok(r) => RouteTable::new(vec![r]),
+        return match crate::routes::default_routes() {
+            Ok(t) => t,
             Err(msg) => {
                 errors.push(ConfigError::new("routes", msg));
                 RouteTable::default()

@@ -13,6 +13,9 @@ pub enum HashSource {
     Prefix,
     /// `client_ip`: the client's address.
     ClientIp,
+    /// `model`: the request's model. With LoRA adapters each adapter's requests share a
+    /// replica (bounded load spreads a busy one), so adapters are not loaded everywhere.
+    Model,
 }
 
 impl HashSource {
@@ -22,11 +25,12 @@ impl HashSource {
             "body:user" => Ok(HashSource::BodyUser),
             "prefix" => Ok(HashSource::Prefix),
             "client_ip" => Ok(HashSource::ClientIp),
+            "model" => Ok(HashSource::Model),
             _ => match s.strip_prefix("header:") {
                 Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
                     .map(HashSource::Header)
                     .map_err(|_| format!("{name:?} is not a header name")),
-                None => Err(format!("{s:?} is not one of header:NAME, api_key, body:user, prefix, client_ip")),
+                None => Err(format!("{s:?} is not one of header:NAME, api_key, body:user, prefix, model, client_ip")),
             },
         }
     }
@@ -51,6 +55,7 @@ pub struct KeyInputs<'a> {
     /// The prefix fingerprint, computed only if the walk over the sources reaches it.
     pub prefix: &'a dyn Fn() -> Option<[u8; 32]>,
     pub client_ip: Option<&'a str>,
+    pub model: Option<&'a str>,
 }
 
 /// The bytes to hash: the first source present, tagged with its kind so that, say, a user
@@ -67,6 +72,7 @@ pub fn key_for(sources: &[HashSource], i: &KeyInputs<'_>) -> Option<Vec<u8>> {
                 (b"p:", fingerprint.as_ref().map(|f| f.as_slice()))
             }
             HashSource::ClientIp => (b"i:", i.client_ip.map(str::as_bytes)),
+            HashSource::Model => (b"m:", i.model.map(str::as_bytes).filter(|v| !v.is_empty())),
         };
         if let Some(v) = value {
             let mut out = Vec::with_capacity(tag.len() + v.len());
@@ -90,14 +96,23 @@ mod tests {
         let mut with_session = http::HeaderMap::new();
         with_session.insert("x-session-id", "s1".parse().unwrap());
         let none = || None;
-        let mut i =
-            KeyInputs { headers: &empty, key_name: "alice", user: None, prefix: &none, client_ip: Some("1.2.3.4") };
+        let mut i = KeyInputs {
+            headers: &empty,
+            key_name: "alice",
+            user: None,
+            prefix: &none,
+            client_ip: Some("1.2.3.4"),
+            model: None,
+        };
         assert_eq!(key_for(&sources, &i).unwrap(), b"i:1.2.3.4");
         i.user = Some("bob");
         assert_eq!(key_for(&sources, &i).unwrap(), b"u:bob");
         i.headers = &with_session;
         assert_eq!(key_for(&sources, &i).unwrap(), b"h:s1");
         assert!(key_for(&[HashSource::Prefix], &i).is_none());
+        assert!(key_for(&[HashSource::Model], &i).is_none());
+        i.model = Some("lora-a");
+        assert_eq!(key_for(&[HashSource::parse("model").unwrap()], &i).unwrap(), b"m:lora-a");
         assert!(HashSource::parse("cookie").is_err());
         assert!(HashSource::parse("header:bad name").is_err());
     }

@@ -77,6 +77,8 @@ pub struct Backend {
     pub weight: usize,
     /// Requests in flight on this backend right now.
     pub inflight: AtomicUsize,
+    /// MCP sessions this instance opened on it and has not seen end (see `Provider::place`).
+    pub sessions: AtomicUsize,
     /// Set by the active probes.
     pub health: ActiveHealth,
     /// Fed by the request path (connect failures, timeouts, 5xx).
@@ -93,6 +95,7 @@ impl Backend {
             addr,
             weight,
             inflight: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
             health: ActiveHealth::default(),
             circuit: Circuit::default(),
             metrics: Default::default(),
@@ -249,18 +252,30 @@ impl Provider {
 
     /// Chooses a backend for `key`, skipping `tried`; `None` when nothing is left.
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
+        self.pick_by(self.fleet.balance, false, key, tried)
+    }
+
+    /// Places the first request of a new MCP session or Responses chain: the healthy backend
+    /// with the fewest open sessions plus requests in flight (relative to weight). Its later
+    /// requests follow the sealed id, so no hash is needed to keep them together.
+    pub fn place(&self, tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
+        self.pick_by(Balance::LeastInflight, true, &[], tried)
+    }
+
+    fn pick_by(&self, balance: Balance, sessions: bool, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
         let now = clock::now_ms();
         let slots: Vec<Slot> = self
             .backends
             .iter()
             .map(|b| Slot {
                 usable: self.usable(b, now),
-                inflight: b.inflight.load(Ordering::Relaxed),
+                inflight: b.inflight.load(Ordering::Relaxed)
+                    + if sessions { b.sessions.load(Ordering::Relaxed) } else { 0 },
                 weight: b.weight,
             })
             .collect();
         let req = select::Request {
-            balance: self.fleet.balance,
+            balance,
             ring: &self.ring,
             key,
             epsilon: self.fleet.epsilon,
@@ -278,7 +293,7 @@ impl Provider {
             circuit::Admission::Refused => {
                 let mut skip = tried.to_vec();
                 skip.push(i);
-                return self.pick(key, &skip);
+                return self.pick_by(balance, sessions, key, &skip);
             }
         }
         if let Some(c) = b.metrics.selections(&self.name, b.addr) {

@@ -150,6 +150,7 @@ impl AdminApp {
                     .map(|b| {
                         let up = p.usable(b, now);
                         let circuit = b.circuit.state();
+                        let sessions = b.sessions.load(Ordering::Relaxed);
                         if let Some(m) = metrics() {
                             let addr = b.addr.to_string();
                             let labels = [&*p.name, addr.as_str()];
@@ -157,6 +158,7 @@ impl AdminApp {
                             let open = circuit == crate::fleet::circuit::CircuitState::Open;
                             m.circuit_open.with_label_values(&labels).set(open as i64);
                         }
+                        super::sessions::set(&p.name, &b.addr.to_string(), sessions);
                         json!({
                             "address": b.addr.to_string(),
                             "weight": b.weight,
@@ -165,6 +167,7 @@ impl AdminApp {
                             "circuit": circuit.as_str(),
                             "consecutive_failures": b.health.consecutive_failures(),
                             "inflight": b.inflight.load(Ordering::Relaxed),
+                            "sessions": sessions,
                         })
                     })
                     .collect();

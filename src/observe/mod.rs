@@ -9,3 +9,4 @@ pub mod dashboard;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
+pub mod sessions;

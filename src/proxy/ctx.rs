@@ -109,6 +109,8 @@ pub struct Ctx {
     pub counted_inflight: bool,
     pub limit: super::rate_limit::LimitCtx,
     pub rewrite: super::rewrite::ResponseRewrite,
+    /// Responses API: backend response ids sealed in the answer (`response_ids`).
+    pub response_ids: Option<super::response_ids::IdRewrite>,
     /// Long-lived connections: MCP endpoint rewriting, concurrency slots.
     pub streams: super::long_lived::StreamState,
 }
@@ -129,6 +131,7 @@ impl Ctx {
             counted_inflight: false,
             limit: Default::default(),
             rewrite: Default::default(),
+            response_ids: None,
             streams: Default::default(),
         }
     }

@@ -26,6 +26,11 @@ pub struct RouteStreams {
     pub event_stream: bool,
     /// The request is a GET (an MCP GET without a session id opens a legacy SSE stream).
     pub get: bool,
+    /// The request is a DELETE (an MCP DELETE with a session id ends the session).
+    pub delete: bool,
+    /// The first request of a new MCP session (no sealed id) or Responses chain (no
+    /// `previous_response_id`): placed on the least loaded backend, not by hash key.
+    pub new_session: bool,
     /// MCP: the backend this request must reach, and what it knows the session as.
     pub pin: Option<crate::mcp::seal::Pinned>,
 }
@@ -49,6 +54,25 @@ pub struct StreamState {
     pub endpoint: Option<EndpointRewriter>,
     /// Concurrency slots held for the life of the stream or tunnel.
     pub slots: Vec<limits::Slot>,
+    /// A legacy MCP session (its `GET …/sse` stream) counted on its backend while it lasts.
+    pub session: Option<SessionCount>,
+}
+
+/// One open MCP session counted on its backend (`Backend::sessions`) until dropped.
+#[derive(Debug)]
+pub struct SessionCount(std::sync::Arc<crate::fleet::Backend>);
+
+impl SessionCount {
+    pub fn open(b: std::sync::Arc<crate::fleet::Backend>) -> Self {
+        b.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SessionCount(b)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        session::closed(&self.0);
+    }
 }
 
 /// What `admit` decided for a long-lived request.
@@ -82,6 +106,7 @@ pub async fn admit(
     routed.streams.upgrade = upgrade;
     routed.streams.event_stream = event_stream;
     routed.streams.get = req.method == http::Method::GET;
+    routed.streams.delete = req.method == http::Method::DELETE;
     if upgrade && !routed.streams.opts.websocket {
         return Ok(Admit::Answered(websocket::refuse_upgrade(session, request_id).await?));
     }
@@ -89,6 +114,7 @@ pub async fn admit(
         if let Some(status) = session::admit(session, routed, request_id).await? {
             return Ok(Admit::Answered(status));
         }
+        routed.streams.new_session = routed.streams.pin.is_none();
     }
     if upgrade || event_stream {
         if let Some(status) = limits::acquire(session, routed, state, request_id).await? {
@@ -132,6 +158,11 @@ pub fn upstream_response(resp: &mut pingora_http::ResponseHeader, ctx: &mut supe
         return Ok(());
     }
     session::rewrite_response(resp, routed, ctx.upstream.backend.as_ref())?;
+    if routed.streams.delete && resp.status.is_success() {
+        if let Some(b) = routed.streams.pin.as_ref().and_then(|p| session::find_backend(routed, p.backend)) {
+            session::closed(&b.1);
+        }
+    }
     let is_sse = ctx.usage.kind() == super::usage::BodyKind::Sse;
     // A GET stream opened without a session id is the legacy transport's `GET …/sse`.
     if is_sse && routed.streams.pin.is_none() && routed.streams.get {
@@ -145,6 +176,7 @@ pub fn upstream_response(resp: &mut pingora_http::ResponseHeader, ctx: &mut supe
                 &routed.streams.client_prefix,
             ));
             resp.remove_header(&http::header::CONTENT_LENGTH);
+            ctx.streams.session = Some(SessionCount::open(b.clone()));
         }
     }
     Ok(())

@@ -103,7 +103,18 @@ pub fn rewrite_response(resp: &mut ResponseHeader, routed: &Routed, backend: Opt
     };
     let sealed = sealer.seal(&pin);
     resp.insert_header(SESSION_HEADER, sealed)?;
+    if routed.streams.pin.is_none() {
+        // A new session (`initialize`): counted on its backend until a DELETE ends it.
+        b.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(())
+}
+
+/// A session on `b` ended (a DELETE answered, a legacy stream closed).
+pub fn closed(b: &Backend) {
+    let _ = b
+        .sessions
+        .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 /// A browser's `Origin` must name the host the client addressed; requests without one

@@ -16,6 +16,7 @@ pub mod model;
 pub mod models_list;
 pub mod rate_limit;
 pub mod respond;
+pub mod response_ids;
 pub mod rewrite;
 pub mod route;
 pub mod subrequest;
@@ -110,12 +111,16 @@ impl Gateway {
             Ok(d) => d,
             Err(e) => return self.refuse(session, ctx, e).await,
         };
-        let route::Decision { mut routed, body, models_list } = decision;
+        let route::Decision { mut routed, mut body, models_list } = decision;
         if models_list {
             // Before any stream handling: an upgrade or event stream must not carry the list past the filter.
             ctx.answered_by_subrequest = true;
             models_list::run(session, routed).await?;
             return Ok(Step::Answered);
+        }
+        match response_ids::admit(session.req_header(), &mut routed, &mut body) {
+            Ok(rw) => ctx.response_ids = rw,
+            Err(e) => return self.refuse(session, ctx, e).await,
         }
         match long_lived::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
             long_lived::Admit::Answered(status) => {
@@ -315,6 +320,11 @@ fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     for (name, value) in rate_limit::headers(ctx) {
         resp.insert_header(name, value)?;
     }
+    if let Some(ids) = ctx.response_ids.as_mut() {
+        let replica =
+            ctx.routed.as_ref().zip(ctx.upstream.backend.as_ref()).map(|(r, b)| (r.provider.name.to_string(), b.addr));
+        ids.response_header(resp, ctx.usage.kind(), replica)?;
+    }
     ctx.rewrite.response_header(resp, ctx.usage.kind())
 }
 
@@ -324,6 +334,9 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
     long_lived::response_body(body, end, &mut ctx.streams);
     ctx.usage.observe(body.as_ref(), end);
     ctx.rewrite.response_body(body, end, ctx.usage.kind());
+    if let Some(ids) = ctx.response_ids.as_mut() {
+        ids.response_body(body, end);
+    }
 }
 
 /// The client's `x-request-id` when it is short and plain, else a fresh random one.

@@ -47,7 +47,20 @@ impl Held {
     }
 }
 
-/// Fetches the list through a subrequest and answers the client with it, filtered.
+/// One answer of a subrequest, held whole; `false` when it was cut short.
+async fn fetch(session: &mut Session, routed: Routed) -> Option<(Held, bool)> {
+    let (sub, handle) = subrequest::spawn(session, routed, BodyMode::NoBody)?;
+    let mut held = Held::default();
+    let piped = pipe_subrequest(session, sub, handle, |t| held.take(t), InputBodyType::Preset(InputBody::NoBody)).await;
+    if let Err(e) = &piped {
+        log::debug!("model list subrequest ended: {}", e.error);
+    }
+    Some((held, piped.is_ok()))
+}
+
+/// Fetches the list through a subrequest and answers the client with it, filtered. A fleet's
+/// list is the union of its replicas' lists ([`merged`]): replicas may serve different models
+/// and adapters.
 pub async fn run(session: &mut Session, routed: Routed) -> Result<()> {
     let request_id = routed.request_id.clone();
     let globs = routed.key.models.clone();
@@ -57,14 +70,12 @@ pub async fn run(session: &mut Session, routed: Routed) -> Result<()> {
     }
     // A compressed list could not be read: ask for it plain (the subrequest copies this header).
     session.req_header_mut().remove_header(&http::header::ACCEPT_ENCODING);
-    let Some((sub, handle)) = subrequest::spawn(session, routed, BodyMode::NoBody) else {
+    let replicas = fleet_replicas(&routed);
+    let fetched =
+        if replicas.is_empty() { fetch(session, routed).await } else { merge_answers(session, replicas).await };
+    let Some((mut held, piped_ok)) = fetched else {
         return respond::error(session, &GatewayError::Internal, &request_id).await;
     };
-    let mut held = Held::default();
-    let piped = pipe_subrequest(session, sub, handle, |t| held.take(t), InputBodyType::Preset(InputBody::NoBody)).await;
-    if let Err(e) = &piped {
-        log::debug!("model list subrequest ended: {}", e.error);
-    }
     if session.response_written().is_some() {
         return Ok(());
     }
@@ -74,7 +85,7 @@ pub async fn run(session: &mut Session, routed: Routed) -> Result<()> {
     let Some(mut header) = held.header.take() else {
         return respond::error(session, &refuse("did not arrive"), &request_id).await;
     };
-    if held.too_big || piped.is_err() {
+    if held.too_big || !piped_ok {
         return respond::error(session, &refuse("did not arrive whole (too large, or cut short)"), &request_id).await;
     }
     let body = if header.status == 200 {
@@ -91,4 +102,86 @@ pub async fn run(session: &mut Session, routed: Routed) -> Result<()> {
     session.write_response_header(header, false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await?;
     Ok(())
+}
+
+/// The replicas' answers as one: their lists merged (a list that is not one makes it
+/// unreadable: 502); when no replica answered a list, the first answer as it came.
+async fn merge_answers(session: &mut Session, replicas: Vec<Routed>) -> Option<(Held, bool)> {
+    let (mut lists, mut header, mut other) = (Vec::new(), None, None);
+    for r in replicas {
+        let Some((held, ok)) = fetch(session, r).await else { continue };
+        if ok && !held.too_big && held.header.as_ref().is_some_and(|h| h.status == 200) {
+            header = header.or(held.header);
+            lists.push(held.body);
+        } else if other.is_none() {
+            other = Some((held, ok));
+        }
+    }
+    match header {
+        Some(h) => {
+            let body = merged(&lists).unwrap_or_default();
+            Some((Held { header: Some(h), body, too_big: false }, true))
+        }
+        None => Some(other.unwrap_or_default()),
+    }
+}
+
+/// A fleet of more than one backend: one routed copy per usable replica, each pinned to it.
+fn fleet_replicas(routed: &Routed) -> Vec<Routed> {
+    let p = &routed.provider;
+    if p.backends.len() < 2 {
+        return Vec::new();
+    }
+    let now = crate::clock::now_ms();
+    p.backends
+        .iter()
+        .filter(|b| p.usable(b, now))
+        .map(|b| {
+            let mut r = routed.clone();
+            r.streams.pin = Some(crate::mcp::seal::Pinned {
+                provider: p.name.to_string(),
+                backend: b.addr,
+                token: String::new(),
+                key: routed.key.name.to_string(),
+            });
+            r
+        })
+        .collect()
+}
+
+/// The union of model lists (`{"object":"list","data":[…]}`), each id once (the first
+/// replica's entry: an adapter keeps its `parent`); `None` when one is not a list.
+pub fn merged(lists: &[Vec<u8>]) -> Option<Vec<u8>> {
+    if lists.is_empty() {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for body in lists {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        for m in v.get("data")?.as_array()? {
+            let id = m.get("id")?.as_str()?.to_string();
+            if seen.insert(id) {
+                data.push(m.clone());
+            }
+        }
+    }
+    serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn lists_merge_each_model_once() {
+        let a =
+            br#"{"object":"list","data":[{"id":"base","object":"model"},{"id":"lora-a","parent":"base"}]}"#.to_vec();
+        let b =
+            br#"{"object":"list","data":[{"id":"base","object":"model"},{"id":"lora-b","parent":"base"}]}"#.to_vec();
+        let m: serde_json::Value = serde_json::from_slice(&super::merged(&[a.clone(), b]).unwrap()).unwrap();
+        let ids: Vec<&str> = m["data"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["base", "lora-a", "lora-b"]);
+        assert_eq!(m["data"][2]["parent"], "base");
+        assert!(super::merged(&[a, b"{}".to_vec()]).is_none());
+    }
 }

@@ -83,21 +83,22 @@ pub async fn decide(
     let Some(provider) = rt.serving(&provider) else {
         return Ok(Err(GatewayError::Unavailable(format!("every backend of provider {:?} is down", provider.name))));
     };
-    let add_usage = scan.stream == Some(true) && scan.include_usage != Some(true);
+    // The Responses API has no `include_usage` (usage comes in `response.completed`): only
+    // completions get it added.
+    let responses_api = path.split('/').any(|seg| seg == "responses");
+    let add_usage = scan.stream == Some(true) && scan.include_usage != Some(true) && !responses_api;
     let (plan, body_len, new_body, strip_usage) = match chunks {
         None => (BodyPlan::Untouched, None, None, false),
         Some(body) => body_plan(body, &form, &scan, defaulted.as_deref(), add_usage),
     };
     let hash_key = hash_key(session, &provider, &key, &scan, chunks_ref.as_ref(), meta.client_ip.as_deref());
-    let stripped = match route.strip_for(&provider.base_path) {
-        Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
-        None => path.clone(),
-    };
-    let upstream_path = upstream_target(session, provider.upstream_path(&stripped), defaulted.as_deref());
+    let upstream_path = upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref());
     let streams = super::long_lived::RouteStreams::new(route, &provider);
     let provider_index = rt.providers.iter().position(|p| Arc::ptr_eq(p, &provider)).unwrap_or(usize::MAX);
-    let models_list =
-        matches!(listing, Listing::All) && session.req_header().method == http::Method::GET && !key.models.allows_all();
+    // A fleet's list is merged from its replicas even for a key that may use every model.
+    let models_list = matches!(listing, Listing::All)
+        && session.req_header().method == http::Method::GET
+        && (!key.models.allows_all() || provider.backends.len() > 1);
     let routed = Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
@@ -257,6 +258,7 @@ fn hash_key(
         user: scan.user.as_deref(),
         prefix: &prefix,
         client_ip,
+        model: scan.model.as_deref(),
     };
     // No source present: a random key spreads such requests like round robin would.
     key_for(&provider.fleet.hash_key, &inputs).unwrap_or_else(|| rand::random::<u64>().to_le_bytes().to_vec())

@@ -115,19 +115,37 @@ impl UsageObserver {
     }
 }
 
+/// `usage` of a completion, embedding, score or rerank answer, or of a Responses API answer
+/// (`input_tokens`/`output_tokens`, nested in `response` in the streamed `response.completed`
+/// event). Embeddings and scores carry prompt tokens only, rerank only `total_tokens` (counted
+/// as prompt tokens); an audio duration (`{"type":"duration","seconds":…}`) counts no tokens.
 fn parse_usage(json: &[u8]) -> Option<Usage> {
     #[derive(serde::Deserialize)]
     struct Doc {
+        usage: Option<U>,
+        response: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
         usage: Option<U>,
     }
     #[derive(serde::Deserialize)]
     struct U {
         prompt_tokens: Option<u64>,
         completion_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+        total_tokens: Option<u64>,
     }
     let doc: Doc = serde_json::from_slice(json).ok()?;
-    let u = doc.usage?;
-    Some(Usage { prompt_tokens: u.prompt_tokens.unwrap_or(0), completion_tokens: u.completion_tokens.unwrap_or(0) })
+    let u = doc.usage.or(doc.response.and_then(|r| r.usage))?;
+    let prompt = u.prompt_tokens.or(u.input_tokens);
+    let completion = u.completion_tokens.or(u.output_tokens);
+    let prompt = match (prompt, completion) {
+        (None, None) => Some(u.total_tokens?),
+        (p, _) => p,
+    };
+    Some(Usage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0) })
 }
 
 #[cfg(test)]
@@ -172,6 +190,21 @@ mod tests {
     fn null_usage_is_ignored() {
         let o = feed(&["data: {\"usage\":null}\n\n", "data: [DONE]\n\n"]);
         assert_eq!(o.usage, None);
+    }
+
+    #[test]
+    fn every_usage_shape() {
+        let u = |s: &str| parse_usage(s.as_bytes());
+        let pc = |p, c| Some(Usage { prompt_tokens: p, completion_tokens: c });
+        assert_eq!(u(r#"{"usage":{"prompt_tokens":4,"total_tokens":4,"completion_tokens":0}}"#), pc(4, 0));
+        assert_eq!(u(r#"{"usage":{"input_tokens":5,"output_tokens":6,"total_tokens":11}}"#), pc(5, 6));
+        assert_eq!(
+            u(r#"{"type":"response.completed","response":{"usage":{"input_tokens":2,"output_tokens":3}}}"#),
+            pc(2, 3)
+        );
+        assert_eq!(u(r#"{"type":"response.created","response":{"usage":null}}"#), None);
+        assert_eq!(u(r#"{"usage":{"total_tokens":9}}"#), pc(9, 0));
+        assert_eq!(u(r#"{"text":"x","usage":{"type":"duration","seconds":3}}"#), None);
     }
 
     #[test]

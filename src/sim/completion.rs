@@ -97,7 +97,7 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
     };
     let model = match &req.model {
         None => cfg.models.first().cloned().unwrap_or_default(),
-        Some(m) if cfg.models.contains(m) => m.clone(),
+        Some(m) if cfg.models.contains(m) || r.lora.serves(m) => m.clone(),
         Some(m) => {
             return response::error(
                 StatusCode::NOT_FOUND,
@@ -107,6 +107,8 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
             )
         }
     };
+    // An adapter not loaded costs its load before the first token; held as long as the answer.
+    let running = (running, r.lora.acquire(&model).await);
     let close = ov.fail == Some(Fail::Close) || (ov.fail.is_none() && roll(cfg.close_rate));
     let (answer, hit_tokens) = answer(r, kind, &req, model, ov.tokens);
     let ttft = ov.ttft.unwrap_or(cfg.ttft);

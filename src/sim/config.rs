@@ -45,6 +45,12 @@ pub struct SimConfig {
     /// Line ending of streamed answers (`--line-ending lf|crlf|cr`, default lf): SSE allows
     /// all three, and clients (the gateway too) must read each.
     pub line_ending: LineEnding,
+    /// LoRA adapters served on top of the first model (`--lora`, see `lora.rs`).
+    pub lora: Vec<String>,
+    /// Adapters loaded at once (`--max-loras`, default 1 as in vLLM).
+    pub max_loras: usize,
+    /// Cost of loading an adapter (`--lora-load-ms`, default 0).
+    pub lora_load: Duration,
 }
 
 /// How the SSE lines of a streamed answer end.
@@ -85,6 +91,9 @@ impl Default for SimConfig {
             threads: 1,
             force_gzip: false,
             line_ending: LineEnding::Lf,
+            lora: Vec::new(),
+            max_loras: 1,
+            lora_load: Duration::ZERO,
         }
     }
 }
@@ -109,6 +118,9 @@ impl fmt::Debug for SimConfig {
             .field("threads", &self.threads)
             .field("force_gzip", &self.force_gzip)
             .field("line_ending", &self.line_ending)
+            .field("lora", &self.lora)
+            .field("max_loras", &self.max_loras)
+            .field("lora_load", &self.lora_load)
             .finish()
     }
 }
@@ -134,6 +146,9 @@ usage: mcas-sim [--listen ADDR] [flags]
   --threads N                 tokio worker threads (default 1)
   --force-gzip                gzip every answer, even when asked for identity
   --line-ending lf|crlf|cr    line ending of streamed (SSE) answers (default lf)
+  --lora A,B                  LoRA adapters on the first model (listed with parent)
+  --max-loras N               adapters loaded at once (default 1)
+  --lora-load-ms N            time to load an adapter, ms (default 0)
   --help                      this text
 
 request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
@@ -195,6 +210,9 @@ impl SimConfig {
             "--prefix-cache-blocks" => self.prefix_cache_blocks = parse(flag, v)?,
             "--block-chars" => self.block_chars = parse(flag, v)?,
             "--threads" => self.threads = parse(flag, v)?,
+            "--lora" => self.lora = v.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect(),
+            "--max-loras" => self.max_loras = parse(flag, v)?,
+            "--lora-load-ms" => self.lora_load = Duration::from_millis(parse(flag, v)?),
             "--line-ending" => {
                 self.line_ending = match v {
                     "lf" => LineEnding::Lf,
@@ -222,6 +240,9 @@ impl SimConfig {
         }
         if self.block_chars == 0 {
             return Err("--block-chars: must be at least 1".to_string());
+        }
+        if self.max_loras == 0 {
+            return Err("--max-loras: must be at least 1".to_string());
         }
         if self.threads == 0 {
             return Err("--threads: must be at least 1".to_string());

@@ -6,6 +6,8 @@
 //! POST …/chat/completions, …/completions  streamed (SSE) or not, with usage and cached tokens
 //! GET  …/models, /health, /metrics         OpenAI model list; 200; Prometheus text
 //! any  …/echo                              JSON of method, path, headers, body length and sha256
+//! POST …/embeddings, …/rerank, /v2/rerank, …/score, /tokenize, /detokenize, …/audio/*
+//! POST …/v1/responses; GET …/v1/responses/{id}; POST …/{id}/cancel (stored per replica)
 //! GET  …/ws (Upgrade)                      WebSocket echo; ?push_ms=N pushes "push <n>" frames
 //! request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
 //!                  x-sim-status: NNN;  every response carries x-mcas-replica
@@ -19,14 +21,17 @@ mod completion;
 pub mod config;
 mod echo;
 mod gzip;
+mod lora;
 mod metrics;
 pub mod openai;
 pub mod prefix_cache;
 mod replica;
 mod response;
+mod responses;
 mod route;
 mod server;
 mod stream;
+mod surface;
 mod ws;
 
 pub use config::{usage, SimConfig};

@@ -20,6 +20,10 @@ pub struct Replica {
     pub cache: PrefixCache,
     /// `GET /v1/models`, serialized once.
     pub models_body: Bytes,
+    /// LoRA adapters and which are loaded (`--lora`).
+    pub lora: super::lora::Lora,
+    /// Responses API answers this replica keeps (`store`), as vLLM does.
+    pub responses: super::responses::Store,
     /// `Bearer <key>` when `--api-key` is set.
     pub bearer: Option<Vec<u8>>,
     /// Random per instance, so ids of replicas in one process differ.
@@ -39,7 +43,9 @@ impl Replica {
             name,
             metrics: Metrics::new().map_err(io::Error::other)?,
             cache: PrefixCache::new(cfg.prefix_cache_blocks, cfg.block_chars),
-            models_body: Bytes::from(models_body(&cfg.models)),
+            models_body: Bytes::from(super::lora::with_adapters(models_body(&cfg.models), &cfg)),
+            lora: super::lora::Lora::new(cfg.lora.clone(), cfg.max_loras, cfg.lora_load),
+            responses: Default::default(),
             bearer: cfg.api_key.as_ref().map(|k| format!("Bearer {k}").into_bytes()),
             id_salt: rand::random(),
             next_id: AtomicU64::new(1),

@@ -102,10 +102,21 @@ async fn dispatch(r: &Replica, endpoint: Endpoint, req: Request<Incoming>) -> Re
         Endpoint::Metrics => response::with_body(
             StatusCode::OK,
             HeaderValue::from_static("text/plain; version=0.0.4"),
-            response::full(r.metrics.render()),
+            response::full([r.metrics.render(), r.lora.render().into_bytes()].concat()),
         ),
         Endpoint::Echo => echo::handle(r, req).await,
         Endpoint::Ws => ws::upgrade(req, r.metrics.ws_closes.clone()),
+        e @ (Endpoint::Embeddings
+        | Endpoint::Audio
+        | Endpoint::Rerank
+        | Endpoint::Score
+        | Endpoint::Tokenize
+        | Endpoint::Detokenize) => super::surface::handle(r, e, req).await,
+        Endpoint::Responses => {
+            let path = req.uri().path().to_string();
+            let rest = path.split_once("/v1/responses").map_or("", |(_, rest)| rest).to_string();
+            super::responses::handle(r, req, &rest).await
+        }
         Endpoint::NotFound => response::error(
             StatusCode::NOT_FOUND,
             &format!("no route for {} {}", req.method(), req.uri().path()),

@@ -18,6 +18,7 @@ pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let provider = &routed.provider;
     let (index, backend) = match long_lived::pinned_backend(routed, &up.tried) {
         Some(pinned) => pinned?,
+        None if routed.streams.new_session => provider.place(&up.tried)?,
         None => provider.pick(&routed.hash_key, &up.tried)?,
     };
     up.tried.push(index);
