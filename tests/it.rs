@@ -14,6 +14,7 @@ mod openai_sdk;
 mod policy;
 mod secrets;
 mod sim;
+mod sim_model;
 mod streams;
 mod streams_bench;
 mod telegram;

@@ -45,6 +45,8 @@ pub struct SimConfig {
     /// Line ending of streamed answers (`--line-ending lf|crlf|cr`, default lf): SSE allows
     /// all three, and clients (the gateway too) must read each.
     pub line_ending: LineEnding,
+    /// The replica model (`--max-seqs` and the flags beside it; off by default).
+    pub engine: super::engine::EngineSettings,
 }
 
 /// How the SSE lines of a streamed answer end.
@@ -85,6 +87,7 @@ impl Default for SimConfig {
             threads: 1,
             force_gzip: false,
             line_ending: LineEnding::Lf,
+            engine: Default::default(),
         }
     }
 }
@@ -109,6 +112,7 @@ impl fmt::Debug for SimConfig {
             .field("threads", &self.threads)
             .field("force_gzip", &self.force_gzip)
             .field("line_ending", &self.line_ending)
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -134,6 +138,12 @@ usage: mcas-sim [--listen ADDR] [flags]
   --threads N                 tokio worker threads (default 1)
   --force-gzip                gzip every answer, even when asked for identity
   --line-ending lf|crlf|cr    line ending of streamed (SSE) answers (default lf)
+  --max-seqs N                replica model on: sequences decoded together (default 0 = off;
+                              then --ttft-ms / --itl-ms pace answers instead)
+  --kv-blocks N               replica model: KV capacity in blocks of --block-chars (default 4096)
+  --prefill-us-per-token N    replica model: prefill time per uncached prompt token (default 0)
+  --decode-ms-per-step N      replica model: step time of a batch of one, ms (default 10)
+  --decode-batch-factor F     replica model: step time growth per extra sequence (default 0)
   --help                      this text
 
 request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
@@ -203,7 +213,10 @@ impl SimConfig {
                     _ => return Err(format!("{flag}: expected lf, crlf or cr, got {v:?}")),
                 }
             }
-            _ => return Err(format!("{flag}: unknown flag (see --help)")),
+            _ => match self.engine.set(flag, v) {
+                Some(r) => r?,
+                None => return Err(format!("{flag}: unknown flag (see --help)")),
+            },
         }
         Ok(())
     }
@@ -223,6 +236,7 @@ impl SimConfig {
         if self.block_chars == 0 {
             return Err("--block-chars: must be at least 1".to_string());
         }
+        self.engine.validate()?;
         if self.threads == 0 {
             return Err("--threads: must be at least 1".to_string());
         }
@@ -260,6 +274,9 @@ mod tests {
         assert_eq!(cfg.tokens, 3);
         assert_eq!(cfg.itl, Duration::from_millis(5));
         assert!(cfg.health_requires_key);
+        let model = SimConfig::from_args(args("--max-seqs 8 --kv-blocks 64 --decode-batch-factor 0.1")).unwrap();
+        assert_eq!((model.engine.max_seqs, model.engine.kv_blocks), (8, 64));
+        assert!(SimConfig::from_args(args("--max-seqs 8 --kv-blocks 0")).is_err());
     }
 
     #[test]

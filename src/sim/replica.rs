@@ -18,6 +18,8 @@ pub struct Replica {
     pub name: HeaderValue,
     pub metrics: Metrics,
     pub cache: PrefixCache,
+    /// The replica model's scheduler, when `--max-seqs` is set.
+    pub engine: Option<std::sync::Arc<super::engine::Engine>>,
     /// `GET /v1/models`, serialized once.
     pub models_body: Bytes,
     /// `Bearer <key>` when `--api-key` is set.
@@ -35,10 +37,19 @@ impl Replica {
         let name = HeaderValue::from_str(&name).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("--replica-id: {name:?} is not a valid header value"))
         })?;
+        let metrics = Metrics::new().map_err(io::Error::other)?;
+        let model = &cfg.engine;
+        let engine = (model.max_seqs > 0).then(|| {
+            std::sync::Arc::new(super::engine::Engine::new(model.clone(), cfg.block_chars, metrics.engine.clone()))
+        });
+        // With the model on, cached blocks share the KV capacity.
+        let cache_blocks =
+            if engine.is_some() { cfg.prefix_cache_blocks.min(model.kv_blocks) } else { cfg.prefix_cache_blocks };
         Ok(Replica {
             name,
-            metrics: Metrics::new().map_err(io::Error::other)?,
-            cache: PrefixCache::new(cfg.prefix_cache_blocks, cfg.block_chars),
+            metrics,
+            cache: PrefixCache::new(cache_blocks, cfg.block_chars),
+            engine,
             models_body: Bytes::from(models_body(&cfg.models)),
             bearer: cfg.api_key.as_ref().map(|k| format!("Bearer {k}").into_bytes()),
             id_salt: rand::random(),
