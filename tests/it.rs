@@ -8,6 +8,7 @@ mod fleet;
 mod framing_paths;
 mod gateway;
 mod hygiene;
+mod inference;
 mod limits;
 mod mcp;
 mod openai_sdk;

@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod env;
 pub mod expand;
+pub mod inference;
 pub mod limits;
 pub mod schema;
 pub mod units;

@@ -7,6 +7,7 @@
 pub mod circuit;
 pub mod hash_key;
 pub mod health;
+pub mod inference;
 pub mod ketama;
 pub mod probe;
 pub mod select;
@@ -110,6 +111,8 @@ pub struct Fleet {
     pub retries: usize,
     /// Providers tried, in order, when every backend of this one is down or open.
     pub fallbacks: Vec<String>,
+    /// `balance: inference`: scrape, weights, saturation and queue settings.
+    pub inference: Option<inference::InferenceSettings>,
 }
 
 impl Default for Fleet {
@@ -122,6 +125,7 @@ impl Default for Fleet {
             circuit: CircuitSettings::default(),
             retries: 2,
             fallbacks: Vec::new(),
+            inference: None,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Provider {
     cursor: AtomicUsize,
     /// Header values sent on every request, built once here rather than per request.
     pub headers: ProviderHeaders,
+    /// Load signals, prefix index and admission queue of `balance: inference`.
+    pub inference: Option<Arc<inference::InferenceState>>,
 }
 
 /// `Authorization: Bearer <api_key>` (marked sensitive: never printed) and `Host`.
@@ -196,10 +202,14 @@ impl Provider {
             ring,
             cursor: AtomicUsize::new(0),
             headers,
+            inference: None,
         }
     }
 
     pub fn with_fleet(mut self, fleet: Fleet) -> Self {
+        self.inference = (fleet.balance == Balance::Inference).then(|| {
+            Arc::new(inference::InferenceState::new(fleet.inference.clone().unwrap_or_default(), self.backends.len()))
+        });
         self.fleet = fleet;
         self
     }
@@ -237,7 +247,27 @@ impl Provider {
 
     /// Chooses a backend for `key`, skipping `tried`; `None` when nothing is left.
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
+        self.pick_for(key, tried, None)
+    }
+
+    /// [`Provider::pick`] for a request that carries an inference ticket (scored, charged).
+    pub fn pick_for(
+        &self,
+        key: &[u8],
+        tried: &[usize],
+        ticket: Option<&inference::Ticket>,
+    ) -> Option<(usize, Arc<Backend>)> {
         let now = clock::now_ms();
+        if let Some(ticket) = ticket.filter(|_| self.fleet.balance == Balance::Inference) {
+            let candidate = |i: usize| !tried.contains(&i) && self.backends.get(i).is_some_and(|b| self.usable(b, now));
+            let i = match ticket.state.choose(&ticket.demand, candidate) {
+                inference::score::Choice::Replica(i) | inference::score::Choice::Saturated(i) => i,
+                inference::score::Choice::None => return None,
+            };
+            let picked = self.admit_backend(i, key, tried, now, Some(ticket))?;
+            ticket.charge(picked.0);
+            return Some(picked);
+        }
         let slots: Vec<Slot> = self
             .backends
             .iter()
@@ -257,6 +287,19 @@ impl Provider {
             tried,
         };
         let i = select::choose(&req, &slots)?;
+        self.admit_backend(i, key, tried, now, None)
+    }
+
+    /// Passes backend `i` through its circuit (choosing again without it if its half-open
+    /// trial was just taken) and counts the selection.
+    fn admit_backend(
+        &self,
+        i: usize,
+        key: &[u8],
+        tried: &[usize],
+        now: u64,
+        ticket: Option<&inference::Ticket>,
+    ) -> Option<(usize, Arc<Backend>)> {
         let b = self.backends.get(i)?.clone();
         match b.circuit.acquire(&self.fleet.circuit, now) {
             circuit::Admission::Admitted | circuit::Admission::Trial { half_opened: false } => {}
@@ -266,7 +309,7 @@ impl Provider {
             circuit::Admission::Refused => {
                 let mut skip = tried.to_vec();
                 skip.push(i);
-                return self.pick(key, &skip);
+                return self.pick_for(key, &skip, ticket);
             }
         }
         if let Some(c) = b.metrics.selections(&self.name, b.addr) {

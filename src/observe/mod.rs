@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod bound;
+pub mod inference_metrics;
 pub mod logging;
 pub mod metrics;
 pub mod redact;

@@ -89,6 +89,7 @@ pub async fn decide(
         Some(body) => body_plan(body, &form, &scan, defaulted.as_deref(), add_usage),
     };
     let hash_key = hash_key(session, &provider, &key, &scan, chunks_ref.as_ref(), meta.client_ip.as_deref());
+    let inference = super::inference::ticket(&provider, &scan, chunks_ref.as_ref(), model.as_deref());
     let stripped = match route.strip_for(&provider.base_path) {
         Some(prefix) => path.strip_prefix(prefix).unwrap_or(&path).to_string(),
         None => path.clone(),
@@ -117,6 +118,7 @@ pub async fn decide(
         body_len,
         new_body,
         streams,
+        inference,
     };
     Ok(Ok(Decision { routed, body: plan, models_list }))
 }
