@@ -102,3 +102,32 @@ pub fn settings(
     }
     Some(out)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str, balance: bool) -> (Option<InferenceSettings>, Vec<String>) {
+        let section: InferenceSection = serde_yaml::from_str(yaml).unwrap();
+        let mut errors = Vec::new();
+        let out = settings("providers[0]", Some(&section), balance, &mut errors);
+        (out, errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn fields_override_defaults_and_bad_values_name_their_path() {
+        let (s, e) = parse("{scrape: {interval: 200ms}, weights: {prefix: 5}, queue: {max: 3, timeout: 2s}}", true);
+        assert!(e.is_empty(), "{e:?}");
+        let s = s.unwrap();
+        assert_eq!(s.scrape_interval, std::time::Duration::from_millis(200));
+        assert_eq!((s.weights.prefix, s.weights.queue), (5.0, 2.0));
+        assert_eq!(s.queue_max, 3);
+        let (_, e) = parse("{saturated: {kv_cache: 1.5}, scrape: {path: metrics}}", true);
+        assert!(e.iter().any(|e| e.contains("providers[0].inference.saturated.kv_cache")), "{e:?}");
+        assert!(e.iter().any(|e| e.contains("providers[0].inference.scrape.path")), "{e:?}");
+        let (_, e) = parse("{}", false);
+        assert!(e.iter().any(|e| e.contains("balance: inference")), "{e:?}");
+        assert!(serde_yaml::from_str::<InferenceSection>("{weights: {prefx: 1}}").is_err());
+    }
+}
