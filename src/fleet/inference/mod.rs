@@ -118,6 +118,8 @@ pub struct InferenceState {
     pub queue: AdmissionQueue,
     /// When the next scrape round is due (clock ms).
     next_scrape: AtomicU64,
+    /// A scrape round is running (the next one waits for it).
+    scraping: AtomicBool,
 }
 
 impl std::fmt::Debug for InferenceState {
@@ -143,14 +145,24 @@ impl InferenceState {
                 .collect(),
             index: Mutex::new(PrefixIndex::new(INDEX_BLOCKS)),
             next_scrape: AtomicU64::new(0),
+            scraping: AtomicBool::new(false),
         }
     }
 
-    /// True once per interval: the caller runs the scrape round.
+    /// True at most once per interval, and not while a round runs: the caller runs the
+    /// scrape round, then calls [`InferenceState::round_done`].
     pub fn claim_scrape(&self, now_ms: u64) -> bool {
         let due = self.next_scrape.load(Ordering::Relaxed);
+        if now_ms < due || self.scraping.swap(true, Ordering::AcqRel) {
+            return false;
+        }
         let next = now_ms + self.settings.scrape_interval.as_millis() as u64;
-        now_ms >= due && self.next_scrape.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        self.next_scrape.store(next, Ordering::Relaxed);
+        true
+    }
+
+    pub fn round_done(&self) {
+        self.scraping.store(false, Ordering::Release);
     }
 
     /// Every replica as the scorer sees it for `demand`; `candidate(i)` says which may be used.
@@ -291,6 +303,8 @@ mod tests {
         let s = state(1);
         assert!(s.claim_scrape(1000));
         assert!(!s.claim_scrape(1100));
+        assert!(!s.claim_scrape(1500), "the first round still runs");
+        s.round_done();
         assert!(s.claim_scrape(1500));
     }
 }

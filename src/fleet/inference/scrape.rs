@@ -1,8 +1,9 @@
 //! The scraper of `balance: inference`: one Pingora background service; every tick it reads
 //! the current runtime (so reloads are picked up) and, for each provider whose round is due,
 //! spawns one task that fetches `scrape.path` from each of its backends with the provider's
-//! key. Answers are read bounded ([`MAX_BYTES`], the interval as timeout, capped at
-//! [`MAX_TIMEOUT`]); anything else than a 2xx Prometheus text with the queue and KV series
+//! key. Answers are read bounded ([`MAX_BYTES`], within the interval but at least
+//! [`MIN_TIMEOUT`] and at most [`MAX_TIMEOUT`]; a provider's next round waits for the last
+//! one to end); anything else than a 2xx Prometheus text with the queue and KV series
 //! marks the replica stale (see `super`), never an error on the request path.
 
 use super::{InferenceState, Scraped};
@@ -20,6 +21,8 @@ use std::time::Duration;
 pub const MAX_BYTES: usize = 1 << 20;
 /// Longest a scrape may take, whatever the interval.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a scrape always gets (a busy host answers a short interval late, not never).
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the service looks for due rounds.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -47,7 +50,10 @@ fn start_due(rt: &Runtime) {
         let Some(state) = p.inference.clone() else { continue };
         if state.claim_scrape(now) {
             let p = p.clone();
-            tokio::spawn(async move { round(&p, &state).await });
+            tokio::spawn(async move {
+                round(&p, &state).await;
+                state.round_done();
+            });
         }
     }
 }
@@ -55,7 +61,7 @@ fn start_due(rt: &Runtime) {
 /// Scrapes every backend of `p` at once, records the results, and lets waiters go where
 /// there is room.
 pub async fn round(p: &Provider, state: &InferenceState) {
-    let timeout = state.settings.scrape_interval.clamp(Duration::from_millis(50), MAX_TIMEOUT);
+    let timeout = state.settings.scrape_interval.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
     let client = match client(p, timeout) {
         Ok(c) => c,
         Err(e) => {
