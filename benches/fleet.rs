@@ -5,7 +5,8 @@
 //! ```text
 //! cargo bench --bench fleet                      # release build
 //! cargo bench --profile dev --bench fleet        # debug build: cheaper to build, same shape
-//! FLEET_SECONDS=20 FLEET_CAPACITY_SECONDS=15 FLEET_CAPACITY=30 FLEET_POLICIES=inference,least_inflight …
+//! FLEET_SECONDS=20 FLEET_CAPACITY_SECONDS=15 FLEET_CAPACITY=30 FLEET_LOADS=0.9,1.2
+//! FLEET_POLICIES=inference,least_inflight …   (policy name prefixes)
 //! ```
 //!
 //! Workload: 24 tenants; tenant t uses system prompt t mod 6 (1,000 to 8,000 characters);
@@ -41,7 +42,7 @@ const SIM: &[&str] = &[
     "--kv-blocks",
     "2048",
     "--prefix-cache-blocks",
-    "2048",
+    "768",
     "--block-chars",
     "64",
     "--prefill-us-per-token",
@@ -336,7 +337,11 @@ async fn main() {
     println!();
     println!("| load | policy | TTFT p50 | TTFT p99 | tok/s | prefix hit | max/mean load | queued | refused | errors | sent |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for load in [0.5, 0.9, 1.2] {
+    let loads: Vec<f64> = match std::env::var("FLEET_LOADS") {
+        Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => vec![0.5, 0.9, 1.2],
+    };
+    for load in loads {
         for &(name, yaml) in POLICIES {
             if only.as_deref().is_some_and(|o| !o.split(',').any(|p| name.starts_with(p.trim()))) {
                 continue;

@@ -23,8 +23,9 @@ pub fn ticket(provider: &Provider, scan: &Scan, body: Option<&Bytes>, model: Opt
     let prompt = body.zip(scan.prompt.clone()).and_then(|(b, r)| b.get(r)).unwrap_or(b"");
     let blocks = prefix_index::block_hashes(model.unwrap_or(""), prompt);
     // The sim's and most tokenizers' rule of thumb: about 4 bytes a token.
-    let tokens = prompt.len() as u64 / 4 + scan.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-    Some(Arc::new(Ticket::new(state, Demand { blocks, tokens })))
+    let prompt_tokens = prompt.len() as u64 / 4;
+    let tokens = prompt_tokens + scan.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    Some(Arc::new(Ticket::new(state, Demand { blocks, prompt_tokens, tokens })))
 }
 
 /// Waits in the admission queue if the request must; `Err` from Pingora when the client left

@@ -132,6 +132,9 @@ impl std::fmt::Debug for InferenceState {
 #[derive(Debug, Clone, Default)]
 pub struct Demand {
     pub blocks: Vec<u64>,
+    /// Estimated prompt tokens (covered by `blocks`, plus a partial block).
+    pub prompt_tokens: u64,
+    /// Estimated prompt + output tokens.
     pub tokens: u64,
 }
 
@@ -216,7 +219,8 @@ impl InferenceState {
 pub struct Ticket {
     pub state: Arc<InferenceState>,
     pub demand: Demand,
-    charged: Mutex<Option<usize>>,
+    /// The replica charged and the tokens charged there.
+    charged: Mutex<Option<(usize, u64)>>,
 }
 
 impl Ticket {
@@ -224,27 +228,33 @@ impl Ticket {
         Ticket { state, demand, charged: Mutex::new(None) }
     }
 
-    /// Charges replica `i` (moving the charge from an earlier one) and records the prompt
-    /// blocks as sent there.
+    /// Charges replica `i` (moving the charge from an earlier one) with the request's tokens
+    /// less the prompt blocks the index says it already holds (its likely prefix-cache hit,
+    /// which costs no prefill), and records the prompt blocks as sent there.
     pub fn charge(&self, i: usize) {
         let mut charged = self.charged.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = charged.take() {
-            self.uncharge(old);
+        if let Some((old, tokens)) = charged.take() {
+            self.uncharge(old, tokens);
         }
         let Some(r) = self.state.replicas.get(i) else { return };
-        r.inflight_tokens.fetch_add(self.demand.tokens, Ordering::Relaxed);
-        r.sent_since.fetch_add(1, Ordering::Relaxed);
+        let mut tokens = self.demand.tokens;
         if !self.demand.blocks.is_empty() {
-            self.state.index.lock().unwrap_or_else(|p| p.into_inner()).insert(&self.demand.blocks, i);
+            let mut index = self.state.index.lock().unwrap_or_else(|p| p.into_inner());
+            let held = index.matches(&self.demand.blocks, self.state.replicas.len()).get(i).copied().unwrap_or(0);
+            let cached = (held * prefix_index::BLOCK_BYTES / 4) as u64;
+            tokens -= cached.min(self.demand.prompt_tokens).min(tokens);
+            index.insert(&self.demand.blocks, i);
         }
-        *charged = Some(i);
+        r.inflight_tokens.fetch_add(tokens, Ordering::Relaxed);
+        r.sent_since.fetch_add(1, Ordering::Relaxed);
+        *charged = Some((i, tokens));
     }
 
-    fn uncharge(&self, i: usize) {
+    fn uncharge(&self, i: usize, tokens: u64) {
         if let Some(r) = self.state.replicas.get(i) {
             let _ = r
                 .inflight_tokens
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(self.demand.tokens)));
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(tokens)));
         }
     }
 }
@@ -252,8 +262,8 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let charged = self.charged.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(i) = charged {
-            self.uncharge(i);
+        if let Some((i, tokens)) = charged {
+            self.uncharge(i, tokens);
             // The request is done: one waiter may take its place.
             self.state.release_waiters(1, |_| true);
         }
@@ -275,7 +285,7 @@ mod tests {
         for r in &s.replicas {
             r.record(Some(Scraped::default()));
         }
-        let demand = Demand { blocks: vec![1, 2, 3], tokens: 500 };
+        let demand = Demand { blocks: vec![1, 2, 3], prompt_tokens: 48, tokens: 500 };
         let t = Ticket::new(s.clone(), demand.clone());
         t.charge(1);
         assert_eq!(s.replicas[1].inflight_tokens(), 500);
@@ -283,7 +293,11 @@ mod tests {
         assert_eq!(s.choose(&demand, |_| true), Choice::Replica(1));
         t.charge(2);
         assert_eq!((s.replicas[1].inflight_tokens(), s.replicas[2].inflight_tokens()), (0, 500));
-        drop(t);
+        // A second request with the same prompt costs replica 2 no prefill: 3 blocks of 16 tokens less.
+        let again = Ticket::new(s.clone(), demand);
+        again.charge(2);
+        assert_eq!(s.replicas[2].inflight_tokens(), 500 + 452);
+        drop((t, again));
         assert_eq!(s.replicas[2].inflight_tokens(), 0);
     }
 

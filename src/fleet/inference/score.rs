@@ -1,9 +1,9 @@
 //! The inference scorer as a pure function: what each replica looks like now (scraped queue
 //! and KV use corrected by the gateway's own sends, in-flight tokens, prefix match) → a choice.
 //!
-//! score = prefix × match fraction + queue × (1 − pressure / max pressure) + kv_cache × (1 − KV use)
+//! score = prefix × match fraction + queue × (max − pressure) / (max − min) + kv_cache × (1 − KV use)
 //!
-//! where pressure = in-flight tokens + waiting requests × [`TOKENS_PER_WAITING`]. A replica is
+//! (pressures of the unsaturated candidates; all equal: 1) where pressure = in-flight tokens + waiting requests × [`TOKENS_PER_WAITING`]. A replica is
 //! saturated past `saturated.waiting` waiting requests or `saturated.kv_cache` KV use;
 //! saturated replicas are chosen only when all are (after the admission queue). Affinity
 //! yields: a replica's prefix match counts only while its pressure is at most
@@ -12,10 +12,10 @@
 /// Tokens one waiting request stands for in the pressure (a typical prompt + answer).
 pub const TOKENS_PER_WAITING: f64 = 1024.0;
 /// How much more loaded than the least loaded replica an affine one may be.
-pub const AFFINITY_FACTOR: f64 = 1.5;
+pub const AFFINITY_FACTOR: f64 = 1.3;
 /// Pressure any replica may carry before the factor applies, in tokens (so a nearly idle
 /// fleet keeps affinity).
-pub const AFFINITY_SLACK: f64 = 4096.0;
+pub const AFFINITY_SLACK: f64 = 2048.0;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Weights {
@@ -81,7 +81,7 @@ pub fn choose(views: &[View], w: &Weights, s: &Saturation) -> Choice {
     let score = |v: &View| {
         let affine = v.pressure() <= AFFINITY_FACTOR * least + AFFINITY_SLACK;
         let prefix = if affine { v.prefix } else { 0.0 };
-        let queue = if most > 0.0 { 1.0 - v.pressure() / most } else { 1.0 };
+        let queue = if most > least { (most - v.pressure()) / (most - least) } else { 1.0 };
         w.prefix * prefix + w.queue * queue + w.kv_cache * (1.0 - v.kv.clamp(0.0, 1.0))
     };
     // Ties go to the less pressed replica, then the lower index.
