@@ -181,6 +181,12 @@ async fn queue_refuses_at_its_deadline_and_a_leaving_client_frees_its_place() {
     c.abort();
     wait_for("c's place freed", async || metric(&gw, "mcas_inference_queue_depth{provider=\"vllm\"}").await == 0.0)
         .await;
+    // Still saturated by B (re-read: a scrape may have come between).
+    wait_for("replica still saturated", async || {
+        let b = &admin_json(&gw, "/health").await["providers"][0]["backends"][0]["inference"];
+        b["waiting"] == 1.0 && b["stale"] == false
+    })
+    .await;
     // D takes the freed place (not refused as full) and is refused at the deadline.
     let d = stream("d").await.unwrap();
     assert_eq!(d.status(), 503);

@@ -3,7 +3,7 @@
 //! in-flight tokens, requests since the last scrape), scored by [`score`]; when every replica
 //! is saturated, requests wait in the provider's [`queue`].
 //!
-//! A replica whose scrape fails (or that was never scraped) is *stale*: it counts with the
+//! A replica whose last [`STALE_AFTER`] scrapes failed (or that was never scraped) is *stale*: it counts with the
 //! gateway's own numbers only (no queue, no KV use: in-flight tokens decide), and never as
 //! saturated, so a broken `/metrics` can slow routing down but never refuse a request.
 
@@ -22,6 +22,9 @@ use score::{Choice, Saturation, View, Weights};
 
 /// Blocks the prefix index of one provider remembers (about 60 bytes each: 6 MB).
 pub const INDEX_BLOCKS: usize = 100_000;
+/// Consecutive failed scrapes after which a replica is stale (one late answer on a busy host
+/// keeps the last signals).
+pub const STALE_AFTER: u32 = 2;
 /// Output tokens assumed for a request without `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u64 = 256;
 
@@ -65,8 +68,10 @@ pub struct Scraped {
 #[derive(Debug, Default)]
 pub struct ReplicaLoad {
     last: Mutex<Option<Scraped>>,
-    /// The last scrape failed (or none succeeded yet).
+    /// [`STALE_AFTER`] scrapes failed in a row (or none succeeded yet).
     stale: AtomicBool,
+    /// Scrapes failed since the last good one.
+    failures: std::sync::atomic::AtomicU32,
     /// Requests sent since the last good scrape.
     sent_since: AtomicU64,
     /// Estimated tokens (prompt + max_tokens) of the gateway's requests in flight there.
@@ -88,7 +93,12 @@ impl ReplicaLoad {
 
     /// A good scrape replaces the signals; a failed one marks the replica stale.
     pub fn record(&self, scraped: Option<Scraped>) {
-        self.stale.store(scraped.is_none(), Ordering::Relaxed);
+        let failures = match scraped {
+            Some(_) => 0,
+            None => self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1),
+        };
+        self.failures.store(failures, Ordering::Relaxed);
+        self.stale.store(failures >= STALE_AFTER || self.last().is_none() && scraped.is_none(), Ordering::Relaxed);
         if let Some(s) = scraped {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
             self.sent_since.store(0, Ordering::Relaxed);
@@ -309,7 +319,9 @@ mod tests {
         s.replicas[1].record(Some(Scraped { running: 8.0, waiting: 0.0, kv: 0.9 }));
         assert!(s.must_queue(|_| true));
         s.replicas[1].record(None);
-        assert!(!s.must_queue(|_| true), "a failed scrape falls back to the gateway's counts");
+        assert!(s.must_queue(|_| true), "one failed scrape keeps the last signals");
+        s.replicas[1].record(None);
+        assert!(!s.must_queue(|_| true), "failed scrapes fall back to the gateway's counts");
     }
 
     #[test]

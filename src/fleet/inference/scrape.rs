@@ -4,7 +4,8 @@
 //! key. Answers are read bounded ([`MAX_BYTES`], within the interval but at least
 //! [`MIN_TIMEOUT`] and at most [`MAX_TIMEOUT`]; a provider's next round waits for the last
 //! one to end); anything else than a 2xx Prometheus text with the queue and KV series
-//! marks the replica stale (see `super`), never an error on the request path.
+//! counts as a failure, and repeated failures mark the replica stale (see `super`), never an
+//! error on the request path.
 
 use super::{InferenceState, Scraped};
 use crate::clock;
