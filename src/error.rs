@@ -31,6 +31,10 @@ pub enum GatewayError {
     Unavailable(String),
     #[error("{0}")]
     GatewayTimeout(String),
+    /// The admission queue refused (full, or its deadline passed): 503 with `Retry-After`
+    /// of the given seconds.
+    #[error("{0}")]
+    Overloaded(String, u64),
     #[error("internal error")]
     Internal,
     #[error("{}", .0.kind.message())]
@@ -66,6 +70,7 @@ impl GatewayError {
             GatewayError::BadGateway(_) => (502, "upstream_error", "bad_gateway"),
             GatewayError::Unavailable(_) => (503, "upstream_error", "service_unavailable"),
             GatewayError::GatewayTimeout(_) => (504, "upstream_error", "upstream_timeout"),
+            GatewayError::Overloaded(..) => (503, "server_error", "overloaded"),
             GatewayError::Internal => (500, "server_error", "internal_error"),
             GatewayError::RateLimited(r) => (429, "rate_limit_exceeded", r.kind.code()),
             GatewayError::Framing(r) if r.status() == 431 => {

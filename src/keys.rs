@@ -33,6 +33,8 @@ pub struct KeyEntry {
     pub not_before: Option<SystemTime>,
     pub expires: Option<SystemTime>,
     pub limits: KeyLimits,
+    /// Admission-queue priority (`keys[].priority`): higher goes first.
+    pub priority: i64,
     /// Counters; handed over to the key of the same name on reload.
     pub state: Arc<KeyState>,
 }
@@ -52,12 +54,18 @@ impl KeyEntry {
             not_before,
             expires,
             limits: KeyLimits::default(),
+            priority: 0,
             state: KeyState::new(),
         }
     }
 
     pub fn with_limits(mut self, limits: KeyLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    pub fn with_priority(mut self, priority: i64) -> Self {
+        self.priority = priority;
         self
     }
 }

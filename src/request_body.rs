@@ -42,6 +42,11 @@ pub struct Scan {
     pub spans: Spans,
     /// The raw `content` of the first system and first user message, for [`Scan::prefix`].
     pub prefix_parts: Option<(Option<Range<usize>>, Range<usize>)>,
+    /// The raw value of `messages` (else `prompt`): the prompt text the inference balancer
+    /// cuts into blocks (`fleet/inference/prefix_index.rs`).
+    pub prompt: Option<Range<usize>>,
+    /// `max_completion_tokens`, else `max_tokens`, when a non-negative integer.
+    pub max_tokens: Option<u64>,
 }
 
 /// Byte offsets into the scanned body of what a splice needs (values, not keys: a key may be
@@ -129,6 +134,8 @@ pub fn scan(body: &[u8]) -> Result<Scan, ScanError> {
         user: top.user.map(user_text),
         spans,
         prefix_parts,
+        prompt: top.prompt.map(at),
+        max_tokens: top.max_completion_tokens.or(top.max_tokens),
     })
 }
 
@@ -195,6 +202,10 @@ struct Top<'a> {
     stream_options: Option<(&'a RawValue, Option<&'a RawValue>)>,
     user: Option<&'a RawValue>,
     messages: FirstMessages<'a>,
+    /// The raw `messages` or `prompt` value, and the token limits.
+    prompt: Option<&'a RawValue>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
     members: usize,
     /// A reason to refuse found while reading (kept apart from serde's error text).
     refused: Option<ScanError>,
@@ -305,7 +316,20 @@ impl<'de: 'a, 'a> Visitor<'de> for TopVisitor<'a> {
                     top.stream_options = Some((raw, usage_raw));
                 }
                 "user" => top.user = map.next_value::<Option<&'a RawValue>>()?,
-                "messages" => top.messages = map.next_value::<FirstMessages<'a>>()?,
+                "messages" => {
+                    let raw = map.next_value::<&'a RawValue>()?;
+                    top.messages = serde_json::from_str::<FirstMessages<'a>>(raw.get()).map_err(nested)?;
+                    top.prompt = Some(raw);
+                }
+                "prompt" => {
+                    let raw = map.next_value::<&'a RawValue>()?;
+                    top.prompt = top.prompt.or(Some(raw));
+                }
+                // Read leniently: a value the upstream refuses is its business, not routing's.
+                "max_tokens" => top.max_tokens = serde_json::from_str(map.next_value::<&'a RawValue>()?.get()).ok(),
+                "max_completion_tokens" => {
+                    top.max_completion_tokens = serde_json::from_str(map.next_value::<&'a RawValue>()?.get()).ok()
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -120,6 +120,10 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
         crate::reload::DiscoveryService(reloader),
     ));
     server.add_service(pingora::services::background::background_service(
+        "inference-scrapes",
+        crate::fleet::inference::scrape::ScrapeService { runtime: shared.clone() },
+    ));
+    server.add_service(pingora::services::background::background_service(
         "drain",
         crate::drain::DrainService { drain, grace },
     ));

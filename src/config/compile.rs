@@ -256,7 +256,9 @@ fn keys(keys: Vec<KeySection>, limits: &super::limits::Compiled, errors: &mut Ve
         let not_before = parse_time(&format!("{path}.not_before"), &k.not_before, errors);
         let expires = parse_time(&format!("{path}.expires"), &k.expires, errors);
         let key_limits = super::limits::key(&path, k.limits, limits, errors);
-        let entry = KeyEntry::new(&k.name, digest, ModelGlobs(k.models), not_before, expires).with_limits(key_limits);
+        let entry = KeyEntry::new(&k.name, digest, ModelGlobs(k.models), not_before, expires)
+            .with_limits(key_limits)
+            .with_priority(k.priority.unwrap_or(0));
         if !table.insert(entry) {
             errors.push(ConfigError::new(&path, "the same key is configured twice"));
         }

@@ -131,6 +131,8 @@ pub struct KeySection {
     pub expires: Option<String>,
     /// This key's limits; each absent field takes `limits.defaults`.
     pub limits: Option<KeyLimitsSection>,
+    /// Admission-queue priority (`balance: inference`): higher goes first. Default 0.
+    pub priority: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,8 +153,10 @@ pub struct ProviderSection {
     pub timeouts: ProviderTimeouts,
     #[serde(default)]
     pub tls: ProviderTls,
-    /// `ketama` (default), `round_robin` or `least_inflight`.
+    /// `ketama` (default), `round_robin`, `least_inflight` or `inference`.
     pub balance: Option<BalanceSection>,
+    /// `balance: inference` settings (`config/inference.rs`).
+    pub inference: Option<super::inference::InferenceSection>,
     /// Ordered sources of the ketama key, the first present wins: `header:NAME`, `api_key`,
     /// `body:user`, `prefix`, `client_ip`. Default
     /// `[header:x-session-id, body:user, prefix, api_key, client_ip]`.
@@ -183,6 +187,7 @@ pub enum BalanceSection {
     Ketama,
     RoundRobin,
     LeastInflight,
+    Inference,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,7 +17,9 @@ pub fn fleet(path: &str, p: &ProviderSection, errors: &mut Vec<ConfigError>) -> 
         None | Some(BalanceSection::Ketama) => Balance::Ketama,
         Some(BalanceSection::RoundRobin) => Balance::RoundRobin,
         Some(BalanceSection::LeastInflight) => Balance::LeastInflight,
+        Some(BalanceSection::Inference) => Balance::Inference,
     };
+    let inference = super::inference::settings(path, p.inference.as_ref(), balance == Balance::Inference, errors);
     let hash_key = match &p.hash_key {
         None => d.hash_key,
         Some(list) if list.is_empty() => {
@@ -96,6 +98,7 @@ pub fn fleet(path: &str, p: &ProviderSection, errors: &mut Vec<ConfigError>) -> 
         fallbacks: p.fallbacks.clone().unwrap_or_default(),
         discover: None,
         pool: None,
+        inference,
     }
 }
 

@@ -42,10 +42,14 @@ impl Provider {
             ring: Ring::new(members),
             backends,
             timeouts: self.timeouts.clone(),
-            fleet: self.fleet.clone(),
+            fleet: Default::default(),
             cursor: AtomicUsize::new(0),
             headers: self.headers.clone(),
+            // Per-backend load signals and the admission queue are indexed by backend: started
+            // afresh by `with_fleet`, as on a reload.
+            inference: None,
         }
+        .with_fleet(self.fleet.clone())
     }
 
     /// `(address, weight)` of every backend, sorted.

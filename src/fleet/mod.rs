@@ -8,6 +8,7 @@ pub mod circuit;
 pub mod discover;
 pub mod hash_key;
 pub mod health;
+pub mod inference;
 pub mod ketama;
 pub mod members;
 pub mod pool;
@@ -104,6 +105,15 @@ impl Backend {
     }
 }
 
+/// How [`Provider::pick_by`] chooses: the balance, whether open sessions count as load (new
+/// sessions are placed by load), and the inference ticket to score and charge.
+#[derive(Clone, Copy)]
+struct Pick<'a> {
+    balance: Balance,
+    sessions: bool,
+    ticket: Option<&'a inference::Ticket>,
+}
+
 /// How a provider spreads requests over its backends and copes with their failures.
 #[derive(Debug, Clone)]
 pub struct Fleet {
@@ -123,6 +133,8 @@ pub struct Fleet {
     pub discover: Option<discover::Discover>,
     /// `providers[].pool`, kept so backends found later (discovery) get the same cap.
     pub pool: Option<pool::PoolSettings>,
+    /// `balance: inference`: scrape, weights, saturation and queue settings.
+    pub inference: Option<inference::InferenceSettings>,
 }
 
 impl Default for Fleet {
@@ -137,6 +149,7 @@ impl Default for Fleet {
             fallbacks: Vec::new(),
             discover: None,
             pool: None,
+            inference: None,
         }
     }
 }
@@ -163,6 +176,8 @@ pub struct Provider {
     cursor: AtomicUsize,
     /// Header values sent on every request, built once here rather than per request.
     pub headers: ProviderHeaders,
+    /// Load signals, prefix index and admission queue of `balance: inference`.
+    pub inference: Option<Arc<inference::InferenceState>>,
 }
 
 /// `Authorization: Bearer <api_key>` (marked sensitive: never printed) and `Host`.
@@ -211,10 +226,14 @@ impl Provider {
             ring,
             cursor: AtomicUsize::new(0),
             headers,
+            inference: None,
         }
     }
 
     pub fn with_fleet(mut self, fleet: Fleet) -> Self {
+        self.inference = (fleet.balance == Balance::Inference).then(|| {
+            Arc::new(inference::InferenceState::new(fleet.inference.clone().unwrap_or_default(), self.backends.len()))
+        });
         self.fleet = fleet;
         self
     }
@@ -252,30 +271,50 @@ impl Provider {
 
     /// Chooses a backend for `key`, skipping `tried`; `None` when nothing is left.
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
-        self.pick_by(self.fleet.balance, false, key, tried)
+        self.pick_for(key, tried, None)
+    }
+
+    /// [`Provider::pick`] for a request that carries an inference ticket (scored, charged).
+    pub fn pick_for(
+        &self,
+        key: &[u8],
+        tried: &[usize],
+        ticket: Option<&inference::Ticket>,
+    ) -> Option<(usize, Arc<Backend>)> {
+        self.pick_by(Pick { balance: self.fleet.balance, sessions: false, ticket }, key, tried)
     }
 
     /// Places the first request of a new MCP session or Responses chain: the healthy backend
     /// with the fewest open sessions plus requests in flight (relative to weight). Its later
     /// requests follow the sealed id, so no hash is needed to keep them together.
     pub fn place(&self, tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
-        self.pick_by(Balance::LeastInflight, true, &[], tried)
+        self.pick_by(Pick { balance: Balance::LeastInflight, sessions: true, ticket: None }, &[], tried)
     }
 
-    fn pick_by(&self, balance: Balance, sessions: bool, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
+    fn pick_by(&self, how: Pick<'_>, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
         let now = clock::now_ms();
+        if let Some(ticket) = how.ticket.filter(|_| how.balance == Balance::Inference) {
+            let candidate = |i: usize| !tried.contains(&i) && self.backends.get(i).is_some_and(|b| self.usable(b, now));
+            let i = match ticket.state.choose(&ticket.demand, candidate) {
+                inference::score::Choice::Replica(i) | inference::score::Choice::Saturated(i) => i,
+                inference::score::Choice::None => return None,
+            };
+            let picked = self.admit_backend(i, how, key, tried, now)?;
+            ticket.charge(picked.0);
+            return Some(picked);
+        }
         let slots: Vec<Slot> = self
             .backends
             .iter()
             .map(|b| Slot {
                 usable: self.usable(b, now),
                 inflight: b.inflight.load(Ordering::Relaxed)
-                    + if sessions { b.sessions.load(Ordering::Relaxed) } else { 0 },
+                    + if how.sessions { b.sessions.load(Ordering::Relaxed) } else { 0 },
                 weight: b.weight,
             })
             .collect();
         let req = select::Request {
-            balance,
+            balance: how.balance,
             ring: &self.ring,
             key,
             epsilon: self.fleet.epsilon,
@@ -284,6 +323,19 @@ impl Provider {
             tried,
         };
         let i = select::choose(&req, &slots)?;
+        self.admit_backend(i, how, key, tried, now)
+    }
+
+    /// Passes backend `i` through its circuit (choosing again without it if its half-open
+    /// trial was just taken) and counts the selection.
+    fn admit_backend(
+        &self,
+        i: usize,
+        how: Pick<'_>,
+        key: &[u8],
+        tried: &[usize],
+        now: u64,
+    ) -> Option<(usize, Arc<Backend>)> {
         let b = self.backends.get(i)?.clone();
         match b.circuit.acquire(&self.fleet.circuit, now) {
             circuit::Admission::Admitted | circuit::Admission::Trial { half_opened: false } => {}
@@ -293,7 +345,7 @@ impl Provider {
             circuit::Admission::Refused => {
                 let mut skip = tried.to_vec();
                 skip.push(i);
-                return self.pick_by(balance, sessions, key, &skip);
+                return self.pick_by(how, key, &skip);
             }
         }
         if let Some(c) = b.metrics.selections(&self.name, b.addr) {

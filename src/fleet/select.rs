@@ -11,6 +11,9 @@ pub enum Balance {
     RoundRobin,
     /// Fewest requests in flight (relative to weight).
     LeastInflight,
+    /// Scored on each replica's own load and the gateway's prefix index (`fleet/inference/`);
+    /// here only when a request carries no demand (then like least in-flight).
+    Inference,
 }
 
 impl Balance {
@@ -19,6 +22,7 @@ impl Balance {
             Balance::Ketama => "ketama",
             Balance::RoundRobin => "round_robin",
             Balance::LeastInflight => "least_inflight",
+            Balance::Inference => "inference",
         }
     }
 }
@@ -62,7 +66,9 @@ pub fn choose(req: &Request<'_>, slots: &[Slot]) -> Option<usize> {
     let rotated = move || (0..n).map(move |k| (req.cursor + k) % n).filter(move |&i| candidate(i));
     match req.balance {
         Balance::RoundRobin => rotated().next(),
-        Balance::LeastInflight => rotated().min_by(|&a, &b| load(&slots[a]).total_cmp(&load(&slots[b]))),
+        Balance::LeastInflight | Balance::Inference => {
+            rotated().min_by(|&a, &b| load(&slots[a]).total_cmp(&load(&slots[b])))
+        }
         Balance::Ketama => {
             let fits: Box<dyn Fn(usize) -> bool> = match req.epsilon {
                 None => Box::new(|_| true),

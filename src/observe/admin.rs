@@ -147,7 +147,8 @@ impl AdminApp {
                 let backends: Vec<_> = p
                     .backends
                     .iter()
-                    .map(|b| {
+                    .enumerate()
+                    .map(|(i, b)| {
                         let up = p.usable(b, now);
                         let circuit = b.circuit.state();
                         let sessions = b.sessions.load(Ordering::Relaxed);
@@ -159,7 +160,18 @@ impl AdminApp {
                             m.circuit_open.with_label_values(&labels).set(open as i64);
                         }
                         super::sessions::set(&p.name, &b.addr.to_string(), sessions);
+                        let inference = p.inference.as_ref().and_then(|s| s.replicas.get(i)).map(|r| {
+                            let last = r.last().filter(|_| !r.is_stale());
+                            json!({
+                                "stale": r.is_stale(),
+                                "waiting": last.map(|s| s.waiting),
+                                "running": last.map(|s| s.running),
+                                "kv_cache": last.map(|s| s.kv),
+                                "inflight_tokens": r.inflight_tokens(),
+                            })
+                        });
                         json!({
+                            "inference": inference,
                             "address": b.addr.to_string(),
                             "weight": b.weight,
                             "healthy": b.health.is_up(),
@@ -176,6 +188,7 @@ impl AdminApp {
                     "healthy": p.any_usable(now),
                     "balance": p.fleet.balance.as_str(),
                     "probed": p.fleet.health.is_some(),
+                    "queued": p.inference.as_ref().map(|s| s.queue.len()),
                     "backends": backends,
                     "discovery": crate::fleet::discover::status::snapshot(&p.name),
                 })

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 pub struct Metrics {
     pub registry: Registry,
     pub fleet: FleetMetrics,
+    /// `balance: inference`: admission queue and scrapes.
+    pub inference: super::inference_metrics::InferenceMetrics,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
     pub upstream_ttfb: HistogramVec,
@@ -69,6 +71,7 @@ const LATENCY_BUCKETS: &[f64] =
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new_custom(Some(PREFIX.into()), None)?;
     let fleet = fleet_metrics(&registry)?;
+    let inference = super::inference_metrics::build(&registry)?;
     let registry = &registry;
     let requests = IntCounterVec::new(
         Opts::new("requests_total", "Requests answered, by route pattern, provider and status class"),
@@ -184,6 +187,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     Ok(Metrics {
         registry: registry.clone(),
         fleet,
+        inference,
         requests,
         duration,
         upstream_ttfb,

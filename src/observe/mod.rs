@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bound;
 pub mod daily_file;
 pub mod dashboard;
+pub mod inference_metrics;
 pub mod logging;
 pub mod metrics;
 pub mod redact;

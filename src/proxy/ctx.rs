@@ -37,6 +37,8 @@ pub struct Routed {
     pub new_body: Option<bytes::Bytes>,
     /// WebSocket, event-stream and MCP settings of the route, and MCP pinning.
     pub streams: super::long_lived::RouteStreams,
+    /// `balance: inference`: the request's demand and charge (released with the request).
+    pub inference: Option<Arc<crate::fleet::inference::Ticket>>,
 }
 
 impl Routed {

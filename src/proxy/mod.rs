@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod ctx;
 pub mod framing;
 pub mod heartbeat;
+pub mod inference;
 pub mod local;
 pub mod long_lived;
 pub mod long_lived_caps;
@@ -112,6 +113,10 @@ impl Gateway {
             Err(e) => return self.refuse(session, ctx, e).await,
         };
         let route::Decision { mut routed, mut body, models_list } = decision;
+        // Every replica saturated: wait here, not in vLLM's queue (before any upstream is chosen).
+        if let Err(e) = inference::admit(session, &routed).await? {
+            return self.refuse(session, ctx, e).await;
+        }
         if models_list {
             // Before any stream handling: an upgrade or event stream must not carry the list past the filter.
             ctx.answered_by_subrequest = true;

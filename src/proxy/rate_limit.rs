@@ -97,8 +97,10 @@ pub fn headers(ctx: &Ctx) -> Vec<(&'static str, HeaderValue)> {
 /// Headers for an answer the gateway writes itself: the limits, and `Retry-After` on a 429.
 pub fn answer_headers(ctx: &Ctx, e: &GatewayError) -> Vec<(&'static str, HeaderValue)> {
     let mut h = headers(ctx);
-    if let GatewayError::RateLimited(r) = e {
-        h.push(("retry-after", HeaderValue::from(r.retry_after_secs())));
+    match e {
+        GatewayError::RateLimited(r) => h.push(("retry-after", HeaderValue::from(r.retry_after_secs()))),
+        GatewayError::Overloaded(_, secs) => h.push(("retry-after", HeaderValue::from(*secs))),
+        _ => {}
     }
     h
 }

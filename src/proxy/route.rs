@@ -92,6 +92,7 @@ pub async fn decide(
         Some(body) => body_plan(body, &form, &scan, defaulted.as_deref(), add_usage),
     };
     let hash_key = hash_key(session, &provider, &key, &scan, chunks_ref.as_ref(), meta.client_ip.as_deref());
+    let inference = super::inference::ticket(&provider, &scan, chunks_ref.as_ref(), model.as_deref());
     let upstream_path = upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref());
     let streams = super::long_lived::RouteStreams::new(route, &provider);
     let provider_index = rt.providers.iter().position(|p| Arc::ptr_eq(p, &provider)).unwrap_or(usize::MAX);
@@ -118,6 +119,7 @@ pub async fn decide(
         body_len,
         new_body,
         streams,
+        inference,
     };
     Ok(Ok(Decision { routed, body: plan, models_list }))
 }

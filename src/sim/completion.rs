@@ -74,7 +74,8 @@ fn roll(rate: f64) -> bool {
 }
 
 pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response<Body> {
-    let running = Running::new(&r.metrics.running);
+    // With the replica model on, its scheduler sets the running gauge itself.
+    let running = r.engine.is_none().then(|| Running::new(&r.metrics.running));
     let (parts, body) = req.into_parts();
     let ov = match Overrides::from_headers(&parts.headers) {
         Ok(ov) => ov,
@@ -113,6 +114,7 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
     let (answer, hit_tokens) = answer(r, kind, &req, model, ov.tokens);
     let ttft = ov.ttft.unwrap_or(cfg.ttft);
     let itl = ov.itl.unwrap_or(cfg.itl);
+    let mut seq = r.engine.as_ref().map(|e| e.submit(answer.usage.prompt_tokens - hit_tokens, answer.tokens));
     let mut resp = if req.stream {
         let pace = Pace {
             ttft,
@@ -120,6 +122,7 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
             cut_after: close.then_some(answer.tokens / 2),
             include_usage: req.include_usage,
             eol: cfg.line_ending.as_str(),
+            engine: seq,
         };
         let body = stream::body(answer, pace, r.metrics.generation_tokens.clone(), running);
         let mut resp = response::with_body(StatusCode::OK, HeaderValue::from_static("text/event-stream"), body);
@@ -128,7 +131,11 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
     } else {
         // A whole answer takes as long as its stream would have.
         let total = ttft + itl * answer.tokens.saturating_sub(1);
-        if !total.is_zero() {
+        if let Some(seq) = seq.as_mut() {
+            for _ in 0..answer.tokens {
+                seq.token().await;
+            }
+        } else if !total.is_zero() {
             tokio::time::sleep(total).await;
         }
         r.metrics.generation_tokens.inc_by(u64::from(answer.tokens));

@@ -51,6 +51,8 @@ pub struct SimConfig {
     pub max_loras: usize,
     /// Cost of loading an adapter (`--lora-load-ms`, default 0).
     pub lora_load: Duration,
+    /// The replica model (`--max-seqs` and the flags beside it; off by default).
+    pub engine: super::engine::EngineSettings,
 }
 
 /// How the SSE lines of a streamed answer end.
@@ -94,6 +96,7 @@ impl Default for SimConfig {
             lora: Vec::new(),
             max_loras: 1,
             lora_load: Duration::ZERO,
+            engine: Default::default(),
         }
     }
 }
@@ -121,6 +124,7 @@ impl fmt::Debug for SimConfig {
             .field("lora", &self.lora)
             .field("max_loras", &self.max_loras)
             .field("lora_load", &self.lora_load)
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -149,6 +153,12 @@ usage: mcas-sim [--listen ADDR] [flags]
   --lora A,B                  LoRA adapters on the first model (listed with parent)
   --max-loras N               adapters loaded at once (default 1)
   --lora-load-ms N            time to load an adapter, ms (default 0)
+  --max-seqs N                replica model on: sequences decoded together (default 0 = off;
+                              then --ttft-ms / --itl-ms pace answers instead)
+  --kv-blocks N               replica model: KV capacity in blocks of --block-chars (default 4096)
+  --prefill-us-per-token N    replica model: prefill time per uncached prompt token (default 0)
+  --decode-ms-per-step N      replica model: step time of a batch of one, ms (default 10)
+  --decode-batch-factor F     replica model: step time growth per extra sequence (default 0)
   --help                      this text
 
 request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
@@ -221,7 +231,10 @@ impl SimConfig {
                     _ => return Err(format!("{flag}: expected lf, crlf or cr, got {v:?}")),
                 }
             }
-            _ => return Err(format!("{flag}: unknown flag (see --help)")),
+            _ => match self.engine.set(flag, v) {
+                Some(r) => r?,
+                None => return Err(format!("{flag}: unknown flag (see --help)")),
+            },
         }
         Ok(())
     }
@@ -244,6 +257,7 @@ impl SimConfig {
         if self.max_loras == 0 {
             return Err("--max-loras: must be at least 1".to_string());
         }
+        self.engine.validate()?;
         if self.threads == 0 {
             return Err("--threads: must be at least 1".to_string());
         }
@@ -281,6 +295,9 @@ mod tests {
         assert_eq!(cfg.tokens, 3);
         assert_eq!(cfg.itl, Duration::from_millis(5));
         assert!(cfg.health_requires_key);
+        let model = SimConfig::from_args(args("--max-seqs 8 --kv-blocks 64 --decode-batch-factor 0.1")).unwrap();
+        assert_eq!((model.engine.max_seqs, model.engine.kv_blocks), (8, 64));
+        assert!(SimConfig::from_args(args("--max-seqs 8 --kv-blocks 0")).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Prometheus metrics of one replica, in a registry the replica owns (three replicas in one
 //! process must not share counters). Names follow vLLM where vLLM has one.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use super::route::Endpoint;
 
@@ -20,6 +20,8 @@ pub struct Metrics {
     pub prefix_hits: IntCounter,
     /// WebSocket close frames received, by close code.
     pub ws_closes: IntCounterVec,
+    /// The replica model's queue, KV use and preemptions (zero while the model is off).
+    pub engine: super::engine::EngineGauges,
 }
 
 impl Metrics {
@@ -36,6 +38,15 @@ impl Metrics {
         let prefix_queries =
             IntCounter::new("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache")?;
         let prefix_hits = IntCounter::new("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache")?;
+        let engine = super::engine::EngineGauges {
+            running: running.clone(),
+            waiting: IntGauge::new("vllm:num_requests_waiting", "Requests waiting to be scheduled")?,
+            kv_usage: Gauge::new("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = full")?,
+            preemptions: IntCounter::new("vllm:num_preemptions_total", "Sequences preempted")?,
+        };
+        registry.register(Box::new(engine.waiting.clone()))?;
+        registry.register(Box::new(engine.kv_usage.clone()))?;
+        registry.register(Box::new(engine.preemptions.clone()))?;
         let ws_closes = IntCounterVec::new(
             Opts::new("mcas_sim_ws_closes_total", "WebSocket close frames received, by close code"),
             &["code"],
@@ -64,6 +75,7 @@ impl Metrics {
             prefix_queries,
             prefix_hits,
             ws_closes,
+            engine,
         })
     }
 
@@ -101,6 +113,9 @@ mod tests {
         let text = String::from_utf8(a.render()).unwrap();
         assert!(text.contains("mcas_sim_requests_total{endpoint=\"chat_completions\",status=\"500\"} 1"));
         assert!(text.contains("vllm:num_requests_running 0"));
+        for name in ["vllm:num_requests_waiting 0", "vllm:kv_cache_usage_perc 0", "vllm:num_preemptions_total 0"] {
+            assert!(text.contains(name), "{name}");
+        }
         let text = String::from_utf8(b.render()).unwrap();
         assert!(text.contains("mcas_sim_requests_total{endpoint=\"chat_completions\",status=\"200\"} 0"));
     }

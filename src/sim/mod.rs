@@ -12,6 +12,8 @@
 //! request headers: x-sim-tokens, x-sim-ttft-ms, x-sim-itl-ms, x-sim-fail: error|close|hang,
 //!                  x-sim-status: NNN;  every response carries x-mcas-replica
 //! --force-gzip: every answer gzipped, whatever Accept-Encoding says
+//! --max-seqs N (with --kv-blocks, --prefill-us-per-token, --decode-ms-per-step,
+//!   --decode-batch-factor): the replica model of [`engine`] paces answers instead
 //! ```
 //!
 //! Token rules: prompt_tokens = ceil(prompt bytes / 4) (see [`openai`] for the prompt text);
@@ -20,6 +22,7 @@
 mod completion;
 pub mod config;
 mod echo;
+pub mod engine;
 mod gzip;
 mod lora;
 mod metrics;

@@ -18,6 +18,8 @@ pub struct Replica {
     pub name: HeaderValue,
     pub metrics: Metrics,
     pub cache: PrefixCache,
+    /// The replica model's scheduler, when `--max-seqs` is set.
+    pub engine: Option<std::sync::Arc<super::engine::Engine>>,
     /// `GET /v1/models`, serialized once.
     pub models_body: Bytes,
     /// LoRA adapters and which are loaded (`--lora`).
@@ -39,10 +41,19 @@ impl Replica {
         let name = HeaderValue::from_str(&name).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("--replica-id: {name:?} is not a valid header value"))
         })?;
+        let metrics = Metrics::new().map_err(io::Error::other)?;
+        let model = &cfg.engine;
+        let engine = (model.max_seqs > 0).then(|| {
+            std::sync::Arc::new(super::engine::Engine::new(model.clone(), cfg.block_chars, metrics.engine.clone()))
+        });
+        // With the model on, cached blocks share the KV capacity.
+        let cache_blocks =
+            if engine.is_some() { cfg.prefix_cache_blocks.min(model.kv_blocks) } else { cfg.prefix_cache_blocks };
         Ok(Replica {
             name,
-            metrics: Metrics::new().map_err(io::Error::other)?,
-            cache: PrefixCache::new(cfg.prefix_cache_blocks, cfg.block_chars),
+            metrics,
+            cache: PrefixCache::new(cache_blocks, cfg.block_chars),
+            engine,
             models_body: Bytes::from(super::lora::with_adapters(models_body(&cfg.models), &cfg)),
             lora: super::lora::Lora::new(cfg.lora.clone(), cfg.max_loras, cfg.lora_load),
             responses: Default::default(),

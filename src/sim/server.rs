@@ -29,6 +29,21 @@ pub const X_MCAS_REPLICA: HeaderName = HeaderName::from_static("x-mcas-replica")
 /// retried after 10 ms.
 pub async fn serve(listener: TcpListener, cfg: SimConfig) -> io::Result<()> {
     let replica = Arc::new(Replica::new(cfg, listener.local_addr()?.port())?);
+    // The replica model's scheduler lives exactly as long as the accept loop.
+    let engine = replica.engine.clone();
+    let scheduler = async move {
+        match engine {
+            Some(e) => e.run().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = scheduler => Ok(()),
+        r = accept_loop(listener, replica) => r,
+    }
+}
+
+async fn accept_loop(listener: TcpListener, replica: Arc<Replica>) -> io::Result<()> {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

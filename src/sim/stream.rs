@@ -27,6 +27,9 @@ pub struct Pace {
     pub include_usage: bool,
     /// Line ending of every SSE line (`--line-ending`).
     pub eol: &'static str,
+    /// The replica model's sequence: each token waits for its engine step instead of
+    /// `ttft` / `itl`.
+    pub engine: Option<super::engine::SeqHandle>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -82,7 +85,7 @@ impl<G> Gen<G> {
         loop {
             match self.phase {
                 Phase::Wait => {
-                    sleep(self.pace.ttft).await;
+                    self.pace_token(self.pace.ttft).await;
                     self.phase = Phase::Tokens;
                     if self.answer.kind == Kind::Chat {
                         return Some(Ok(self.event(
@@ -96,7 +99,7 @@ impl<G> Gen<G> {
                         return Some(self.cut().await);
                     }
                     if self.next > 1 {
-                        sleep(self.pace.itl).await;
+                        self.pace_token(self.pace.itl).await;
                     }
                     self.generated.inc();
                     let event = self.token_event(self.next);
@@ -125,6 +128,16 @@ impl<G> Gen<G> {
                 }
                 Phase::End => return None,
             }
+        }
+    }
+
+    /// Waits until the next token exists: the engine's step, else `delay`.
+    async fn pace_token(&mut self, delay: Duration) {
+        match self.pace.engine.as_mut() {
+            Some(seq) => {
+                seq.token().await;
+            }
+            None => sleep(delay).await,
         }
     }
 

@@ -1,0 +1,336 @@
+//! `balance: inference`: choose the replica by what it is doing (vLLM's own `/metrics`,
+//! scraped by [`scrape`]), what the gateway has sent it (prompt blocks in [`prefix_index`],
+//! in-flight tokens, requests since the last scrape), scored by [`score`]; when every replica
+//! is saturated, requests wait in the provider's [`queue`].
+//!
+//! A replica whose last [`STALE_AFTER`] scrapes failed (or that was never scraped) is *stale*: it counts with the
+//! gateway's own numbers only (no queue, no KV use: in-flight tokens decide), and never as
+//! saturated, so a broken `/metrics` can slow routing down but never refuse a request.
+
+pub mod prefix_index;
+pub mod queue;
+pub mod score;
+pub mod scrape;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prefix_index::PrefixIndex;
+use queue::AdmissionQueue;
+use score::{Choice, Saturation, View, Weights};
+
+/// Blocks the prefix index of one provider remembers (about 60 bytes each: 6 MB).
+pub const INDEX_BLOCKS: usize = 100_000;
+/// Consecutive failed scrapes after which a replica is stale (one late answer on a busy host
+/// keeps the last signals).
+pub const STALE_AFTER: u32 = 2;
+/// Output tokens assumed for a request without `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 256;
+
+/// `providers[].inference`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceSettings {
+    /// `scrape.path` (default `/metrics`) and `scrape.interval` (default 500ms).
+    pub scrape_path: String,
+    pub scrape_interval: Duration,
+    /// `weights` (default prefix 3, queue 2, kv_cache 2).
+    pub weights: Weights,
+    /// `saturated` (default waiting 5, kv_cache 0.8).
+    pub saturated: Saturation,
+    /// `queue.max` (default 256) and `queue.timeout` (default 30s).
+    pub queue_max: usize,
+    pub queue_timeout: Duration,
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        InferenceSettings {
+            scrape_path: "/metrics".into(),
+            scrape_interval: Duration::from_millis(500),
+            weights: Weights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 },
+            saturated: Saturation { waiting: 5.0, kv_cache: 0.8 },
+            queue_max: 256,
+            queue_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a replica's last good scrape said.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scraped {
+    pub running: f64,
+    pub waiting: f64,
+    pub kv: f64,
+}
+
+/// One backend's load signals.
+#[derive(Debug, Default)]
+pub struct ReplicaLoad {
+    last: Mutex<Option<Scraped>>,
+    /// [`STALE_AFTER`] scrapes failed in a row (or none succeeded yet).
+    stale: AtomicBool,
+    /// Scrapes failed since the last good one.
+    failures: std::sync::atomic::AtomicU32,
+    /// Requests sent since the last good scrape.
+    sent_since: AtomicU64,
+    /// Estimated tokens (prompt + max_tokens) of the gateway's requests in flight there.
+    inflight_tokens: AtomicU64,
+}
+
+impl ReplicaLoad {
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    pub fn last(&self) -> Option<Scraped> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn inflight_tokens(&self) -> u64 {
+        self.inflight_tokens.load(Ordering::Relaxed)
+    }
+
+    /// A good scrape replaces the signals; a failed one marks the replica stale.
+    pub fn record(&self, scraped: Option<Scraped>) {
+        let failures = match scraped {
+            Some(_) => 0,
+            None => self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1),
+        };
+        self.failures.store(failures, Ordering::Relaxed);
+        self.stale.store(failures >= STALE_AFTER || self.last().is_none() && scraped.is_none(), Ordering::Relaxed);
+        if let Some(s) = scraped {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+            self.sent_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The scorer's view (without prefix and candidacy).
+    fn view(&self) -> View {
+        let inflight_tokens = self.inflight_tokens() as f64;
+        match self.last().filter(|_| !self.is_stale()) {
+            None => View { inflight_tokens, ..View::default() },
+            Some(s) => {
+                // A replica that already queues queues what was sent since, too.
+                let sent = self.sent_since.load(Ordering::Relaxed) as f64;
+                let waiting = if s.waiting > 0.0 { s.waiting + sent } else { 0.0 };
+                View { waiting, kv: s.kv, inflight_tokens, ..View::default() }
+            }
+        }
+    }
+}
+
+/// The inference state of one provider (rebuilt on reload, like the provider).
+pub struct InferenceState {
+    pub settings: InferenceSettings,
+    pub replicas: Vec<ReplicaLoad>,
+    index: Mutex<PrefixIndex>,
+    pub queue: AdmissionQueue,
+    /// When the next scrape round is due (clock ms).
+    next_scrape: AtomicU64,
+    /// A scrape round is running (the next one waits for it).
+    scraping: AtomicBool,
+}
+
+impl std::fmt::Debug for InferenceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceState").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// What a request asks of the fleet: its prompt blocks and estimated tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Demand {
+    pub blocks: Vec<u64>,
+    /// Estimated prompt tokens (covered by `blocks`, plus a partial block).
+    pub prompt_tokens: u64,
+    /// Estimated prompt + output tokens.
+    pub tokens: u64,
+}
+
+impl InferenceState {
+    pub fn new(settings: InferenceSettings, backends: usize) -> Self {
+        InferenceState {
+            queue: AdmissionQueue::new(settings.queue_max, settings.queue_timeout),
+            settings,
+            replicas: (0..backends)
+                .map(|_| ReplicaLoad { stale: AtomicBool::new(true), ..Default::default() })
+                .collect(),
+            index: Mutex::new(PrefixIndex::new(INDEX_BLOCKS)),
+            next_scrape: AtomicU64::new(0),
+            scraping: AtomicBool::new(false),
+        }
+    }
+
+    /// True at most once per interval, and not while a round runs: the caller runs the
+    /// scrape round, then calls [`InferenceState::round_done`].
+    pub fn claim_scrape(&self, now_ms: u64) -> bool {
+        let due = self.next_scrape.load(Ordering::Relaxed);
+        if now_ms < due || self.scraping.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let next = now_ms + self.settings.scrape_interval.as_millis() as u64;
+        self.next_scrape.store(next, Ordering::Relaxed);
+        true
+    }
+
+    pub fn round_done(&self) {
+        self.scraping.store(false, Ordering::Release);
+    }
+
+    /// Every replica as the scorer sees it for `demand`; `candidate(i)` says which may be used.
+    pub fn views(&self, demand: &Demand, candidate: impl Fn(usize) -> bool) -> Vec<View> {
+        let matches = if demand.blocks.is_empty() {
+            vec![0; self.replicas.len()]
+        } else {
+            self.index.lock().unwrap_or_else(|p| p.into_inner()).matches(&demand.blocks, self.replicas.len())
+        };
+        let total = demand.blocks.len().max(1) as f64;
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| View {
+                candidate: candidate(i),
+                prefix: matches.get(i).copied().unwrap_or(0) as f64 / total,
+                ..r.view()
+            })
+            .collect()
+    }
+
+    pub fn choose(&self, demand: &Demand, candidate: impl Fn(usize) -> bool) -> Choice {
+        score::choose(&self.views(demand, candidate), &self.settings.weights, &self.settings.saturated)
+    }
+
+    /// Whether a newcomer must queue: others already wait, or every usable replica is saturated.
+    pub fn must_queue(&self, candidate: impl Fn(usize) -> bool) -> bool {
+        !self.queue.is_empty() || matches!(self.choose(&Demand::default(), candidate), Choice::Saturated(_))
+    }
+
+    /// Lets up to `n` waiters go if some replica has room.
+    pub fn release_waiters(&self, n: usize, candidate: impl Fn(usize) -> bool) {
+        if n == 0 || self.queue.is_empty() {
+            return;
+        }
+        if matches!(self.choose(&Demand::default(), candidate), Choice::Replica(_)) {
+            self.queue.grant(n);
+        }
+    }
+
+    /// How many replicas have room now (for the grant after a scrape round).
+    pub fn open_replicas(&self, candidate: impl Fn(usize) -> bool) -> usize {
+        let s = &self.settings.saturated;
+        self.views(&Demand::default(), candidate).iter().filter(|v| v.candidate && !v.saturated(s)).count()
+    }
+}
+
+/// A request's charge on one replica: its tokens count as in flight there until the ticket
+/// is dropped (with the request), or moved when a retry goes elsewhere.
+#[derive(Debug)]
+pub struct Ticket {
+    pub state: Arc<InferenceState>,
+    pub demand: Demand,
+    /// The replica charged and the tokens charged there.
+    charged: Mutex<Option<(usize, u64)>>,
+}
+
+impl Ticket {
+    pub fn new(state: Arc<InferenceState>, demand: Demand) -> Self {
+        Ticket { state, demand, charged: Mutex::new(None) }
+    }
+
+    /// Charges replica `i` (moving the charge from an earlier one) with the request's tokens
+    /// less the prompt blocks the index says it already holds (its likely prefix-cache hit,
+    /// which costs no prefill), and records the prompt blocks as sent there.
+    pub fn charge(&self, i: usize) {
+        let mut charged = self.charged.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((old, tokens)) = charged.take() {
+            self.uncharge(old, tokens);
+        }
+        let Some(r) = self.state.replicas.get(i) else { return };
+        let mut tokens = self.demand.tokens;
+        if !self.demand.blocks.is_empty() {
+            let mut index = self.state.index.lock().unwrap_or_else(|p| p.into_inner());
+            let held = index.matches(&self.demand.blocks, self.state.replicas.len()).get(i).copied().unwrap_or(0);
+            let cached = (held * prefix_index::BLOCK_BYTES / 4) as u64;
+            tokens -= cached.min(self.demand.prompt_tokens).min(tokens);
+            index.insert(&self.demand.blocks, i);
+        }
+        r.inflight_tokens.fetch_add(tokens, Ordering::Relaxed);
+        r.sent_since.fetch_add(1, Ordering::Relaxed);
+        *charged = Some((i, tokens));
+    }
+
+    fn uncharge(&self, i: usize, tokens: u64) {
+        if let Some(r) = self.state.replicas.get(i) {
+            let _ = r
+                .inflight_tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(tokens)));
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let charged = self.charged.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((i, tokens)) = charged {
+            self.uncharge(i, tokens);
+            // The request is done: one waiter may take its place.
+            self.state.release_waiters(1, |_| true);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn state(n: usize) -> Arc<InferenceState> {
+        Arc::new(InferenceState::new(InferenceSettings::default(), n))
+    }
+
+    #[test]
+    fn tickets_charge_tokens_and_prefix_and_release_them() {
+        let s = state(3);
+        for r in &s.replicas {
+            r.record(Some(Scraped::default()));
+        }
+        let demand = Demand { blocks: vec![1, 2, 3], prompt_tokens: 48, tokens: 500 };
+        let t = Ticket::new(s.clone(), demand.clone());
+        t.charge(1);
+        assert_eq!(s.replicas[1].inflight_tokens(), 500);
+        // The same prompt now prefers replica 1 despite its load.
+        assert_eq!(s.choose(&demand, |_| true), Choice::Replica(1));
+        t.charge(2);
+        assert_eq!((s.replicas[1].inflight_tokens(), s.replicas[2].inflight_tokens()), (0, 500));
+        // A second request with the same prompt costs replica 2 no prefill: 3 blocks of 16 tokens less.
+        let again = Ticket::new(s.clone(), demand);
+        again.charge(2);
+        assert_eq!(s.replicas[2].inflight_tokens(), 500 + 452);
+        drop((t, again));
+        assert_eq!(s.replicas[2].inflight_tokens(), 0);
+    }
+
+    #[test]
+    fn stale_replicas_are_never_saturated() {
+        let s = state(2);
+        s.replicas[0].record(Some(Scraped { running: 8.0, waiting: 9.0, kv: 0.95 }));
+        assert!(!s.must_queue(|_| true), "replica 1 was never scraped: it takes the request");
+        s.replicas[1].record(Some(Scraped { running: 8.0, waiting: 0.0, kv: 0.9 }));
+        assert!(s.must_queue(|_| true));
+        s.replicas[1].record(None);
+        assert!(s.must_queue(|_| true), "one failed scrape keeps the last signals");
+        s.replicas[1].record(None);
+        assert!(!s.must_queue(|_| true), "failed scrapes fall back to the gateway's counts");
+    }
+
+    #[test]
+    fn scrape_rounds_are_claimed_once_per_interval() {
+        let s = state(1);
+        assert!(s.claim_scrape(1000));
+        assert!(!s.claim_scrape(1100));
+        assert!(!s.claim_scrape(1500), "the first round still runs");
+        s.round_done();
+        assert!(s.claim_scrape(1500));
+    }
+}

@@ -1,0 +1,146 @@
+//! The inference scorer as a pure function: what each replica looks like now (scraped queue
+//! and KV use corrected by the gateway's own sends, in-flight tokens, prefix match) → a choice.
+//!
+//! score = prefix × match fraction + queue × (max − pressure) / (max − min) + kv_cache × (1 − KV use)
+//!
+//! (pressures of the unsaturated candidates; all equal: 1) where pressure = in-flight tokens + waiting requests × [`TOKENS_PER_WAITING`]. A replica is
+//! saturated past `saturated.waiting` waiting requests or `saturated.kv_cache` KV use;
+//! saturated replicas are chosen only when all are (after the admission queue). Affinity
+//! yields: a replica's prefix match counts only while its pressure is at most
+//! [`AFFINITY_FACTOR`] × the least pressure + [`AFFINITY_SLACK`] tokens.
+
+/// Tokens one waiting request stands for in the pressure (a typical prompt + answer).
+pub const TOKENS_PER_WAITING: f64 = 1024.0;
+/// How much more loaded than the least loaded replica an affine one may be.
+pub const AFFINITY_FACTOR: f64 = 1.3;
+/// Pressure any replica may carry before the factor applies, in tokens (so a nearly idle
+/// fleet keeps affinity).
+pub const AFFINITY_SLACK: f64 = 2048.0;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    pub prefix: f64,
+    pub queue: f64,
+    pub kv_cache: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Saturation {
+    /// Waiting requests past which a replica is saturated.
+    pub waiting: f64,
+    /// KV use (0..1) past which a replica is saturated.
+    pub kv_cache: f64,
+}
+
+/// One replica as the scorer sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct View {
+    /// Healthy, circuit closed, not yet tried by this request.
+    pub candidate: bool,
+    /// Requests waiting in the replica's own queue (scraped, corrected).
+    pub waiting: f64,
+    /// KV-cache use, 0..1.
+    pub kv: f64,
+    /// Tokens (estimated prompt + max_tokens) the gateway has in flight there.
+    pub inflight_tokens: f64,
+    /// Fraction of the request's prompt blocks the gateway already sent there, 0..1.
+    pub prefix: f64,
+}
+
+impl View {
+    pub fn saturated(&self, s: &Saturation) -> bool {
+        self.waiting > s.waiting || self.kv > s.kv_cache
+    }
+
+    fn pressure(&self) -> f64 {
+        self.inflight_tokens + self.waiting * TOKENS_PER_WAITING
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// The best unsaturated replica.
+    Replica(usize),
+    /// Every candidate is saturated; the least pressed one, if the caller must send anyway.
+    Saturated(usize),
+    /// No candidate at all.
+    None,
+}
+
+pub fn choose(views: &[View], w: &Weights, s: &Saturation) -> Choice {
+    let candidates = || views.iter().enumerate().filter(|(_, v)| v.candidate);
+    let open: Vec<(usize, &View)> = candidates().filter(|(_, v)| !v.saturated(s)).collect();
+    if open.is_empty() {
+        return match candidates().min_by(|a, b| a.1.pressure().total_cmp(&b.1.pressure())) {
+            Some((i, _)) => Choice::Saturated(i),
+            None => Choice::None,
+        };
+    }
+    let least = open.iter().map(|(_, v)| v.pressure()).fold(f64::INFINITY, f64::min);
+    let most = open.iter().map(|(_, v)| v.pressure()).fold(0.0, f64::max);
+    let score = |v: &View| {
+        let affine = v.pressure() <= AFFINITY_FACTOR * least + AFFINITY_SLACK;
+        let prefix = if affine { v.prefix } else { 0.0 };
+        let queue = if most > least { (most - v.pressure()) / (most - least) } else { 1.0 };
+        w.prefix * prefix + w.queue * queue + w.kv_cache * (1.0 - v.kv.clamp(0.0, 1.0))
+    };
+    // Ties go to the less pressed replica, then the lower index.
+    let best = open.iter().max_by(|a, b| {
+        score(a.1).total_cmp(&score(b.1)).then_with(|| b.1.pressure().total_cmp(&a.1.pressure())).then(b.0.cmp(&a.0))
+    });
+    best.map_or(Choice::None, |(i, _)| Choice::Replica(*i))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const W: Weights = Weights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 };
+    const S: Saturation = Saturation { waiting: 5.0, kv_cache: 0.8 };
+
+    fn idle() -> View {
+        View { candidate: true, ..View::default() }
+    }
+
+    #[test]
+    fn prefers_the_replica_holding_the_prefix() {
+        let mut v = vec![idle(); 3];
+        v[2].prefix = 0.9;
+        assert_eq!(choose(&v, &W, &S), Choice::Replica(2));
+    }
+
+    #[test]
+    fn affinity_yields_to_load_and_saturation() {
+        let mut v = vec![idle(); 3];
+        v[2].prefix = 1.0;
+        v[2].inflight_tokens = 20_000.0;
+        v[0].inflight_tokens = 2_000.0;
+        v[1].inflight_tokens = 3_000.0;
+        assert_eq!(choose(&v, &W, &S), Choice::Replica(0), "far above 1.5 × least + slack");
+        let mut v = vec![idle(); 3];
+        v[2].prefix = 1.0;
+        v[2].waiting = 6.0;
+        v[1].kv = 0.5;
+        assert_eq!(choose(&v, &W, &S), Choice::Replica(0), "saturated by its queue");
+    }
+
+    #[test]
+    fn queue_and_kv_spread_load() {
+        let mut v = vec![idle(); 3];
+        v[0].inflight_tokens = 5000.0;
+        v[1].kv = 0.6;
+        assert_eq!(choose(&v, &W, &S), Choice::Replica(2));
+    }
+
+    #[test]
+    fn all_saturated_and_no_candidates() {
+        let mut v = vec![idle(); 2];
+        v[0].kv = 0.9;
+        v[0].inflight_tokens = 10.0;
+        v[1].waiting = 9.0;
+        assert_eq!(choose(&v, &W, &S), Choice::Saturated(0));
+        v.iter_mut().for_each(|x| x.candidate = false);
+        assert_eq!(choose(&v, &W, &S), Choice::None);
+    }
+}

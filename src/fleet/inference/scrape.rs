@@ -1,0 +1,219 @@
+//! The scraper of `balance: inference`: one Pingora background service; every tick it reads
+//! the current runtime (so reloads are picked up) and, for each provider whose round is due,
+//! spawns one task that fetches `scrape.path` from each of its backends with the provider's
+//! key. Answers are read bounded ([`MAX_BYTES`], within the interval but at least
+//! [`MIN_TIMEOUT`] and at most [`MAX_TIMEOUT`]; a provider's next round waits for the last
+//! one to end); anything else than a 2xx Prometheus text with the queue and KV series
+//! counts as a failure, and repeated failures mark the replica stale (see `super`), never an
+//! error on the request path.
+
+use super::{InferenceState, Scraped};
+use crate::clock;
+use crate::fleet::Provider;
+use crate::runtime::Runtime;
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest `/metrics` answer read (vLLM's is about 50 KiB with histograms).
+pub const MAX_BYTES: usize = 1 << 20;
+/// Longest a scrape may take, whatever the interval.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a scrape always gets (a busy host answers a short interval late, not never).
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the service looks for due rounds.
+const TICK: Duration = Duration::from_millis(20);
+
+pub struct ScrapeService {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for ScrapeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => start_due(&self.runtime.load_full()),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn start_due(rt: &Runtime) {
+    let now = clock::now_ms();
+    for p in &rt.providers {
+        let Some(state) = p.inference.clone() else { continue };
+        if state.claim_scrape(now) {
+            let p = p.clone();
+            tokio::spawn(async move {
+                round(&p, &state).await;
+                state.round_done();
+            });
+        }
+    }
+}
+
+/// Scrapes every backend of `p` at once, records the results, and lets waiters go where
+/// there is room.
+pub async fn round(p: &Provider, state: &InferenceState) {
+    let timeout = state.settings.scrape_interval.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
+    let client = match client(p, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("provider {}: cannot build the scrape client: {e}", p.name);
+            return;
+        }
+    };
+    let fetches = p.backends.iter().map(|b| fetch(&client, p, b.addr, &state.settings.scrape_path));
+    let results = futures_util::future::join_all(fetches).await;
+    for ((b, load), result) in p.backends.iter().zip(&state.replicas).zip(results) {
+        let scraped = result.and_then(|text| parse(&text));
+        match &scraped {
+            Err(why) if !load.is_stale() => log::warn!("provider {} backend {}: scrape failed: {why}", p.name, b.addr),
+            Ok(_) if load.is_stale() => log::debug!("provider {} backend {}: scraped", p.name, b.addr),
+            _ => {}
+        }
+        if let Some(m) = crate::observe::metrics::metrics() {
+            m.inference.scrapes.with_label_values(&[&*p.name, if scraped.is_ok() { "ok" } else { "failed" }]).inc();
+        }
+        load.record(scraped.ok());
+    }
+    let now = clock::now_ms();
+    // Each replica with room may take up to its share of the saturation threshold at once.
+    let open = state.open_replicas(|i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
+    let each = (state.settings.saturated.waiting as usize).max(1);
+    state.release_waiters(open * each, |i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
+}
+
+fn client(p: &Provider, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy();
+    if let Some(tls) = &p.tls {
+        for b in &p.backends {
+            builder = builder.resolve(&tls.sni, b.addr);
+        }
+        builder = builder.danger_accept_invalid_certs(!tls.verify);
+        for der in &tls.ca_der {
+            builder =
+                builder.add_root_certificate(reqwest::Certificate::from_der(der).map_err(|e| format!("CA: {e}"))?);
+        }
+    }
+    builder.build().map_err(|e| e.without_url().to_string())
+}
+
+/// One backend's metrics text, read up to [`MAX_BYTES`].
+async fn fetch(
+    client: &reqwest::Client,
+    p: &Provider,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<String, String> {
+    let url = match &p.tls {
+        None => format!("http://{addr}{path}"),
+        Some(tls) => format!("https://{}:{}{path}", tls.sni, addr.port()),
+    };
+    let mut req = client.get(&url);
+    if p.tls.is_none() {
+        req = req.header(http::header::HOST, p.host_header.as_str());
+    }
+    if let Some(key) = &p.api_key {
+        req = req.bearer_auth(key.expose());
+    }
+    let resp = req.send().await.map_err(kind)?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(kind)?;
+        if body.len() + chunk.len() > MAX_BYTES {
+            return Err(format!("answer larger than {MAX_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "answer is not UTF-8".into())
+}
+
+fn kind(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connect failed".into()
+    } else {
+        e.without_url().to_string()
+    }
+}
+
+/// Reads the queue and KV series from Prometheus text, summing over label sets (one series
+/// per model or engine). `vllm:gpu_cache_usage_perc` is vLLM's older name of the KV use.
+/// Missing waiting or KV series, or a value that is not a finite number ≥ 0, fails.
+pub fn parse(text: &str) -> Result<Scraped, String> {
+    let (mut running, mut waiting, mut kv, mut kv_series) = (None, None, None, 0u32);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let slot = match name {
+            "vllm:num_requests_running" => &mut running,
+            "vllm:num_requests_waiting" => &mut waiting,
+            "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => {
+                kv_series += 1;
+                &mut kv
+            }
+            _ => continue,
+        };
+        // The value follows the labels (which may hold spaces inside quotes): the first
+        // field after the closing brace, or after the name.
+        let rest = match line[name_end..].strip_prefix('{') {
+            Some(labels) => labels.rsplit_once('}').map(|(_, r)| r).ok_or("unterminated labels")?,
+            None => &line[name_end..],
+        };
+        let value: f64 = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| format!("{name}: not a number"))?;
+        *slot = Some(slot.unwrap_or(0.0) + value);
+    }
+    let waiting = waiting.ok_or("no vllm:num_requests_waiting")?;
+    // KV use is a fraction per engine: the mean over series.
+    let kv = kv.ok_or("no vllm:kv_cache_usage_perc")? / f64::from(kv_series.max(1));
+    Ok(Scraped { running: running.unwrap_or(0.0), waiting, kv: kv.min(1.0) })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_current_and_older_names_with_labels() {
+        let text = "# HELP vllm:num_requests_waiting x\n\
+            vllm:num_requests_running{engine=\"0\",model_name=\"a b\"} 3\n\
+            vllm:num_requests_waiting{engine=\"0\",model_name=\"a b\"} 2\n\
+            vllm:num_requests_waiting{engine=\"1\",model_name=\"c\"} 1\n\
+            vllm:kv_cache_usage_perc{engine=\"0\"} 0.5\n";
+        assert_eq!(parse(text).unwrap(), Scraped { running: 3.0, waiting: 3.0, kv: 0.5 });
+        let old = "vllm:num_requests_waiting 0\nvllm:gpu_cache_usage_perc 0.25 1700000000\n";
+        assert_eq!(parse(old).unwrap(), Scraped { running: 0.0, waiting: 0.0, kv: 0.25 });
+    }
+
+    #[test]
+    fn garbage_and_missing_series_fail() {
+        assert!(parse("<html>hello</html>").is_err());
+        assert!(parse("vllm:num_requests_waiting 1\n").is_err(), "no KV series");
+        assert!(parse("vllm:num_requests_waiting NaN\nvllm:kv_cache_usage_perc 0.1\n").is_err());
+        assert!(parse("vllm:num_requests_waiting{a=\"1\" 2\nvllm:kv_cache_usage_perc 0.1\n").is_err());
+        assert!(parse("vllm:num_requests_waiting -1\nvllm:kv_cache_usage_perc 0.1\n").is_err());
+    }
+}
