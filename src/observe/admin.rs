@@ -170,8 +170,15 @@ impl AdminApp {
                                 "inflight_tokens": r.inflight_tokens(),
                             })
                         });
+                        // The dashboard's KV-cache column: the last fresh scrape's use, 0..1.
+                        let kv_cache = p
+                            .inference
+                            .as_ref()
+                            .and_then(|s| s.replicas.get(i))
+                            .and_then(|r| r.last().filter(|_| !r.is_stale()).map(|s| s.kv));
                         json!({
                             "inference": inference,
+                            "kv_cache": kv_cache,
                             "address": b.addr.to_string(),
                             "weight": b.weight,
                             "healthy": b.health.is_up(),

@@ -37,9 +37,9 @@ pub fn build(registry: &Registry) -> Result<InferenceMetrics, prometheus::Error>
             &["provider", "result"],
         )?,
     };
-    registry.register(Box::new(m.queue_depth.clone()))?;
-    registry.register(Box::new(m.queue_wait.clone()))?;
-    registry.register(Box::new(m.queue_refusals.clone()))?;
-    registry.register(Box::new(m.scrapes.clone()))?;
+    super::metrics::register(registry, m.queue_depth.clone())?;
+    super::metrics::register(registry, m.queue_wait.clone())?;
+    super::metrics::register(registry, m.queue_refusals.clone())?;
+    super::metrics::register(registry, m.scrapes.clone())?;
     Ok(m)
 }

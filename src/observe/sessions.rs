@@ -17,7 +17,7 @@ fn gauge() -> Option<&'static IntGaugeVec> {
                 &["provider", "backend"],
             )
             .ok()?;
-            m.registry.register(Box::new(g.clone())).ok()?;
+            super::metrics::register(&m.registry, g.clone()).ok()?;
             Some(g)
         })
         .as_ref()
