@@ -25,6 +25,8 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     /// 1 while the backend's circuit is open (requests skip it), 0 closed or half-open.
     pub circuit_open: IntGaugeVec,
+    /// MCP sessions open on each backend, opened through this instance (`observe/sessions.rs`).
+    pub backend_sessions: IntGaugeVec,
     pub limit_refusals: IntCounterVec,
     pub open_streams: IntGaugeVec,
     pub open_tunnels: IntGaugeVec,
@@ -138,6 +140,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["provider", "backend"],
     )?;
     register(registry, circuit_open.clone())?;
+    let backend_sessions = IntGaugeVec::new(
+        Opts::new("backend_sessions", "MCP sessions open on the backend, opened through this instance"),
+        &["provider", "backend"],
+    )?;
+    register(registry, backend_sessions.clone())?;
     let limit_refusals = IntCounterVec::new(
         Opts::new("limit_refusals_total", "Requests refused with 429, by limit and key name (\"none\" before auth)"),
         &["reason", "key"],
@@ -199,6 +206,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         reloads,
         backend_up,
         circuit_open,
+        backend_sessions,
         limit_refusals,
         open_streams,
         open_tunnels,
@@ -265,7 +273,10 @@ fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error>
 /// registry's own listing leaves out families without one).
 static NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-pub(crate) fn register<C: prometheus::core::Collector + 'static>(registry: &Registry, c: C) -> Result<(), prometheus::Error> {
+pub(crate) fn register<C: prometheus::core::Collector + 'static>(
+    registry: &Registry,
+    c: C,
+) -> Result<(), prometheus::Error> {
     // The registry adds its prefix when it renders; the collectors' names lack it.
     let names = c.desc().iter().map(|d| format!("{PREFIX}_{}", d.fq_name)).collect::<Vec<_>>();
     registry.register(Box::new(c))?;
