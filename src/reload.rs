@@ -54,8 +54,11 @@ impl Reloader {
         if old.server.listen != new.server.listen
             || old.admin_listen != new.admin_listen
             || old.server.threads != new.server.threads
+            || old.limits.store != new.limits.store
         {
-            log::warn!("listen addresses and threads change only on restart or --upgrade; the rest is applied");
+            log::warn!(
+                "listen addresses, threads and limits.store* change only on restart or --upgrade; the rest is applied"
+            );
         }
         self.runtime.store(Arc::new(new));
         log::info!("config reloaded from {path}");

@@ -53,11 +53,13 @@ pub struct Gateway {
     connectors: upstream::Connectors,
     /// Announces the end of the grace period to tunnels.
     drain: crate::drain::Drain,
+    /// `limits.store` when shared across instances (Redis); `None`: local counters.
+    pub store: Option<Arc<crate::limits::store::SharedLimits>>,
 }
 
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>, drain: crate::drain::Drain) -> Self {
-        Gateway { runtime, guard: Default::default(), connectors: upstream::Connectors::new(), drain }
+        Gateway { runtime, guard: Default::default(), connectors: upstream::Connectors::new(), drain, store: None }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -97,7 +99,7 @@ impl Gateway {
             }
         };
         ctx.key_name = Some(key.name.clone());
-        if let Err(e) = rate_limit::admit(&key, &mut ctx.limit) {
+        if let Err(e) = rate_limit::admit(self.store.as_ref(), &key, &mut ctx.limit).await {
             return self.refuse(session, ctx, e).await;
         }
         let meta = route::RequestMeta {

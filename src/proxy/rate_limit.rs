@@ -7,7 +7,8 @@ use crate::clock::now_ms;
 use crate::error::GatewayError;
 use crate::keys::KeyEntry;
 use crate::limits::per_ip::IpGuard;
-use crate::limits::{trusted_proxies, LimitSettings, Refusal, Slot};
+use crate::limits::store::{Denied, Held, SharedLimits};
+use crate::limits::{trusted_proxies, LimitSettings, Refusal};
 use crate::observe::metrics::metrics;
 use http::HeaderValue;
 use pingora_proxy::Session;
@@ -19,8 +20,11 @@ use std::sync::Arc;
 pub struct LimitCtx {
     /// The authenticated key (for the headers of answers the gateway writes itself).
     pub key: Option<Arc<KeyEntry>>,
-    /// Held while the request is in flight; dropped with the context however it ends.
-    pub slot: Option<Slot>,
+    /// Held while the request is in flight (a local slot or a lease in the shared store);
+    /// dropped with the context however it ends.
+    pub held: Held,
+    /// `limits.store` when it is shared (tokens are charged there at the end).
+    pub store: Option<Arc<SharedLimits>>,
 }
 
 /// The address every per-address limit counts against: the client (see
@@ -66,15 +70,33 @@ pub fn auth_failed(g: &IpGuard, s: &LimitSettings, ip: Option<IpAddr>) {
     }
 }
 
-/// After authentication: the key's rpm, tpm and concurrency.
-pub fn admit(key: &Arc<KeyEntry>, lc: &mut LimitCtx) -> Result<(), GatewayError> {
+/// After authentication: the key's rpm, tpm and concurrency, counted here or in the shared
+/// store (`limits.store`).
+pub async fn admit(
+    store: Option<&Arc<SharedLimits>>,
+    key: &Arc<KeyEntry>,
+    lc: &mut LimitCtx,
+) -> Result<(), GatewayError> {
     lc.key = Some(key.clone());
     if key.limits.is_unlimited() {
         return Ok(());
     }
+    if let Some(store) = store {
+        lc.store = Some(store.clone());
+        return match store.admit(&key.name, &key.limits, &key.state).await {
+            Ok(held) => {
+                lc.held = held;
+                Ok(())
+            }
+            Err(Denied::Limit(r)) => Err(refused(r, &key.name)),
+            Err(Denied::StoreDown) => {
+                Err(GatewayError::Unavailable("the rate limit store is unavailable; try again later".into()))
+            }
+        };
+    }
     match key.state.admit(&key.limits, now_ms()) {
         Ok((slot, _)) => {
-            lc.slot = slot;
+            lc.held.slot = slot;
             Ok(())
         }
         Err(r) => Err(refused(r, &key.name)),
@@ -89,7 +111,10 @@ fn key_of(ctx: &Ctx) -> Option<&Arc<KeyEntry>> {
 /// `x-ratelimit-*` for the limits the key has (none for an unlimited one).
 pub fn headers(ctx: &Ctx) -> Vec<(&'static str, HeaderValue)> {
     match key_of(ctx) {
-        Some(k) if !k.limits.is_unlimited() => k.state.snapshot(&k.limits, now_ms()).headers(),
+        Some(k) if !k.limits.is_unlimited() => match (&ctx.limit.store, &ctx.limit.held.window) {
+            (Some(store), Some(w)) => store.snapshot(w, &k.limits).headers(),
+            _ => k.state.snapshot(&k.limits, now_ms()).headers(),
+        },
         _ => Vec::new(),
     }
 }
@@ -105,10 +130,15 @@ pub fn answer_headers(ctx: &Ctx, e: &GatewayError) -> Vec<(&'static str, HeaderV
 
 /// At the end of a request: charge the tokens its response reported, release the slot.
 pub fn finish(ctx: &mut Ctx) {
-    ctx.limit.slot = None;
+    let held = std::mem::take(&mut ctx.limit.held);
     let (Some(u), Some(r)) = (ctx.usage.usage, ctx.routed.as_ref()) else { return };
     let k = &r.key;
     if k.limits.tpm.is_some() {
-        k.state.charge(&k.limits, u.prompt_tokens + u.completion_tokens, now_ms());
+        let tokens = u.prompt_tokens + u.completion_tokens;
+        // Counted here too, so an outage of the store starts from this instance's own usage.
+        k.state.charge(&k.limits, tokens, now_ms());
+        if let (Some(store), Some(_)) = (&ctx.limit.store, &held.window) {
+            store.charge(&k.name, &k.limits, tokens);
+        }
     }
 }
