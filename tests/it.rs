@@ -9,6 +9,7 @@ mod framing_paths;
 mod gateway;
 mod hygiene;
 mod limits;
+mod limits_store;
 mod mcp;
 mod openai_sdk;
 mod policy;

@@ -7,6 +7,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod gateway;
+pub mod redis;
 pub mod tls;
 
 use std::fs::File;

@@ -137,7 +137,7 @@ impl SharedLimits {
                 continue;
             }
             // Renew every second tick: a lease is renewed ten times within its life.
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 self.leases.renew(&self).await;
             }
             self.give_back_idle().await;

@@ -59,7 +59,7 @@ impl StoreUrl {
     /// The password in the URL, if any, for the redacting logger.
     pub fn password(&self) -> Option<String> {
         let u = url::Url::parse(self.0.expose()).ok()?;
-        u.password().map(|p| percent_decode(p))
+        u.password().map(percent_decode)
     }
 
     pub fn is_tls(&self) -> bool {
