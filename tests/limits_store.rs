@@ -251,3 +251,97 @@ fn store_settings_are_checked_at_load() {
     let (code, out) = check(&ok, &[("P", "secret-pass-123456")]);
     assert_eq!((code, out.trim()), (0, "config ok"));
 }
+
+fn env_file(name: &str) -> Vec<(String, String)> {
+    let path = format!("{}/conf/scale-out/{name}.env", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// The scale-out example as README runs it: conf/scale-out/gateway.yaml unchanged for three
+/// instances, each with its env file's variables (ports moved to free ones), HAProxy with
+/// conf/scale-out/haproxy.cfg (the same ports moved), one Redis counting for all.
+#[tokio::test]
+async fn the_scale_out_example_runs_behind_haproxy() {
+    if !redis::available() {
+        return;
+    }
+    let haproxy_found = std::process::Command::new("haproxy").arg("-v").output().is_ok();
+    if !haproxy_found && std::env::var("MCAS_TEST_SKIP_HAPROXY").as_deref() == Ok("1") {
+        eprintln!("skipped: haproxy is not installed and MCAS_TEST_SKIP_HAPROXY=1");
+        return;
+    }
+    assert!(haproxy_found, "haproxy is missing (apt-get install haproxy; .ci/run installs it)");
+    let redis = Redis::start(&[]);
+    let sim = spawn_sim(&["--tokens", "2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/scale-out/gateway.yaml");
+    let mut cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/scale-out/haproxy.cfg")).unwrap();
+    let mut gws = Vec::new();
+    for name in ["a", "b", "c"] {
+        let vars = env_file(name);
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        let (port, admin) = (crate::common::free_port(), crate::common::free_port());
+        // The instance's ports as the example has them must be where haproxy.cfg sends traffic.
+        let (old_port, old_admin) =
+            (get("MCAS_GATEWAY_PORT"), get("MCAS_ADMIN_LISTEN").rsplit(':').next().unwrap().to_string());
+        let line = format!("127.0.0.1:{old_port} check port {old_admin} ");
+        assert!(cfg.contains(&line), "haproxy.cfg has no server line for {name}: {line}");
+        cfg = cfg.replace(&line, &format!("127.0.0.1:{port} check port {admin} "));
+        let rundir = dir.path().join(name);
+        std::fs::create_dir(&rundir).unwrap();
+        let envs = [
+            ("MCAS_GATEWAY_PORT", port.to_string()),
+            ("MCAS_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+            ("MCAS_REDIS_URL", redis.url()),
+            ("ALICE_KEY", KEY.to_string()),
+            ("MCAS_VLLM_KEY", "upstream-key".to_string()),
+            ("MCAS_VLLM_URL", format!("http://{}/v1", sim.addr)),
+            ("RUNTIME_DIRECTORY", rundir.display().to_string()),
+        ];
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let args = vec!["--config".to_string(), conf.to_string()];
+        let proc = crate::common::spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, &envs, addr);
+        crate::common::wait_ready(&format!("http://127.0.0.1:{port}/health")).await;
+        gws.push(proc);
+    }
+    let front = crate::common::free_port();
+    assert!(cfg.contains("bind :8080"));
+    let cfg = cfg.replace("bind :8080", &format!("bind 127.0.0.1:{front}"));
+    let cfg_path = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let check = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&cfg_path).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
+    let args = vec!["-db".to_string(), "-f".to_string(), cfg_path.display().to_string()];
+    let _haproxy = crate::common::spawn("haproxy", &args, &[], addr);
+    crate::common::wait_ready(&format!("http://{addr}/health")).await;
+    // A new connection per request: HAProxy balances connections.
+    let c = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(10)).build().unwrap();
+    for _ in 0..60 {
+        let r = c
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit-requests"], "600");
+    }
+    for (gw, name) in gws.iter().zip(["a", "b", "c"]) {
+        assert!(gw.logs().contains("\"status\":200,"), "instance {name} served nothing:\n{}", gw.logs());
+    }
+    // Every request was counted once in the one shared window, plus what each instance holds
+    // reserved and unspent: at most a batch of 2 and a refill begun at half a batch, 3.
+    let counted: u64 = redis.cli(&["hget", "mcas:{k:alice}:w", "r"]).trim().parse().unwrap();
+    assert!((60..=69).contains(&counted), "counted {counted}");
+}

@@ -84,7 +84,6 @@ impl SharedLimits {
         if let Some(p) = url.password() {
             crate::observe::redact::remember(&p);
         }
-        crate::observe::redact::remember(url.expose());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let handle = rt.handle().clone();
         let (leases, releases) = Leases::new();
