@@ -107,6 +107,23 @@ async fn tpm_is_shared_by_three_instances() {
     assert!(codes.iter().all(|c| c == "rate_limit_tokens"), "{codes:?}");
 }
 
+#[tokio::test]
+async fn per_ip_rpm_is_shared_by_instances() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start(&[]);
+    let sim = spawn_sim(&["--tokens", "2"]).await;
+    let gws = gateways(2, &config(&redis.url(), "per_ip: { rpm: 30 }", "", &sim), &[]).await;
+    let (ok, _, codes) = load(&gws, 60, 2).await;
+    eprintln!("per_ip rpm 30, 2 instances, 60 requests: {ok} admitted");
+    // Alone, each instance would admit 30 (60 in all).
+    assert!((29..=30).contains(&ok), "admitted {ok}");
+    assert!(codes.iter().all(|c| c == "rate_limit_ip_requests"), "{codes:?}");
+    let counted = redis.cli(&["hget", "mcas:{ip:127.0.0.1}:w", "r"]);
+    assert_eq!(counted.trim(), "30", "the address's window is in Redis");
+}
+
 /// Opens a stream on `gw`: Ok(the open body) or Err(the refusal's status and code).
 async fn open_stream(gw: &Gw) -> Result<reqwest::Response, (u16, String)> {
     let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat(true)).send().await.unwrap();

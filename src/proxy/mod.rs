@@ -78,7 +78,7 @@ impl Gateway {
         }
         let rt = self.runtime.load_full();
         let ip = rate_limit::client_addr(session, &rt.limits);
-        if let Err(e) = rate_limit::guard(&self.guard, &rt.limits, ip) {
+        if let Err(e) = rate_limit::guard(&self.guard, self.store.as_ref(), &rt.limits, ip).await {
             if matches!(&e, GatewayError::RateLimited(r) if r.kind == crate::limits::LimitKind::AuthFailures) {
                 // The address is refused at accept while it cools off (connection_gate):
                 // after this 429, its attempts cost no HTTP exchange.

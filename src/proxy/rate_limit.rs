@@ -6,8 +6,8 @@ use super::ctx::Ctx;
 use crate::clock::now_ms;
 use crate::error::GatewayError;
 use crate::keys::KeyEntry;
-use crate::limits::per_ip::IpGuard;
-use crate::limits::store::{Denied, Held, SharedLimits};
+use crate::limits::per_ip::{IpGuard, IpLimits};
+use crate::limits::store::{Denied, Held, IpVerdict, SharedLimits};
 use crate::limits::{trusted_proxies, LimitSettings, Refusal};
 use crate::observe::metrics::metrics;
 use http::HeaderValue;
@@ -56,11 +56,29 @@ fn refused(r: Refusal, key: &str) -> GatewayError {
     GatewayError::RateLimited(r)
 }
 
+fn store_down() -> GatewayError {
+    GatewayError::Unavailable("the rate limit store is unavailable; try again later".into())
+}
+
 /// Before authentication: the address's request rate and its cooling-off after failures.
-pub fn guard(g: &IpGuard, s: &LimitSettings, ip: Option<IpAddr>) -> Result<(), GatewayError> {
-    match ip {
-        Some(ip) => g.check(ip, &s.per_ip, now_ms()).map_err(|r| refused(r, "none")),
-        None => Ok(()),
+/// With a shared store the rate is counted there; the cooling-off stays local.
+pub async fn guard(
+    g: &IpGuard,
+    store: Option<&Arc<SharedLimits>>,
+    s: &LimitSettings,
+    ip: Option<IpAddr>,
+) -> Result<(), GatewayError> {
+    let Some(ip) = ip else { return Ok(()) };
+    let (Some(store), Some(rpm)) = (store, s.per_ip.rpm) else {
+        return g.check(ip, &s.per_ip, now_ms()).map_err(|r| refused(r, "none"));
+    };
+    let local_part = IpLimits { rpm: None, ..s.per_ip };
+    g.check(ip, &local_part, now_ms()).map_err(|r| refused(r, "none"))?;
+    match store.admit_ip(ip, rpm, s.per_ip.max_tracked).await {
+        Ok(IpVerdict::Admitted) => Ok(()),
+        Ok(IpVerdict::Local) => g.check(ip, &s.per_ip, now_ms()).map_err(|r| refused(r, "none")),
+        Err(Denied::Limit(r)) => Err(refused(r, "none")),
+        Err(Denied::StoreDown) => Err(store_down()),
     }
 }
 
@@ -89,9 +107,7 @@ pub async fn admit(
                 Ok(())
             }
             Err(Denied::Limit(r)) => Err(refused(r, &key.name)),
-            Err(Denied::StoreDown) => {
-                Err(GatewayError::Unavailable("the rate limit store is unavailable; try again later".into()))
-            }
+            Err(Denied::StoreDown) => Err(store_down()),
         };
     }
     match key.state.admit(&key.limits, now_ms()) {

@@ -81,12 +81,28 @@ impl Reply {
 
 #[derive(Debug, Default)]
 pub struct SharedWindow {
+    /// Its hash in Redis.
+    key: String,
     state: Mutex<State>,
     /// A background exchange is under way (at most one per key).
     syncing: AtomicBool,
 }
 
 impl SharedWindow {
+    pub fn new(key: String) -> Self {
+        SharedWindow { key, ..Default::default() }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// This instance's grant has ended (the entry may be forgotten).
+    pub fn expired(&self, now: u64) -> bool {
+        let st = self.lock();
+        now >= st.deadline && st.pending == 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -15,9 +15,11 @@
 pub mod budget;
 mod conn;
 mod leases;
+mod per_ip;
 mod scripts;
 pub mod settings;
 
+pub use per_ip::IpVerdict;
 pub use settings::{OnStoreError, StoreSettings, StoreUrl};
 
 use super::{KeyLimits, KeyState, LimitKind, Refusal, Slot, Snapshot};
@@ -56,7 +58,6 @@ pub struct Held {
 /// One configured key's shared state (by key name: it survives reloads).
 #[derive(Debug)]
 struct SharedKey {
-    window_key: String,
     slots_key: Arc<str>,
     window: Arc<SharedWindow>,
 }
@@ -66,6 +67,8 @@ pub struct SharedLimits {
     conn: ArcSwapOption<Conn>,
     health: Health,
     keys: Mutex<HashMap<Arc<str>, Arc<SharedKey>>>,
+    /// `limits.per_ip.rpm` windows by client address (bounded: see per_ip.rs).
+    ips: per_ip::IpWindows,
     leases: Arc<Leases>,
     /// The store's own runtime (see the module comment).
     handle: tokio::runtime::Handle,
@@ -92,6 +95,7 @@ impl SharedLimits {
             conn: ArcSwapOption::empty(),
             health: Health::default(),
             keys: Mutex::new(HashMap::new()),
+            ips: Default::default(),
             leases,
             handle,
         });
@@ -145,12 +149,12 @@ impl SharedLimits {
 
     async fn give_back_idle(&self) {
         let now = crate::clock::now_ms();
-        let keys: Vec<Arc<SharedKey>> = self.lock_keys().values().cloned().collect();
-        for k in keys {
-            if let Some((start, n)) = k.window.idle_grant(now, IDLE_GRANT_MS) {
+        let mut windows: Vec<Arc<SharedWindow>> = self.lock_keys().values().map(|k| k.window.clone()).collect();
+        windows.extend(self.ip_windows());
+        for w in windows {
+            if let Some((start, n)) = w.idle_grant(now, IDLE_GRANT_MS) {
                 let args = [start.to_string(), n.to_string()];
-                let _ =
-                    self.call(|c| async move { c.script::<i64>(&scripts::RETURN, &k.window_key, &args).await }).await;
+                let _ = self.call(|c| async move { c.script::<i64>(&scripts::RETURN, w.key(), &args).await }).await;
             }
         }
     }
@@ -166,9 +170,8 @@ impl SharedLimits {
                 // One hash tag per key: both of its keys sit in one cluster slot.
                 let tag = format!("mcas:{{k:{name}}}");
                 Arc::new(SharedKey {
-                    window_key: format!("{tag}:w"),
                     slots_key: format!("{tag}:c").into(),
-                    window: Arc::new(SharedWindow::default()),
+                    window: Arc::new(SharedWindow::new(format!("{tag}:w"))),
                 })
             })
             .clone()
@@ -193,34 +196,60 @@ impl SharedLimits {
     }
 
     /// Exchanges with the key's window: sends pending tokens, asks for `want` requests.
-    async fn sync(&self, k: &SharedKey, l: &KeyLimits, want: u64, spend_one: bool) -> Result<bool, StoreError> {
-        let tokens = k.window.take_pending();
+    async fn sync(&self, w: &SharedWindow, l: &KeyLimits, want: u64, spend_one: bool) -> Result<bool, StoreError> {
+        let tokens = w.take_pending();
         let sent = crate::clock::now_ms();
         let args =
             [l.window.as_millis().to_string(), want.to_string(), l.rpm.unwrap_or(0).to_string(), tokens.to_string()];
-        let key = &k.window_key;
+        let key = w.key();
         match self.call(|c| async move { c.script::<Vec<i64>>(&scripts::RESERVE, key, &args).await }).await {
             Ok(v) => {
                 let Some(reply) = Reply::from_values(&v) else {
                     return Err(StoreError::Redis((redis::ErrorKind::Parse, "unexpected RESERVE reply").into()));
                 };
-                Ok(k.window.apply(l, &reply, sent, spend_one))
+                Ok(w.apply(l, &reply, sent, spend_one))
             }
             Err(e) => {
-                k.window.restore_pending(tokens);
+                w.restore_pending(tokens);
                 Err(e)
             }
         }
     }
 
     /// A background exchange (prefetch or token flush) on the store's runtime.
-    fn sync_later(self: &Arc<Self>, k: Arc<SharedKey>, l: KeyLimits) {
+    fn sync_later(self: &Arc<Self>, w: Arc<SharedWindow>, l: KeyLimits) {
         let store = self.clone();
         self.handle.spawn(async move {
             let want = l.rpm.map(budget::batch).unwrap_or(0);
-            let _ = store.sync(&k, &l, want, false).await;
-            k.window.sync_done();
+            let _ = store.sync(&w, &l, want, false).await;
+            w.sync_done();
         });
+    }
+
+    /// rpm and tpm against a shared window: the fast path, or one exchange when this
+    /// instance holds no grant. `Ok(Err(_))`: refused; `Err(_)`: the store did not answer.
+    async fn count(self: &Arc<Self>, w: &Arc<SharedWindow>, l: &KeyLimits) -> Result<Result<(), Refusal>, StoreError> {
+        let now = crate::clock::now_ms();
+        match w.take(l, now) {
+            Take::Admitted { sync } => {
+                if sync {
+                    self.sync_later(w.clone(), *l);
+                }
+                Ok(Ok(()))
+            }
+            Take::Refused(r) => Ok(Err(r)),
+            Take::NeedSync => {
+                let want = l.rpm.map(budget::batch).unwrap_or(0);
+                if !self.sync(w, l, want, true).await? {
+                    return Ok(Err(w.refusal(LimitKind::Requests, now)));
+                }
+                if let Some(r) = w.tokens_refusal(l, now) {
+                    w.untake(l);
+                    return Ok(Err(r));
+                }
+                Ok(Ok(()))
+            }
+        }
     }
 
     /// Admits a request of key `name` against the shared counters; `local` is the key's
@@ -235,28 +264,12 @@ impl SharedLimits {
             return self.fallback(l, local);
         }
         let k = self.key(name);
-        let now = crate::clock::now_ms();
         let counted = l.rpm.is_some() || l.tpm.is_some();
         if counted {
-            match k.window.take(l, now) {
-                Take::Admitted { sync } => {
-                    if sync {
-                        self.sync_later(k.clone(), *l);
-                    }
-                }
-                Take::Refused(r) => return Err(Denied::Limit(r)),
-                Take::NeedSync => {
-                    let want = l.rpm.map(budget::batch).unwrap_or(0);
-                    match self.sync(&k, l, want, true).await {
-                        Ok(true) => {}
-                        Ok(false) => return Err(Denied::Limit(k.window.refusal(LimitKind::Requests, now))),
-                        Err(_) => return self.fallback(l, local),
-                    }
-                    if let Some(r) = k.window.tokens_refusal(l, now) {
-                        k.window.untake(l);
-                        return Err(Denied::Limit(r));
-                    }
-                }
+            match self.count(&k.window, l).await {
+                Ok(Ok(())) => {}
+                Ok(Err(r)) => return Err(Denied::Limit(r)),
+                Err(_) => return self.fallback(l, local),
             }
         }
         let lease = match l.concurrency {
@@ -303,7 +316,7 @@ impl SharedLimits {
     pub fn charge(self: &Arc<Self>, name: &Arc<str>, l: &KeyLimits, tokens: u64) {
         let k = self.key(name);
         if k.window.charge(l, tokens) && k.window.claim_sync() {
-            self.sync_later(k, *l);
+            self.sync_later(k.window.clone(), *l);
         }
     }
 
