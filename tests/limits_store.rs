@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "sk-shared-0123456789abcdef";
+/// Tests of counting must not fall back to local counting when the loaded test machine
+/// answers slower than the default 50ms: the outage test covers that.
+const COUNTING: &str = "window: 60s, store_timeout: 2s";
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(8).build().unwrap()
@@ -74,7 +77,7 @@ async fn rpm_is_shared_by_three_instances() {
     }
     let redis = Redis::start(&[]);
     let sim = spawn_sim(&["--tokens", "2"]).await;
-    let gws = gateways(3, &config(&redis.url(), "window: 60s", "rpm: 600", &sim), &[]).await;
+    let gws = gateways(3, &config(&redis.url(), COUNTING, "rpm: 600", &sim), &[]).await;
     let (ok, _, codes) = load(&gws, 900, 3).await;
     eprintln!("rpm 600, 3 instances, 900 requests: {ok} admitted");
     // Alone, each instance would admit 600 (900 in all).
@@ -89,7 +92,7 @@ async fn tpm_is_shared_by_three_instances() {
     }
     let redis = Redis::start(&[]);
     let sim = spawn_sim(&["--tokens", "20"]).await;
-    let gws = gateways(3, &config(&redis.url(), "window: 60s", "tpm: 12000", &sim), &[]).await;
+    let gws = gateways(3, &config(&redis.url(), COUNTING, "tpm: 12000", &sim), &[]).await;
     let mut tokens = 0;
     let mut codes = Vec::new();
     // Rounds of one request per instance, until the budget refuses everywhere.
@@ -114,7 +117,7 @@ async fn per_ip_rpm_is_shared_by_instances() {
     }
     let redis = Redis::start(&[]);
     let sim = spawn_sim(&["--tokens", "2"]).await;
-    let gws = gateways(2, &config(&redis.url(), "per_ip: { rpm: 30 }", "", &sim), &[]).await;
+    let gws = gateways(2, &config(&redis.url(), "per_ip: { rpm: 30 }, store_timeout: 2s", "", &sim), &[]).await;
     let (ok, _, codes) = load(&gws, 60, 2).await;
     eprintln!("per_ip rpm 30, 2 instances, 60 requests: {ok} admitted");
     // Alone, each instance would admit 30 (60 in all).
@@ -143,7 +146,7 @@ async fn concurrency_is_exact_across_instances_and_a_killed_instance_frees_its_s
     let redis = Redis::start(&[]);
     // Streams of 60 s: they outlive the 5 s lease many times over (renewed while alive).
     let sim = spawn_sim(&["--tokens", "300", "--itl-ms", "200"]).await;
-    let mut gws = gateways(3, &config(&redis.url(), "window: 60s", "concurrency: 4", &sim), &[]).await;
+    let mut gws = gateways(3, &config(&redis.url(), COUNTING, "concurrency: 4", &sim), &[]).await;
     let mut open = Vec::new();
     for i in 0..4 {
         open.push((i % 3, open_stream(&gws[i % 3]).await.expect("a free slot")));
@@ -235,7 +238,8 @@ async fn a_redis_cluster_shares_rpm_with_keys_in_one_slot() {
     }
     let cluster = Cluster::start();
     let sim = spawn_sim(&["--tokens", "2"]).await;
-    let rest = config(&cluster.url(), "window: 60s, store_cluster: true", "rpm: 100, concurrency: 3", &sim);
+    let rest =
+        config(&cluster.url(), "window: 60s, store_timeout: 2s, store_cluster: true", "rpm: 100, concurrency: 3", &sim);
     let gws = gateways(2, &rest, &[]).await;
     let (ok, _, codes) = load(&gws, 150, 1).await;
     eprintln!("cluster, rpm 100, 2 instances, 150 requests: {ok} admitted");

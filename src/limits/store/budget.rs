@@ -12,7 +12,8 @@
 //! with three instances, 98 % with four. Tokens are known only after a response, so `tpm`
 //! overshoots by the requests in flight when it is reached (as on one instance) plus what
 //! other instances charged since this one last synchronised: each flushes every
-//! `tpm / 200` tokens.
+//! `tpm / 200` tokens; within 10 % of the budget every charge is sent at once and admissions
+//! wait for fresh totals (one round trip each), so only responses in flight overshoot.
 
 use super::super::{KeyLimits, LimitKind, Refusal, Snapshot};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,12 @@ pub fn batch(rpm: u64) -> u64 {
 /// Tokens charged here before they are sent to Redis.
 pub fn token_batch(tpm: u64) -> u64 {
     (tpm / 200).max(1)
+}
+
+/// Within 10 % of the token budget every charge is sent at once, and every admission waits
+/// for fresh totals: what other instances charged is then at most one round trip old.
+fn near(tokens: u64, tpm: u64) -> bool {
+    tokens.saturating_mul(10) >= tpm.saturating_mul(9)
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +124,10 @@ impl SharedWindow {
         if l.tpm.is_some_and(|t| st.tokens + st.pending >= t) {
             return Take::Refused(Refusal { kind: LimitKind::Tokens, retry_after });
         }
+        if l.tpm.is_some_and(|t| near(st.tokens + st.pending, t)) {
+            // The last 10 % of the token budget is spent on fresh totals (one round trip).
+            return Take::NeedSync;
+        }
         let mut sync = l.tpm.is_some_and(|t| st.pending >= token_batch(t));
         if let Some(rpm) = l.rpm {
             if st.left == 0 {
@@ -176,10 +187,13 @@ impl SharedWindow {
             // A new window: what was left of the previous one is void.
             st.left = 0;
             st.start = r.start;
+            st.requests = 0;
+            st.tokens = 0;
         }
-        st.deadline = sent + r.left_ms;
-        st.requests = r.requests;
-        st.tokens = r.tokens;
+        // Replies of concurrent exchanges may arrive out of order: counts only grow.
+        st.deadline = st.deadline.max(sent + r.left_ms);
+        st.requests = st.requests.max(r.requests);
+        st.tokens = st.tokens.max(r.tokens);
         st.left += r.granted;
         st.exhausted = l.rpm.is_some_and(|rpm| r.requests >= rpm);
         if spend_one && l.rpm.is_some() {
@@ -202,7 +216,7 @@ impl SharedWindow {
     pub fn charge(&self, l: &KeyLimits, tokens: u64) -> bool {
         let mut st = self.lock();
         st.pending = st.pending.saturating_add(tokens);
-        l.tpm.is_some_and(|t| st.pending >= token_batch(t))
+        l.tpm.is_some_and(|t| st.pending >= token_batch(t) || near(st.tokens + st.pending, t))
     }
 
     /// A grant unspent for `idle` ms in a window still current: (window start, requests)
@@ -271,10 +285,22 @@ mod tests {
     fn tokens_refuse_once_the_shared_count_is_reached() {
         let w = SharedWindow::default();
         let l = lim(None, Some(1000));
-        w.apply(&l, &reply(0, 0, 990, 1), 0, true);
+        w.apply(&l, &reply(0, 0, 500, 1), 0, true);
         assert!(matches!(w.take(&l, 1), Take::Admitted { .. }));
-        assert!(w.charge(&l, 10), "5 tokens pending or more are sent");
+        assert!(w.charge(&l, 500), "5 tokens pending or more are sent");
         assert!(matches!(w.take(&l, 2), Take::Refused(Refusal { kind: LimitKind::Tokens, .. })));
+    }
+
+    #[test]
+    fn near_the_token_budget_every_charge_is_sent() {
+        let w = SharedWindow::default();
+        let l = lim(None, Some(10_000));
+        w.apply(&l, &reply(0, 0, 1000, 1), 0, true);
+        assert!(!w.charge(&l, 1), "far from the budget, charges wait for a batch of 50");
+        w.sync_done();
+        w.apply(&l, &reply(0, 0, 9000, 1), 0, true);
+        assert!(w.charge(&l, 1));
+        assert_eq!(w.take(&l, 1), Take::NeedSync, "admissions wait for fresh totals");
     }
 
     #[test]
