@@ -194,7 +194,7 @@ async fn a_redis_outage_follows_on_store_error_and_shared_counting_comes_back() 
     let sim = spawn_sim(&["--tokens", "2"]).await;
     let store = format!("redis://:${{REDIS_PASS}}@127.0.0.1:{}", redis.port);
     // Concurrency needs the store on every request: the outage is met at once.
-    let limits = |mode: &str| format!("window: 60s, on_store_error: {mode}, store_timeout: 50ms");
+    let limits = |mode: &str| format!("window: 60s, on_store_error: {mode}, store_timeout: 1s");
     let env = [("REDIS_PASS", PASS)];
     let local = spawn_gateway("", &config(&store, &limits("local"), "rpm: 1000, concurrency: 2", &sim), &env).await;
     let closed = spawn_gateway("", &config(&store, &limits("closed"), "rpm: 1000, concurrency: 2", &sim), &env).await;
