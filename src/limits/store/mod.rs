@@ -143,14 +143,17 @@ impl SharedLimits {
             if n.is_multiple_of(2) {
                 self.leases.renew(&self).await;
             }
-            self.give_back_idle().await;
+            // Addresses can be many (per_ip.max_tracked): their sweep runs once a second.
+            self.give_back_idle(n.is_multiple_of(4)).await;
         }
     }
 
-    async fn give_back_idle(&self) {
+    async fn give_back_idle(&self, with_ips: bool) {
         let now = crate::clock::now_ms();
         let mut windows: Vec<Arc<SharedWindow>> = self.lock_keys().values().map(|k| k.window.clone()).collect();
-        windows.extend(self.ip_windows());
+        if with_ips {
+            windows.extend(self.ip_windows());
+        }
         for w in windows {
             if let Some((start, n)) = w.idle_grant(now, IDLE_GRANT_MS) {
                 let args = [start.to_string(), n.to_string()];
