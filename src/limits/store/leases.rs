@@ -60,11 +60,22 @@ impl Leases {
         let _ = self.releases.send((set, id));
     }
 
-    /// Sends releases as they come (ZREM; a lost one expires with its lease).
+    /// Sends releases as they come: whatever queued meanwhile goes in one ZREM per set, so
+    /// releases keep up with any request rate (a lost one expires with its lease).
     pub async fn release_loop(self: Arc<Self>, store: Arc<SharedLimits>, mut rx: mpsc::UnboundedReceiver<Release>) {
-        while let Some((set, id)) = rx.recv().await {
-            let cmd = redis::cmd("ZREM").arg(&*set).arg(&id).clone();
-            let _ = store.call(|c| async move { c.query::<i64>(&cmd).await }).await;
+        while let Some(first) = rx.recv().await {
+            let mut by_set: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+            by_set.entry(first.0).or_default().push(first.1);
+            while let Ok((set, id)) = rx.try_recv() {
+                by_set.entry(set).or_default().push(id);
+                if by_set.len() > 1024 {
+                    break;
+                }
+            }
+            for (set, ids) in by_set {
+                let cmd = redis::cmd("ZREM").arg(&*set).arg(&ids).clone();
+                let _ = store.call(|c| async move { c.query::<i64>(&cmd).await }).await;
+            }
         }
     }
 
