@@ -10,6 +10,11 @@
 //!    connections, 5 s per round, the two alternated for 3 rounds; median req/s and gateway
 //!    CPU µs per request (utime + stime from /proc/PID/stat).
 //!
+//! 3. Local vs Redis (`LIMITS_BENCH_REDIS=1`, needs `redis-server`): the two gateways both
+//!    have the same per-key limits (`LIMITS_BENCH_KEY_LIMITS`, default rpm + tpm +
+//!    concurrency), one counting locally, one with `limits.store` on a `redis-server` the
+//!    bench starts; CPU µs per request and p50 / p99 latency per request, same run.
+//!
 //! Run: `cargo bench --bench limits` (release build). `LIMITS_BENCH_SECS` and
 //! `LIMITS_BENCH_ROUNDS` change the load part's length. The machine is shared and small
 //! (2 cores for sim, gateway and load): compare the two columns of the same run, not absolute
@@ -187,7 +192,17 @@ fn cpu_us(pid: u32) -> f64 {
 
 const BODY: &str = r#"{"messages":[{"role":"user","content":"hello there"}],"model":"sim-model","max_tokens":1}"#;
 
-async fn connection(addr: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
+/// Request latencies (µs) recorded while `measuring` is set.
+type Latencies = Arc<std::sync::Mutex<Vec<u32>>>;
+
+async fn connection(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    measuring: Arc<AtomicBool>,
+    lat: Latencies,
+) {
+    let mut mine = Vec::new();
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     let req = format!(
@@ -197,6 +212,7 @@ async fn connection(addr: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicU64
     let mut buf = Vec::with_capacity(8192);
     let mut chunk = [0u8; 8192];
     while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
         s.write_all(req.as_bytes()).await.unwrap();
         buf.clear();
         loop {
@@ -216,27 +232,58 @@ async fn connection(addr: SocketAddr, stop: Arc<AtomicBool>, done: Arc<AtomicU64
             }
         }
         done.fetch_add(1, Ordering::Relaxed);
+        if measuring.load(Ordering::Relaxed) {
+            mine.push(t.elapsed().as_micros() as u32);
+        }
     }
+    lat.lock().unwrap().extend(mine);
 }
 
-/// (req/s, gateway CPU µs per request)
-fn round(rt: &tokio::runtime::Runtime, port: u16, pid: u32, secs: u64) -> (f64, f64) {
+fn percentile(v: &mut [u32], p: f64) -> f64 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0
+}
+
+/// (req/s, gateway CPU µs per request, p50 ms, p99 ms)
+fn round(rt: &tokio::runtime::Runtime, port: u16, pid: u32, secs: u64) -> (f64, f64, f64, f64) {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let lat: Latencies = Default::default();
     rt.block_on(async {
-        let tasks: Vec<_> = (0..32).map(|_| tokio::spawn(connection(addr, stop.clone(), done.clone()))).collect();
+        let tasks: Vec<_> = (0..32)
+            .map(|_| tokio::spawn(connection(addr, stop.clone(), done.clone(), measuring.clone(), lat.clone())))
+            .collect();
         tokio::time::sleep(Duration::from_millis(500)).await; // warm up
+        measuring.store(true, Ordering::Relaxed);
         let (n0, c0, t0) = (done.load(Ordering::Relaxed), cpu_us(pid), Instant::now());
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let (n1, c1, t1) = (done.load(Ordering::Relaxed), cpu_us(pid), Instant::now());
+        measuring.store(false, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             t.await.unwrap();
         }
         let n = (n1 - n0) as f64;
-        (n / (t1 - t0).as_secs_f64(), (c1 - c0) / n)
+        let mut l = lat.lock().unwrap();
+        (n / (t1 - t0).as_secs_f64(), (c1 - c0) / n, percentile(&mut l, 0.5), percentile(&mut l, 0.99))
     })
+}
+
+/// A `redis-server` on a free port, without persistence, for the local-vs-Redis comparison.
+fn redis_server(dir: &std::path::Path) -> (Killed, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    wait_port(port);
+    (Killed(child), port)
 }
 
 fn load() {
@@ -253,19 +300,35 @@ fn load() {
             .unwrap(),
     );
     wait_port(sim_port);
-    let off = "limits: { per_ip: { auth_failures_per_min: 0 } }\n";
-    let default_on = "limits: { defaults: { rpm: 1000000000, tpm: 1000000000000, concurrency: 10000 }, \
-                      per_ip: { rpm: 1000000000, auth_failures_per_min: 20 } }";
-    // LIMITS_BENCH_ON replaces the `limits:` line of the "with limits" gateway (to split the cost).
-    let on = format!("{}\n", std::env::var("LIMITS_BENCH_ON").unwrap_or_else(|_| default_on.to_string()));
-    let (gw_off, port_off) = gateway(dir.path(), "off", sim_port, off);
+    let redis = std::env::var_os("LIMITS_BENCH_REDIS").map(|_| redis_server(dir.path()));
+    let (labels, off, on) = match &redis {
+        None => {
+            let off = "limits: { per_ip: { auth_failures_per_min: 0 } }\n".to_string();
+            let default_on = "limits: { defaults: { rpm: 1000000000, tpm: 1000000000000, concurrency: 10000 }, \
+                              per_ip: { rpm: 1000000000, auth_failures_per_min: 20 } }";
+            // LIMITS_BENCH_ON replaces the `limits:` line of the "with limits" gateway (to split the cost).
+            let on = format!("{}\n", std::env::var("LIMITS_BENCH_ON").unwrap_or_else(|_| default_on.to_string()));
+            (["without limits", "with limits"], off, on)
+        }
+        Some((_, port)) => {
+            let key = std::env::var("LIMITS_BENCH_KEY_LIMITS")
+                .unwrap_or_else(|_| "rpm: 1000000000, tpm: 1000000000000, concurrency: 10000".to_string());
+            let local = format!("limits: {{ defaults: {{ {key} }} }}\n");
+            let shared = format!("limits: {{ store: \"redis://127.0.0.1:{port}\", defaults: {{ {key} }} }}\n");
+            println!("local vs Redis, per-key limits {{ {key} }}");
+            (["local", "redis"], local, shared)
+        }
+    };
+    let (gw_off, port_off) = gateway(dir.path(), "off", sim_port, &off);
     let (gw_on, port_on) = gateway(dir.path(), "on", sim_port, &on);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (mut rps_off, mut rps_on, mut cpu_off, mut cpu_on) = (vec![], vec![], vec![], vec![]);
+    let (mut p_off, mut p_on) = (vec![], vec![]);
     let (mut rps_ratio, mut cpu_ratio) = (vec![], vec![]);
+    let [lo, ln] = labels;
     for r in 0..rounds {
         // Odd rounds run "with" first: the machine is shared, so order must not favour either.
-        let ((a, b), (c, d)) = if r % 2 == 0 {
+        let (a, c) = if r % 2 == 0 {
             let off = round(&rt, port_off, gw_off.0.id(), secs);
             (off, round(&rt, port_on, gw_on.0.id(), secs))
         } else {
@@ -273,25 +336,30 @@ fn load() {
             (round(&rt, port_off, gw_off.0.id(), secs), on)
         };
         println!(
-            "round {}: without limits {a:8.0} req/s {b:6.1} µs/req | with limits {c:8.0} req/s {d:6.1} µs/req",
-            r + 1
+            "round {}: {lo} {:8.0} req/s {:6.1} µs/req p50 {:.2} p99 {:.2} ms | {ln} {:8.0} req/s {:6.1} µs/req p50 {:.2} p99 {:.2} ms",
+            r + 1, a.0, a.1, a.2, a.3, c.0, c.1, c.2, c.3
         );
         let _ = std::io::stdout().flush();
-        rps_off.push(a);
-        cpu_off.push(b);
-        rps_on.push(c);
-        cpu_on.push(d);
-        rps_ratio.push(c / a);
-        cpu_ratio.push(d / b);
+        rps_off.push(a.0);
+        cpu_off.push(a.1);
+        p_off.push((a.2, a.3));
+        rps_on.push(c.0);
+        cpu_on.push(c.1);
+        p_on.push((c.2, c.3));
+        rps_ratio.push(c.0 / a.0);
+        cpu_ratio.push(c.1 / a.1);
     }
     let (ro, rn, co, cn) = (median(&mut rps_off), median(&mut rps_on), median(&mut cpu_off), median(&mut cpu_on));
+    let p =
+        |v: &[(f64, f64)], i: usize| median(&mut v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect::<Vec<_>>());
     println!("over the wire, 32 connections, {secs} s × {rounds} rounds alternated, medians:");
-    println!("  |               | req/s    | gateway CPU µs/req |");
-    println!("  | without limits| {ro:8.0} | {co:18.1} |");
-    println!("  | with limits   | {rn:8.0} | {cn:18.1} |");
+    println!("  |                | req/s    | gateway CPU µs/req | p50 ms | p99 ms |");
+    println!("  | {lo:<15}| {ro:8.0} | {co:18.1} | {:6.2} | {:6.2} |", p(&p_off, 0), p(&p_off, 1));
+    println!("  | {ln:<15}| {rn:8.0} | {cn:18.1} | {:6.2} | {:6.2} |", p(&p_on, 0), p(&p_on, 1));
     println!(
-        "  with / without, median of the per-round ratios: throughput {:+.1}%, CPU per request {:+.1}%",
+        "  {ln} / {lo}, median of the per-round ratios: throughput {:+.1}%, CPU per request {:+.1}%",
         (median(&mut rps_ratio) - 1.0) * 100.0,
         (median(&mut cpu_ratio) - 1.0) * 100.0
     );
+    drop(redis);
 }

@@ -7,6 +7,8 @@
 #   prometheus     its promtool checks and unit-tests the alerting rules (tests/monitoring.rs)
 #   dnsmasq-base   the DNS server whose answers the discovery tests change (tests/discovery.rs);
 #                  the binary without the system service the dnsmasq package would start
+#   redis-server   with redis-cli: the shared limits store and a Redis Cluster (tests/limits_store.rs)
+#   haproxy        the L4 balancer of the scale-out example (tests/limits_store.rs)
 #   systemd        systemd-analyze for scripts/check-systemd.sh (verify + security of the units)
 #   .venv          the official MCP and OpenAI Python SDKs for the interop tests
 set -euo pipefail
@@ -21,6 +23,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

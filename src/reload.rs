@@ -55,8 +55,11 @@ impl Reloader {
         if old.server.listen != new.server.listen
             || old.admin_listen != new.admin_listen
             || old.server.threads != new.server.threads
+            || old.limits.store != new.limits.store
         {
-            log::warn!("listen addresses and threads change only on restart or --upgrade; the rest is applied");
+            log::warn!(
+                "listen addresses, threads and limits.store* change only on restart or --upgrade; the rest is applied"
+            );
         }
         if old.log.dir != new.log.dir || old.log.keep_days != new.log.keep_days || old.log.level != new.log.level {
             log::warn!("log.dir, log.keep_days and log.level change only on restart or --upgrade");

@@ -90,7 +90,10 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let drain = crate::drain::Drain::new(grace);
     // `limits.per_ip.connections` (and cooling-off addresses): counted around the proxy,
     // refused at accept.
-    let gateway = Gateway::new(shared.clone(), drain.clone());
+    let mut gateway = Gateway::new(shared.clone(), drain.clone());
+    // The shared limits store lives as long as the process: a reload that changes
+    // `limits.store` takes effect at the next start (reload.rs says so).
+    gateway.store = crate::limits::store::SharedLimits::start(&shared.load().limits.store)?;
     let gate = Gate::new(shared.clone(), gateway.guard.clone());
     let app = pingora_proxy::http_proxy(&server.configuration, gateway);
     let mut proxy = Service::new("mcas-gateway".to_string(), PerIpConnections::new(app, gate.clone()));

@@ -14,6 +14,7 @@ mod hygiene;
 mod inference;
 mod install;
 mod limits;
+mod limits_store;
 mod logfiles;
 mod mcp;
 mod monitoring;

@@ -3,6 +3,7 @@
 use super::schema::{KeyLimitsSection, LimitsSection};
 use super::ConfigError;
 use crate::limits::per_ip::{IpLimits, DEFAULT_AUTH_FAILURES, DEFAULT_COOLOFF, DEFAULT_MAX_TRACKED};
+use crate::limits::store::{OnStoreError, StoreSettings, StoreUrl};
 use crate::limits::trusted_proxies::Cidr;
 use crate::limits::{KeyLimits, LimitSettings, DEFAULT_IPV6_PREFIX, DEFAULT_WINDOW};
 
@@ -68,7 +69,36 @@ pub fn compile(l: &LimitsSection, trusted: Option<Vec<String>>, errors: &mut Vec
     if !(1..=128).contains(&ipv6_prefix) {
         errors.push(ConfigError::new("limits.ipv6_prefix", "must be between 1 and 128 (bits of an IPv6 address)"));
     }
-    Compiled { settings: LimitSettings { per_ip, trusted_proxies, ipv6_prefix }, defaults }
+    let store = store(l, errors);
+    Compiled { settings: LimitSettings { per_ip, trusted_proxies, ipv6_prefix, store }, defaults }
+}
+
+fn store(l: &LimitsSection, errors: &mut Vec<ConfigError>) -> StoreSettings {
+    let mut s = StoreSettings::default();
+    match l.store.as_deref() {
+        None | Some("local") => {}
+        Some(u) => match StoreUrl::parse(u) {
+            Ok(u) => s.url = Some(u),
+            Err(msg) => errors.push(ConfigError::new("limits.store", msg)),
+        },
+    }
+    s.cluster = l.store_cluster.unwrap_or(false);
+    if s.cluster && s.url.is_none() {
+        errors.push(ConfigError::new("limits.store_cluster", "needs limits.store to be a Redis URL"));
+    }
+    if let Some(m) = &l.on_store_error {
+        match OnStoreError::parse(m) {
+            Some(m) => s.on_error = m,
+            None => errors.push(ConfigError::new("limits.on_store_error", "must be `local` or `closed`")),
+        }
+    }
+    if let Some(t) = l.store_timeout {
+        s.timeout = t.0;
+        if !(1..=10_000).contains(&t.0.as_millis()) {
+            errors.push(ConfigError::new("limits.store_timeout", "must be between 1ms and 10s"));
+        }
+    }
+    s
 }
 
 /// One key's limits: its own fields over `limits.defaults`.

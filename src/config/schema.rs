@@ -331,6 +331,17 @@ pub struct LimitsSection {
     /// Every per-address limit counts an IPv6 client per network of this many leading bits
     /// (1–128; 128 counts single addresses). Default 64.
     pub ipv6_prefix: Option<u8>,
+    /// Where rpm, tpm and concurrency are counted: `local` (this instance) or a Redis URL
+    /// (`redis://[:password@]host:port[/db]`, `rediss://` for TLS) shared by every instance
+    /// pointing at it. Default `local`.
+    pub store: Option<String>,
+    /// The Redis URL is one node of a Redis Cluster. Default false.
+    pub store_cluster: Option<bool>,
+    /// When the store cannot be reached: `local` (count on this instance) or `closed` (503).
+    /// Default `local`.
+    pub on_store_error: Option<String>,
+    /// Longest a request waits for the store. Default 50ms.
+    pub store_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]

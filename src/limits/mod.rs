@@ -10,6 +10,7 @@
 
 pub mod open_connections;
 pub mod per_ip;
+pub mod store;
 pub mod trusted_proxies;
 
 use http::HeaderValue;
@@ -37,13 +38,20 @@ pub struct LimitSettings {
     pub trusted_proxies: Vec<trusted_proxies::Cidr>,
     /// IPv6 clients are counted per network of this prefix length (`limits.ipv6_prefix`).
     pub ipv6_prefix: u8,
+    /// `limits.store` and its companions: where per-key counters live.
+    pub store: store::StoreSettings,
 }
 
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        LimitSettings { per_ip: Default::default(), trusted_proxies: Vec::new(), ipv6_prefix: DEFAULT_IPV6_PREFIX }
+        LimitSettings {
+            per_ip: Default::default(),
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            store: Default::default(),
+        }
     }
 }
 

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub mcp_unknown_sessions: prometheus::IntCounter,
     /// Client connections closed at accept, by reason (`per_ip`: `limits.per_ip.connections`).
     pub connections_refused: IntCounterVec,
+    /// Calls to the shared limits store (`limits.store`) that failed or timed out.
+    pub limit_store_errors: prometheus::IntCounter,
+    /// 1 while the shared limits store answers, 0 during an outage.
+    pub limit_store_up: IntGauge,
     /// Requests refused for their framing or header size (400/431), by reason.
     pub malformed_requests: IntCounterVec,
     /// Access log lines dropped because the writer fell behind (stdout slow or its pipe full).
@@ -155,6 +159,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["reason"],
     )?;
     register(registry, connections_refused.clone())?;
+    let limit_store_errors = prometheus::IntCounter::new(
+        "limit_store_errors_total",
+        "Calls to the shared limits store (limits.store) that failed or timed out",
+    )?;
+    register(registry, limit_store_errors.clone())?;
+    let limit_store_up =
+        IntGauge::new("limit_store_up", "1 while the shared limits store answers, 0 during an outage")?;
+    register(registry, limit_store_up.clone())?;
     let malformed_requests = IntCounterVec::new(
         Opts::new("malformed_requests_total", "Requests refused for ambiguous framing or oversized headers, by reason"),
         &["reason"],
@@ -213,6 +225,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         heartbeats,
         mcp_unknown_sessions,
         connections_refused,
+        limit_store_errors,
+        limit_store_up,
         malformed_requests,
         access_log_dropped,
         log_write_errors,

@@ -55,11 +55,13 @@ pub struct Gateway {
     connectors: upstream::Connectors,
     /// Announces the end of the grace period to tunnels.
     drain: crate::drain::Drain,
+    /// `limits.store` when shared across instances (Redis); `None`: local counters.
+    pub store: Option<Arc<crate::limits::store::SharedLimits>>,
 }
 
 impl Gateway {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>, drain: crate::drain::Drain) -> Self {
-        Gateway { runtime, guard: Default::default(), connectors: upstream::Connectors::new(), drain }
+        Gateway { runtime, guard: Default::default(), connectors: upstream::Connectors::new(), drain, store: None }
     }
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
@@ -78,7 +80,7 @@ impl Gateway {
         }
         let rt = self.runtime.load_full();
         let ip = rate_limit::client_addr(session, &rt.limits);
-        if let Err(e) = rate_limit::guard(&self.guard, &rt.limits, ip) {
+        if let Err(e) = rate_limit::guard(&self.guard, self.store.as_ref(), &rt.limits, ip).await {
             if matches!(&e, GatewayError::RateLimited(r) if r.kind == crate::limits::LimitKind::AuthFailures) {
                 // The address is refused at accept while it cools off (connection_gate):
                 // after this 429, its attempts cost no HTTP exchange.
@@ -99,7 +101,7 @@ impl Gateway {
             }
         };
         ctx.key_name = Some(key.name.clone());
-        if let Err(e) = rate_limit::admit(&key, &mut ctx.limit) {
+        if let Err(e) = rate_limit::admit(self.store.as_ref(), &key, &mut ctx.limit).await {
             return self.refuse(session, ctx, e).await;
         }
         let meta = route::RequestMeta {

@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod dnsmasq;
 pub mod gateway;
+pub mod redis;
 pub mod tls;
 
 use std::fs::File;
