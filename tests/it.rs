@@ -15,6 +15,7 @@ mod inference;
 mod install;
 mod limits;
 mod logfiles;
+mod lora_routing;
 mod mcp;
 mod monitoring;
 mod openai_sdk;
