@@ -25,7 +25,7 @@ pub async fn round(p: &Provider, state: &LoraState) {
         async move {
             let models = scrape::fetch(client, p, b.addr, models_path).await;
             let metrics = scrape::fetch(client, p, b.addr, METRICS_PATH).await;
-            (models.and_then(|t| parse::adapters(&t)), metrics.and_then(|t| parse::hot(&t)))
+            (models.and_then(|t| parse::adapters(&t)), metrics.and_then(|t| parse::lora_info(&t)))
         }
     });
     let results = futures_util::future::join_all(fetches).await;
@@ -35,7 +35,7 @@ pub async fn round(p: &Provider, state: &LoraState) {
             Err(why) => log::debug!("provider {} backend {}: model list not learned: {why}", p.name, b.addr),
         }
         match hot {
-            Ok(h) => replica.record_hot(h),
+            Ok(info) => replica.record_hot(info),
             Err(why) => log::debug!("provider {} backend {}: loaded adapters not learned: {why}", p.name, b.addr),
         }
     }

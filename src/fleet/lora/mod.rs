@@ -14,7 +14,7 @@ pub mod parse;
 
 use super::ketama::Ring;
 use super::select::{self, Balance, Slot};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -32,15 +32,21 @@ impl Default for LoraSettings {
     }
 }
 
+/// Adapters remembered per replica as sent by the gateway (most recent last).
+const RECENT: usize = 64;
+
 /// What one replica is known to do with adapters.
 #[derive(Debug, Default)]
 pub struct ReplicaAdapters {
     /// Adapters its last good model list named; `None`: never learned.
     served: Mutex<Option<HashSet<String>>>,
-    /// Running and waiting adapters in its last good metrics.
-    hot: Mutex<HashSet<String>>,
-    /// Adapters the gateway sent it since then (it loads what it is sent).
-    sent: Mutex<HashSet<String>>,
+    /// Its last good metrics: running and waiting adapters, and `max_lora`.
+    scraped: Mutex<parse::LoraInfo>,
+    /// Adapters the gateway sent it, least recent first. vLLM keeps the `max_lora` most
+    /// recently used loaded (an LRU, like the sim's), so the last `max_lora` of these are
+    /// loaded there as far as this gateway knows, idle or not (the metrics name only the
+    /// running and waiting ones).
+    recent: Mutex<VecDeque<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,18 +59,40 @@ impl ReplicaAdapters {
         *lock(&self.served) = Some(adapters);
     }
 
-    /// Good metrics replace the hot set and forget what was sent before them.
-    pub fn record_hot(&self, adapters: HashSet<String>) {
-        *lock(&self.hot) = adapters;
-        lock(&self.sent).clear();
+    /// Good metrics replace the running, waiting and `max_lora` view.
+    pub fn record_hot(&self, info: parse::LoraInfo) {
+        *lock(&self.scraped) = info;
     }
 
     fn lists(&self, model: &str) -> Option<bool> {
         lock(&self.served).as_ref().map(|s| s.contains(model))
     }
 
-    fn is_hot(&self, model: &str) -> bool {
-        lock(&self.hot).contains(model) || lock(&self.sent).contains(model)
+    /// Adapters thought loaded: running or waiting, or among the `max_lora` (1 when unknown)
+    /// the gateway sent most recently.
+    fn loaded(&self) -> HashSet<String> {
+        let scraped = lock(&self.scraped);
+        let max = scraped.max.unwrap_or(1).max(1);
+        let mut out = scraped.hot.clone();
+        out.extend(lock(&self.recent).iter().rev().take(max).cloned());
+        out
+    }
+
+    /// Whether it holds fewer adapters than `max_lora` (unknown: no).
+    fn has_free_slot(&self, loaded: usize) -> bool {
+        lock(&self.scraped).max.is_some_and(|max| loaded < max)
+    }
+
+    fn note_sent(&self, model: &str) {
+        let mut recent = lock(&self.recent);
+        if recent.back().is_some_and(|m| m == model) {
+            return;
+        }
+        recent.retain(|m| m != model);
+        if recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(model.to_string());
     }
 
     /// The adapters it is known to serve (sorted), for `/health`; `None`: never learned.
@@ -72,11 +100,9 @@ impl ReplicaAdapters {
         lock(&self.served).as_ref().map(|s| sorted(s.iter()))
     }
 
-    /// Hot adapters (scraped or sent since), sorted.
+    /// Adapters thought loaded, sorted, for `/health`.
     pub fn hot(&self) -> Vec<String> {
-        let hot = lock(&self.hot);
-        let sent = lock(&self.sent);
-        sorted(hot.union(&sent))
+        sorted(self.loaded().iter())
     }
 }
 
@@ -98,11 +124,13 @@ pub struct LoraState {
     running: AtomicBool,
 }
 
-/// Where an adapter may go and where it is hot, per backend index.
+/// Where an adapter may go, where it is loaded, and which replicas have a free adapter slot,
+/// per backend index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub serving: Vec<bool>,
     pub hot: Vec<bool>,
+    pub free: Vec<bool>,
 }
 
 impl LoraState {
@@ -136,19 +164,18 @@ impl LoraState {
         if !lists.contains(&Some(true)) {
             return None;
         }
+        let loaded: Vec<HashSet<String>> = self.replicas.iter().map(ReplicaAdapters::loaded).collect();
         Some(Plan {
             serving: lists.iter().map(|l| l.unwrap_or(true)).collect(),
-            hot: self.replicas.iter().map(|r| r.is_hot(model)).collect(),
+            hot: loaded.iter().map(|l| l.contains(model)).collect(),
+            free: self.replicas.iter().zip(&loaded).map(|(r, l)| r.has_free_slot(l.len())).collect(),
         })
     }
 
-    /// The request for `model` went to backend `i`: it is hot there until the next metrics say.
+    /// The request for `model` went to backend `i`: the most recently used adapter there.
     pub fn note_sent(&self, i: usize, model: &str) {
         if let Some(r) = self.replicas.get(i) {
-            let mut sent = lock(&r.sent);
-            if !sent.contains(model) {
-                sent.insert(model.to_string());
-            }
+            r.note_sent(model);
         }
     }
 }
@@ -158,10 +185,11 @@ pub fn key(model: &str) -> Vec<u8> {
     [b"m:".as_slice(), model.as_bytes()].concat()
 }
 
-/// An adapter's backend: the first replica on the ring from `key` that serves it, has it hot
-/// and is under the bounded load (`epsilon`; none: hot ones are never full); else the
-/// bounded-load ketama choice among the replicas serving it (the least loaded when all are
-/// full). `None` when no replica serving it is usable and untried.
+/// An adapter's backend: the first replica on the ring from `key` that serves it, has it
+/// loaded and is under the bounded load (`epsilon`; none: never full); else the first such
+/// one with a free adapter slot (nothing evicted); else the bounded-load ketama choice among
+/// the replicas serving it (the least loaded when all are full). `None` when no replica
+/// serving it is usable and untried.
 pub fn choose(
     plan: &Plan,
     ring: &Ring,
@@ -176,7 +204,11 @@ pub fn choose(
     let fits =
         |i: usize| epsilon.is_none_or(|eps| slots[i].inflight < select::bound(total, slots[i].weight, weight, eps));
     let hot = |i: usize| plan.hot.get(i).copied().unwrap_or(false);
+    let free = |i: usize| plan.free.get(i).copied().unwrap_or(false);
     if let Some(i) = ring.walk(key).find(|&i| candidate(i) && hot(i) && fits(i)) {
+        return Some(i);
+    }
+    if let Some(i) = ring.walk(key).find(|&i| candidate(i) && free(i) && fits(i)) {
         return Some(i);
     }
     let skip: Vec<usize> = (0..slots.len()).filter(|&i| tried.contains(&i) || !serving(i)).collect();
@@ -203,27 +235,37 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    fn info(hot: &[&str], max: usize) -> parse::LoraInfo {
+        parse::LoraInfo { hot: set(hot), max: Some(max) }
+    }
+
     #[test]
     fn plan_knows_adapters_only_once_listed() {
         let s = LoraState::new(LoraSettings::default(), 3);
         assert_eq!(s.plan("a"), None, "nothing learned");
-        s.replicas[0].record_served(set(&["a", "b"]));
+        s.replicas[0].record_served(set(&["a", "b", "c"]));
         s.replicas[1].record_served(set(&["b"]));
         // Replica 2 never answered: it may serve anything.
         assert_eq!(s.plan("a").unwrap().serving, vec![true, false, true]);
         assert_eq!(s.plan("base"), None);
-        s.replicas[1].record_hot(set(&["b"]));
+        s.replicas[1].record_hot(info(&["b"], 2));
         s.note_sent(0, "b");
-        assert_eq!(s.plan("b").unwrap().hot, vec![true, true, false]);
-        s.replicas[0].record_hot(set(&[]));
-        assert_eq!(s.plan("b").unwrap().hot, vec![false, true, false], "metrics replace what was sent");
+        let p = s.plan("b").unwrap();
+        assert_eq!((p.hot, p.free), (vec![true, true, false], vec![false, true, false]));
+        // Replica 0 holds 2: the two it was sent last (metrics naming none running).
+        s.replicas[0].record_hot(info(&[], 2));
+        s.note_sent(0, "a");
+        s.note_sent(0, "c");
+        let p = s.plan("b").unwrap();
+        assert_eq!((p.hot, p.free), (vec![false, true, false], vec![false, true, false]), "b was evicted");
+        assert_eq!(s.replicas[0].hot(), vec!["a", "c"]);
     }
 
     #[test]
     fn hot_replica_first_then_serving_ones_never_others() {
         let r = ring(3);
         let k = key("a");
-        let all = Plan { serving: vec![true, true, false], hot: vec![false, false, false] };
+        let all = Plan { serving: vec![true, true, false], hot: vec![false; 3], free: vec![false; 3] };
         // Not hot anywhere: the ketama choice among the two serving replicas, stable.
         let first = choose(&all, &r, &k, Some(0.25), &[], &slots(&[0, 0, 0])).unwrap();
         assert!(first < 2);
@@ -244,5 +286,9 @@ mod tests {
         let mut down = slots(&[0, 0, 0]);
         down[other].usable = false;
         assert_eq!(choose(&hot, &r, &k, Some(0.25), &[], &down), Some(first));
+        // Loaded nowhere: a serving replica with a free slot beats the ring's first.
+        let mut free = all.clone();
+        free.free[other] = true;
+        assert_eq!(choose(&free, &r, &k, Some(0.25), &[], &slots(&[0, 0, 0])), Some(other));
     }
 }

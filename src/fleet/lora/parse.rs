@@ -25,9 +25,18 @@ pub fn adapters(body: &str) -> Result<HashSet<String>, String> {
         .collect())
 }
 
-/// The running and waiting adapters of the newest `vllm:lora_requests_info` series (vLLM
-/// keeps one series per label set, valued with the time it was set). No such series fails.
-pub fn hot(text: &str) -> Result<HashSet<String>, String> {
+/// What `vllm:lora_requests_info` says.
+#[derive(Debug, Default, PartialEq)]
+pub struct LoraInfo {
+    /// Running and waiting adapters.
+    pub hot: HashSet<String>,
+    /// `max_lora`: adapters it holds at once.
+    pub max: Option<usize>,
+}
+
+/// The newest `vllm:lora_requests_info` series (vLLM keeps one series per label set, valued
+/// with the time it was set). No such series fails.
+pub fn lora_info(text: &str) -> Result<LoraInfo, String> {
     let mut newest: Option<(f64, &str)> = None;
     for line in text.lines() {
         let Some(rest) = line.trim().strip_prefix("vllm:lora_requests_info{") else { continue };
@@ -43,10 +52,12 @@ pub fn hot(text: &str) -> Result<HashSet<String>, String> {
         }
     }
     let (_, labels) = newest.ok_or("no vllm:lora_requests_info")?;
-    let mut out = HashSet::new();
+    let mut out = LoraInfo::default();
     for (name, value) in label_pairs(labels)? {
-        if name == "running_lora_adapters" || name == "waiting_lora_adapters" {
-            out.extend(
+        if name == "max_lora" {
+            out.max = value.trim().parse().ok();
+        } else if name == "running_lora_adapters" || name == "waiting_lora_adapters" {
+            out.hot.extend(
                 value
                     .split(',')
                     .map(str::trim)
@@ -132,12 +143,13 @@ mod tests {
             vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"a\",waiting_lora_adapters=\"\"} 1.7e9\n\
             vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"b,c\",waiting_lora_adapters=\"d\"} 1.8e9\n\
             vllm:num_requests_waiting 0\n";
-        assert_eq!(names(&hot(text).unwrap()), vec!["b", "c", "d"]);
+        let info = lora_info(text).unwrap();
+        assert_eq!((names(&info.hot), info.max), (vec!["b", "c", "d"], Some(2)));
         let quoted = "vllm:lora_requests_info{running_lora_adapters=\"x}\\\"y\",waiting_lora_adapters=\"\"} 1\n";
-        assert_eq!(names(&hot(quoted).unwrap()), vec!["x}\"y"]);
-        assert!(hot("vllm:num_requests_waiting 1\n").is_err(), "no series");
-        assert!(hot("vllm:lora_requests_info{running_lora_adapters=\"a\" 1\n").is_err());
-        assert!(hot("vllm:lora_requests_info{running_lora_adapters=\"a\"} zz\n").is_err());
-        assert!(hot("<html>vllm:lora_requests_info</html>").is_err());
+        assert_eq!(names(&lora_info(quoted).unwrap().hot), vec!["x}\"y"]);
+        assert!(lora_info("vllm:num_requests_waiting 1\n").is_err(), "no series");
+        assert!(lora_info("vllm:lora_requests_info{running_lora_adapters=\"a\" 1\n").is_err());
+        assert!(lora_info("vllm:lora_requests_info{running_lora_adapters=\"a\"} zz\n").is_err());
+        assert!(lora_info("<html>vllm:lora_requests_info</html>").is_err());
     }
 }
