@@ -23,3 +23,24 @@ pub fn settings(path: &str, section: Option<&LoraSection>, errors: &mut Vec<Conf
     }
     Some(LoraSettings { refresh })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn off_unless_set_and_refresh_checked() {
+        let mut errors = Vec::new();
+        assert_eq!(settings("providers[0]", None, &mut errors), None);
+        let s = settings("providers[0]", Some(&LoraSection::default()), &mut errors).unwrap();
+        assert_eq!(s.refresh, Duration::from_secs(5));
+        assert!(errors.is_empty());
+        let fast = LoraSection { refresh: Some(HumanDuration(Duration::from_millis(10))) };
+        settings("providers[0]", Some(&fast), &mut errors);
+        assert_eq!(errors.len(), 1);
+        assert!(format!("{:?}", errors[0]).contains("providers[0].lora.refresh"), "{errors:?}");
+        assert!(serde_yaml::from_str::<LoraSection>("refresh: 1s\nmax: 2\n").is_err(), "unknown field");
+    }
+}
