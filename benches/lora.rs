@@ -1,11 +1,14 @@
 //! LoRA adapter placement benchmark: 3 `mcas-sim` replicas (`--max-loras 2`, 6 adapters,
 //! loading one costs `--lora-load-ms 40`) behind the gateway, skewed traffic over the
-//! adapters, once with `ketama` on its default hash key and once adapter-aware (`hash_key:
-//! [model]`: each adapter's requests share a replica; bounded load spreads a busy one).
+//! adapters, with `ketama` on its default hash key, `ketama` on `hash_key: [model]` (each
+//! adapter's requests share a replica; bounded load spreads a busy one), and the adapter-aware
+//! choice (`lora`: the gateway learns each replica's served and hot adapters and keeps an
+//! adapter where it is hot, spreading it when that replica is over the bounded load).
 //!
 //! ```text
 //! cargo bench --profile dev --bench lora           # 1,000 streamed requests, 12 in flight
 //! LORA_REQUESTS=300 cargo bench --profile dev --bench lora
+//! LORA_POLICY=adapter-aware cargo bench --profile dev --bench lora   # one policy (name contains)
 //! ```
 //!
 //! Method: per policy, fresh replicas (`--models base --lora l1,…,l6 --max-loras 2
@@ -135,12 +138,17 @@ async fn run(name: &str, fleet_yaml: &str, requests: usize) -> (String, f64, f64
 #[tokio::main]
 async fn main() {
     let requests: usize = std::env::var("LORA_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let only = std::env::var("LORA_POLICY").ok();
     let policies = [
         ("ketama, default hash_key", "balance: ketama"),
-        ("adapter-aware: ketama, hash_key: [model], epsilon: 1.0", "balance: ketama, hash_key: [model], epsilon: 1.0"),
+        ("ketama, hash_key: [model], epsilon: 1.0", "balance: ketama, hash_key: [model], epsilon: 1.0"),
+        ("adapter-aware: lora: { refresh: 1s }, epsilon: 1.0", "balance: ketama, lora: { refresh: 1s }, epsilon: 1.0"),
     ];
     let mut rows = Vec::new();
     for (name, yaml) in policies {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         rows.push(run(name, yaml, requests).await);
     }
     println!("\n| policy (3 replicas, --max-loras 2, 6 adapters, skewed) | adapter loads / 1,000 requests | TTFT p50 | TTFT p99 |");

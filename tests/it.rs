@@ -16,6 +16,7 @@ mod install;
 mod limits;
 mod limits_store;
 mod logfiles;
+mod lora_routing;
 mod mcp;
 mod monitoring;
 mod openai_sdk;

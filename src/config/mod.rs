@@ -10,6 +10,7 @@ pub mod env;
 pub mod expand;
 pub mod inference;
 pub mod limits;
+pub mod lora;
 pub mod ping;
 pub mod pool;
 pub mod schema;

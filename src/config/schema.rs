@@ -157,6 +157,9 @@ pub struct ProviderSection {
     pub balance: Option<BalanceSection>,
     /// `balance: inference` settings (`config/inference.rs`).
     pub inference: Option<super::inference::InferenceSection>,
+    /// LoRA adapters: learn which replica serves and has hot which adapter, and route an
+    /// adapter's requests by it (`config/lora.rs`). Default: off.
+    pub lora: Option<super::lora::LoraSection>,
     /// Ordered sources of the ketama key, the first present wins: `header:NAME`, `api_key`,
     /// `body:user`, `prefix`, `client_ip`. Default
     /// `[header:x-session-id, body:user, prefix, api_key, client_ip]`.

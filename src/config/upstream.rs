@@ -99,6 +99,7 @@ pub fn fleet(path: &str, p: &ProviderSection, errors: &mut Vec<ConfigError>) -> 
         discover: None,
         pool: None,
         inference,
+        lora: super::lora::settings(path, p.lora.as_ref(), errors),
     }
 }
 

@@ -48,6 +48,7 @@ impl Provider {
             // Per-backend load signals and the admission queue are indexed by backend: started
             // afresh by `with_fleet`, as on a reload.
             inference: None,
+            lora: None,
         }
         .with_fleet(self.fleet.clone())
     }

@@ -10,6 +10,7 @@ pub mod hash_key;
 pub mod health;
 pub mod inference;
 pub mod ketama;
+pub mod lora;
 pub mod members;
 pub mod pool;
 pub mod probe;
@@ -106,12 +107,14 @@ impl Backend {
 }
 
 /// How [`Provider::pick_by`] chooses: the balance, whether open sessions count as load (new
-/// sessions are placed by load), and the inference ticket to score and charge.
+/// sessions are placed by load), the inference ticket to score and charge, and the model
+/// (an adapter's requests go where it is served and hot: [`lora`]).
 #[derive(Clone, Copy)]
 struct Pick<'a> {
     balance: Balance,
     sessions: bool,
     ticket: Option<&'a inference::Ticket>,
+    model: Option<&'a str>,
 }
 
 /// How a provider spreads requests over its backends and copes with their failures.
@@ -135,6 +138,8 @@ pub struct Fleet {
     pub pool: Option<pool::PoolSettings>,
     /// `balance: inference`: scrape, weights, saturation and queue settings.
     pub inference: Option<inference::InferenceSettings>,
+    /// `lora`: learn which replica serves and has hot which adapter, and route by it.
+    pub lora: Option<lora::LoraSettings>,
 }
 
 impl Default for Fleet {
@@ -150,6 +155,7 @@ impl Default for Fleet {
             discover: None,
             pool: None,
             inference: None,
+            lora: None,
         }
     }
 }
@@ -178,6 +184,8 @@ pub struct Provider {
     pub headers: ProviderHeaders,
     /// Load signals, prefix index and admission queue of `balance: inference`.
     pub inference: Option<Arc<inference::InferenceState>>,
+    /// What each replica serves and has hot of LoRA adapters (`lora`).
+    pub lora: Option<Arc<lora::LoraState>>,
 }
 
 /// `Authorization: Bearer <api_key>` (marked sensitive: never printed) and `Host`.
@@ -227,6 +235,7 @@ impl Provider {
             cursor: AtomicUsize::new(0),
             headers,
             inference: None,
+            lora: None,
         }
     }
 
@@ -234,6 +243,7 @@ impl Provider {
         self.inference = (fleet.balance == Balance::Inference).then(|| {
             Arc::new(inference::InferenceState::new(fleet.inference.clone().unwrap_or_default(), self.backends.len()))
         });
+        self.lora = fleet.lora.clone().map(|s| Arc::new(lora::LoraState::new(s, self.backends.len())));
         self.fleet = fleet;
         self
     }
@@ -271,36 +281,43 @@ impl Provider {
 
     /// Chooses a backend for `key`, skipping `tried`; `None` when nothing is left.
     pub fn pick(&self, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
-        self.pick_for(key, tried, None)
+        self.pick_for(key, tried, None, None)
     }
 
-    /// [`Provider::pick`] for a request that carries an inference ticket (scored, charged).
+    /// [`Provider::pick`] for a request that carries an inference ticket (scored, charged)
+    /// and names a model (a LoRA adapter is routed by what the replicas serve and have hot).
     pub fn pick_for(
         &self,
         key: &[u8],
         tried: &[usize],
         ticket: Option<&inference::Ticket>,
+        model: Option<&str>,
     ) -> Option<(usize, Arc<Backend>)> {
-        self.pick_by(Pick { balance: self.fleet.balance, sessions: false, ticket }, key, tried)
+        self.pick_by(Pick { balance: self.fleet.balance, sessions: false, ticket, model }, key, tried)
     }
 
     /// Places the first request of a new MCP session or Responses chain: the healthy backend
     /// with the fewest open sessions plus requests in flight (relative to weight). Its later
     /// requests follow the sealed id, so no hash is needed to keep them together.
     pub fn place(&self, tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
-        self.pick_by(Pick { balance: Balance::LeastInflight, sessions: true, ticket: None }, &[], tried)
+        self.pick_by(Pick { balance: Balance::LeastInflight, sessions: true, ticket: None, model: None }, &[], tried)
     }
 
     fn pick_by(&self, how: Pick<'_>, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
         let now = clock::now_ms();
+        let adapter = self.adapter_plan(how.model);
+        let serving = |i: usize| adapter.as_ref().is_none_or(|(_, plan)| plan.serving.get(i).copied().unwrap_or(false));
         if let Some(ticket) = how.ticket.filter(|_| how.balance == Balance::Inference) {
-            let candidate = |i: usize| !tried.contains(&i) && self.backends.get(i).is_some_and(|b| self.usable(b, now));
+            let candidate = |i: usize| {
+                !tried.contains(&i) && serving(i) && self.backends.get(i).is_some_and(|b| self.usable(b, now))
+            };
             let i = match ticket.state.choose(&ticket.demand, candidate) {
                 inference::score::Choice::Replica(i) | inference::score::Choice::Saturated(i) => i,
                 inference::score::Choice::None => return None,
             };
             let picked = self.admit_backend(i, how, key, tried, now)?;
             ticket.charge(picked.0);
+            self.note_adapter(adapter.as_ref(), picked.0);
             return Some(picked);
         }
         let slots: Vec<Slot> = self
@@ -322,8 +339,28 @@ impl Provider {
             cursor: self.next_cursor(),
             tried,
         };
-        let i = select::choose(&req, &slots)?;
-        self.admit_backend(i, how, key, tried, now)
+        let i = match &adapter {
+            Some((model, plan)) => {
+                lora::choose(plan, &self.ring, &lora::key(model), self.fleet.epsilon, tried, &slots)?
+            }
+            None => select::choose(&req, &slots)?,
+        };
+        let picked = self.admit_backend(i, how, key, tried, now)?;
+        self.note_adapter(adapter.as_ref(), picked.0);
+        Some(picked)
+    }
+
+    /// With `lora`, for a model some replica lists as an adapter: where it is served and hot.
+    fn adapter_plan<'m>(&self, model: Option<&'m str>) -> Option<(&'m str, lora::Plan)> {
+        let model = model?;
+        Some((model, self.lora.as_ref()?.plan(model)?))
+    }
+
+    /// The adapter is hot where it was just sent (until that replica's next metrics).
+    fn note_adapter(&self, adapter: Option<&(&str, lora::Plan)>, i: usize) {
+        if let (Some(state), Some((model, _))) = (&self.lora, adapter) {
+            state.note_sent(i, model);
+        }
     }
 
     /// Passes backend `i` through its circuit (choosing again without it if its half-open

@@ -176,8 +176,14 @@ impl AdminApp {
                             .as_ref()
                             .and_then(|s| s.replicas.get(i))
                             .and_then(|r| r.last().filter(|_| !r.is_stale()).map(|s| s.kv));
+                        let lora = p
+                            .lora
+                            .as_ref()
+                            .and_then(|s| s.replicas.get(i))
+                            .map(|r| json!({ "served": r.served(), "hot": r.hot() }));
                         json!({
                             "inference": inference,
+                            "lora": lora,
                             "kv_cache": kv_cache,
                             "address": b.addr.to_string(),
                             "weight": b.weight,

@@ -5,7 +5,8 @@
 //! [`MIN_TIMEOUT`] and at most [`MAX_TIMEOUT`]; a provider's next round waits for the last
 //! one to end); anything else than a 2xx Prometheus text with the queue and KV series
 //! counts as a failure, and repeated failures mark the replica stale (see `super`), never an
-//! error on the request path.
+//! error on the request path. The same service runs the adapter rounds of providers with
+//! `lora` (`fleet/lora/learn.rs`, through [`client`] and [`fetch`]).
 
 use super::{InferenceState, Scraped};
 use crate::clock;
@@ -48,6 +49,13 @@ impl BackgroundService for ScrapeService {
 fn start_due(rt: &Runtime) {
     let now = clock::now_ms();
     for p in &rt.providers {
+        if let Some(lora) = p.lora.clone().filter(|l| l.claim_round(now)) {
+            let p = p.clone();
+            tokio::spawn(async move {
+                crate::fleet::lora::learn::round(&p, &lora).await;
+                lora.round_done();
+            });
+        }
         let Some(state) = p.inference.clone() else { continue };
         if state.claim_scrape(now) {
             let p = p.clone();
@@ -91,7 +99,7 @@ pub async fn round(p: &Provider, state: &InferenceState) {
     state.release_waiters(open * each, |i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
 }
 
-fn client(p: &Provider, timeout: Duration) -> Result<reqwest::Client, String> {
+pub fn client(p: &Provider, timeout: Duration) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy();
     if let Some(tls) = &p.tls {
         for b in &p.backends {
@@ -107,7 +115,7 @@ fn client(p: &Provider, timeout: Duration) -> Result<reqwest::Client, String> {
 }
 
 /// One backend's metrics text, read up to [`MAX_BYTES`].
-async fn fetch(
+pub async fn fetch(
     client: &reqwest::Client,
     p: &Provider,
     addr: std::net::SocketAddr,

@@ -19,7 +19,7 @@ pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     let (index, backend) = match long_lived::pinned_backend(routed, &up.tried) {
         Some(pinned) => pinned?,
         None if routed.streams.new_session => provider.place(&up.tried)?,
-        None => provider.pick_for(&routed.hash_key, &up.tried, routed.inference.as_deref())?,
+        None => provider.pick_for(&routed.hash_key, &up.tried, routed.inference.as_deref(), routed.model.as_deref())?,
     };
     up.tried.push(index);
     let (tls, sni) = match &provider.tls {

@@ -1,0 +1,42 @@
+//! A round of learning for one provider with `lora`: each backend's model list
+//! (`{url's path}/models`, e.g. `/v1/models`) and `/metrics`, fetched at once with the
+//! inference scraper's client (`fleet/inference/scrape.rs`: bounded read, provider key,
+//! timeouts) and recorded per replica. A failure keeps that replica's last good view.
+
+use super::{parse, LoraState};
+use crate::fleet::inference::scrape;
+use crate::fleet::Provider;
+
+/// Path of vLLM's Prometheus metrics, from the backend's root.
+pub const METRICS_PATH: &str = "/metrics";
+
+pub async fn round(p: &Provider, state: &LoraState) {
+    let timeout = state.settings.refresh.clamp(scrape::MIN_TIMEOUT, scrape::MAX_TIMEOUT);
+    let client = match scrape::client(p, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("provider {}: cannot build the adapter client: {e}", p.name);
+            return;
+        }
+    };
+    let models_path = p.upstream_path("/models");
+    let fetches = p.backends.iter().map(|b| {
+        let (client, models_path) = (&client, &models_path);
+        async move {
+            let models = scrape::fetch(client, p, b.addr, models_path).await;
+            let metrics = scrape::fetch(client, p, b.addr, METRICS_PATH).await;
+            (models.and_then(|t| parse::adapters(&t)), metrics.and_then(|t| parse::lora_info(&t)))
+        }
+    });
+    let results = futures_util::future::join_all(fetches).await;
+    for ((b, replica), (served, hot)) in p.backends.iter().zip(&state.replicas).zip(results) {
+        match served {
+            Ok(s) => replica.record_served(s),
+            Err(why) => log::debug!("provider {} backend {}: model list not learned: {why}", p.name, b.addr),
+        }
+        match hot {
+            Ok(info) => replica.record_hot(info),
+            Err(why) => log::debug!("provider {} backend {}: loaded adapters not learned: {why}", p.name, b.addr),
+        }
+    }
+}
