@@ -4,6 +4,7 @@
 //! ([`select`], [`ketama`], [`hash_key`]), active health ([`health`], probed by [`probe`]),
 //! circuit breaker ([`circuit`]), retries and fallbacks.
 
+pub mod backend_http;
 pub mod circuit;
 pub mod discover;
 pub mod hash_key;

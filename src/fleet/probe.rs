@@ -67,30 +67,9 @@ fn record(p: &Provider, b: &Backend, s: &HealthSettings, result: Result<(), Stri
     }
 }
 
-/// One probe. Plain HTTP goes to the address with the provider's Host header; HTTPS resolves
-/// the SNI name to the backend's address so the certificate is checked against that name.
+/// One probe, addressed as the proxy path would (`backend_http.rs`).
 async fn probe(p: &Provider, b: &Backend, s: &HealthSettings) -> Result<(), String> {
-    let mut builder = reqwest::Client::builder().timeout(s.timeout).connect_timeout(s.timeout).no_proxy();
-    let url = match &p.tls {
-        None => format!("http://{}{}", b.addr, s.path),
-        Some(tls) => {
-            builder = builder.resolve(&tls.sni, b.addr).danger_accept_invalid_certs(!tls.verify);
-            for der in &tls.ca_der {
-                let cert = reqwest::Certificate::from_der(der).map_err(|e| format!("CA: {e}"))?;
-                builder = builder.add_root_certificate(cert);
-            }
-            format!("https://{}:{}{}", tls.sni, b.addr.port(), s.path)
-        }
-    };
-    let client = builder.build().map_err(|e| e.to_string())?;
-    let mut req = client.get(&url);
-    if p.tls.is_none() {
-        req = req.header(http::header::HOST, p.host_header.as_str());
-    }
-    if let Some(key) = &p.api_key {
-        req = req.bearer_auth(key.expose());
-    }
-    let resp = req.send().await.map_err(without_url)?;
+    let resp = super::backend_http::get(p, b.addr, &s.path, s.timeout).await?;
     // A server that answers is up unless it failed (5xx) or refuses the provider's key (401/403,
     // so every request would fail). 404 counts as up: MCP servers and hosted APIs have no
     // health path, and an answer still proves the process is serving.
@@ -99,16 +78,5 @@ async fn probe(p: &Provider, b: &Backend, s: &HealthSettings) -> Result<(), Stri
         Err(format!("status {}", status.as_u16()))
     } else {
         Ok(())
-    }
-}
-
-/// reqwest errors carry the URL; keep logs short and free of anything but the kind.
-fn without_url(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connect failed".into()
-    } else {
-        e.without_url().to_string()
     }
 }

@@ -6,14 +6,13 @@
 //! one to end); anything else than a 2xx Prometheus text with the queue and KV series
 //! counts as a failure, and repeated failures mark the replica stale (see `super`), never an
 //! error on the request path. The same service runs the adapter rounds of providers with
-//! `lora` (`fleet/lora/learn.rs`, through [`client`] and [`fetch`]).
+//! `lora` (`fleet/lora/learn.rs`, through [`fetch`]).
 
 use super::{InferenceState, Scraped};
 use crate::clock;
 use crate::fleet::Provider;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
@@ -71,14 +70,8 @@ fn start_due(rt: &Runtime) {
 /// there is room.
 pub async fn round(p: &Provider, state: &InferenceState) {
     let timeout = state.settings.scrape_interval.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
-    let client = match client(p, timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("provider {}: cannot build the scrape client: {e}", p.name);
-            return;
-        }
-    };
-    let fetches = p.backends.iter().map(|b| fetch(&client, p, b.addr, &state.settings.scrape_path));
+    let path = &state.settings.scrape_path;
+    let fetches = p.backends.iter().map(|b| fetch(p, b.addr, path, timeout));
     let results = futures_util::future::join_all(fetches).await;
     for ((b, load), result) in p.backends.iter().zip(&state.replicas).zip(results) {
         let scraped = result.and_then(|text| parse(&text));
@@ -99,63 +92,9 @@ pub async fn round(p: &Provider, state: &InferenceState) {
     state.release_waiters(open * each, |i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
 }
 
-pub fn client(p: &Provider, timeout: Duration) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy();
-    if let Some(tls) = &p.tls {
-        for b in &p.backends {
-            builder = builder.resolve(&tls.sni, b.addr);
-        }
-        builder = builder.danger_accept_invalid_certs(!tls.verify);
-        for der in &tls.ca_der {
-            builder =
-                builder.add_root_certificate(reqwest::Certificate::from_der(der).map_err(|e| format!("CA: {e}"))?);
-        }
-    }
-    builder.build().map_err(|e| e.without_url().to_string())
-}
-
 /// One backend's metrics text, read up to [`MAX_BYTES`].
-pub async fn fetch(
-    client: &reqwest::Client,
-    p: &Provider,
-    addr: std::net::SocketAddr,
-    path: &str,
-) -> Result<String, String> {
-    let url = match &p.tls {
-        None => format!("http://{addr}{path}"),
-        Some(tls) => format!("https://{}:{}{path}", tls.sni, addr.port()),
-    };
-    let mut req = client.get(&url);
-    if p.tls.is_none() {
-        req = req.header(http::header::HOST, p.host_header.as_str());
-    }
-    if let Some(key) = &p.api_key {
-        req = req.bearer_auth(key.expose());
-    }
-    let resp = req.send().await.map_err(kind)?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status().as_u16()));
-    }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(kind)?;
-        if body.len() + chunk.len() > MAX_BYTES {
-            return Err(format!("answer larger than {MAX_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| "answer is not UTF-8".into())
-}
-
-fn kind(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connect failed".into()
-    } else {
-        e.without_url().to_string()
-    }
+pub async fn fetch(p: &Provider, addr: std::net::SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    crate::fleet::backend_http::get_text(p, addr, path, timeout, MAX_BYTES).await
 }
 
 /// Reads the queue and KV series from Prometheus text, summing over label sets (one series

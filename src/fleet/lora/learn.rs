@@ -1,7 +1,7 @@
 //! A round of learning for one provider with `lora`: each backend's model list
-//! (`{url's path}/models`, e.g. `/v1/models`) and `/metrics`, fetched at once with the
-//! inference scraper's client (`fleet/inference/scrape.rs`: bounded read, provider key,
-//! timeouts) and recorded per replica. A failure keeps that replica's last good view.
+//! (`{url's path}/models`, e.g. `/v1/models`) and `/metrics`, fetched at once as the
+//! inference scraper fetches (`fleet/inference/scrape.rs`, `fleet/backend_http.rs`: bounded
+//! read, provider key, timeouts) and recorded per replica. A failure keeps that replica's last good view.
 
 use super::{parse, LoraState};
 use crate::fleet::inference::scrape;
@@ -12,19 +12,12 @@ pub const METRICS_PATH: &str = "/metrics";
 
 pub async fn round(p: &Provider, state: &LoraState) {
     let timeout = state.settings.refresh.clamp(scrape::MIN_TIMEOUT, scrape::MAX_TIMEOUT);
-    let client = match scrape::client(p, timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("provider {}: cannot build the adapter client: {e}", p.name);
-            return;
-        }
-    };
     let models_path = p.upstream_path("/models");
     let fetches = p.backends.iter().map(|b| {
-        let (client, models_path) = (&client, &models_path);
+        let models_path = &models_path;
         async move {
-            let models = scrape::fetch(client, p, b.addr, models_path).await;
-            let metrics = scrape::fetch(client, p, b.addr, METRICS_PATH).await;
+            let models = scrape::fetch(p, b.addr, models_path, timeout).await;
+            let metrics = scrape::fetch(p, b.addr, METRICS_PATH, timeout).await;
             (models.and_then(|t| parse::adapters(&t)), metrics.and_then(|t| parse::lora_info(&t)))
         }
     });
