@@ -265,7 +265,10 @@ fn fleet_metrics(registry: &Registry) -> Result<FleetMetrics, prometheus::Error>
 /// registry's own listing leaves out families without one).
 static NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-pub(crate) fn register<C: prometheus::core::Collector + 'static>(registry: &Registry, c: C) -> Result<(), prometheus::Error> {
+pub(crate) fn register<C: prometheus::core::Collector + 'static>(
+    registry: &Registry,
+    c: C,
+) -> Result<(), prometheus::Error> {
     // The registry adds its prefix when it renders; the collectors' names lack it.
     let names = c.desc().iter().map(|d| format!("{PREFIX}_{}", d.fq_name)).collect::<Vec<_>>();
     registry.register(Box::new(c))?;
