@@ -38,7 +38,8 @@ pub struct InferenceSettings {
     pub weights: Weights,
     /// `saturated` (default waiting 5, kv_cache 0.8).
     pub saturated: Saturation,
-    /// `queue.max` (default 256) and `queue.timeout` (default 30s).
+    /// `queue.max` (default 256) and `queue.timeout` (default 5s: an interactive client gains
+    /// little from a longer wait, and clients retry after `Retry-After`).
     pub queue_max: usize,
     pub queue_timeout: Duration,
 }
@@ -51,7 +52,7 @@ impl Default for InferenceSettings {
             weights: Weights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 },
             saturated: Saturation { waiting: 5.0, kv_cache: 0.8 },
             queue_max: 256,
-            queue_timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(5),
         }
     }
 }
