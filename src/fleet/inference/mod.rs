@@ -1,6 +1,6 @@
 //! `balance: inference`: choose the replica by what it is doing (vLLM's own `/metrics`,
 //! scraped by [`scrape`]), what the gateway has sent it (prompt blocks in [`prefix_index`],
-//! in-flight tokens, requests since the last scrape), scored by [`score`]; when every replica
+//! in-flight tokens, requests sent and ended since the last scrape), scored by [`score`]; when every replica
 //! is saturated, requests wait in the provider's [`queue`].
 //!
 //! A replica whose last [`STALE_AFTER`] scrapes failed (or that was never scraped) is *stale*: it counts with the
