@@ -42,7 +42,7 @@ const SIM: &[&str] = &[
     "--kv-blocks",
     "2048",
     "--prefix-cache-blocks",
-    "768",
+    "2048",
     "--block-chars",
     "64",
     "--prefill-us-per-token",
@@ -59,7 +59,7 @@ const POLICIES: &[(&str, &str)] = &[
     ("least_inflight", "balance: least_inflight"),
     ("ketama prefix ε=off", "balance: ketama, hash_key: [prefix], epsilon: off"),
     ("ketama prefix ε=1.0", "balance: ketama, hash_key: [prefix], epsilon: 1.0"),
-    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, queue: { max: 1024, timeout: 10s } }"),
+    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 1500ms } }"),
 ];
 const TENANTS: usize = 24;
 const SYSTEMS: [usize; 6] = [1000, 2000, 3000, 4000, 6000, 8000];
@@ -346,6 +346,9 @@ async fn main() {
             if only.as_deref().is_some_and(|o| !o.split(',').any(|p| name.starts_with(p.trim()))) {
                 continue;
             }
+            // FLEET_INFERENCE replaces the inference policy's settings (for exploring them).
+            let custom = std::env::var("FLEET_INFERENCE").ok().filter(|_| name == "inference");
+            let yaml = custom.as_deref().unwrap_or(yaml);
             let r = cell(name, yaml, load, capacity * load, seconds).await;
             println!(
                 "| {:.1}× | {} | {:.0} ms | {:.0} ms | {:.0} | {:.1} % | {:.2} | {:.0} | {} | {} | {} |",

@@ -1,6 +1,6 @@
 //! `balance: inference`: choose the replica by what it is doing (vLLM's own `/metrics`,
 //! scraped by [`scrape`]), what the gateway has sent it (prompt blocks in [`prefix_index`],
-//! in-flight tokens, requests since the last scrape), scored by [`score`]; when every replica
+//! in-flight tokens, requests sent and ended since the last scrape), scored by [`score`]; when every replica
 //! is saturated, requests wait in the provider's [`queue`].
 //!
 //! A replica whose last [`STALE_AFTER`] scrapes failed (or that was never scraped) is *stale*: it counts with the
@@ -38,7 +38,8 @@ pub struct InferenceSettings {
     pub weights: Weights,
     /// `saturated` (default waiting 5, kv_cache 0.8).
     pub saturated: Saturation,
-    /// `queue.max` (default 256) and `queue.timeout` (default 30s).
+    /// `queue.max` (default 256) and `queue.timeout` (default 5s: an interactive client gains
+    /// little from a longer wait, and clients retry after `Retry-After`).
     pub queue_max: usize,
     pub queue_timeout: Duration,
 }
@@ -51,7 +52,7 @@ impl Default for InferenceSettings {
             weights: Weights { prefix: 3.0, queue: 2.0, kv_cache: 2.0 },
             saturated: Saturation { waiting: 5.0, kv_cache: 0.8 },
             queue_max: 256,
-            queue_timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -74,6 +75,14 @@ pub struct ReplicaLoad {
     failures: std::sync::atomic::AtomicU32,
     /// Requests sent since the last good scrape.
     sent_since: AtomicU64,
+    /// The gateway's requests there that ended since the last good scrape.
+    done_since: AtomicU64,
+    /// The replica's batch as learned: the sequences running at the last scrape that saw
+    /// others wait (vLLM's `max_num_seqs`, or less when KV-bound), raised by any scrape that
+    /// saw more running; 0 until it has queued once.
+    batch: AtomicU64,
+    /// In-flight tokens at the last good scrape (the KV use is scaled by in-flight tokens since).
+    inflight_at_scrape: AtomicU64,
     /// Estimated tokens (prompt + max_tokens) of the gateway's requests in flight there.
     inflight_tokens: AtomicU64,
 }
@@ -100,22 +109,65 @@ impl ReplicaLoad {
         self.failures.store(failures, Ordering::Relaxed);
         self.stale.store(failures >= STALE_AFTER || self.last().is_none() && scraped.is_none(), Ordering::Relaxed);
         if let Some(s) = scraped {
+            let running = s.running.max(0.0) as u64;
+            if s.waiting > 0.0 {
+                self.batch.store(running, Ordering::Relaxed);
+            } else if self.batch.load(Ordering::Relaxed) > 0 {
+                self.batch.fetch_max(running, Ordering::Relaxed);
+            }
+            self.inflight_at_scrape.store(self.inflight_tokens(), Ordering::Relaxed);
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
             self.sent_since.store(0, Ordering::Relaxed);
+            self.done_since.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Requests that would wait in the replica's own queue now: the last scrape corrected by
+    /// what the gateway sent and saw end since. Negative: free places in a batch whose size
+    /// was learned. `None` for a stale replica.
+    fn waiting_now(&self) -> Option<f64> {
+        let s = self.last().filter(|_| !self.is_stale())?;
+        let sent = self.sent_since.load(Ordering::Relaxed) as f64;
+        let done = self.done_since.load(Ordering::Relaxed) as f64;
+        let batch = self.batch.load(Ordering::Relaxed) as f64;
+        Some(if batch > 0.0 {
+            (s.running + s.waiting + sent - done).max(0.0) - batch
+        } else if s.waiting > 0.0 {
+            // A replica that already queues queues what was sent since, too.
+            (s.waiting + sent - done).max(0.0)
+        } else {
+            0.0
+        })
+    }
+
+    /// KV use now: the last scrape's, scaled by the gateway's in-flight tokens since (so a
+    /// request that ends frees its share at once, and a burst counts before the next scrape).
+    fn kv_now(&self, scraped: f64) -> f64 {
+        let then = self.inflight_at_scrape.load(Ordering::Relaxed);
+        if then == 0 {
+            return scraped;
+        }
+        (scraped * self.inflight_tokens() as f64 / then as f64).clamp(0.0, 1.0)
+    }
+
+    /// How many more requests the replica takes before it is saturated (0 if it is).
+    fn room(&self, s: &Saturation) -> usize {
+        let Some(waiting) = self.waiting_now() else { return 1 };
+        let kv = self.last().map_or(0.0, |l| self.kv_now(l.kv));
+        if kv > s.kv_cache || waiting > s.waiting {
+            return 0;
+        }
+        (s.waiting - waiting).floor() as usize + 1
     }
 
     /// The scorer's view (without prefix and candidacy).
     fn view(&self) -> View {
         let inflight_tokens = self.inflight_tokens() as f64;
-        match self.last().filter(|_| !self.is_stale()) {
-            None => View { inflight_tokens, ..View::default() },
-            Some(s) => {
-                // A replica that already queues queues what was sent since, too.
-                let sent = self.sent_since.load(Ordering::Relaxed) as f64;
-                let waiting = if s.waiting > 0.0 { s.waiting + sent } else { 0.0 };
-                View { waiting, kv: s.kv, inflight_tokens, ..View::default() }
+        match (self.last().filter(|_| !self.is_stale()), self.waiting_now()) {
+            (Some(s), Some(waiting)) => {
+                View { waiting: waiting.max(0.0), kv: self.kv_now(s.kv), inflight_tokens, ..View::default() }
             }
+            _ => View { inflight_tokens, ..View::default() },
         }
     }
 }
@@ -216,10 +268,11 @@ impl InferenceState {
         }
     }
 
-    /// How many replicas have room now (for the grant after a scrape round).
-    pub fn open_replicas(&self, candidate: impl Fn(usize) -> bool) -> usize {
+    /// How many more requests the usable replicas take before each is saturated (for the
+    /// grant after a scrape round).
+    pub fn room(&self, candidate: impl Fn(usize) -> bool) -> usize {
         let s = &self.settings.saturated;
-        self.views(&Demand::default(), candidate).iter().filter(|v| v.candidate && !v.saturated(s)).count()
+        self.replicas.iter().enumerate().filter(|(i, _)| candidate(*i)).map(|(_, r)| r.room(s)).sum()
     }
 }
 
@@ -274,7 +327,10 @@ impl Drop for Ticket {
         let charged = self.charged.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((i, tokens)) = charged {
             self.uncharge(i, tokens);
-            // The request is done: one waiter may take its place.
+            if let Some(r) = self.state.replicas.get(i) {
+                r.done_since.fetch_add(1, Ordering::Relaxed);
+            }
+            // The request is done: one waiter may take its place now, not at the next scrape.
             self.state.release_waiters(1, |_| true);
         }
     }
@@ -322,6 +378,49 @@ mod tests {
         assert!(s.must_queue(|_| true), "one failed scrape keeps the last signals");
         s.replicas[1].record(None);
         assert!(!s.must_queue(|_| true), "failed scrapes fall back to the gateway's counts");
+    }
+
+    #[test]
+    fn a_full_batch_is_saturated_until_a_request_ends() {
+        let settings =
+            InferenceSettings { saturated: Saturation { waiting: 0.0, kv_cache: 0.8 }, ..Default::default() };
+        let s = Arc::new(InferenceState::new(settings, 1));
+        // The replica queued once with 4 running: its batch is 4.
+        s.replicas[0].record(Some(Scraped { running: 4.0, waiting: 2.0, kv: 0.3 }));
+        s.replicas[0].record(Some(Scraped { running: 3.0, waiting: 0.0, kv: 0.3 }));
+        // One place in the batch, and saturated only past 0 waiting: room for 2.
+        assert_eq!(s.room(|_| true), 2);
+        let sent: Vec<_> =
+            (0..2).map(|_| Ticket::new(s.clone(), Demand { tokens: 100, ..Demand::default() })).collect();
+        sent[0].charge(0);
+        assert!(!s.must_queue(|_| true), "one request waits in the replica's queue: not past 0");
+        sent[1].charge(0);
+        assert!(s.must_queue(|_| true), "the requests sent since the scrape fill the batch and its queue");
+        assert_eq!(s.room(|_| true), 0);
+        drop(sent);
+        assert!(!s.must_queue(|_| true), "its end frees the place before the next scrape");
+    }
+
+    #[tokio::test]
+    async fn an_ending_request_wakes_a_waiter_at_once() {
+        let settings =
+            InferenceSettings { saturated: Saturation { waiting: 0.0, kv_cache: 0.8 }, ..Default::default() };
+        let s = Arc::new(InferenceState::new(settings, 1));
+        s.replicas[0].record(Some(Scraped { running: 1.0, waiting: 1.0, kv: 0.1 }));
+        s.replicas[0].record(Some(Scraped { running: 0.0, waiting: 0.0, kv: 0.0 }));
+        // A batch of 1, and one more may wait there.
+        let running: Vec<_> = (0..2).map(|_| Ticket::new(s.clone(), Demand::default())).collect();
+        running.iter().for_each(|t| t.charge(0));
+        assert!(s.must_queue(|_| true));
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.queue.wait("k".into(), 0).await })
+        };
+        while s.queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        drop(running.into_iter().next());
+        assert!(waiter.await.unwrap().is_ok(), "granted by the end of the running request, no scrape");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The inference scorer as a pure function: what each replica looks like now (scraped queue
 //! and KV use corrected by the gateway's own sends, in-flight tokens, prefix match) → a choice.
 //!
-//! score = prefix × match fraction + queue × (max − pressure) / (max − min) + kv_cache × (1 − KV use)
+//! score = prefix × match fraction + queue × (1 − pressure / max) + kv_cache × (1 − KV use)
 //!
-//! (pressures of the unsaturated candidates; all equal: 1) where pressure = in-flight tokens + waiting requests × [`TOKENS_PER_WAITING`]. A replica is
+//! (max: the highest pressure of the unsaturated candidates; none pressed: 1). Relative to the
+//! most pressed replica rather than to the spread: with min–max scaling a difference of a few
+//! tokens between busy replicas would swing the whole queue weight and outvote any prefix.
+//! Pressure = in-flight tokens + waiting requests × [`TOKENS_PER_WAITING`]. A replica is
 //! saturated past `saturated.waiting` waiting requests or `saturated.kv_cache` KV use;
 //! saturated replicas are chosen only when all are (after the admission queue). Affinity
 //! yields: a replica's prefix match counts only while its pressure is at most
@@ -81,7 +84,7 @@ pub fn choose(views: &[View], w: &Weights, s: &Saturation) -> Choice {
     let score = |v: &View| {
         let affine = v.pressure() <= AFFINITY_FACTOR * least + AFFINITY_SLACK;
         let prefix = if affine { v.prefix } else { 0.0 };
-        let queue = if most > least { (most - v.pressure()) / (most - least) } else { 1.0 };
+        let queue = if most > 0.0 { 1.0 - v.pressure() / most } else { 1.0 };
         w.prefix * prefix + w.queue * queue + w.kv_cache * (1.0 - v.kv.clamp(0.0, 1.0))
     };
     // Ties go to the less pressed replica, then the lower index.

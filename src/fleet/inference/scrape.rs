@@ -86,10 +86,9 @@ pub async fn round(p: &Provider, state: &InferenceState) {
         load.record(scraped.ok());
     }
     let now = clock::now_ms();
-    // Each replica with room may take up to its share of the saturation threshold at once.
-    let open = state.open_replicas(|i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
-    let each = (state.settings.saturated.waiting as usize).max(1);
-    state.release_waiters(open * each, |i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
+    // As many as the replicas take before they are saturated again.
+    let room = state.room(|i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
+    state.release_waiters(room, |i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
 }
 
 /// One backend's metrics text, read up to [`MAX_BYTES`].
