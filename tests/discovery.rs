@@ -43,6 +43,27 @@ fn yaml(port: u16, discover: &str, extra: &str) -> String {
     )
 }
 
+/// Sims `r<o>` on 127.0.0.<o> for each of `sims` (one port for all), dnsmasq naming `NAME` at
+/// 127.0.0.2 and .3, and a gateway discovering `NAME` every second (`extra`: more provider lines).
+struct DnsFleet {
+    port: u16,
+    _sims: Vec<Proc>,
+    dns: Dnsmasq,
+    gw: Gw,
+}
+
+async fn dns_fleet(sims: &[u8], extra: &str) -> DnsFleet {
+    let port = free_port();
+    let mut procs = Vec::new();
+    for &o in sims {
+        procs.push(sim_at(SocketAddr::from(([127, 0, 0, o], port)), &format!("r{o}"), &[]).await);
+    }
+    let dns = Dnsmasq::start(&hosts(&[2, 3]), "");
+    let discover = format!("{{ dns: \"{NAME}:{port}\", interval: 1s, resolver: \"{}\" }}", dns.addr());
+    let gw = spawn_gateway("", &yaml(port, &discover, extra), &[]).await;
+    DnsFleet { port, _sims: procs, dns, gw }
+}
+
 async fn health(gw: &Gw) -> Value {
     client().get(gw.admin_url("/health")).send().await.unwrap().json().await.unwrap()
 }
@@ -197,14 +218,8 @@ async fn replicas_join_and_leave_with_dns_while_traffic_flows() {
     if dnsmasq::skip() {
         return;
     }
-    let port = free_port();
+    let DnsFleet { port, _sims, dns, gw } = dns_fleet(&[2, 3, 4], "    epsilon: off\n").await;
     let at = |o: u8| SocketAddr::from(([127, 0, 0, o], port));
-    let _r2 = sim_at(at(2), "r2", &[]).await;
-    let _r3 = sim_at(at(3), "r3", &[]).await;
-    let _r4 = sim_at(at(4), "r4", &[]).await;
-    let dns = Dnsmasq::start(&hosts(&[2, 3]), "");
-    let discover = format!("{{ dns: \"{NAME}:{port}\", interval: 1s, resolver: \"{}\" }}", dns.addr());
-    let gw = spawn_gateway("", &yaml(port, &discover, "    epsilon: off\n"), &[]).await;
     let addrs = |os: &[u8]| os.iter().map(|&o| at(o).to_string()).collect::<Vec<_>>();
     wait_backends(&gw, &addrs(&[2, 3])).await;
     let c = client();
@@ -270,13 +285,8 @@ async fn a_failing_or_empty_resolution_keeps_the_last_good_set() {
     if dnsmasq::skip() {
         return;
     }
-    let port = free_port();
+    let DnsFleet { port, _sims, dns, gw } = dns_fleet(&[2, 3], "").await;
     let at = |o: u8| SocketAddr::from(([127, 0, 0, o], port));
-    let _r2 = sim_at(at(2), "r2", &[]).await;
-    let _r3 = sim_at(at(3), "r3", &[]).await;
-    let dns = Dnsmasq::start(&hosts(&[2, 3]), "");
-    let discover = format!("{{ dns: \"{NAME}:{port}\", interval: 1s, resolver: \"{}\" }}", dns.addr());
-    let gw = spawn_gateway("", &yaml(port, &discover, ""), &[]).await;
     let want = vec![at(2).to_string(), at(3).to_string()];
     wait_backends(&gw, &want).await;
     let load = traffic(&gw);

@@ -7,6 +7,7 @@
 //! hop-by-hop request headers must stay on the client's hop.
 
 use crate::common::gateway::{key_yaml, spawn_gateway, spawn_gateway_admin_only};
+use crate::common::raw_http::read_message;
 use crate::common::spawn_sim;
 use crate::common::tls::TestCert;
 use bytes::Bytes;
@@ -128,28 +129,7 @@ async fn framing_upstream(answer: Vec<u8>) -> SocketAddr {
             let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut piece = [0u8; 16 * 1024];
-                let end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match s.read(&mut piece).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&piece[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map(|v| v.trim().parse::<usize>().unwrap())
-                    .unwrap_or(0);
-                while buf.len() < end + length {
-                    match s.read(&mut piece).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&piece[..n]),
-                    }
-                }
+                let Some((head, _)) = read_message(&mut s, &mut buf).await else { return };
                 let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
                 let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n".to_vec();
                 if target.ends_with("/length") {

@@ -4,11 +4,12 @@
 //! connections (and their peak) and holds every answer until the test opens its gate.
 
 use crate::common::gateway::{spawn_gateway, Gw};
+use crate::common::raw_http::read_message;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -59,30 +60,8 @@ impl Counting {
 async fn serve(mut sock: TcpStream, requests: Arc<AtomicUsize>, mut gate: watch::Receiver<bool>) {
     let mut buf = Vec::new();
     loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let len = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        while buf.len() < end + len {
-            let mut chunk = [0u8; 4096];
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..end + len);
+        let Some((_, len)) = read_message(&mut sock, &mut buf).await else { return };
+        buf.drain(..len);
         requests.fetch_add(1, Ordering::SeqCst);
         if gate.wait_for(|open| *open).await.is_err() {
             return;

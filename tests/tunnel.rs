@@ -3,7 +3,8 @@
 //! together with its 101 reach the client; a refused upgrade's body reaches the client intact
 //! whatever its framing (length, chunked, until close).
 
-use crate::common::gateway::{key_yaml, raw_upgrade, spawn_gateway, Gw};
+use crate::common::gateway::{key_yaml, raw_upgrade, spawn_gateway};
+use crate::common::ws::{accept_upgrade, ws_connect, ws_gateway, Ws};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -12,8 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "client-key-tunnel-0123";
@@ -50,22 +49,9 @@ async fn serve(
     tx: mpsc::UnboundedSender<Vec<u8>>,
     flooded: Arc<AtomicU64>,
 ) {
-    let mut head = Vec::new();
+    // What the client sent after its request head is not looked at (it sends nothing before the 101).
+    let Some((accept, _)) = accept_upgrade(&mut sock).await else { return };
     let mut buf = vec![0u8; 8192];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match sock.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let ws_key = text
-        .lines()
-        .find_map(|l| {
-            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")).map(|(_, v)| v.trim())
-        })
-        .unwrap_or("")
-        .to_string();
     match answer {
         Answer::Refuse(parts) => {
             for p in parts {
@@ -77,11 +63,7 @@ async fn serve(
             let _ = sock.shutdown().await;
         }
         Answer::Accept { first, flood } => {
-            let mut out = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
-                derive_accept_key(ws_key.as_bytes())
-            )
-            .into_bytes();
+            let mut out = accept;
             out.extend_from_slice(&first);
             if sock.write_all(&out).await.is_err() {
                 return;
@@ -114,30 +96,14 @@ async fn serve(
     }
 }
 
-async fn gateway_to(addr: SocketAddr) -> Gw {
-    let rest = format!(
-        "{}providers:\n  - {{ name: up, url: \"http://{addr}\", models: [\"*\"] }}\nroutes:\n  - {{ path: \"/ws\", provider: up, websocket: true, idle_timeout: 10s }}\n",
-        key_yaml("alice", KEY)
-    );
-    spawn_gateway("", &rest, &[]).await
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(gw: &Gw) -> Ws {
-    let mut req = format!("ws://{}/ws", gw.addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    tokio_tungstenite::connect_async(req).await.unwrap().0
-}
-
 /// The client stops reading while the backend floods it; the frame the client sends then
 /// reaches the backend at once, not after the idle timeout (10 s). (The tunnel used to write
 /// to the client before reading it again, so the client's frame waited behind the flood.)
 #[tokio::test]
 async fn client_frames_pass_while_the_client_does_not_read() {
     let (addr, mut from_client, flooded) = backend(Answer::Accept { first: Vec::new(), flood: true }).await;
-    let gw = gateway_to(addr).await;
-    let mut ws = connect(&gw).await;
+    let gw = ws_gateway(addr, KEY, "idle_timeout: 10s").await;
+    let mut ws = ws_connect(&gw, KEY).await;
     // Wait until every buffer between the backend and the client is full: the flood stalls.
     let mut last = 0;
     loop {
@@ -174,8 +140,8 @@ async fn bytes_sent_with_the_101_reach_the_client() {
     first.extend_from_slice(b"first");
     first.extend_from_slice(&[0x82, 3, 1, 2, 3]);
     let (addr, mut from_client, _) = backend(Answer::Accept { first, flood: false }).await;
-    let gw = gateway_to(addr).await;
-    let mut ws = connect(&gw).await;
+    let gw = ws_gateway(addr, KEY, "idle_timeout: 10s").await;
+    let mut ws = ws_connect(&gw, KEY).await;
     assert_eq!(next(&mut ws).await, Message::text("first"));
     assert_eq!(next(&mut ws).await, Message::binary(vec![1, 2, 3]));
     ws.send(Message::text("back")).await.unwrap();
@@ -202,7 +168,7 @@ fn body(len: usize) -> Vec<u8> {
 
 async fn refused(parts: Vec<Vec<u8>>) -> (u16, Vec<u8>) {
     let (addr, _, _) = backend(Answer::Refuse(parts)).await;
-    let gw = gateway_to(addr).await;
+    let gw = ws_gateway(addr, KEY, "idle_timeout: 10s").await;
     let resp = raw_upgrade(&gw.url("/ws"), KEY).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.bytes().await.unwrap().to_vec())
@@ -258,7 +224,7 @@ async fn memory_per_idle_tunnel() {
     // Warm up allocator and runtime with a few tunnels first.
     let mut warm = Vec::new();
     for _ in 0..20 {
-        let mut ws = connect(&gw).await;
+        let mut ws = ws_connect(&gw, KEY).await;
         ws.send(Message::text("x")).await.unwrap();
         let _ = next(&mut ws).await;
         warm.push(ws);
@@ -267,7 +233,7 @@ async fn memory_per_idle_tunnel() {
     let before = gw.proc.rss_kib();
     let mut open = Vec::new();
     for _ in 0..300 {
-        let mut ws = connect(&gw).await;
+        let mut ws = ws_connect(&gw, KEY).await;
         ws.send(Message::text("x")).await.unwrap();
         let _ = next(&mut ws).await;
         open.push(ws);

@@ -3,14 +3,12 @@
 //! and so is the backend; the backend never sees the pongs to the gateway's pings (it does
 //! see the pongs to its own). The backend is a raw socket that decodes every frame it gets.
 
-use crate::common::gateway::{key_yaml, spawn_gateway, Gw};
+use crate::common::ws::{accept_upgrade, ws_connect, ws_gateway};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -26,29 +24,8 @@ async fn backend() -> (SocketAddr, mpsc::UnboundedReceiver<(u8, Vec<u8>)>) {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let Ok((mut sock, _)) = listener.accept().await else { return };
-        let mut buf = Vec::new();
+        let Some((mut out, mut buf)) = accept_upgrade(&mut sock).await else { return };
         let mut chunk = vec![0u8; 8192];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match sock.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
-        let ws_key = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default();
-        let mut out = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
-            derive_accept_key(ws_key.as_bytes())
-        )
-        .into_bytes();
         out.extend_from_slice(&[0x89, 8]);
         out.extend_from_slice(BACKEND_PING);
         if sock.write_all(&out).await.is_err() {
@@ -84,24 +61,6 @@ fn decode(b: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
     Some(((b[0] & 0x0F, payload), need))
 }
 
-async fn gateway_to(addr: SocketAddr) -> Gw {
-    let rest = format!(
-        "{}providers:\n  - {{ name: up, url: \"http://{addr}\", models: [\"*\"] }}\n\
-         routes:\n  - {{ path: \"/ws\", provider: up, websocket: true, idle_timeout: 1h, \
-         ping: {{ interval: 300ms, timeout: 400ms }} }}\n",
-        key_yaml("alice", KEY)
-    );
-    spawn_gateway("", &rest, &[]).await
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(gw: &Gw) -> Ws {
-    let mut req = format!("ws://{}/ws", gw.addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    tokio_tungstenite::connect_async(req).await.unwrap().0
-}
-
 /// The next frame the backend got, within 20 s (a generous bound: the test waits for events,
 /// not for a time).
 async fn frame_at_backend(rx: &mut mpsc::UnboundedReceiver<(u8, Vec<u8>)>) -> (u8, Vec<u8>) {
@@ -114,8 +73,8 @@ async fn frame_at_backend(rx: &mut mpsc::UnboundedReceiver<(u8, Vec<u8>)>) -> (u
 #[tokio::test]
 async fn a_client_that_answers_stays_and_its_pongs_to_the_gateway_are_not_forwarded() {
     let (addr, mut at_backend) = backend().await;
-    let gw = gateway_to(addr).await;
-    let mut ws = connect(&gw).await;
+    let gw = ws_gateway(addr, KEY, "idle_timeout: 1h, ping: { interval: 300ms, timeout: 400ms }").await;
+    let mut ws = ws_connect(&gw, KEY).await;
     // Read (tungstenite answers every ping with a pong as it reads) until the backend's ping
     // and three of the gateway's have come: the tunnel outlived three interval + timeout spans.
     let (mut ours, mut theirs) = (0, 0);
@@ -140,8 +99,8 @@ async fn a_client_that_answers_stays_and_its_pongs_to_the_gateway_are_not_forwar
 #[tokio::test]
 async fn a_silenced_client_is_closed_with_1001_on_both_sides() {
     let (addr, mut at_backend) = backend().await;
-    let gw = gateway_to(addr).await;
-    let mut ws = connect(&gw).await;
+    let gw = ws_gateway(addr, KEY, "idle_timeout: 1h, ping: { interval: 300ms, timeout: 400ms }").await;
+    let mut ws = ws_connect(&gw, KEY).await;
     // The client does not poll its socket: no pong goes back. The backend gets a 1001 close.
     let (opcode, payload) = frame_at_backend(&mut at_backend).await;
     assert_eq!(opcode, 0x8, "a close frame, got {opcode:#x} {payload:?}");

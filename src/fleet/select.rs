@@ -91,19 +91,28 @@ fn load(s: &Slot) -> f64 {
     s.inflight as f64 / s.weight.max(1) as f64
 }
 
+/// A ring and slots for the tests of the choices built on this module.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{Ring, Slot};
     use std::net::SocketAddr;
 
-    fn ring(n: usize) -> Ring {
+    /// `n` backends of weight 1, at 10.0.0.1… port 8000.
+    pub fn ring(n: usize) -> Ring {
         let list: Vec<_> = (0..n).map(|i| (SocketAddr::from(([10, 0, 0, i as u8 + 1], 8000)), 1)).collect();
         Ring::new(&list)
     }
 
-    fn slots(inflight: &[usize]) -> Vec<Slot> {
+    /// Usable slots of weight 1 with these in-flight counts.
+    pub fn slots(inflight: &[usize]) -> Vec<Slot> {
         inflight.iter().map(|&n| Slot { usable: true, inflight: n, weight: 1 }).collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{ring, slots};
+    use super::*;
 
     fn req<'a>(balance: Balance, ring: &'a Ring, key: &'a [u8], tried: &'a [usize]) -> Request<'a> {
         Request { balance, ring, key, epsilon: Some(0.25), cursor: 0, tried }

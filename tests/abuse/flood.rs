@@ -2,11 +2,12 @@
 
 use super::{connect_from, cpu_secs, knob, metric, normal_clients, sim_gateway_rest, MEASURING};
 use crate::common::gateway::spawn_gateway;
+use crate::common::raw_http::read_message;
 use crate::common::spawn_sim;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Writes one request on `s` and reads its answer; the status and whether the connection may
@@ -14,30 +15,8 @@ use tokio::net::TcpStream;
 async fn exchange(s: &mut TcpStream, req: &[u8]) -> Option<(u16, bool)> {
     s.write_all(req).await.ok()?;
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let (head_end, len, close) = loop {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            break (end + 4, len, head.contains("connection: close"));
-        }
-    };
-    while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let (head, _) = read_message(s, &mut buf).await?;
+    let close = head.contains("connection: close");
     let status = String::from_utf8_lossy(&buf[9..12]).parse().ok()?;
     Some((status, !close))
 }

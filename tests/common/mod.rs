@@ -9,8 +9,10 @@
 pub mod browser;
 pub mod dnsmasq;
 pub mod gateway;
+pub mod raw_http;
 pub mod redis;
 pub mod tls;
+pub mod ws;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};

@@ -220,16 +220,7 @@ pub fn choose(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
-
-    fn ring(n: usize) -> Ring {
-        let list: Vec<_> = (0..n).map(|i| (SocketAddr::from(([10, 0, 0, i as u8 + 1], 8000)), 1)).collect();
-        Ring::new(&list)
-    }
-
-    fn slots(inflight: &[usize]) -> Vec<Slot> {
-        inflight.iter().map(|&n| Slot { usable: true, inflight: n, weight: 1 }).collect()
-    }
+    use crate::fleet::select::fixtures::{ring, slots};
 
     fn set(names: &[&str]) -> HashSet<String> {
         names.iter().map(|s| s.to_string()).collect()
