@@ -4,7 +4,8 @@
 
 /// vLLM endpoints outside `/v1` (vLLM's `api_server.py` serves them at the root), routed by
 /// model like `/v1/*` when `routes:` is absent.
-pub const VLLM_ROOT_PATHS: [&str; 5] = ["/tokenize", "/detokenize", "/v2/rerank", "/rerank", "/score"];
+pub const VLLM_ROOT_PATHS: [&str; 7] =
+    ["/tokenize", "/detokenize", "/v2/rerank", "/rerank", "/score", "/classify", "/pooling"];
 
 /// The route table used when the config has no `routes:`.
 pub fn default_routes() -> Result<RouteTable, String> {

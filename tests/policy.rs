@@ -5,6 +5,7 @@
 //! encoded separators, the WebSocket query key in any spelling, and JSON edge cases.
 
 mod capture;
+mod endpoints;
 
 use crate::common::gateway::{spawn_gateway, Gw};
 use capture::{Capture, Seen};
