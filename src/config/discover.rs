@@ -1,6 +1,7 @@
 //! `providers[].discover` (backends found in DNS) and the re-resolution of the URL's host of
 //! a provider without `backends` or `discover`, into [`Discover`].
 
+use super::host::{split_host_port, unbracket};
 use super::units::HumanDuration;
 use super::ConfigError;
 use crate::fleet::discover::{Discover, Query, DEFAULT_INTERVAL, URL_INTERVAL};
@@ -32,7 +33,7 @@ pub fn compile(
     errors: &mut Vec<ConfigError>,
 ) -> Option<Discover> {
     let Some(s) = section else {
-        let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
+        let literal = unbracket(host).parse::<IpAddr>().is_ok();
         return (!has_backends && !literal).then(|| Discover {
             query: Query::Host { host: host.to_string(), port },
             interval: URL_INTERVAL,
@@ -75,10 +76,7 @@ pub fn compile(
 }
 
 fn host_port(path: &str, text: &str, errors: &mut Vec<ConfigError>) -> Option<Query> {
-    let parsed = text
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)));
-    match parsed {
+    match split_host_port(text).map(|(h, port)| (unbracket(h), port)) {
         Some((h, _)) if h.parse::<IpAddr>().is_ok() => {
             errors.push(ConfigError::new(path, format!("{text:?} is an IP address: list it in backends")));
             None
