@@ -366,7 +366,7 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         write: t.write.map(|x| x.0).unwrap_or(d.write),
         idle: t.idle.map(|x| x.0).unwrap_or(d.idle),
     };
-    super::pool::attach(&p.name, &mut backends, pool, timeouts.idle);
+    crate::fleet::pool::attach(&p.name, &mut backends, pool, timeouts.idle);
     let mut ca_der = Vec::new();
     let upstream_tls = if tls {
         let ca = p.tls.ca_file.as_ref().and_then(|f| match load_certs(f) {

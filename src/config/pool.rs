@@ -1,14 +1,10 @@
-//! `providers[].pool` (connections per backend, queue) into [`PoolSettings`], and the pools
-//! put on a provider's backends with their metrics.
+//! `providers[].pool` (connections per backend, queue) into [`PoolSettings`] (the pools are put
+//! on a provider's backends by `crate::fleet::pool::attach`).
 
 use super::units::HumanDuration;
 use super::ConfigError;
-use crate::fleet::pool::{ConnPool, PoolSettings};
-use crate::fleet::Backend;
-use crate::observe::metrics::metrics;
+use crate::fleet::pool::PoolSettings;
 use serde::Deserialize;
-use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,21 +41,4 @@ pub fn settings(path: &str, p: Option<&PoolSection>, errors: &mut Vec<ConfigErro
         queue: p.queue.unwrap_or(PoolSettings::DEFAULT_QUEUE),
         queue_timeout,
     })
-}
-
-/// Gives each (new, not yet shared) backend its pool, reporting to
-/// `mcas_upstream_pool_connections{provider, backend, state}`.
-pub fn attach(provider: &str, backends: &mut [Arc<Backend>], settings: Option<PoolSettings>, idle: Duration) {
-    let Some(settings) = settings else { return };
-    for b in backends.iter_mut() {
-        let labels = [provider.to_string(), b.addr.to_string()];
-        let Some(b) = Arc::get_mut(b) else { continue };
-        let observer: crate::fleet::pool::Observer = Box::new(move |c| {
-            let Some(m) = metrics() else { return };
-            for (state, v) in [("in_use", c.in_use), ("idle", c.idle), ("waiting", c.waiting)] {
-                m.pool_connections.with_label_values(&[&labels[0], &labels[1], state]).set(v as i64);
-            }
-        });
-        b.pool = Some(Arc::new(ConnPool::new(settings, idle, Some(observer))));
-    }
 }

@@ -5,8 +5,12 @@
 //! (docs/pingora.md, "Upstream connection pools", says why the cap lives here and not in
 //! Pingora's pool). Waiting is a future: a client that leaves drops it and its place.
 
+use super::Backend;
+use crate::observe::metrics::metrics;
+use prometheus::IntGauge;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -212,6 +216,40 @@ impl ConnPool {
             o(self.counts());
         }
     }
+}
+
+/// Gives each (new, not yet shared) backend its pool under `settings` (none: no cap), with
+/// `idle` the provider's `timeouts.idle`. Every place that makes backends calls this: the
+/// config's compilation and a changed member set (`super::members`).
+pub fn attach(provider: &str, backends: &mut [Arc<Backend>], settings: Option<PoolSettings>, idle: Duration) {
+    let Some(settings) = settings else { return };
+    for b in backends.iter_mut() {
+        let observer = gauges(provider, b.addr);
+        let Some(b) = Arc::get_mut(b) else { continue };
+        b.pool = Some(Arc::new(ConnPool::new(settings, idle, Some(observer))));
+    }
+}
+
+/// `mcas_upstream_pool_connections{provider, backend, state}` of one backend: its three
+/// children are bound at the pool's first change (a series appears once something happened,
+/// as with a label lookup) and set through the held handles after that, as `observe/bound.rs`
+/// does for the request path's series.
+fn gauges(provider: &str, addr: SocketAddr) -> Observer {
+    let labels = [provider.to_string(), addr.to_string()];
+    let bound: OnceLock<Option<[IntGauge; 3]>> = OnceLock::new();
+    Box::new(move |c| {
+        let g =
+            bound.get_or_init(|| {
+                let m = metrics()?;
+                Some(["in_use", "idle", "waiting"].map(|state| {
+                    m.pool_connections.with_label_values(&[labels[0].as_str(), labels[1].as_str(), state])
+                }))
+            });
+        let Some([in_use, idle, waiting]) = g else { return };
+        in_use.set(c.in_use as i64);
+        idle.set(c.idle as i64);
+        waiting.set(c.waiting as i64);
+    })
 }
 
 /// A place in the queue; dropping it (timeout, or the client left and the request's future
