@@ -141,13 +141,14 @@ impl ConnPool {
     /// place in the queue until one is released, refused when the queue is full or the wait
     /// exceeds `queue_timeout`.
     pub async fn acquire(self: &Arc<Self>) -> Result<Slot, Refusal> {
-        let (id, rx) = {
+        let (id, rx, counts) = {
             let mut s = self.lock();
             if s.waiters.is_empty() {
                 if let Some(index) = s.free.iter().position(Option::is_some) {
                     s.free[index] = None;
+                    let counts = self.counts_for_observer(&s);
                     drop(s);
-                    self.observe();
+                    self.tell(counts);
                     return Ok(Slot { pool: self.clone(), index });
                 }
             }
@@ -158,9 +159,9 @@ impl ConnPool {
             let id = s.next_waiter;
             s.next_waiter += 1;
             s.waiters.push_back((id, tx));
-            (id, rx)
+            (id, rx, self.counts_for_observer(&s))
         };
-        self.observe();
+        self.tell(counts);
         let mut wait = Waiting { pool: self, id, rx: Some(rx) };
         let handed = match wait.rx.as_mut() {
             Some(rx) => tokio::time::timeout(self.settings.queue_timeout, rx).await,
@@ -180,7 +181,7 @@ impl ConnPool {
 
     /// Hands the slot to the first waiter still waiting, else marks it free.
     fn release(&self, mut index: usize) {
-        {
+        let counts = {
             let mut s = self.lock();
             loop {
                 let Some((_, tx)) = s.waiters.pop_front() else {
@@ -194,12 +195,22 @@ impl ConnPool {
                     Err(back) => index = back,
                 }
             }
-        }
-        self.observe();
+            self.counts_for_observer(&s)
+        };
+        self.tell(counts);
     }
 
     pub fn counts(&self) -> PoolCounts {
-        let s = self.lock();
+        self.counts_in(&self.lock())
+    }
+
+    /// The counts of a locked state, taken by the change that holds the lock rather than by
+    /// locking again after it; `None` when nobody observes.
+    fn counts_for_observer(&self, s: &State) -> Option<PoolCounts> {
+        self.observer.as_ref().map(|_| self.counts_in(s))
+    }
+
+    fn counts_in(&self, s: &State) -> PoolCounts {
         let now = Instant::now();
         let in_use = s.free.iter().filter(|f| f.is_none()).count();
         let idle = s
@@ -214,6 +225,13 @@ impl ConnPool {
     fn observe(&self) {
         if let Some(o) = &self.observer {
             o(self.counts());
+        }
+    }
+
+    /// Tells the observer counts taken under the lock (called after it is released).
+    fn tell(&self, counts: Option<PoolCounts>) {
+        if let (Some(o), Some(c)) = (&self.observer, counts) {
+            o(c);
         }
     }
 }
