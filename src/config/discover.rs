@@ -2,7 +2,7 @@
 //! a provider without `backends` or `discover`, into [`Discover`].
 
 use super::host::{split_host_port, unbracket};
-use super::units::HumanDuration;
+use super::units::{positive, HumanDuration};
 use super::ConfigError;
 use crate::fleet::discover::{Discover, Query, DEFAULT_INTERVAL, URL_INTERVAL};
 use serde::Deserialize;
@@ -63,10 +63,7 @@ pub fn compile(
             return None;
         }
     };
-    let interval = s.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
-    if interval.is_zero() {
-        errors.push(ConfigError::new(format!("{path}.interval"), "must be more than 0"));
-    }
+    let interval = positive(&format!("{path}.interval"), s.interval, DEFAULT_INTERVAL, errors);
     let resolver = s.resolver.and_then(|r| {
         r.parse::<SocketAddr>()
             .map_err(|_| errors.push(ConfigError::new(format!("{path}.resolver"), format!("{r:?} is not IP:PORT"))))

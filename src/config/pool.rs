@@ -1,7 +1,7 @@
 //! `providers[].pool` (connections per backend, queue) into [`PoolSettings`] (the pools are put
 //! on a provider's backends by `crate::fleet::pool::attach`).
 
-use super::units::HumanDuration;
+use super::units::{positive, HumanDuration};
 use super::ConfigError;
 use crate::fleet::pool::PoolSettings;
 use serde::Deserialize;
@@ -31,10 +31,8 @@ pub fn settings(path: &str, p: Option<&PoolSection>, errors: &mut Vec<ConfigErro
     if max_idle > max {
         errors.push(ConfigError::new(format!("{path}.pool.max_idle"), "must not exceed max_connections"));
     }
-    let queue_timeout = p.queue_timeout.map(|d| d.0).unwrap_or(PoolSettings::DEFAULT_QUEUE_TIMEOUT);
-    if queue_timeout.is_zero() {
-        errors.push(ConfigError::new(format!("{path}.pool.queue_timeout"), "must be more than 0"));
-    }
+    let queue_timeout =
+        positive(&format!("{path}.pool.queue_timeout"), p.queue_timeout, PoolSettings::DEFAULT_QUEUE_TIMEOUT, errors);
     Some(PoolSettings {
         max_connections: max,
         max_idle: max_idle.min(max),
