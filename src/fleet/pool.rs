@@ -306,6 +306,19 @@ mod tests {
         Arc::new(ConnPool::new(settings, Duration::from_secs(60), None))
     }
 
+    /// A request that waits in `p`'s queue, once the queue holds `n`; its task ends with the
+    /// index of the slot it got.
+    async fn queued(p: &Arc<ConnPool>, n: usize) -> tokio::task::JoinHandle<Result<usize, Refusal>> {
+        let task = tokio::spawn({
+            let p = p.clone();
+            async move { p.acquire().await.map(|s| s.index()) }
+        });
+        while p.counts().waiting < n {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
     #[tokio::test]
     async fn slots_are_capped_and_the_lowest_free_index_is_reused() {
         let p = pool(2, 1, 0, 50);
@@ -324,20 +337,8 @@ mod tests {
     async fn a_waiter_gets_the_released_slot_in_order() {
         let p = pool(1, 1, 2, 10_000);
         let held = p.acquire().await.unwrap();
-        let first = tokio::spawn({
-            let p = p.clone();
-            async move { p.acquire().await.map(|s| s.index()) }
-        });
-        while p.counts().waiting < 1 {
-            tokio::task::yield_now().await;
-        }
-        let second = tokio::spawn({
-            let p = p.clone();
-            async move { p.acquire().await.map(|s| s.index()) }
-        });
-        while p.counts().waiting < 2 {
-            tokio::task::yield_now().await;
-        }
+        let first = queued(&p, 1).await;
+        let second = queued(&p, 2).await;
         assert_eq!(p.acquire().await.unwrap_err(), Refusal::QueueFull);
         drop(held);
         assert_eq!(first.await.unwrap(), Ok(0));
@@ -357,13 +358,7 @@ mod tests {
     async fn a_dropped_waiter_frees_its_place_and_loses_no_slot() {
         let p = pool(1, 1, 1, 10_000);
         let held = p.acquire().await.unwrap();
-        let waiter = tokio::spawn({
-            let p = p.clone();
-            async move { p.acquire().await.map(|s| s.index()) }
-        });
-        while p.counts().waiting < 1 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = queued(&p, 1).await;
         waiter.abort();
         let _ = waiter.await;
         assert_eq!(p.counts().waiting, 0, "the place is free again");
