@@ -98,18 +98,11 @@ fn carry_over(old: &Runtime, new: &mut Runtime) {
             _ => false,
         };
         if same_source {
-            *p = Arc::new(with_members(p, &prev.members()));
+            *p = Arc::new(p.with_members(&prev.members()));
         }
         let Some(p) = Arc::get_mut(p) else { continue };
         crate::fleet::members::carry_state(prev, &mut p.backends);
     }
-}
-
-/// `p` with `members` as its backends, each given the provider's pool cap (`providers[].pool`).
-fn with_members(p: &crate::fleet::Provider, members: &[Member]) -> crate::fleet::Provider {
-    let mut next = p.with_members(members);
-    crate::config::pool::attach(&next.name, &mut next.backends, next.fleet.pool, next.timeouts.idle);
-    next
 }
 
 impl Reloader {
@@ -128,7 +121,7 @@ impl Reloader {
         if !discovers || members.is_empty() || prev.members() == members {
             return false;
         }
-        let mut next = with_members(prev, &members);
+        let mut next = prev.with_members(&members);
         crate::fleet::members::carry_state(prev, &mut next.backends);
         self.runtime.store(Arc::new(old.with_provider(i, Arc::new(next))));
         true

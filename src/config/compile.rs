@@ -10,7 +10,7 @@ use crate::runtime::{ListenTls, LogSettings, Runtime, ServerSettings};
 use crate::secret::Secret;
 use pingora_core::utils::tls::WrappedX509;
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -267,39 +267,19 @@ fn keys(keys: Vec<KeySection>, limits: &super::limits::Compiled, errors: &mut Ve
 }
 
 fn resolve(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>) -> Option<SocketAddr> {
-    match (host.trim_start_matches('[').trim_end_matches(']'), port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().or_else(|| {
-            errors.push(ConfigError::new(path, format!("{host} resolves to no address")));
-            None
-        }),
-        Err(e) => {
-            errors.push(ConfigError::new(path, format!("cannot resolve {host}: {e}")));
-            None
-        }
-    }
+    super::host::lookup(path, host, port, errors).into_iter().next()
 }
 
 /// Every address of the URL's host (each one a backend, as the discovery task will find them).
 fn resolve_all(path: &str, host: &str, port: u16, errors: &mut Vec<ConfigError>) -> Vec<SocketAddr> {
-    match (host.trim_start_matches('[').trim_end_matches(']'), port).to_socket_addrs() {
-        Ok(addrs) => {
-            let mut all: Vec<SocketAddr> = addrs.collect();
-            // IPv4 when there is any, as the discovery task asks (src/fleet/discover/resolve.rs).
-            if all.iter().any(SocketAddr::is_ipv4) {
-                all.retain(SocketAddr::is_ipv4);
-            }
-            all.sort();
-            all.dedup();
-            if all.is_empty() {
-                errors.push(ConfigError::new(path, format!("{host} resolves to no address")));
-            }
-            all
-        }
-        Err(e) => {
-            errors.push(ConfigError::new(path, format!("cannot resolve {host}: {e}")));
-            vec![]
-        }
+    let mut all = super::host::lookup(path, host, port, errors);
+    // IPv4 when there is any, as the discovery task asks (src/fleet/discover/resolve.rs).
+    if all.iter().any(SocketAddr::is_ipv4) {
+        all.retain(SocketAddr::is_ipv4);
     }
+    all.sort();
+    all.dedup();
+    all
 }
 
 fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Option<Arc<Provider>> {
@@ -370,8 +350,7 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
                 if weight == 0 {
                     errors.push(ConfigError::new(format!("{bpath}.weight"), "must be at least 1"));
                 }
-                let Some((h, port)) = addr.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h, p)))
-                else {
+                let Some((h, port)) = super::host::split_host_port(&addr) else {
                     errors.push(ConfigError::new(&bpath, format!("{addr:?} is not host:port")));
                     return None;
                 };
@@ -387,7 +366,7 @@ fn provider(i: usize, p: ProviderSection, errors: &mut Vec<ConfigError>) -> Opti
         write: t.write.map(|x| x.0).unwrap_or(d.write),
         idle: t.idle.map(|x| x.0).unwrap_or(d.idle),
     };
-    super::pool::attach(&p.name, &mut backends, pool, timeouts.idle);
+    crate::fleet::pool::attach(&p.name, &mut backends, pool, timeouts.idle);
     let mut ca_der = Vec::new();
     let upstream_tls = if tls {
         let ca = p.tls.ca_file.as_ref().and_then(|f| match load_certs(f) {

@@ -1,7 +1,8 @@
 //! `providers[].discover` (backends found in DNS) and the re-resolution of the URL's host of
 //! a provider without `backends` or `discover`, into [`Discover`].
 
-use super::units::HumanDuration;
+use super::host::{split_host_port, unbracket};
+use super::units::{positive, HumanDuration};
 use super::ConfigError;
 use crate::fleet::discover::{Discover, Query, DEFAULT_INTERVAL, URL_INTERVAL};
 use serde::Deserialize;
@@ -32,7 +33,7 @@ pub fn compile(
     errors: &mut Vec<ConfigError>,
 ) -> Option<Discover> {
     let Some(s) = section else {
-        let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
+        let literal = unbracket(host).parse::<IpAddr>().is_ok();
         return (!has_backends && !literal).then(|| Discover {
             query: Query::Host { host: host.to_string(), port },
             interval: URL_INTERVAL,
@@ -62,10 +63,7 @@ pub fn compile(
             return None;
         }
     };
-    let interval = s.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
-    if interval.is_zero() {
-        errors.push(ConfigError::new(format!("{path}.interval"), "must be more than 0"));
-    }
+    let interval = positive(&format!("{path}.interval"), s.interval, DEFAULT_INTERVAL, errors);
     let resolver = s.resolver.and_then(|r| {
         r.parse::<SocketAddr>()
             .map_err(|_| errors.push(ConfigError::new(format!("{path}.resolver"), format!("{r:?} is not IP:PORT"))))
@@ -75,10 +73,7 @@ pub fn compile(
 }
 
 fn host_port(path: &str, text: &str, errors: &mut Vec<ConfigError>) -> Option<Query> {
-    let parsed = text
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().ok()?)));
-    match parsed {
+    match split_host_port(text).map(|(h, port)| (unbracket(h), port)) {
         Some((h, _)) if h.parse::<IpAddr>().is_ok() => {
             errors.push(ConfigError::new(path, format!("{text:?} is an IP address: list it in backends")));
             None

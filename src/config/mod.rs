@@ -8,6 +8,7 @@ pub mod compile;
 pub mod discover;
 pub mod env;
 pub mod expand;
+pub mod host;
 pub mod inference;
 pub mod limits;
 pub mod lora;

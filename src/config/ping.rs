@@ -1,7 +1,7 @@
 //! `routes[].ping`: WebSocket keepalive by the gateway (src/proxy/tunnel/keepalive.rs).
 
 use super::schema::RouteSection;
-use super::units::HumanDuration;
+use super::units::{positive, HumanDuration};
 use super::ConfigError;
 use crate::routes::Ping;
 use serde::Deserialize;
@@ -26,14 +26,8 @@ pub fn compile(path: &str, r: &RouteSection, errors: &mut Vec<ConfigError>) -> O
     if !r.websocket {
         errors.push(ConfigError::new(format!("{path}.ping"), "is set but websocket is false"));
     }
-    let ping = Ping {
-        interval: p.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL),
-        timeout: p.timeout.map(|d| d.0).unwrap_or(DEFAULT_TIMEOUT),
-    };
-    for (field, d) in [("interval", ping.interval), ("timeout", ping.timeout)] {
-        if d.is_zero() {
-            errors.push(ConfigError::new(format!("{path}.ping.{field}"), "must be more than 0"));
-        }
-    }
-    Some(ping)
+    Some(Ping {
+        interval: positive(&format!("{path}.ping.interval"), p.interval, DEFAULT_INTERVAL, errors),
+        timeout: positive(&format!("{path}.ping.timeout"), p.timeout, DEFAULT_TIMEOUT, errors),
+    })
 }

@@ -19,6 +19,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"500ms\", \"30s\", \"5m\""))
 }
 
+/// A duration field that must be more than 0: its value, or `default` when absent; an error at
+/// `path` when it is 0.
+pub fn positive(
+    path: &str,
+    d: Option<HumanDuration>,
+    default: Duration,
+    errors: &mut Vec<super::ConfigError>,
+) -> Duration {
+    let d = d.map(|d| d.0).unwrap_or(default);
+    if d.is_zero() {
+        errors.push(super::ConfigError::new(path, "must be more than 0"));
+    }
+    d
+}
+
 /// A byte size: a plain number of bytes or a number with a unit (B, KB, KiB, MB, MiB, GB, GiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);

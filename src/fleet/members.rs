@@ -25,12 +25,14 @@ pub fn carry_state(prev: &Provider, backends: &mut [Arc<Backend>]) {
 }
 
 impl Provider {
-    /// This provider with `members` as its backends (fresh objects: see [`carry_state`]) and
-    /// the ring built for them; everything else the same. Every field is named, so a field
-    /// added to [`Provider`] must be decided on here (copied, or reset like the cursor).
+    /// This provider with `members` as its backends (fresh objects, each given the provider's
+    /// pool cap, `providers[].pool`: see [`carry_state`]) and the ring built for them;
+    /// everything else the same. Every field is named, so a field added to [`Provider`] must
+    /// be decided on here (copied, or reset like the cursor).
     pub fn with_members(&self, members: &[Member]) -> Provider {
-        let backends: Vec<Arc<Backend>> =
+        let mut backends: Vec<Arc<Backend>> =
             members.iter().map(|&(addr, weight)| Arc::new(Backend::new(addr, weight))).collect();
+        super::pool::attach(&self.name, &mut backends, self.fleet.pool, self.timeouts.idle);
         Provider {
             name: self.name.clone(),
             host_header: self.host_header.clone(),

@@ -5,8 +5,12 @@
 //! (docs/pingora.md, "Upstream connection pools", says why the cap lives here and not in
 //! Pingora's pool). Waiting is a future: a client that leaves drops it and its place.
 
+use super::Backend;
+use crate::observe::metrics::metrics;
+use prometheus::IntGauge;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -137,13 +141,14 @@ impl ConnPool {
     /// place in the queue until one is released, refused when the queue is full or the wait
     /// exceeds `queue_timeout`.
     pub async fn acquire(self: &Arc<Self>) -> Result<Slot, Refusal> {
-        let (id, rx) = {
+        let (id, rx, counts) = {
             let mut s = self.lock();
             if s.waiters.is_empty() {
                 if let Some(index) = s.free.iter().position(Option::is_some) {
                     s.free[index] = None;
+                    let counts = self.counts_for_observer(&s);
                     drop(s);
-                    self.observe();
+                    self.tell(counts);
                     return Ok(Slot { pool: self.clone(), index });
                 }
             }
@@ -154,9 +159,9 @@ impl ConnPool {
             let id = s.next_waiter;
             s.next_waiter += 1;
             s.waiters.push_back((id, tx));
-            (id, rx)
+            (id, rx, self.counts_for_observer(&s))
         };
-        self.observe();
+        self.tell(counts);
         let mut wait = Waiting { pool: self, id, rx: Some(rx) };
         let handed = match wait.rx.as_mut() {
             Some(rx) => tokio::time::timeout(self.settings.queue_timeout, rx).await,
@@ -176,7 +181,7 @@ impl ConnPool {
 
     /// Hands the slot to the first waiter still waiting, else marks it free.
     fn release(&self, mut index: usize) {
-        {
+        let counts = {
             let mut s = self.lock();
             loop {
                 let Some((_, tx)) = s.waiters.pop_front() else {
@@ -190,12 +195,22 @@ impl ConnPool {
                     Err(back) => index = back,
                 }
             }
-        }
-        self.observe();
+            self.counts_for_observer(&s)
+        };
+        self.tell(counts);
     }
 
     pub fn counts(&self) -> PoolCounts {
-        let s = self.lock();
+        self.counts_in(&self.lock())
+    }
+
+    /// The counts of a locked state, taken by the change that holds the lock rather than by
+    /// locking again after it; `None` when nobody observes.
+    fn counts_for_observer(&self, s: &State) -> Option<PoolCounts> {
+        self.observer.as_ref().map(|_| self.counts_in(s))
+    }
+
+    fn counts_in(&self, s: &State) -> PoolCounts {
         let now = Instant::now();
         let in_use = s.free.iter().filter(|f| f.is_none()).count();
         let idle = s
@@ -212,6 +227,47 @@ impl ConnPool {
             o(self.counts());
         }
     }
+
+    /// Tells the observer counts taken under the lock (called after it is released).
+    fn tell(&self, counts: Option<PoolCounts>) {
+        if let (Some(o), Some(c)) = (&self.observer, counts) {
+            o(c);
+        }
+    }
+}
+
+/// Gives each (new, not yet shared) backend its pool under `settings` (none: no cap), with
+/// `idle` the provider's `timeouts.idle`. Every place that makes backends calls this: the
+/// config's compilation and a changed member set (`super::members`).
+pub fn attach(provider: &str, backends: &mut [Arc<Backend>], settings: Option<PoolSettings>, idle: Duration) {
+    let Some(settings) = settings else { return };
+    for b in backends.iter_mut() {
+        let observer = gauges(provider, b.addr);
+        let Some(b) = Arc::get_mut(b) else { continue };
+        b.pool = Some(Arc::new(ConnPool::new(settings, idle, Some(observer))));
+    }
+}
+
+/// `mcas_upstream_pool_connections{provider, backend, state}` of one backend: its three
+/// children are bound at the pool's first change (a series appears once something happened,
+/// as with a label lookup) and set through the held handles after that, as `observe/bound.rs`
+/// does for the request path's series.
+fn gauges(provider: &str, addr: SocketAddr) -> Observer {
+    let labels = [provider.to_string(), addr.to_string()];
+    let bound: OnceLock<Option<[IntGauge; 3]>> = OnceLock::new();
+    Box::new(move |c| {
+        let g =
+            bound.get_or_init(|| {
+                let m = metrics()?;
+                Some(["in_use", "idle", "waiting"].map(|state| {
+                    m.pool_connections.with_label_values(&[labels[0].as_str(), labels[1].as_str(), state])
+                }))
+            });
+        let Some([in_use, idle, waiting]) = g else { return };
+        in_use.set(c.in_use as i64);
+        idle.set(c.idle as i64);
+        waiting.set(c.waiting as i64);
+    })
 }
 
 /// A place in the queue; dropping it (timeout, or the client left and the request's future
@@ -250,6 +306,19 @@ mod tests {
         Arc::new(ConnPool::new(settings, Duration::from_secs(60), None))
     }
 
+    /// A request that waits in `p`'s queue, once the queue holds `n`; its task ends with the
+    /// index of the slot it got.
+    async fn queued(p: &Arc<ConnPool>, n: usize) -> tokio::task::JoinHandle<Result<usize, Refusal>> {
+        let task = tokio::spawn({
+            let p = p.clone();
+            async move { p.acquire().await.map(|s| s.index()) }
+        });
+        while p.counts().waiting < n {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
     #[tokio::test]
     async fn slots_are_capped_and_the_lowest_free_index_is_reused() {
         let p = pool(2, 1, 0, 50);
@@ -268,20 +337,8 @@ mod tests {
     async fn a_waiter_gets_the_released_slot_in_order() {
         let p = pool(1, 1, 2, 10_000);
         let held = p.acquire().await.unwrap();
-        let first = tokio::spawn({
-            let p = p.clone();
-            async move { p.acquire().await.map(|s| s.index()) }
-        });
-        while p.counts().waiting < 1 {
-            tokio::task::yield_now().await;
-        }
-        let second = tokio::spawn({
-            let p = p.clone();
-            async move { p.acquire().await.map(|s| s.index()) }
-        });
-        while p.counts().waiting < 2 {
-            tokio::task::yield_now().await;
-        }
+        let first = queued(&p, 1).await;
+        let second = queued(&p, 2).await;
         assert_eq!(p.acquire().await.unwrap_err(), Refusal::QueueFull);
         drop(held);
         assert_eq!(first.await.unwrap(), Ok(0));
@@ -301,13 +358,7 @@ mod tests {
     async fn a_dropped_waiter_frees_its_place_and_loses_no_slot() {
         let p = pool(1, 1, 1, 10_000);
         let held = p.acquire().await.unwrap();
-        let waiter = tokio::spawn({
-            let p = p.clone();
-            async move { p.acquire().await.map(|s| s.index()) }
-        });
-        while p.counts().waiting < 1 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = queued(&p, 1).await;
         waiter.abort();
         let _ = waiter.await;
         assert_eq!(p.counts().waiting, 0, "the place is free again");

@@ -10,6 +10,8 @@
 //! without a token is refused at load (see `config::compile`).
 
 use super::metrics::metrics;
+use crate::fleet::circuit::CircuitState;
+use crate::fleet::{Backend, Provider};
 use crate::reload::Reloader;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -126,6 +128,67 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     r
 }
 
+/// What a backend's gauges and its `/health` object share, read once.
+struct BackendNow {
+    up: bool,
+    circuit: CircuitState,
+    sessions: usize,
+    address: String,
+}
+
+impl BackendNow {
+    fn of(p: &Provider, b: &Backend, now: u64) -> Self {
+        BackendNow {
+            up: p.usable(b, now),
+            circuit: b.circuit.state(),
+            sessions: b.sessions.load(Ordering::Relaxed),
+            address: b.addr.to_string(),
+        }
+    }
+
+    /// `mcas_backend_up`, `mcas_backend_circuit_open` and `mcas_backend_sessions`.
+    fn set_gauges(&self, provider: &str) {
+        let Some(m) = metrics() else { return };
+        let labels = [provider, self.address.as_str()];
+        m.backend_up.with_label_values(&labels).set(self.up as i64);
+        m.circuit_open.with_label_values(&labels).set((self.circuit == CircuitState::Open) as i64);
+        m.backend_sessions.with_label_values(&labels).set(i64::try_from(self.sessions).unwrap_or(i64::MAX));
+    }
+}
+
+/// One backend's object in `/health`; refreshes its gauges on the way.
+fn backend_health(p: &Provider, i: usize, b: &Backend, now: u64) -> serde_json::Value {
+    let n = BackendNow::of(p, b, now);
+    n.set_gauges(&p.name);
+    let BackendNow { up, circuit, sessions, address } = n;
+    let replica = p.inference.as_ref().and_then(|s| s.replicas.get(i));
+    // The last fresh scrape, shown in `inference` and as the dashboard's KV-cache column (0..1).
+    let last = replica.and_then(|r| r.last().filter(|_| !r.is_stale()));
+    let inference = replica.map(|r| {
+        json!({
+            "stale": r.is_stale(),
+            "waiting": last.map(|s| s.waiting),
+            "running": last.map(|s| s.running),
+            "kv_cache": last.map(|s| s.kv),
+            "inflight_tokens": r.inflight_tokens(),
+        })
+    });
+    let lora = p.lora.as_ref().and_then(|s| s.replicas.get(i)).map(|r| json!({ "served": r.served(), "hot": r.hot() }));
+    json!({
+        "inference": inference,
+        "lora": lora,
+        "kv_cache": last.map(|s| s.kv),
+        "address": address,
+        "weight": b.weight,
+        "healthy": b.health.is_up(),
+        "in_rotation": up,
+        "circuit": circuit.as_str(),
+        "consecutive_failures": b.health.consecutive_failures(),
+        "inflight": b.inflight.load(Ordering::Relaxed),
+        "sessions": sessions,
+    })
+}
+
 impl AdminApp {
     /// Runs the reload off the listener's threads: it reads and compiles a file, and waits
     /// its turn behind any reload already running.
@@ -137,6 +200,18 @@ impl AdminApp {
         }
     }
 
+    /// The backend gauges, refreshed before `/metrics` renders them (without building the
+    /// `/health` document around them).
+    fn refresh_gauges(&self) {
+        let rt = self.reloader.runtime.load();
+        let now = crate::clock::now_ms();
+        for p in &rt.providers {
+            for b in &p.backends {
+                BackendNow::of(p, b, now).set_gauges(&p.name);
+            }
+        }
+    }
+
     fn health(&self) -> serde_json::Value {
         let rt = self.reloader.runtime.load();
         let now = crate::clock::now_ms();
@@ -144,58 +219,8 @@ impl AdminApp {
             .providers
             .iter()
             .map(|p| {
-                let backends: Vec<_> = p
-                    .backends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        let up = p.usable(b, now);
-                        let circuit = b.circuit.state();
-                        let sessions = b.sessions.load(Ordering::Relaxed);
-                        if let Some(m) = metrics() {
-                            let addr = b.addr.to_string();
-                            let labels = [&*p.name, addr.as_str()];
-                            m.backend_up.with_label_values(&labels).set(up as i64);
-                            let open = circuit == crate::fleet::circuit::CircuitState::Open;
-                            m.circuit_open.with_label_values(&labels).set(open as i64);
-                        }
-                        super::sessions::set(&p.name, &b.addr.to_string(), sessions);
-                        let inference = p.inference.as_ref().and_then(|s| s.replicas.get(i)).map(|r| {
-                            let last = r.last().filter(|_| !r.is_stale());
-                            json!({
-                                "stale": r.is_stale(),
-                                "waiting": last.map(|s| s.waiting),
-                                "running": last.map(|s| s.running),
-                                "kv_cache": last.map(|s| s.kv),
-                                "inflight_tokens": r.inflight_tokens(),
-                            })
-                        });
-                        // The dashboard's KV-cache column: the last fresh scrape's use, 0..1.
-                        let kv_cache = p
-                            .inference
-                            .as_ref()
-                            .and_then(|s| s.replicas.get(i))
-                            .and_then(|r| r.last().filter(|_| !r.is_stale()).map(|s| s.kv));
-                        let lora = p
-                            .lora
-                            .as_ref()
-                            .and_then(|s| s.replicas.get(i))
-                            .map(|r| json!({ "served": r.served(), "hot": r.hot() }));
-                        json!({
-                            "inference": inference,
-                            "lora": lora,
-                            "kv_cache": kv_cache,
-                            "address": b.addr.to_string(),
-                            "weight": b.weight,
-                            "healthy": b.health.is_up(),
-                            "in_rotation": up,
-                            "circuit": circuit.as_str(),
-                            "consecutive_failures": b.health.consecutive_failures(),
-                            "inflight": b.inflight.load(Ordering::Relaxed),
-                            "sessions": sessions,
-                        })
-                    })
-                    .collect();
+                let backends: Vec<_> =
+                    p.backends.iter().enumerate().map(|(i, b)| backend_health(p, i, b, now)).collect();
                 json!({
                     "name": &*p.name,
                     "healthy": p.any_usable(now),
@@ -233,7 +258,7 @@ impl ServeHttp for AdminApp {
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => {
                 // Refresh the backend gauges before rendering.
-                let _ = self.health();
+                self.refresh_gauges();
                 let body = metrics().map(|m| m.render()).unwrap_or_default();
                 reply(StatusCode::OK, "text/plain; version=0.0.4", body)
             }

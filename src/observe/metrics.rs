@@ -25,7 +25,8 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     /// 1 while the backend's circuit is open (requests skip it), 0 closed or half-open.
     pub circuit_open: IntGaugeVec,
-    /// MCP sessions open on each backend, opened through this instance (`observe/sessions.rs`).
+    /// MCP sessions open on each backend, opened through this instance (`Backend::sessions`),
+    /// refreshed with the other backend gauges when `/health` or `/metrics` is read (`observe/admin.rs`).
     pub backend_sessions: IntGaugeVec,
     pub limit_refusals: IntCounterVec,
     pub open_streams: IntGaugeVec,

@@ -10,4 +10,3 @@ pub mod inference_metrics;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
-pub mod sessions;

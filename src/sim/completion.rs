@@ -1,7 +1,7 @@
 //! `POST …/chat/completions` and `POST …/completions`: overrides, failure injection, the
 //! prefix-cache lookup, then a streamed or a whole answer.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -168,7 +168,7 @@ fn answer(r: &Replica, kind: Kind, req: &CompletionRequest, model: String, token
         Kind::Chat => "chatcmpl",
         Kind::Text => "cmpl",
     };
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created = super::surface::now();
     let answer = Answer {
         kind,
         id: r.next_id(prefix),

@@ -78,9 +78,17 @@ impl ReplicaAdapters {
         out
     }
 
-    /// Whether it holds fewer adapters than `max_lora` (unknown: no).
-    fn has_free_slot(&self, loaded: usize) -> bool {
-        lock(&self.scraped).max.is_some_and(|max| loaded < max)
+    /// For a request's plan: whether `model` is among [`Self::loaded`], and whether those are
+    /// fewer than `max_lora` (unknown: no). Counted in place: the pick path asks this per
+    /// request and replica, and the set itself is only wanted by `/health`. `recent` holds no
+    /// name twice, so the loaded ones are the hot ones plus the recent ones not hot.
+    fn holds(&self, model: &str) -> (bool, bool) {
+        let scraped = lock(&self.scraped);
+        let recent = lock(&self.recent);
+        let newest = || recent.iter().rev().take(scraped.max.unwrap_or(1).max(1));
+        let loaded = scraped.hot.contains(model) || newest().any(|m| m == model);
+        let count = scraped.hot.len() + newest().filter(|m| !scraped.hot.contains(*m)).count();
+        (loaded, scraped.max.is_some_and(|max| count < max))
     }
 
     fn note_sent(&self, model: &str) {
@@ -164,11 +172,11 @@ impl LoraState {
         if !lists.contains(&Some(true)) {
             return None;
         }
-        let loaded: Vec<HashSet<String>> = self.replicas.iter().map(ReplicaAdapters::loaded).collect();
+        let holds: Vec<(bool, bool)> = self.replicas.iter().map(|r| r.holds(model)).collect();
         Some(Plan {
             serving: lists.iter().map(|l| l.unwrap_or(true)).collect(),
-            hot: loaded.iter().map(|l| l.contains(model)).collect(),
-            free: self.replicas.iter().zip(&loaded).map(|(r, l)| r.has_free_slot(l.len())).collect(),
+            hot: holds.iter().map(|h| h.0).collect(),
+            free: holds.iter().map(|h| h.1).collect(),
         })
     }
 
@@ -250,6 +258,21 @@ mod tests {
         let p = s.plan("b").unwrap();
         assert_eq!((p.hot, p.free), (vec![false, true, false], vec![false, true, false]), "b was evicted");
         assert_eq!(s.replicas[0].hot(), vec!["a", "c"]);
+    }
+
+    /// What the plan is told agrees with the loaded set `/health` shows, overlaps included.
+    #[test]
+    fn holds_counts_the_loaded_set_in_place() {
+        let r = ReplicaAdapters::default();
+        assert_eq!(r.holds("a"), (false, false), "max_lora unknown: no free slot");
+        r.record_hot(info(&["a", "b"], 3));
+        for sent in ["c", "a", "d", "c"] {
+            r.note_sent(sent);
+            let loaded = r.loaded();
+            for m in ["a", "b", "c", "d", "e"] {
+                assert_eq!(r.holds(m), (loaded.contains(m), loaded.len() < 3), "after {sent}, {m}: {loaded:?}");
+            }
+        }
     }
 
     #[test]

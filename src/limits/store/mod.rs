@@ -198,8 +198,9 @@ impl SharedLimits {
         r
     }
 
-    /// Exchanges with the key's window: sends pending tokens, asks for `want` requests.
-    async fn sync(&self, w: &SharedWindow, l: &KeyLimits, want: u64, spend_one: bool) -> Result<bool, StoreError> {
+    /// Exchanges with the key's window: sends pending tokens, asks for a batch of requests.
+    async fn sync(&self, w: &SharedWindow, l: &KeyLimits, spend_one: bool) -> Result<bool, StoreError> {
+        let want = l.rpm.map(budget::batch).unwrap_or(0);
         let tokens = w.take_pending();
         let sent = crate::clock::now_ms();
         let args =
@@ -223,8 +224,7 @@ impl SharedLimits {
     fn sync_later(self: &Arc<Self>, w: Arc<SharedWindow>, l: KeyLimits) {
         let store = self.clone();
         self.handle.spawn(async move {
-            let want = l.rpm.map(budget::batch).unwrap_or(0);
-            let _ = store.sync(&w, &l, want, false).await;
+            let _ = store.sync(&w, &l, false).await;
             w.sync_done();
         });
     }
@@ -242,8 +242,7 @@ impl SharedLimits {
             }
             Take::Refused(r) => Ok(Err(r)),
             Take::NeedSync => {
-                let want = l.rpm.map(budget::batch).unwrap_or(0);
-                if !self.sync(w, l, want, true).await? {
+                if !self.sync(w, l, true).await? {
                     return Ok(Err(w.refusal(LimitKind::Requests, now)));
                 }
                 if let Some(r) = w.tokens_refusal(l, now) {

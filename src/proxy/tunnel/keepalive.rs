@@ -71,7 +71,7 @@ impl Keepalive {
 
     /// Bytes from the client: the part for the backend (without the pongs to the gateway's
     /// pings). Any complete frame from the client, forwarded or not, shows it is alive.
-    pub fn heard(&mut self, data: &[u8], now: Instant) -> Bytes {
+    pub fn heard(&mut self, data: &Bytes, now: Instant) -> Bytes {
         let (out, frames) = self.filter.filter(data, self.payload.as_ref());
         if frames > 0 {
             self.sent_at = None;
@@ -96,19 +96,23 @@ pub struct PongFilter {
 }
 
 impl PongFilter {
-    /// Returns the bytes to forward and how many frames ended in `data`.
-    pub fn filter(&mut self, mut data: &[u8], ours: Option<&[u8; PAYLOAD_LEN]>) -> (Bytes, usize) {
-        let mut out = Vec::with_capacity(data.len());
+    /// Returns the bytes to forward and how many frames ended in `data`. While nothing is
+    /// removed or held back, what is forwarded is `data` itself (a slice of it, not a copy).
+    pub fn filter(&mut self, data: &Bytes, ours: Option<&[u8; PAYLOAD_LEN]>) -> (Bytes, usize) {
+        let mut out = Forward { input: data, upto: 0, copied: None };
         let mut frames = 0;
-        while !data.is_empty() {
+        let mut pos = 0;
+        // Where the header being read began in `data` (`None`: in an earlier chunk).
+        let mut header_start = if self.have > 0 { None } else { Some(0) };
+        while pos < data.len() {
             if self.held_len > 0 {
-                let take = (self.held_len - self.held.len()).min(data.len());
-                self.held.extend_from_slice(&data[..take]);
-                data = &data[take..];
+                let take = (self.held_len - self.held.len()).min(data.len() - pos);
+                self.held.extend_from_slice(&data[pos..pos + take]);
+                pos += take;
                 if self.held.len() == self.held_len {
                     frames += 1;
                     if !is_our_pong(&self.held, ours) {
-                        out.extend_from_slice(&self.held);
+                        out.push_owned(&self.held);
                     }
                     self.held.clear();
                     self.held_len = 0;
@@ -116,18 +120,21 @@ impl PongFilter {
                 continue;
             }
             if self.remaining > 0 {
-                let take = self.remaining.min(data.len() as u64) as usize;
-                out.extend_from_slice(&data[..take]);
+                let take = self.remaining.min((data.len() - pos) as u64) as usize;
+                out.pass(pos, pos + take);
                 self.remaining -= take as u64;
-                data = &data[take..];
+                pos += take;
                 if self.remaining == 0 {
                     frames += 1;
                 }
                 continue;
             }
-            self.header[self.have] = data[0];
+            if self.have == 0 {
+                header_start = Some(pos);
+            }
+            self.header[self.have] = data[pos];
             self.have += 1;
-            data = &data[1..];
+            pos += 1;
             let Some((len, header_len)) = header_done(&self.header[..self.have]) else { continue };
             self.have = 0;
             if self.header[0] & 0x0F == 0xA && len == PAYLOAD_LEN as u64 && ours.is_some() {
@@ -135,13 +142,60 @@ impl PongFilter {
                 self.held_len = header_len + PAYLOAD_LEN;
                 continue;
             }
-            out.extend_from_slice(&self.header[..header_len]);
+            match header_start {
+                Some(from) => out.pass(from, pos),
+                None => out.push_owned(&self.header[..header_len]),
+            }
             self.remaining = len;
             if len == 0 {
                 frames += 1;
             }
         }
-        (Bytes::from(out), frames)
+        (out.finish(), frames)
+    }
+}
+
+/// The bytes a chunk forwards: a prefix of the chunk as long as they are its bytes in order,
+/// copied out only once something is removed or comes from an earlier chunk.
+struct Forward<'a> {
+    input: &'a Bytes,
+    /// While `copied` is `None`: the forwarded bytes are `input[..upto]`.
+    upto: usize,
+    copied: Option<Vec<u8>>,
+}
+
+impl Forward<'_> {
+    /// `input[from..to]` is forwarded.
+    fn pass(&mut self, from: usize, to: usize) {
+        match &mut self.copied {
+            None if from == self.upto => self.upto = to,
+            None => {
+                let mut v = Vec::with_capacity(self.input.len());
+                v.extend_from_slice(&self.input[..self.upto]);
+                v.extend_from_slice(&self.input[from..to]);
+                self.copied = Some(v);
+            }
+            Some(v) => v.extend_from_slice(&self.input[from..to]),
+        }
+    }
+
+    /// Bytes held from an earlier chunk (or a pong that was not ours) are forwarded.
+    fn push_owned(&mut self, bytes: &[u8]) {
+        let (input, upto) = (self.input, self.upto);
+        self.copied
+            .get_or_insert_with(|| {
+                let mut v = Vec::with_capacity(input.len() + bytes.len());
+                v.extend_from_slice(&input[..upto]);
+                v
+            })
+            .extend_from_slice(bytes);
+    }
+
+    fn finish(self) -> Bytes {
+        match self.copied {
+            Some(v) => Bytes::from(v),
+            None => self.input.slice(..self.upto),
+        }
     }
 }
 
@@ -202,7 +256,7 @@ mod tests {
             let mut out = Vec::new();
             let mut frames = 0;
             for chunk in stream.chunks(split) {
-                let (o, n) = f.filter(chunk, Some(&ours));
+                let (o, n) = f.filter(&Bytes::copy_from_slice(chunk), Some(&ours));
                 out.extend_from_slice(&o);
                 frames += n;
             }
@@ -212,9 +266,26 @@ mod tests {
     }
 
     #[test]
+    fn whole_frames_with_nothing_removed_are_forwarded_without_a_copy() {
+        let ours = *b"mcas\x01\x02\x03\x04";
+        // Text and a pong of another size than the gateway's (which is held until compared).
+        let chunk = Bytes::from([masked(0x1, b"hello", [1, 2, 3, 4]), masked(0xA, b"backend", [5, 6, 7, 8])].concat());
+        for waiting_for in [None, Some(&ours)] {
+            let (out, frames) = PongFilter::default().filter(&chunk, waiting_for);
+            assert_eq!((out.as_ptr(), out.len(), frames), (chunk.as_ptr(), chunk.len(), 2));
+        }
+        // A header cut at the end is held back: the rest is still the chunk's own bytes.
+        let mut f = PongFilter::default();
+        let (out, _) = f.filter(&chunk.slice(..chunk.len() - 12), None);
+        assert_eq!((out.as_ptr(), out.len()), (chunk.as_ptr(), 11));
+        let (out, frames) = f.filter(&chunk.slice(chunk.len() - 12..), None);
+        assert_eq!((&out[..], frames), (&chunk[11..], 1));
+    }
+
+    #[test]
     fn without_a_ping_sent_every_pong_passes() {
         let pong = masked(0xA, b"mcas\x01\x02\x03\x04", [9, 9, 9, 9]);
-        let (out, frames) = PongFilter::default().filter(&pong, None);
+        let (out, frames) = PongFilter::default().filter(&Bytes::from(pong.clone()), None);
         assert_eq!((out.to_vec(), frames), (pong, 1));
     }
 
@@ -231,7 +302,7 @@ mod tests {
         assert_eq!(k.due(t0 + Duration::from_secs(15)), Due::Expired);
         // The pong in time: removed, and the client counts as heard.
         let payload: [u8; 8] = frame[2..].try_into().unwrap();
-        let out = k.heard(&masked(0xA, &payload, [3, 1, 4, 1]), t0 + Duration::from_secs(12));
+        let out = k.heard(&Bytes::from(masked(0xA, &payload, [3, 1, 4, 1])), t0 + Duration::from_secs(12));
         assert!(out.is_empty());
         assert_eq!(k.due(t0 + Duration::from_secs(15)), Due::Nothing);
         assert_eq!(k.deadline(), t0 + Duration::from_secs(22));
