@@ -46,6 +46,7 @@ impl Provider {
             timeouts: self.timeouts.clone(),
             fleet: Default::default(),
             cursor: AtomicUsize::new(0),
+            http: Default::default(),
             headers: self.headers.clone(),
             // Per-backend load signals and the admission queue are indexed by backend: started
             // afresh by `with_fleet`, as on a reload.

@@ -187,6 +187,8 @@ pub struct Provider {
     pub inference: Option<Arc<inference::InferenceState>>,
     /// What each replica serves and has hot of LoRA adapters (`lora`).
     pub lora: Option<Arc<lora::LoraState>>,
+    /// Clients of the gateway's own requests to the backends (probes, scrapes).
+    pub http: backend_http::Clients,
 }
 
 /// `Authorization: Bearer <api_key>` (marked sensitive: never printed) and `Host`.
@@ -234,6 +236,7 @@ impl Provider {
             fleet: Fleet::default(),
             ring,
             cursor: AtomicUsize::new(0),
+            http: Default::default(),
             headers,
             inference: None,
             lora: None,
