@@ -7,6 +7,8 @@
 //! cargo bench --profile dev --bench fleet        # debug build: cheaper to build, same shape
 //! FLEET_SECONDS=20 FLEET_CAPACITY_SECONDS=15 FLEET_CAPACITY=30 FLEET_LOADS=0.9,1.2
 //! FLEET_POLICIES=inference,least_inflight …   (policy name prefixes)
+//! FLEET_SEED=1 (another workload and arrival sequence; default 0)
+//! FLEET_TRACE=1 (print each cell's slowest requests and the sims' preemptions to stderr)
 //! ```
 //!
 //! Workload: 24 tenants; tenant t uses system prompt t mod 6 (1,000 to 8,000 characters);
@@ -59,7 +61,7 @@ const POLICIES: &[(&str, &str)] = &[
     ("least_inflight", "balance: least_inflight"),
     ("ketama prefix ε=off", "balance: ketama, hash_key: [prefix], epsilon: off"),
     ("ketama prefix ε=1.0", "balance: ketama, hash_key: [prefix], epsilon: 1.0"),
-    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 1500ms } }"),
+    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 1s } }"),
 ];
 const TENANTS: usize = 24;
 const SYSTEMS: [usize; 6] = [1000, 2000, 3000, 4000, 6000, 8000];
@@ -132,6 +134,8 @@ impl Workload {
 #[derive(Default)]
 struct Tally {
     ttft: Vec<f64>,
+    /// (TTFT, prompt bytes, replica) per served request, for FLEET_TRACE.
+    trace: Vec<(f64, usize, String)>,
     tokens: u64,
     refused: usize,
     errors: usize,
@@ -142,6 +146,7 @@ struct Tally {
 /// Sends one request and records it.
 async fn one(c: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tally>) -> u64 {
     let t0 = Instant::now();
+    let prompt_bytes = body["messages"].to_string().len();
     let resp = match c.post(url).bearer_auth(KEY).json(&body).send().await {
         Ok(r) => r,
         Err(_) => {
@@ -183,6 +188,7 @@ async fn one(c: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tally>) 
         return 0;
     }
     t.ttft.push(first.unwrap_or(0.0));
+    t.trace.push((first.unwrap_or(0.0), prompt_bytes, replica.clone()));
     t.tokens += tokens;
     *t.served.entry(replica).or_default() += 1;
     t.last = Some(Instant::now());
@@ -269,10 +275,11 @@ struct Row {
 async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f64) -> Row {
     let f = fleet(yaml).await;
     let url = f.gw.url("/v1/chat/completions");
-    let work = Arc::new(Mutex::new(Workload::new(11)));
+    let seed = env_num("FLEET_SEED", 0.0) as u64;
+    let work = Arc::new(Mutex::new(Workload::new(11 + seed)));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let sent = Arc::new(AtomicUsize::new(0));
-    let mut rng = StdRng::seed_from_u64(5);
+    let mut rng = StdRng::seed_from_u64(5 + seed);
     let c = reqwest::Client::new();
     let t0 = Instant::now();
     let mut at = 0.0;
@@ -302,7 +309,19 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     }
     let queued = gw_counter(&f.gw, "mcas_inference_queue_wait_seconds_count").await
         + gw_counter(&f.gw, "mcas_inference_queue_refusals_total").await;
+    if std::env::var("FLEET_TRACE").is_ok() {
+        for s in &f.sims {
+            eprintln!("  {policy} {load}×: preemptions {}", sim_counter(s, "vllm:num_preemptions_total").await);
+        }
+    }
     let t = tally.lock().unwrap();
+    if std::env::var("FLEET_TRACE").is_ok() {
+        let mut slow = t.trace.clone();
+        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (ttft, bytes, replica) in slow.iter().take(10) {
+            eprintln!("  {policy} {load}×: TTFT {:.0} ms, prompt {bytes} B, {replica}", ttft * 1000.0);
+        }
+    }
     let mut ttft = t.ttft.clone();
     ttft.sort_by(f64::total_cmp);
     let pct = |p: f64| ttft.get(((ttft.len() as f64 * p) as usize).min(ttft.len().saturating_sub(1))).copied();

@@ -107,7 +107,7 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     let sighup = pingora::services::background::background_service("sighup-reload", SighupService(reloader.clone()));
     let probes = pingora::services::background::background_service(
         "health-probes",
-        crate::fleet::probe::ProbeService { runtime: shared.clone() },
+        crate::fleet::probe::service(shared.clone()),
     );
 
     server.add_service(proxy);
@@ -124,7 +124,7 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     ));
     server.add_service(pingora::services::background::background_service(
         "inference-scrapes",
-        crate::fleet::inference::scrape::ScrapeService { runtime: shared.clone() },
+        crate::fleet::inference::scrape::service(shared.clone()),
     ));
     server.add_service(pingora::services::background::background_service(
         "drain",

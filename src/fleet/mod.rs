@@ -16,6 +16,7 @@ pub mod members;
 pub mod pool;
 pub mod probe;
 pub mod select;
+pub mod ticker;
 
 use crate::clock;
 use crate::keys::ModelGlobs;
@@ -315,7 +316,7 @@ impl Provider {
             let candidate = |i: usize| {
                 !tried.contains(&i) && serving(i) && self.backends.get(i).is_some_and(|b| self.usable(b, now))
             };
-            let i = match ticket.state.choose(&ticket.demand, candidate) {
+            let i = match ticket.choose(candidate) {
                 inference::score::Choice::Replica(i) | inference::score::Choice::Saturated(i) => i,
                 inference::score::Choice::None => return None,
             };

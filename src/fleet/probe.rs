@@ -1,6 +1,5 @@
-//! Active health checks: one Pingora background service for every provider. Each tick it
-//! reads the current runtime (so reloads are picked up), and for every backend whose probe is
-//! due sends `GET <path>` with the provider's key, Host and (for https) SNI and CA settings.
+//! Active health checks: one background service for every provider ([`super::ticker`]). Each
+//! tick, for every backend whose probe is due, it sends `GET <path>` with the provider's key, Host and (for https) SNI and CA settings.
 //! Only a 2xx answer within the timeout counts as good.
 
 use super::health::HealthSettings;
@@ -9,30 +8,15 @@ use crate::clock;
 use crate::observe::metrics::metrics;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the runner looks for due probes (the finest useful `interval`).
 const TICK: Duration = Duration::from_millis(50);
 
-pub struct ProbeService {
-    pub runtime: Arc<ArcSwap<Runtime>>,
-}
-
-#[async_trait::async_trait]
-impl BackgroundService for ProbeService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => probe_due(&self.runtime.load_full()),
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
+/// The background service probing every provider's backends.
+pub fn service(runtime: Arc<ArcSwap<Runtime>>) -> super::ticker::Ticker {
+    super::ticker::Ticker { runtime, every: TICK, start_due: probe_due }
 }
 
 fn probe_due(rt: &Runtime) {

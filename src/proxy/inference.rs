@@ -41,7 +41,8 @@ pub async fn admit(session: &mut Session, routed: &Routed) -> Result<Result<(), 
     let m = metrics().map(|m| &m.inference);
     let depth = m.map(|m| m.queue_depth.with_label_values(&[&*provider.name]));
     depth.iter().for_each(|d| d.inc());
-    let wait = state.queue.wait(routed.key.name.clone(), routed.key.priority);
+    let affine = state.affine(&ticket.demand);
+    let wait = state.queue.wait(routed.key.name.clone(), routed.key.priority, affine);
     tokio::pin!(wait);
     let mut watch = true;
     let waited = loop {
@@ -60,9 +61,10 @@ pub async fn admit(session: &mut Session, routed: &Routed) -> Result<Result<(), 
     };
     depth.iter().for_each(|d| d.dec());
     match waited {
-        Ok(d) => {
+        Ok(granted) => {
+            ticket.granted(granted.replica);
             if let Some(m) = m {
-                m.queue_wait.with_label_values(&[&*provider.name]).observe(d.as_secs_f64());
+                m.queue_wait.with_label_values(&[&*provider.name]).observe(granted.waited.as_secs_f64());
             }
             Ok(Ok(()))
         }

@@ -25,6 +25,9 @@ pub const INDEX_BLOCKS: usize = 100_000;
 /// Consecutive failed scrapes after which a replica is stale (one late answer on a busy host
 /// keeps the last signals).
 pub const STALE_AFTER: u32 = 2;
+/// Prompt blocks (of 16 tokens) a replica must hold beyond any other's for a waiter to be
+/// released to it first: below that the difference is a few milliseconds of prefill.
+pub const AFFINE_BLOCKS: usize = 4;
 /// Output tokens assumed for a request without `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u64 = 256;
 
@@ -258,13 +261,41 @@ impl InferenceState {
         !self.queue.is_empty() || matches!(self.choose(&Demand::default(), candidate), Choice::Saturated(_))
     }
 
-    /// Lets up to `n` waiters go if some replica has room.
-    pub fn release_waiters(&self, n: usize, candidate: impl Fn(usize) -> bool) {
-        if n == 0 || self.queue.is_empty() {
+    /// The replica holding clearly the most of `demand`'s prompt blocks (at least
+    /// [`AFFINE_BLOCKS`] more than any other), the one a waiter is best released to.
+    pub fn affine(&self, demand: &Demand) -> Option<usize> {
+        if demand.blocks.is_empty() {
+            return None;
+        }
+        let matches = self.index.lock().unwrap_or_else(|p| p.into_inner()).matches(&demand.blocks, self.replicas.len());
+        let best = (0..matches.len()).max_by_key(|&i| matches[i])?;
+        let second = matches.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, m)| *m).max().unwrap_or(0);
+        (matches[best] >= second + AFFINE_BLOCKS).then_some(best)
+    }
+
+    /// Room on every usable replica goes to waiters, each replica's to those affine to it
+    /// (after a scrape round).
+    pub fn release_room(&self, candidate: impl Fn(usize) -> bool) {
+        let s = &self.settings.saturated;
+        for (i, r) in self.replicas.iter().enumerate().filter(|(i, _)| candidate(*i)) {
+            if self.queue.is_empty() {
+                return;
+            }
+            self.queue.grant_for(Some(i), r.room(s));
+        }
+    }
+
+    /// A request on replica `i` ended: one waiter takes its place there (one affine to `i`
+    /// first), or on another replica if `i` is still saturated and another has room.
+    fn release_after(&self, i: usize) {
+        if self.queue.is_empty() {
             return;
         }
-        if matches!(self.choose(&Demand::default(), candidate), Choice::Replica(_)) {
-            self.queue.grant(n);
+        let s = &self.settings.saturated;
+        if self.replicas.get(i).is_some_and(|r| r.room(s) > 0) {
+            self.queue.grant_for(Some(i), 1);
+        } else if let Choice::Replica(j) = self.choose(&Demand::default(), |_| true) {
+            self.queue.grant_for(Some(j), 1);
         }
     }
 
@@ -284,11 +315,30 @@ pub struct Ticket {
     pub demand: Demand,
     /// The replica charged and the tokens charged there.
     charged: Mutex<Option<(usize, u64)>>,
+    /// The replica whose room the admission queue granted this request (used once).
+    granted: Mutex<Option<usize>>,
 }
 
 impl Ticket {
     pub fn new(state: Arc<InferenceState>, demand: Demand) -> Self {
-        Ticket { state, demand, charged: Mutex::new(None) }
+        Ticket { state, demand, charged: Mutex::new(None), granted: Mutex::new(None) }
+    }
+
+    /// The admission queue let the request go into room on `replica`.
+    pub fn granted(&self, replica: Option<usize>) {
+        *self.granted.lock().unwrap_or_else(|p| p.into_inner()) = replica;
+    }
+
+    /// The replica for this request: the one whose room it was granted while that one is
+    /// still a candidate and unsaturated (the room was counted for it), else the scorer's.
+    pub fn choose(&self, candidate: impl Fn(usize) -> bool) -> Choice {
+        let views = self.state.views(&self.demand, candidate);
+        let granted = self.granted.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let s = &self.state.settings.saturated;
+        match granted.filter(|&i| views.get(i).is_some_and(|v| v.candidate && !v.saturated(s))) {
+            Some(i) => Choice::Replica(i),
+            None => score::choose(&views, &self.state.settings.weights, s),
+        }
     }
 
     /// Charges replica `i` (moving the charge from an earlier one) with the request's tokens
@@ -331,7 +381,7 @@ impl Drop for Ticket {
                 r.done_since.fetch_add(1, Ordering::Relaxed);
             }
             // The request is done: one waiter may take its place now, not at the next scrape.
-            self.state.release_waiters(1, |_| true);
+            self.state.release_after(i);
         }
     }
 }
@@ -414,13 +464,68 @@ mod tests {
         assert!(s.must_queue(|_| true));
         let waiter = {
             let s = s.clone();
-            tokio::spawn(async move { s.queue.wait("k".into(), 0).await })
+            tokio::spawn(async move { s.queue.wait("k".into(), 0, None).await })
         };
         while s.queue.is_empty() {
             tokio::task::yield_now().await;
         }
         drop(running.into_iter().next());
         assert!(waiter.await.unwrap().is_ok(), "granted by the end of the running request, no scrape");
+    }
+
+    /// Spawns a waiter for `demand` (under `key`) and returns once it is queued.
+    async fn enqueue(
+        s: &Arc<InferenceState>,
+        key: &str,
+        demand: &Demand,
+    ) -> tokio::task::JoinHandle<Result<queue::Granted, queue::Refusal>> {
+        let before = s.queue.len();
+        let (q, key, affine) = (s.clone(), Arc::<str>::from(key), s.affine(demand));
+        let h = tokio::spawn(async move { q.queue.wait(key, 0, affine).await });
+        while s.queue.len() == before {
+            tokio::task::yield_now().await;
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn a_released_waiter_goes_where_its_conversation_is() {
+        let settings =
+            InferenceSettings { saturated: Saturation { waiting: 0.0, kv_cache: 0.8 }, ..Default::default() };
+        let s = Arc::new(InferenceState::new(settings, 3));
+        for r in &s.replicas {
+            // A batch of 1, and one more may wait there: two requests saturate a replica.
+            r.record(Some(Scraped { running: 1.0, waiting: 1.0, kv: 0.1 }));
+            r.record(Some(Scraped::default()));
+        }
+        let convo =
+            |c: u64, turns: u64| Demand { blocks: (0..turns * 8).map(|b| c * 1000 + b).collect(), ..Demand::default() };
+        let mut running: Vec<Vec<Ticket>> = (0..3).map(|_| Vec::new()).collect();
+        for (i, on) in running.iter_mut().enumerate() {
+            // Conversation i's first turn went to replica i; then the replica filled up.
+            for demand in [convo(i as u64, 1), Demand::default()] {
+                let t = Ticket::new(s.clone(), demand);
+                t.charge(i);
+                on.push(t);
+            }
+        }
+        assert!(s.must_queue(|_| true));
+        // x continues conversation 0 (on replica 0), then y conversation 2 (on replica 2).
+        let x = enqueue(&s, "x", &convo(0, 2)).await;
+        let y_demand = convo(2, 2);
+        let y = enqueue(&s, "y", &y_demand).await;
+        // Replica 2 frees a place: y goes there, though x is first in turn.
+        running[2].pop();
+        let granted = y.await.unwrap().unwrap();
+        assert_eq!(granted.replica, Some(2));
+        assert_eq!(s.queue.len(), 1, "x still waits for its replica");
+        let y_ticket = Ticket::new(s.clone(), y_demand);
+        y_ticket.granted(granted.replica);
+        assert_eq!(y_ticket.choose(|_| true), Choice::Replica(2));
+        y_ticket.charge(2);
+        // Replica 1 frees a place and no waiter is affine to it: x takes it rather than wait.
+        running[1].pop();
+        assert_eq!(x.await.unwrap().unwrap().replica, Some(1));
     }
 
     #[test]

@@ -3,6 +3,14 @@
 //! (`queue.timeout`); the highest `keys[].priority` goes first, and within a priority keys
 //! take turns (a key with many waiting requests does not starve one with a single request).
 //! A waiter whose future is dropped (its client left) leaves the queue at once.
+//!
+//! Room is granted for a replica ([`AdmissionQueue::grant_for`]): within the highest priority,
+//! the first key in turn with a waiter *affine* to that replica (the gateway sent it the
+//! waiter's conversation, so its prompt is mostly cached there) goes, then one affine to no
+//! replica, and only then the next in turn whatever its affinity. So a released request lands
+//! where its prefix is cached instead of being prefilled again wherever room came free. A
+//! waiter that has waited half the deadline goes first whatever the replica: affinity never
+//! starves anyone.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +24,13 @@ pub enum Refusal {
     Full,
     /// Waited `queue.timeout` without a replica coming free.
     Deadline,
+}
+
+/// A granted wait: how long it took, and the replica whose room it was granted (`None`: any).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Granted {
+    pub waited: Duration,
+    pub replica: Option<usize>,
 }
 
 impl Refusal {
@@ -46,7 +61,15 @@ struct Inner {
 #[derive(Default)]
 struct Level {
     turn: VecDeque<Arc<str>>,
-    waiters: HashMap<Arc<str>, VecDeque<(u64, oneshot::Sender<()>)>>,
+    waiters: HashMap<Arc<str>, VecDeque<Waiter>>,
+}
+
+struct Waiter {
+    id: u64,
+    /// The replica holding most of the waiter's prompt, if one clearly does.
+    affine: Option<usize>,
+    since: Instant,
+    tx: oneshot::Sender<Option<usize>>,
 }
 
 /// Removes its waiter when dropped (granted, timed out, or the client left).
@@ -63,7 +86,7 @@ impl Drop for Place<'_> {
         let Inner { levels, len, .. } = &mut *inner;
         if let Some(level) = levels.get_mut(&self.level) {
             if let Some(list) = level.waiters.get_mut(&self.key) {
-                if let Some(at) = list.iter().position(|(id, _)| *id == self.id) {
+                if let Some(at) = list.iter().position(|w| w.id == self.id) {
                     list.remove(at);
                     *len -= 1;
                 }
@@ -84,6 +107,34 @@ impl Level {
             self.turn.retain(|k| k != key);
         }
     }
+
+    /// The waiter to go for room on `replica` (module doc): (turn position, place in its key's list).
+    fn pick(&self, replica: Option<usize>, patience: Duration) -> Option<(usize, usize)> {
+        let head = self.turn.front().and_then(|k| self.waiters.get(k)).and_then(VecDeque::front)?;
+        if replica.is_none() || head.since.elapsed() >= patience {
+            return Some((0, 0));
+        }
+        let find = |want: Option<usize>| {
+            self.turn.iter().enumerate().find_map(|(t, k)| {
+                let at = self.waiters.get(k)?.iter().position(|w| w.affine == want)?;
+                Some((t, at))
+            })
+        };
+        find(replica).or_else(|| find(None)).or(Some((0, 0)))
+    }
+
+    /// Takes the waiter at (turn position, place); its key goes to the back of the turn.
+    fn take(&mut self, (t, at): (usize, usize)) -> Option<Waiter> {
+        let key = self.turn.remove(t)?;
+        let list = self.waiters.get_mut(&key)?;
+        let w = list.remove(at);
+        if list.is_empty() {
+            self.waiters.remove(&key);
+        } else {
+            self.turn.push_back(key);
+        }
+        w
+    }
 }
 
 impl AdmissionQueue {
@@ -103,8 +154,9 @@ impl AdmissionQueue {
         self.len() == 0
     }
 
-    /// Waits for a grant; `Ok` with the time waited. Dropping the future leaves the queue.
-    pub async fn wait(&self, key: Arc<str>, priority: i64) -> Result<Duration, Refusal> {
+    /// Waits for a grant. `affine`: the replica holding most of the request's prompt, if any.
+    /// Dropping the future leaves the queue.
+    pub async fn wait(&self, key: Arc<str>, priority: i64, affine: Option<usize>) -> Result<Granted, Refusal> {
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         let place = {
@@ -120,44 +172,49 @@ impl AdmissionQueue {
             if list.is_empty() {
                 level.turn.push_back(key.clone());
             }
-            list.push_back((id, tx));
+            list.push_back(Waiter { id, affine, since: started, tx });
             Place { queue: self, level: -priority, key, id }
         };
         let granted = tokio::time::timeout(self.timeout, rx).await;
         drop(place);
         match granted {
-            Ok(_) => Ok(started.elapsed()),
+            Ok(Ok(replica)) => Ok(Granted { waited: started.elapsed(), replica }),
+            // The sender is only dropped once granted or removed, not while this waits.
+            Ok(Err(_)) => Ok(Granted { waited: started.elapsed(), replica: None }),
             Err(_) => Err(Refusal::Deadline),
         }
     }
 
     /// Lets up to `n` waiters go, highest priority first, keys in turn; returns how many went.
     pub fn grant(&self, n: usize) -> usize {
+        self.grant_for(None, n)
+    }
+
+    /// Lets up to `n` waiters go into room on `replica` (`None`: anywhere), preferring those
+    /// affine to it (module doc); returns how many went.
+    pub fn grant_for(&self, replica: Option<usize>, n: usize) -> usize {
+        let patience = self.timeout / 2;
         let mut inner = self.lock();
         let Inner { levels, len, .. } = &mut *inner;
         let mut granted = 0;
         while granted < n {
             let Some(mut entry) = levels.first_entry() else { break };
             let level = entry.get_mut();
-            let Some(key) = level.turn.pop_front() else {
-                entry.remove();
-                continue;
-            };
-            let next = level.waiters.get_mut(&key).and_then(VecDeque::pop_front);
-            if level.waiters.get(&key).is_some_and(|l| !l.is_empty()) {
-                level.turn.push_back(key.clone());
-            } else {
-                level.waiters.remove(&key);
-            }
-            if level.turn.is_empty() {
+            let next = level.pick(replica, patience).and_then(|at| level.take(at));
+            let emptied = level.turn.is_empty();
+            if emptied {
                 entry.remove();
             }
-            if let Some((_, tx)) = next {
-                *len -= 1;
-                // A waiter whose client just left does not use up the grant.
-                if tx.send(()).is_ok() {
-                    granted += 1;
+            let Some(w) = next else {
+                if emptied {
+                    continue;
                 }
+                break;
+            };
+            *len -= 1;
+            // A waiter whose client just left does not use up the grant.
+            if w.tx.send(replica).is_ok() {
+                granted += 1;
             }
         }
         granted
@@ -177,7 +234,7 @@ mod tests {
         for &(k, p) in who {
             let (queue, order, k) = (q.clone(), order.clone(), k.to_string());
             handles.push(tokio::spawn(async move {
-                queue.wait(k.as_str().into(), p).await.unwrap();
+                queue.wait(k.as_str().into(), p, None).await.unwrap();
                 (k, order.fetch_add(1, Ordering::SeqCst))
             }));
             // Let it enqueue before the next one arrives.
@@ -206,12 +263,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn room_on_a_replica_goes_to_a_waiter_affine_to_it() {
+        let q = Arc::new(AdmissionQueue::new(100, Duration::from_secs(30)));
+        let mut waiting = Vec::new();
+        for (k, affine) in [("a", Some(1)), ("b", Some(2)), ("c", None), ("d", Some(2))] {
+            let queue = q.clone();
+            waiting.push(tokio::spawn(async move { queue.wait(k.into(), 0, affine).await.unwrap().replica }));
+            while q.len() < waiting.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut h = waiting.into_iter();
+        let (a, b, c, d) = (h.next().unwrap(), h.next().unwrap(), h.next().unwrap(), h.next().unwrap());
+        assert_eq!(q.grant_for(Some(2), 1), 1);
+        assert_eq!(b.await.unwrap(), Some(2), "b, affine to 2, goes before a");
+        assert_eq!(q.grant_for(Some(0), 1), 1);
+        assert_eq!(c.await.unwrap(), Some(0), "none is affine to 0: c, affine to none, goes first");
+        assert_eq!(q.grant_for(Some(0), 1), 1);
+        assert_eq!(a.await.unwrap(), Some(0), "then the next in turn, rather than leave the room unused");
+        assert_eq!(q.grant(1), 1);
+        assert_eq!(d.await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_waiter_past_half_the_deadline_goes_whatever_its_affinity() {
+        let mut level = Level::default();
+        let mut rx = Vec::new();
+        for (id, (k, affine)) in [("a", Some(1)), ("b", Some(2))].into_iter().enumerate() {
+            let (tx, r) = oneshot::channel();
+            rx.push(r);
+            let key: Arc<str> = k.into();
+            level.turn.push_back(key.clone());
+            level.waiters.entry(key).or_default().push_back(Waiter {
+                id: id as u64,
+                affine,
+                since: Instant::now(),
+                tx,
+            });
+        }
+        assert_eq!(level.pick(Some(2), Duration::from_secs(3600)), Some((1, 0)), "b is affine to 2");
+        assert_eq!(level.pick(Some(2), Duration::ZERO), Some((0, 0)), "a waited its patience out");
+        let taken = level.take((0, 0)).unwrap();
+        assert_eq!((taken.id, level.turn.len()), (0, 1));
+    }
+
+    #[tokio::test]
     async fn full_queue_refuses_and_deadline_expires() {
         let q = AdmissionQueue::new(1, Duration::from_millis(20));
-        let first = q.wait("a".into(), 0);
+        let first = q.wait("a".into(), 0, None);
         let second = async {
             tokio::task::yield_now().await;
-            q.wait("b".into(), 0).await
+            q.wait("b".into(), 0, None).await
         };
         let (first, second) = tokio::join!(first, second);
         assert_eq!(first, Err(Refusal::Deadline));

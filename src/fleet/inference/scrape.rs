@@ -1,7 +1,6 @@
-//! The scraper of `balance: inference`: one Pingora background service; every tick it reads
-//! the current runtime (so reloads are picked up) and, for each provider whose round is due,
-//! spawns one task that fetches `scrape.path` from each of its backends with the provider's
-//! key. Answers are read bounded ([`MAX_BYTES`], within the interval but at least
+//! The scraper of `balance: inference`: one background service (`fleet/ticker.rs`); every
+//! tick, for each provider whose round is due, it spawns one task that fetches `scrape.path`
+//! from each of its backends with the provider's key. Answers are read bounded ([`MAX_BYTES`], within the interval but at least
 //! [`MIN_TIMEOUT`] and at most [`MAX_TIMEOUT`]; a provider's next round waits for the last
 //! one to end); anything else than a 2xx Prometheus text with the queue and KV series
 //! counts as a failure, and repeated failures mark the replica stale (see `super`), never an
@@ -13,8 +12,6 @@ use crate::clock;
 use crate::fleet::Provider;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,22 +24,9 @@ pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the service looks for due rounds.
 const TICK: Duration = Duration::from_millis(20);
 
-pub struct ScrapeService {
-    pub runtime: Arc<ArcSwap<Runtime>>,
-}
-
-#[async_trait::async_trait]
-impl BackgroundService for ScrapeService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => start_due(&self.runtime.load_full()),
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
+/// The background service running every provider's scrape (and adapter) rounds.
+pub fn service(runtime: Arc<ArcSwap<Runtime>>) -> crate::fleet::ticker::Ticker {
+    crate::fleet::ticker::Ticker { runtime, every: TICK, start_due }
 }
 
 fn start_due(rt: &Runtime) {
@@ -87,8 +71,7 @@ pub async fn round(p: &Provider, state: &InferenceState) {
     }
     let now = clock::now_ms();
     // As many as the replicas take before they are saturated again.
-    let room = state.room(|i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
-    state.release_waiters(room, |i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
+    state.release_room(|i| p.backends.get(i).is_some_and(|b| p.usable(b, now)));
 }
 
 /// One backend's metrics text, read up to [`MAX_BYTES`].
