@@ -119,7 +119,9 @@ where
 
         debug!("Sending header to upstream {:?}", req);
 
-        match client_session.write_request_header(Box::new(req)).await {
+        // A known-length body's first data goes out with the header in one write: the upstream
+        // half sends the held header (see `proxy_handle_upstream`).
+        match client_session.hold_request_header(Box::new(req)).await {
             Ok(_) => { /* Continue */ }
             Err(e) => {
                 return (false, false, Some(e.into_up()));
@@ -261,6 +263,36 @@ where
         let mut upstream_can_reuse = true;
         let mut send_error = None;
         let mut upgraded = false;
+
+        // The request header is held (a body of known length follows) so that it and the first
+        // body data leave in one write. The join polls the downstream half first, and that half
+        // hands over a body it already has (retry buffer, or data read with the header) before it
+        // waits on anything; what is not at hand now is not waited for: the header goes alone.
+        if client_session.is_request_header_held() {
+            let first = match rx.try_recv() {
+                Ok(task @ HttpTask::Body(Some(_), _)) => Some(task),
+                other => {
+                    client_session
+                        .flush_request_header()
+                        .await
+                        .map_err(|e| e.into_up())?;
+                    other.ok()
+                }
+            };
+            if let Some(task) = first {
+                match send_body_to1(client_session, Some(task)).await {
+                    Ok(send_done) => request_done = send_done,
+                    // the header did not go out: fail as a failed header write does
+                    Err(e) if client_session.is_request_header_held() => return Err(e),
+                    Err(e) => {
+                        warn!("send error, draining read buf: {e}");
+                        request_done = true;
+                        upstream_can_reuse = false;
+                        send_error = Some(e);
+                    }
+                }
+            }
+        }
 
         /* duplex mode, wait for either to complete */
         while !request_done || !response_done {

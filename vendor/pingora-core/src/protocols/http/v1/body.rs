@@ -1376,6 +1376,40 @@ impl BodyWriter {
         }
     }
 
+    /// Write `head` (the message header, held back by the caller) and then the first data of a
+    /// `Content-Length` body, in one vectored write where the stream takes them (one system call
+    /// instead of two). What goes on the wire is `head` followed by what [`Self::write_body`]
+    /// would write. Other body modes write `head` and then call [`Self::write_body`].
+    pub async fn write_body_after<S>(
+        &mut self,
+        stream: &mut S,
+        head: &[u8],
+        buf: &[u8],
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let BM::ContentLength(total, written) = self.body_mode else {
+            stream
+                .write_all(head)
+                .await
+                .or_err(WriteError, "while writing request headers")?;
+            return self.write_body(stream, buf).await;
+        };
+        let to_write = buf.len().min(total.saturating_sub(written));
+        if to_write < buf.len() {
+            warn!("Trying to write data over content-length: {total}");
+        }
+        let mut output_buf = Buf::chain(head, &buf[..to_write]);
+        stream
+            .write_all_buf(&mut output_buf)
+            .await
+            .or_err(WriteError, "while writing request headers and body")?;
+        self.body_mode = BM::ContentLength(total, written + to_write);
+        stream.flush().await.or_err(WriteError, "flushing body")?;
+        Ok(Some(to_write))
+    }
+
     /// Write the last data of a body, which the caller then ends with [`Self::finish`] (whose
     /// flush sends what is buffered): a chunk is not flushed on its own, so that it and the last
     /// chunk can leave in one write. Other body modes write as [`Self::write_body`] does.
@@ -4465,5 +4499,104 @@ mod test_poll_body_writer {
         assert!(matches!(res, Ok(Some(5))));
         assert_eq!(mock.written, data);
         assert!(mock.next.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod test_write_body_after {
+    //! [`BodyWriter::write_body_after`]: a held message header and the first body data leave in
+    //! one write call when the stream takes vectored writes.
+    use super::*;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Records what each write call carried: one vectored write is one entry.
+    #[derive(Default)]
+    struct WriteRecorder {
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl AsyncWrite for WriteRecorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len();
+            self.writes.push(all);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn header_and_body_in_one_write() {
+        let mut stream = WriteRecorder::default();
+        let mut body_writer = BodyWriter::new();
+        body_writer.init_content_length(5);
+        let n = body_writer
+            .write_body_after(&mut stream, b"POST / HTTP/1.1\r\n\r\n", b"hello")
+            .await
+            .unwrap();
+        assert_eq!(n, Some(5));
+        assert_eq!(
+            stream.writes,
+            vec![b"POST / HTTP/1.1\r\n\r\nhello".to_vec()]
+        );
+        assert_eq!(body_writer.body_mode, BodyMode::ContentLength(5, 5));
+    }
+
+    #[tokio::test]
+    async fn body_past_content_length_is_cut_as_write_body_does() {
+        let mut stream = WriteRecorder::default();
+        let mut body_writer = BodyWriter::new();
+        body_writer.init_content_length(3);
+        let n = body_writer
+            .write_body_after(&mut stream, b"H\r\n\r\n", b"hello")
+            .await
+            .unwrap();
+        assert_eq!(n, Some(3));
+        assert_eq!(stream.writes, vec![b"H\r\n\r\nhel".to_vec()]);
+        assert_eq!(body_writer.body_mode, BodyMode::ContentLength(3, 3));
+        assert_eq!(
+            body_writer.write_body(&mut stream, b"x").await.unwrap(),
+            None
+        );
+        assert_eq!(stream.writes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn other_body_modes_write_head_then_body() {
+        let mut stream = WriteRecorder::default();
+        let mut body_writer = BodyWriter::new();
+        body_writer.init_chunked();
+        body_writer
+            .write_body_after(&mut stream, b"H\r\n\r\n", b"abc")
+            .await
+            .unwrap();
+        let wire: Vec<u8> = stream.writes.concat();
+        assert_eq!(wire, b"H\r\n\r\n3\r\nabc\r\n".to_vec());
     }
 }
