@@ -18,11 +18,16 @@ const BOB: &str = "sk-lora-bob-0123456789";
 /// A provider over `backends` with `round_robin` (which alone would spread every adapter over
 /// every replica) and adapter learning every 100 ms.
 fn config(backends: &[String]) -> String {
+    config_with(backends, "balance: round_robin")
+}
+
+/// The same with another balance.
+fn config_with(backends: &[String], balance: &str) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
     format!(
         "keys:\n  - {{ name: alice, key: \"{ALICE}\", models: [\"*\"] }}\n  - {{ name: bob, key: \"{BOB}\", models: [\"base\", \"b\"] }}\n\
          providers:\n  - {{ name: sim, url: \"http://vllm.test/v1\", backends: [{}], health: {{ enabled: false }}, \
-         balance: round_robin, lora: {{ refresh: 100ms }} }}\n",
+         {balance}, lora: {{ refresh: 100ms }} }}\n",
         list.join(", ")
     )
 }
@@ -130,6 +135,23 @@ async fn an_adapter_stays_on_the_replica_that_has_it_loaded() {
         assert_eq!(answered(s).await.0, 7);
         assert_eq!(loads(s).await, 1, "loaded once, for the long request");
     }
+}
+
+/// With `balance: inference` the adapters a replica has loaded are read from the inference
+/// scrape's answer (one fetch of the metrics per round, not two).
+#[tokio::test]
+async fn with_inference_the_loaded_adapters_come_from_its_scrape() {
+    let sim = spawn_sim(&["--models", "base", "--lora", "a,b", "--max-loras", "1", "--tokens", "2"]).await;
+    let balance = "balance: inference, inference: { scrape: { interval: 100ms } }";
+    let gw = spawn_gateway("", &config_with(&[sim.addr.to_string()], balance), &[]).await;
+    let long = long_request(&sim, "b");
+    wait_for("b seen loaded", async || {
+        let b = backends(&gw).await;
+        b[0]["lora"]["hot"] == json!(["b"]) && b[0]["lora"]["served"] == json!(["a", "b"])
+    })
+    .await;
+    assert_eq!(chat(&gw, ALICE, "b").await, 200);
+    assert_eq!(long.await.unwrap(), 200);
 }
 
 /// A replica that answers chat completions but garbage on its model list and metrics;

@@ -15,6 +15,7 @@ pub mod lora;
 pub mod members;
 pub mod pool;
 pub mod probe;
+pub mod prom_text;
 pub mod select;
 pub mod ticker;
 

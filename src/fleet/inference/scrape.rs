@@ -9,7 +9,7 @@
 
 use super::{InferenceState, Scraped};
 use crate::clock;
-use crate::fleet::Provider;
+use crate::fleet::{prom_text, Provider};
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -57,7 +57,12 @@ pub async fn round(p: &Provider, state: &InferenceState) {
     let path = &state.settings.scrape_path;
     let fetches = p.backends.iter().map(|b| fetch(p, b.addr, path, timeout));
     let results = futures_util::future::join_all(fetches).await;
-    for ((b, load), result) in p.backends.iter().zip(&state.replicas).zip(results) {
+    for (i, ((b, load), result)) in p.backends.iter().zip(&state.replicas).zip(results).enumerate() {
+        if let (Some(lora), Ok(text)) = (&p.lora, &result) {
+            if let Some(replica) = lora.replicas.get(i) {
+                crate::fleet::lora::learn::record_hot(p, b.addr, replica, crate::fleet::lora::parse::lora_info(text));
+            }
+        }
         let scraped = result.and_then(|text| parse(&text));
         match &scraped {
             Err(why) if !load.is_stale() => log::warn!("provider {} backend {}: scrape failed: {why}", p.name, b.addr),
@@ -84,14 +89,8 @@ pub async fn fetch(p: &Provider, addr: std::net::SocketAddr, path: &str, timeout
 /// Missing waiting or KV series, or a value that is not a finite number ≥ 0, fails.
 pub fn parse(text: &str) -> Result<Scraped, String> {
     let (mut running, mut waiting, mut kv, mut kv_series) = (None, None, None, 0u32);
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
-        let name = &line[..name_end];
-        let slot = match name {
+    for sample in prom_text::samples(text) {
+        let slot = match sample.name {
             "vllm:num_requests_running" => &mut running,
             "vllm:num_requests_waiting" => &mut waiting,
             "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => {
@@ -100,18 +99,9 @@ pub fn parse(text: &str) -> Result<Scraped, String> {
             }
             _ => continue,
         };
-        // The value follows the labels (which may hold spaces inside quotes): the first
-        // field after the closing brace, or after the name.
-        let rest = match line[name_end..].strip_prefix('{') {
-            Some(labels) => labels.rsplit_once('}').map(|(_, r)| r).ok_or("unterminated labels")?,
-            None => &line[name_end..],
-        };
-        let value: f64 = rest
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| format!("{name}: not a number"))?;
+        let (_, value) = sample.split()?;
+        let value =
+            prom_text::number(value).filter(|v| *v >= 0.0).ok_or_else(|| format!("{}: not a number", sample.name))?;
         *slot = Some(slot.unwrap_or(0.0) + value);
     }
     let waiting = waiting.ok_or("no vllm:num_requests_waiting")?;

@@ -1,5 +1,6 @@
 //! A round of learning for one provider with `lora`: each backend's model list
-//! (`{url's path}/models`, e.g. `/v1/models`) and `/metrics`, fetched at once as the
+//! (`{url's path}/models`, e.g. `/v1/models`) and `/metrics` (unless the inference scrape
+//! reads them), fetched at once as the
 //! inference scraper fetches (`fleet/inference/scrape.rs`, `fleet/backend_http.rs`: bounded
 //! read, provider key, timeouts) and recorded per replica. A failure keeps that replica's last good view.
 
@@ -17,8 +18,13 @@ pub async fn round(p: &Provider, state: &LoraState) {
         let models_path = &models_path;
         async move {
             let models = scrape::fetch(p, b.addr, models_path, timeout).await;
-            let metrics = scrape::fetch(p, b.addr, METRICS_PATH, timeout).await;
-            (models.and_then(|t| parse::adapters(&t)), metrics.and_then(|t| parse::lora_info(&t)))
+            // A provider scraped for `balance: inference` has its metrics read there, at that
+            // scrape's path and pace (`inference/scrape.rs`): not fetched a second time here.
+            let hot = match p.inference {
+                Some(_) => None,
+                None => Some(scrape::fetch(p, b.addr, METRICS_PATH, timeout).await.and_then(|t| parse::lora_info(&t))),
+            };
+            (models.and_then(|t| parse::adapters(&t)), hot)
         }
     });
     let results = futures_util::future::join_all(fetches).await;
@@ -27,9 +33,21 @@ pub async fn round(p: &Provider, state: &LoraState) {
             Ok(s) => replica.record_served(s),
             Err(why) => log::debug!("provider {} backend {}: model list not learned: {why}", p.name, b.addr),
         }
-        match hot {
-            Ok(info) => replica.record_hot(info),
-            Err(why) => log::debug!("provider {} backend {}: loaded adapters not learned: {why}", p.name, b.addr),
+        if let Some(hot) = hot {
+            record_hot(p, b.addr, replica, hot);
         }
+    }
+}
+
+/// What a replica's metrics said of its loaded adapters; a failure keeps the last good view.
+pub fn record_hot(
+    p: &Provider,
+    addr: std::net::SocketAddr,
+    replica: &super::ReplicaAdapters,
+    hot: Result<parse::LoraInfo, String>,
+) {
+    match hot {
+        Ok(info) => replica.record_hot(info),
+        Err(why) => log::debug!("provider {} backend {addr}: loaded adapters not learned: {why}", p.name),
     }
 }

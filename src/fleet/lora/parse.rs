@@ -3,6 +3,7 @@
 //! `vllm:lora_requests_info` gauge in Prometheus text. Input is already bounded by the fetch
 //! (`fleet/inference/scrape.rs`); these also bound what they keep.
 
+use crate::fleet::prom_text::{label_pairs, number, samples};
 use std::collections::HashSet;
 
 /// Most adapters kept from one answer (a replica listing more is read up to this many).
@@ -38,15 +39,9 @@ pub struct LoraInfo {
 /// with the time it was set). No such series fails.
 pub fn lora_info(text: &str) -> Result<LoraInfo, String> {
     let mut newest: Option<(f64, &str)> = None;
-    for line in text.lines() {
-        let Some(rest) = line.trim().strip_prefix("vllm:lora_requests_info{") else { continue };
-        let (labels, value) = split_labels(rest).ok_or("vllm:lora_requests_info: unterminated labels")?;
-        let value: f64 = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .filter(|v: &f64| v.is_finite())
-            .ok_or("vllm:lora_requests_info: not a number")?;
+    for sample in samples(text).filter(|s| s.name == "vllm:lora_requests_info") {
+        let (labels, value) = sample.split().map_err(|why| format!("vllm:lora_requests_info: {why}"))?;
+        let value = number(value).ok_or("vllm:lora_requests_info: not a number")?;
         if newest.is_none_or(|(t, _)| value >= t) {
             newest = Some((value, labels));
         }
@@ -66,49 +61,6 @@ pub fn lora_info(text: &str) -> Result<LoraInfo, String> {
                     .map(str::to_string),
             );
         }
-    }
-    Ok(out)
-}
-
-/// `labels} value…` → (`labels`, `value…`): the brace that closes the label set is the first
-/// one outside quotes.
-fn split_labels(s: &str) -> Option<(&str, &str)> {
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '}' if !quoted => return Some((&s[..i], &s[i + 1..])),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// `a="x",b="y\"z"` → [(a, x), (b, y"z)].
-fn label_pairs(labels: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    let mut rest = labels.trim();
-    while !rest.is_empty() {
-        let (name, after) = rest.split_once('=').ok_or("label without a value")?;
-        let after = after.trim_start().strip_prefix('"').ok_or("label value not quoted")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next() {
-                None => return Err("unterminated label value".into()),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, c)) => value.push(c),
-                    None => return Err("unterminated label value".into()),
-                },
-                Some((_, c)) => value.push(c),
-            }
-        };
-        out.push((name.trim().to_string(), value));
-        rest = after[end + 1..].trim_start().trim_start_matches(',').trim_start();
     }
     Ok(out)
 }
