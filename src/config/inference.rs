@@ -93,12 +93,8 @@ pub fn settings(
     }
     if let Some(q) = &s.queue {
         out.queue_max = q.max.unwrap_or(out.queue_max);
-        if let Some(t) = q.timeout {
-            if t.0.is_zero() {
-                errors.push(ConfigError::new(format!("{path}.inference.queue.timeout"), "must be more than 0"));
-            }
-            out.queue_timeout = t.0;
-        }
+        let at = format!("{path}.inference.queue.timeout");
+        out.queue_timeout = super::units::positive(&at, q.timeout, out.queue_timeout, errors);
     }
     Some(out)
 }

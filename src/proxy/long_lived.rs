@@ -64,7 +64,7 @@ pub struct SessionCount(std::sync::Arc<crate::fleet::Backend>);
 
 impl SessionCount {
     pub fn open(b: std::sync::Arc<crate::fleet::Backend>) -> Self {
-        b.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        session::opened(&b);
         SessionCount(b)
     }
 }

@@ -105,9 +105,14 @@ pub fn rewrite_response(resp: &mut ResponseHeader, routed: &Routed, backend: Opt
     resp.insert_header(SESSION_HEADER, sealed)?;
     if routed.streams.pin.is_none() {
         // A new session (`initialize`): counted on its backend until a DELETE ends it.
-        b.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        opened(b);
     }
     Ok(())
+}
+
+/// A session on `b` began (an `initialize` answered, a legacy stream opened).
+pub fn opened(b: &Backend) {
+    b.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A session on `b` ended (a DELETE answered, a legacy stream closed).
