@@ -26,6 +26,7 @@
 mod common;
 
 use common::gateway::spawn_gateway;
+use common::text::words;
 use common::{spawn_sim, Proc};
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
@@ -68,16 +69,6 @@ const SYSTEMS: [usize; 6] = [1000, 2000, 3000, 4000, 6000, 8000];
 
 fn env_num(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn words(rng: &mut StdRng, chars: usize) -> String {
-    const W: &[&str] = &["alpha", "bravo", "cache", "delta", "echo", "fleet", "gamma", "hash", "input", "kernel"];
-    let mut s = String::new();
-    while s.len() < chars {
-        s.push_str(W[rng.gen_range(0..W.len())]);
-        s.push_str(if rng.gen_bool(0.1) { ". " } else { " " });
-    }
-    s
 }
 
 struct Convo {

@@ -22,6 +22,7 @@
 mod common;
 
 use common::gateway::spawn_gateway;
+use common::text::words;
 use common::{spawn_sim, Proc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -60,16 +61,6 @@ struct Row {
     peak_inflight: Vec<usize>,
     seconds: f64,
     failed: usize,
-}
-
-fn words(rng: &mut StdRng, chars: usize) -> String {
-    const W: &[&str] = &["alpha", "bravo", "cache", "delta", "echo", "fleet", "gamma", "hash", "input", "kernel"];
-    let mut s = String::new();
-    while s.len() < chars {
-        s.push_str(W[rng.gen_range(0..W.len())]);
-        s.push_str(if rng.gen_bool(0.1) { ". " } else { " " });
-    }
-    s
 }
 
 /// The schedule: conversations in windows of ACTIVE, each window turn by turn, shuffled.

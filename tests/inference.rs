@@ -4,11 +4,12 @@
 //! (Scoring, fairness and priority are unit tested in `src/fleet/inference/`.)
 
 use crate::common::gateway::{spawn_gateway_with_admin_token, Gw, ADMIN_TOKEN};
+use crate::common::raw_http::read_message;
 use crate::common::spawn_sim;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const KEY: &str = "client-key-0123456789";
@@ -66,31 +67,7 @@ async fn fake_replica(bad: Bad, seen: Arc<Mutex<Vec<String>>>) -> String {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Head, then as much body as Content-Length says.
-                let head_end = loop {
-                    let Ok(n) = s.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    let Ok(n) = s.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
+                let Some((head, _)) = read_message(&mut s, &mut buf).await else { return };
                 let (ctype, body): (&str, Vec<u8>) = if head.starts_with("get /metrics") {
                     let auth = head.lines().find_map(|l| l.strip_prefix("authorization:")).unwrap_or("").trim();
                     seen.lock().unwrap().push(auth.to_string());

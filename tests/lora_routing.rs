@@ -5,11 +5,12 @@
 //! `src/fleet/lora/`.)
 
 use crate::common::gateway::{spawn_gateway, Gw};
+use crate::common::raw_http::read_message;
 use crate::common::{spawn_sim, Proc};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const ALICE: &str = "sk-lora-alice-0123456789";
@@ -164,23 +165,8 @@ async fn garbage_replica(fetched: Arc<Mutex<u32>>) -> String {
             let fetched = fetched.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = s.read(&mut chunk).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf);
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
-                    let len: usize = text[..end]
-                        .to_lowercase()
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break;
-                    }
+                if read_message(&mut s, &mut buf).await.is_none() {
+                    return;
                 }
                 let body = if buf.starts_with(b"GET ") {
                     *fetched.lock().unwrap() += 1;

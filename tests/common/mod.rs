@@ -11,6 +11,7 @@ pub mod dnsmasq;
 pub mod gateway;
 pub mod raw_http;
 pub mod redis;
+pub mod text;
 pub mod tls;
 pub mod ws;
 
