@@ -71,7 +71,7 @@ pub fn admit(req: &RequestHeader, routed: &mut Routed, body: &mut BodyPlan) -> R
             let backend_id = pin(routed, &sealer, &client_id)?;
             let (from, to) = (format!("/responses/{client_id}"), format!("/responses/{backend_id}"));
             routed.upstream_path = routed.upstream_path.replacen(&from, &to, 1);
-            rw.known.push((backend_id, client_id));
+            rw.ids.remember(backend_id, client_id);
         }
         Call::Create => {
             let current = match (&routed.new_body, &*body) {
@@ -87,7 +87,7 @@ pub fn admit(req: &RequestHeader, routed: &mut Routed, body: &mut BodyPlan) -> R
                 routed.body_len = Some(new.len());
                 routed.new_body = Some(new.clone());
                 *body = BodyPlan::Replay(vec![new]);
-                rw.known.push((backend_id, client_id));
+                rw.ids.remember(backend_id, client_id);
             } else {
                 // A new chain: its follow-ups go where it lands, so it lands by load.
                 routed.streams.new_session = true;
@@ -139,25 +139,38 @@ fn pin(routed: &mut Routed, sealer: &Sealer, client_id: &str) -> Result<String, 
 /// Seals backend response ids in a 2xx answer (JSON body or SSE events).
 #[derive(Debug)]
 pub struct IdRewrite {
-    sealer: Sealer,
-    key: String,
-    /// Provider name and backend address of the answering replica (known at the header).
-    replica: Option<(String, SocketAddr)>,
-    /// (backend id, the id the client sees): from the request, or sealed when first seen.
-    known: Vec<(String, String)>,
+    ids: Ids,
     mode: BodyKind,
     tok: Tokenizer,
     held: Vec<u8>,
     passing: bool,
 }
 
+/// The ids of one answer: what seals them, and those known so far.
+#[derive(Debug)]
+struct Ids {
+    sealer: Sealer,
+    key: String,
+    /// Provider name and backend address of the answering replica (known at the header).
+    replica: Option<(String, SocketAddr)>,
+    /// From the request, or sealed when first seen.
+    known: Vec<Known>,
+}
+
+/// A backend id and the id the client sees, with the quoted forms a splice replaces (built
+/// once, not for every event).
+#[derive(Debug)]
+struct Known {
+    backend: String,
+    client: String,
+    quoted_backend: memchr::memmem::Finder<'static>,
+    quoted_client: Vec<u8>,
+}
+
 impl IdRewrite {
     fn new(sealer: Sealer, key: String) -> Self {
         IdRewrite {
-            sealer,
-            key,
-            replica: None,
-            known: Vec::new(),
+            ids: Ids { sealer, key, replica: None, known: Vec::new() },
             mode: BodyKind::Other,
             tok: Tokenizer::default(),
             held: Vec::new(),
@@ -176,7 +189,7 @@ impl IdRewrite {
             return Ok(());
         }
         self.mode = kind;
-        self.replica = replica;
+        self.ids.replica = replica;
         resp.remove_header(&http::header::CONTENT_LENGTH);
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         Ok(())
@@ -202,58 +215,56 @@ impl IdRewrite {
             *body = Some(Bytes::from(std::mem::take(&mut self.held)));
         } else if end {
             let held = std::mem::take(&mut self.held);
-            *body = Some(Bytes::from(self.rewrite(&held)));
+            self.ids.learn(&held);
+            let mut out = Vec::with_capacity(held.len() + 64);
+            self.ids.splice_into(&held, &mut out);
+            *body = Some(Bytes::from(out));
         }
     }
 
+    /// Events pass whole: ids are learned from the `data` lines that name a response
+    /// (`response.created`, `.completed`, …) as the tokenizer yields them, then each event
+    /// ended in this chunk is spliced, straight from the chunk unless it began in an earlier one.
     fn sse(&mut self, body: &mut Option<Bytes>, end: bool) {
         let chunk = body.take().unwrap_or_default();
+        let mut ends = Vec::new();
+        let ids = &mut self.ids;
+        self.tok.feed(&chunk, |t, at| match t {
+            Token::Line { text, .. } => {
+                if let Some(data) = crate::sse::field(text, b"data") {
+                    if memchr::memmem::find(data, b"\"response\"").is_some() {
+                        ids.learn(data);
+                    }
+                }
+            }
+            Token::Blank { .. } => ends.push(at),
+            Token::LongLine | Token::CrLfTail => {}
+        });
         let mut out = Vec::with_capacity(chunk.len() + 64);
-        let mut tok = std::mem::take(&mut self.tok);
         let mut start = 0;
-        let mut events = Vec::new();
-        tok.feed(&chunk, |t, at| {
-            if let Token::Blank { .. } = t {
-                let mut event = std::mem::take(&mut self.held);
-                event.extend_from_slice(&chunk[start..at]);
-                events.push(event);
+        for at in ends {
+            if self.held.is_empty() {
+                self.ids.splice_into(&chunk[start..at], &mut out);
             } else {
                 self.held.extend_from_slice(&chunk[start..at]);
+                let event = std::mem::take(&mut self.held);
+                self.ids.splice_into(&event, &mut out);
             }
             start = at;
-        });
-        self.tok = tok;
-        self.held.extend_from_slice(&chunk[start..]);
-        for e in events {
-            out.extend_from_slice(&self.rewrite_event(&e));
         }
+        self.held.extend_from_slice(&chunk[start..]);
         if end || self.held.len() > MAX_HELD {
             out.append(&mut self.held);
         }
         *body = (!out.is_empty()).then(|| Bytes::from(out));
     }
+}
 
-    /// An SSE event: its `data` JSON names the response (`response.created`, `.completed`, …).
-    fn rewrite_event(&mut self, event: &[u8]) -> Vec<u8> {
-        if memchr::memmem::find(event, b"\"response\"").is_some() {
-            for line in event.split(|b| *b == b'\n' || *b == b'\r') {
-                if let Some(data) = crate::sse::field(line, b"data") {
-                    self.learn(data);
-                }
-            }
-        }
-        self.splice(event)
-    }
-
-    fn rewrite(&mut self, json: &[u8]) -> Vec<u8> {
-        self.learn(json);
-        self.splice(json)
-    }
-
+impl Ids {
     /// Seals the response ids a JSON document names that are not known yet.
     fn learn(&mut self, json: &[u8]) {
         #[derive(serde::Deserialize)]
-        struct Ids {
+        struct Named {
             id: Option<String>,
             previous_response_id: Option<String>,
         }
@@ -261,7 +272,7 @@ impl IdRewrite {
         struct Doc {
             id: Option<String>,
             previous_response_id: Option<String>,
-            response: Option<Ids>,
+            response: Option<Named>,
         }
         let Ok(doc) = serde_json::from_slice::<Doc>(json) else { return };
         let inner = doc.response.map(|r| [r.id, r.previous_response_id]).unwrap_or_default();
@@ -274,37 +285,50 @@ impl IdRewrite {
         let plain = backend_id.starts_with(ID_PREFIX)
             && backend_id.len() <= 256
             && backend_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !plain || self.known.iter().any(|(b, c)| *b == backend_id || *c == backend_id) {
+        if !plain || self.known.iter().any(|k| k.backend == backend_id || k.client == backend_id) {
             return;
         }
         let Some((provider, addr)) = self.replica.clone() else { return };
         let pin =
             Pinned { provider, backend: addr, token: format!("{TOKEN_PREFIX}{backend_id}"), key: self.key.clone() };
         let client = format!("{ID_PREFIX}{}", self.sealer.seal(&pin));
-        self.known.push((backend_id, client));
+        self.remember(backend_id, client);
     }
 
-    /// Every quoted occurrence of a known backend id replaced by the client's id.
-    fn splice(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = bytes.to_vec();
-        for (backend, client) in &self.known {
-            let (from, to) = (format!("\"{backend}\""), format!("\"{client}\""));
-            let finder = memchr::memmem::Finder::new(from.as_bytes());
-            if finder.find(&out).is_none() {
-                continue;
-            }
-            let mut next = Vec::with_capacity(out.len() + to.len());
-            let mut at = 0;
-            for hit in finder.find_iter(&out) {
-                next.extend_from_slice(&out[at..hit]);
-                next.extend_from_slice(to.as_bytes());
-                at = hit + from.len();
-            }
-            next.extend_from_slice(&out[at..]);
-            out = next;
-        }
-        out
+    fn remember(&mut self, backend: String, client: String) {
+        let quoted_backend = memchr::memmem::Finder::new(format!("\"{backend}\"").as_bytes()).into_owned();
+        let quoted_client = format!("\"{client}\"").into_bytes();
+        self.known.push(Known { backend, client, quoted_backend, quoted_client });
     }
+
+    /// `bytes` onto `out`, every quoted occurrence of a known backend id replaced by the
+    /// client's id.
+    fn splice_into(&self, bytes: &[u8], out: &mut Vec<u8>) {
+        let mut hits = self.known.iter().filter(|k| k.quoted_backend.find(bytes).is_some());
+        let Some(first) = hits.next() else {
+            out.extend_from_slice(bytes);
+            return;
+        };
+        let mut current = replace(bytes, first);
+        for k in hits {
+            current = replace(&current, k);
+        }
+        out.extend_from_slice(&current);
+    }
+}
+
+/// `bytes` with every occurrence of `k`'s quoted backend id replaced by its quoted client id.
+fn replace(bytes: &[u8], k: &Known) -> Vec<u8> {
+    let from = k.quoted_backend.needle().len();
+    let mut next = Vec::with_capacity(bytes.len() + k.quoted_client.len());
+    let mut at = 0;
+    for hit in k.quoted_backend.find_iter(bytes) {
+        next.extend_from_slice(&bytes[at..hit]);
+        next.extend_from_slice(&k.quoted_client);
+        at = hit + from;
+    }
+    next.extend_from_slice(&bytes[at..]);
+    next
 }
 
 #[cfg(test)]
@@ -314,7 +338,7 @@ mod tests {
 
     fn rw() -> IdRewrite {
         let mut r = IdRewrite::new(Sealer::new([3; 32]), "alice".into());
-        r.replica = Some(("vllm".into(), "127.0.0.1:9".parse().unwrap()));
+        r.ids.replica = Some(("vllm".into(), "127.0.0.1:9".parse().unwrap()));
         r
     }
 
@@ -342,13 +366,17 @@ mod tests {
     #[test]
     fn json_ids_are_sealed_and_open_to_the_replica() {
         let mut r = rw();
-        r.known.push(("resp_prev".into(), "resp_CLIENT".into()));
-        let out = r.rewrite(br#"{"id":"resp_new","previous_response_id":"resp_prev","output":[{"id":"msg_1"}]}"#);
+        r.ids.remember("resp_prev".into(), "resp_CLIENT".into());
+        r.mode = BodyKind::Json;
+        let answer = br#"{"id":"resp_new","previous_response_id":"resp_prev","output":[{"id":"msg_1"}]}"#;
+        let mut out = Some(Bytes::from_static(answer));
+        r.response_body(&mut out, true);
+        let out = out.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["previous_response_id"], "resp_CLIENT");
         assert_eq!(v["output"][0]["id"], "msg_1");
         let sealed = v["id"].as_str().unwrap().strip_prefix(ID_PREFIX).unwrap();
-        let pin = r.sealer.open(sealed).unwrap();
+        let pin = r.ids.sealer.open(sealed).unwrap();
         assert_eq!(
             (pin.token.as_str(), pin.key.as_str(), pin.provider.as_str()),
             ("response:resp_new", "alice", "vllm")
@@ -372,7 +400,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         // Quoted: the sealed id is `resp_` and base64, which may itself begin with a 9.
         assert!(!text.contains("\"resp_9\""), "{text}");
-        assert_eq!(text.matches(&r.known[0].1).count(), 2, "{text}");
+        assert_eq!(text.matches(&r.ids.known[0].client).count(), 2, "{text}");
         assert!(text.contains("data: {\"delta\":\"hi\"}\n\n"));
     }
 }
