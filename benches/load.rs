@@ -9,7 +9,10 @@
 //! benches/bare-pingora/build.sh), `MCAS_BENCH_GATEWAY_BASE` (an older mcas-gateway binary, run beside this one as
 //! `gateway-base` with the same config), `MCAS_BENCH_NO_PIN=1` (do not pin with taskset), `MCAS_BENCH_TARGETS` and
 //! `MCAS_BENCH_WORKLOADS` (comma lists: run only those), `MCAS_BENCH_SYSCALLS=N` (instead of timed rounds:
-//! N requests per target and workload under `strace -c -f`, and the system calls per request).
+//! N requests per target and workload under `strace -c -f`, and the system calls per request),
+//! `MCAS_BENCH_CALLGRIND=N[,N,N]` (instead of timed rounds: the proxies run under callgrind, N requests per
+//! workload in order — non-streamed, streamed, streamed-256 — are counted, and the instructions per request;
+//! dumps in `MCAS_BENCH_CALLGRIND_OUT`, default target/callgrind; see benches/callgrind.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
@@ -89,6 +92,8 @@ impl Workload {
 #[derive(Default)]
 struct Children {
     procs: Vec<(String, Child)>,
+    /// `MCAS_BENCH_CALLGRIND`: the proxies (not the sim) run under callgrind, writing here.
+    callgrind: Option<PathBuf>,
 }
 
 impl Drop for Children {
@@ -104,14 +109,19 @@ impl Children {
     fn spawn(&mut self, name: &str, pin: bool, program: &Path, args: &[String], log: &Path) -> u32 {
         let out = File::create(log).unwrap();
         let err = out.try_clone().unwrap();
-        let mut cmd = if pin {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(SERVER_CORE).arg(program);
-            c
-        } else {
-            Command::new(program)
-        };
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // taskset and valgrind exec the program: the child's pid is the program's.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if pin {
+            argv.extend(["taskset".into(), "-c".into(), SERVER_CORE.into()]);
+        }
+        if let Some(dir) = self.callgrind.as_ref().filter(|_| name != "mcas-sim") {
+            // Instrumentation off until a measured round turns it on (`callgrind_around`).
+            argv.extend(["valgrind".into(), "--tool=callgrind".into(), "--instr-atstart=no".into()]);
+            argv.push(format!("--callgrind-out-file={}/{name}.callgrind", dir.display()).into());
+        }
+        argv.push(program.into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name} ({}): {e}", program.display()));
         let pid = child.id();
         self.procs.push((name.to_string(), child));
@@ -152,7 +162,9 @@ fn http_get_status(port: u16, path: &str) -> Option<u16> {
 
 /// Polls `GET /health` until it answers `want` (any status if `None`), failing if the child exits.
 fn wait_ready(children: &mut Children, name: &str, log: &Path, port: u16, want: Option<u16>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Under callgrind a start-up takes minutes on a loaded machine.
+    let secs = if std::env::var_os("MCAS_BENCH_CALLGRIND").is_some() { 600 } else { 30 };
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(status) = http_get_status(port, "/health") {
             if want.is_none_or(|w| w == status) {
@@ -161,7 +173,7 @@ fn wait_ready(children: &mut Children, name: &str, log: &Path, port: u16, want: 
         }
         children.check_alive(name, log);
         if Instant::now() > deadline {
-            panic!("{name} not ready on 127.0.0.1:{port} after 30 s; log {}", log.display());
+            panic!("{name} not ready on 127.0.0.1:{port} after {secs} s; log {}", log.display());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -357,7 +369,7 @@ enum Until {
 
 /// One connection: connect, one warm-up request, wait for the start, then request → full response until the
 /// round ends. A failed request is counted and the connection reopened.
-async fn conn_loop(port: u16, workload: Workload, start: Arc<Barrier>, until: Until) -> ConnStats {
+async fn conn_loop(port: u16, workload: Workload, start: [Arc<Barrier>; 2], until: Until) -> ConnStats {
     let mut stats = ConnStats::default();
     let mut sender = connect(port).await.ok();
     if let Some(s) = sender.as_mut() {
@@ -365,7 +377,9 @@ async fn conn_loop(port: u16, workload: Workload, start: Arc<Barrier>, until: Un
             sender = None;
         }
     }
-    start.wait().await;
+    for b in start {
+        b.wait().await;
+    }
     let t0 = Instant::now();
     loop {
         match &until {
@@ -416,6 +430,8 @@ struct RoundResult {
     /// CPU µs per request of the sim (the upstream), for every target.
     sim_cpu_us: f64,
     requests: u64,
+    /// SSE events received.
+    events: u64,
     errors: u64,
 }
 
@@ -438,10 +454,12 @@ async fn run_round(
     tck: u64,
     around: &mut dyn FnMut(bool),
 ) -> RoundResult {
-    let start = Arc::new(Barrier::new(conns + 1));
-    let handles: Vec<_> =
-        (0..conns).map(|_| tokio::spawn(conn_loop(target.port, workload, start.clone(), until.clone()))).collect();
-    // Before the barrier, which every connection reaches after its warm-up request.
+    // Every connection reaches `warm` after its warm-up request, then waits for `start`.
+    let (warm, start) = (Arc::new(Barrier::new(conns + 1)), Arc::new(Barrier::new(conns + 1)));
+    let handles: Vec<_> = (0..conns)
+        .map(|_| tokio::spawn(conn_loop(target.port, workload, [warm.clone(), start.clone()], until.clone())))
+        .collect();
+    warm.wait().await;
     around(true);
     start.wait().await;
     let cpu0 = cpu_ticks(target.pid);
@@ -479,6 +497,7 @@ async fn run_round(
         cpu_event_us: per(cpu1 - cpu0, all.events),
         sim_cpu_us: per(sim1 - sim0, n),
         requests: n,
+        events: all.events,
         errors: all.errors,
     }
 }
@@ -718,6 +737,89 @@ fn syscalls_mode(rt: &tokio::runtime::Runtime, targets: &[Target], sim_pid: u32,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Instructions per request (`MCAS_BENCH_CALLGRIND=N[,N,N]`)
+
+/// `callgrind_control` on the proxy around a measured round: counters zeroed and instrumentation on before
+/// the start, off and dumped (as `label`) after the end. Returns the dump's path after the end.
+fn callgrind_around(pid: u32, start: bool, label: &str, dir: &Path) -> Option<PathBuf> {
+    let ctl = |args: &[&str]| {
+        let ok = Command::new("callgrind_control")
+            .args(args)
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "callgrind_control {args:?} {pid} failed");
+    };
+    if start {
+        ctl(&["--zero"]);
+        ctl(&["--instr=on"]);
+        return None;
+    }
+    let before: Vec<PathBuf> = callgrind_dumps(dir);
+    ctl(&["--instr=off"]);
+    ctl(&[&format!("--dump={label}")]);
+    // The dump is written by the proxy itself, around when the control returns: wait for its totals.
+    for _ in 0..600 {
+        if let Some(p) = callgrind_dumps(dir).into_iter().find(|p| !before.contains(p) && callgrind_ir(p).is_some()) {
+            return Some(p);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn callgrind_dumps(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.to_string_lossy().contains(".callgrind.")).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `Ir` total of a callgrind dump.
+fn callgrind_ir(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // `totals:` ends the dump; a `summary:` line at its head may read 0.
+    text.lines().rev().find_map(|l| l.strip_prefix("totals:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Per workload and proxy: a warm-up of `n / 4` requests (at most 500), then `n` requests with callgrind's
+/// instrumentation on; the instructions (Ir) per request and per SSE event, and each as a multiple of bare's.
+/// The dumps stay in `out` (`callgrind_annotate out/gateway.callgrind.N`).
+fn callgrind_mode(rt: &tokio::runtime::Runtime, targets: &[Target], counts: &[i64], conns: usize, out: &Path) {
+    println!("\n## Instructions per request (callgrind, Ir of the proxy process; {conns} connections)\n");
+    println!("| workload | target | requests | Ir/request | Ir/event | ×bare | dump |");
+    println!("|---|---|---:|---:|---:|---:|---|");
+    let workloads =
+        Workload::ALL.into_iter().filter(|w| picked("MCAS_BENCH_WORKLOADS", w.label()) && *w != Workload::Ttft);
+    for (i, w) in workloads.enumerate() {
+        let n = counts.get(i).or(counts.last()).copied().unwrap_or(1000);
+        let mut rows = Vec::new();
+        for t in targets.iter().filter(|t| t.name != "sim") {
+            let warm = Until::Requests(Arc::new(AtomicI64::new((n / 4).min(500))));
+            rt.block_on(run_round(t, t.pid, w, conns, warm, 100, &mut |_| {}));
+            let label = format!("{}-{}", t.name, w.label());
+            let mut dump = None;
+            let until = Until::Requests(Arc::new(AtomicI64::new(n)));
+            let r = rt.block_on(run_round(t, t.pid, w, conns, until, 100, &mut |s| {
+                dump = callgrind_around(t.pid, s, &label, out).or(dump.take());
+            }));
+            let ir = dump.as_deref().and_then(callgrind_ir).unwrap_or(0) as f64;
+            let events = r.events as f64;
+            rows.push((t.name, r.requests, ir / r.requests.max(1) as f64, ir / events.max(1.0), dump));
+        }
+        let bare = rows.iter().find(|r| r.0 == "bare").map(|r| r.2);
+        for (name, requests, per_req, per_event, dump) in rows {
+            let ratio = bare.map_or("-".into(), |b| f(per_req / b, 2));
+            let per_event = if w.streamed() { f(per_event, 0) } else { "-".into() };
+            let dump = dump.map_or("?".into(), |d| d.display().to_string());
+            println!("| {} | {name} | {requests} | {} | {per_event} | {ratio} | {dump} |", w.label(), f(per_req, 0));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Main and report
 
 fn main() {
@@ -725,6 +827,9 @@ fn main() {
     let rounds: usize = env_num("MCAS_BENCH_ROUNDS", 3usize).max(1);
     let conns: usize = env_num("MCAS_BENCH_CONNS", 32usize).max(1);
     let syscalls: i64 = env_num("MCAS_BENCH_SYSCALLS", 0i64);
+    let callgrind: Vec<i64> = std::env::var("MCAS_BENCH_CALLGRIND")
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_default();
     let dur = Duration::from_secs_f64(secs);
     let nproc = command_output("nproc", &[]).unwrap_or_else(|| "?".into());
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -809,6 +914,17 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut children = Children::default();
+    if !callgrind.is_empty() {
+        let out = std::env::var_os("MCAS_BENCH_CALLGRIND_OUT")
+            .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/callgrind"), PathBuf::from);
+        std::fs::create_dir_all(&out).unwrap();
+        for old in std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok().map(|e| e.path())) {
+            if old.to_string_lossy().contains(".callgrind") {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        children.callgrind = Some(out);
+    }
 
     let sim_port = free_port();
     let sim_log = dir.path().join("sim.log");
@@ -892,6 +1008,11 @@ fn main() {
 
     if syscalls > 0 {
         syscalls_mode(&rt, &targets, sim_pid, syscalls, conns, dir.path());
+        load("at end");
+        return;
+    }
+    if let Some(out) = children.callgrind.clone() {
+        callgrind_mode(&rt, &targets, &callgrind, conns, &out);
         load("at end");
         return;
     }

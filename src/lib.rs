@@ -3,6 +3,7 @@
 //! The request path lives in [`proxy`], one module per step; configuration in [`config`];
 //! the upstream simulator in [`sim`]; the Telegram runner in [`telegram`].
 
+pub mod addr_text;
 pub mod clock;
 pub mod config;
 pub mod demo;

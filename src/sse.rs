@@ -184,6 +184,16 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
 
+/// The searcher for `"usage"`, built once: `memmem::find` builds one per call, which cost
+/// more than the search itself on every event of a stream (docs/benchmarks.md).
+static USAGE_KEY: once_cell::sync::Lazy<memchr::memmem::Finder<'static>> =
+    once_cell::sync::Lazy::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+
+/// [`contains`] for `"usage"`, the per-event check of the usage observer and the usage strip.
+pub fn contains_usage_key(hay: &[u8]) -> bool {
+    USAGE_KEY.find(hay).is_some()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -303,5 +313,8 @@ mod tests {
         assert_eq!(event_data(b": only a comment\n\n").unwrap(), b"");
         assert!(contains(b"{\"usage\":1}", b"\"usage\""));
         assert!(!contains(b"{}", b"\"usage\""));
+        assert!(contains_usage_key(b"data: {\"choices\":[],\"usage\":{}}"));
+        assert!(!contains_usage_key(b"data: {\"usage_x\":1, \"usage\" }"[..20].as_ref()));
+        assert!(!contains_usage_key(b""));
     }
 }

@@ -135,7 +135,120 @@ pub fn flush() {
 /// and counted.
 pub fn write(record: &AccessRecord) {
     if let Some(p) = PENDING.as_ref() {
-        append(p, |buf| serde_json::to_writer(buf, record).is_ok());
+        append(p, |buf| {
+            record.write_json(buf);
+            true
+        });
+    }
+}
+
+impl AccessRecord<'_> {
+    /// The line `serde_json::to_writer` writes for the record (same fields, order, skips and
+    /// escapes; the test below compares both), without serde's per-field machinery, which was a
+    /// measurable part of the gateway's work per request (docs/benchmarks.md).
+    fn write_json(&self, b: &mut Vec<u8>) {
+        b.extend_from_slice(b"{\"ts\":");
+        json_str(b, &self.ts);
+        b.extend_from_slice(b",\"request_id\":");
+        json_str(b, self.request_id);
+        b.extend_from_slice(b",\"client_ip\":");
+        match self.client_ip {
+            Some(ip) => json_str(b, ip),
+            None => b.extend_from_slice(b"null"),
+        }
+        b.extend_from_slice(b",\"method\":");
+        json_str(b, self.method);
+        b.extend_from_slice(b",\"path\":");
+        json_str(b, self.path);
+        b.extend_from_slice(b",\"status\":");
+        b.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        b.extend_from_slice(b",\"duration_ms\":");
+        json_f64(b, self.duration_ms);
+        if let Some(v) = self.ttfb_ms {
+            b.extend_from_slice(b",\"ttfb_ms\":");
+            json_f64(b, v);
+        }
+        if let Some(v) = self.ttft_ms {
+            b.extend_from_slice(b",\"ttft_ms\":");
+            json_f64(b, v);
+        }
+        b.extend_from_slice(b",\"bytes_in\":");
+        b.extend_from_slice(itoa::Buffer::new().format(self.bytes_in).as_bytes());
+        b.extend_from_slice(b",\"bytes_out\":");
+        b.extend_from_slice(itoa::Buffer::new().format(self.bytes_out).as_bytes());
+        for (name, v) in
+            [(&b",\"key\":"[..], self.key), (b",\"route\":", self.route), (b",\"provider\":", self.provider)]
+        {
+            if let Some(v) = v {
+                b.extend_from_slice(name);
+                json_str(b, v);
+            }
+        }
+        if let Some(addr) = self.backend {
+            b.extend_from_slice(b",\"backend\":\"");
+            // An address has nothing to escape.
+            crate::addr_text::push_socket_addr(b, addr);
+            b.push(b'"');
+        }
+        if let Some(v) = self.model {
+            b.extend_from_slice(b",\"model\":");
+            json_str(b, v);
+        }
+        b.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
+        for (name, v) in
+            [(&b",\"prompt_tokens\":"[..], self.prompt_tokens), (b",\"completion_tokens\":", self.completion_tokens)]
+        {
+            if let Some(v) = v {
+                b.extend_from_slice(name);
+                b.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+            }
+        }
+        for (name, v) in [(&b",\"error\":"[..], self.error), (b",\"refusal\":", self.refusal)] {
+            if let Some(v) = v {
+                b.extend_from_slice(name);
+                json_str(b, v);
+            }
+        }
+        b.push(b'}');
+    }
+}
+
+/// A JSON string as serde_json writes it: quote and backslash escaped, control characters as
+/// short (`\\n`) or `\\u00XX` escapes, everything else (UTF-8 included) as is.
+fn json_str(b: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    b.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut unicode = *b"\\u0000";
+    for (i, &c) in bytes.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                unicode[4] = HEX[usize::from(c >> 4)];
+                unicode[5] = HEX[usize::from(c & 0xf)];
+                &unicode
+            }
+            _ => continue,
+        };
+        b.extend_from_slice(&bytes[start..i]);
+        b.extend_from_slice(esc);
+        start = i + 1;
+    }
+    b.extend_from_slice(&bytes[start..]);
+    b.push(b'"');
+}
+
+/// A float as serde_json writes it (its shortest form; `null` when not finite).
+fn json_f64(b: &mut Vec<u8>, v: f64) {
+    if serde_json::to_writer(&mut *b, &v).is_err() {
+        b.extend_from_slice(b"null");
     }
 }
 
@@ -182,6 +295,54 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    fn record<'a>(strings: [&'a str; 4], backend: Option<SocketAddr>, some: bool, ms: f64) -> AccessRecord<'a> {
+        let [text, path, key, model] = strings;
+        AccessRecord {
+            ts: text.to_string(),
+            request_id: text,
+            client_ip: some.then_some(text),
+            method: "POST",
+            path,
+            status: if some { 200 } else { 0 },
+            duration_ms: ms,
+            ttfb_ms: some.then_some(ms / 3.0),
+            ttft_ms: some.then_some(ms * 1e-9),
+            bytes_in: 12,
+            bytes_out: u64::MAX,
+            key: some.then_some(key),
+            route: Some(path),
+            provider: some.then_some(text),
+            backend,
+            model: some.then_some(model),
+            stream: some,
+            prompt_tokens: some.then_some(7),
+            completion_tokens: some.then_some(0),
+            error: some.then_some(text),
+            refusal: (!some).then_some(key),
+        }
+    }
+
+    #[test]
+    fn the_line_is_what_serde_json_writes() {
+        let odd = "q\"uote\\ back\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f} é 日本 \u{2028}";
+        let v6: SocketAddr = "[2001:db8::1]:8443".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.2:8000".parse().unwrap();
+        for (strings, backend, some, ms) in [
+            (["plain", "/v1/chat/completions", "bench", "sim-model"], Some(v4), true, 1.25),
+            ([odd, odd, odd, odd], Some(v6), true, 0.000_012_3),
+            (["", "", "", ""], None, false, 0.0),
+            (["a", "/x", "k", "m"], None, true, 123_456_789.123),
+            (["a", "/x", "k", "m"], Some(v4), false, f64::NAN),
+            (["a", "/x", "k", "m"], Some(v4), true, f64::INFINITY),
+        ] {
+            let r = record(strings, backend, some, ms);
+            let mut ours = Vec::new();
+            r.write_json(&mut ours);
+            let theirs = serde_json::to_vec(&r).unwrap();
+            assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
         }
     }
 

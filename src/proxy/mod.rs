@@ -370,7 +370,7 @@ fn fresh_request_id(n: u128) -> String {
 }
 
 pub fn client_ip(session: &Session) -> Option<String> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string())
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| crate::addr_text::ip_string(a.ip()))
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl SseStrip {
         if self.held.is_empty()
             && self.tok.at_clean_boundary()
             && (chunk.is_empty() || chunk.ends_with(b"\n\n"))
-            && !sse::contains(&chunk, b"\"usage\"")
+            && !sse::contains_usage_key(&chunk)
         {
             *body = (!chunk.is_empty()).then_some(chunk);
             return;
@@ -191,7 +191,7 @@ impl SseStrip {
 }
 
 fn is_usage_event(event: &[u8]) -> bool {
-    if !sse::contains(event, b"\"usage\"") {
+    if !sse::contains_usage_key(event) {
         return false;
     }
     #[derive(serde::Deserialize)]

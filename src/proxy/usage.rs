@@ -107,7 +107,7 @@ impl UsageObserver {
             return;
         }
         // Only the chunk(s) carrying usage are parsed: the hot path is a substring check.
-        if sse::contains(payload, b"\"usage\"") {
+        if sse::contains_usage_key(payload) {
             if let Some(u) = parse_usage(payload) {
                 self.usage = Some(u);
             }
