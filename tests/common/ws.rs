@@ -3,7 +3,6 @@
 
 use super::gateway::{key_yaml, spawn_gateway, Gw};
 use std::net::SocketAddr;
-use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -31,16 +30,7 @@ pub async fn ws_connect(gw: &Gw, key: &str) -> Ws {
 /// that accepts it, with the bytes that came after the head; `None` when the client left first.
 pub async fn accept_upgrade(sock: &mut tokio::net::TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 8192];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
+    let end = super::raw_http::read_head(sock, &mut buf).await?;
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
     let ws_key = head
         .lines()
