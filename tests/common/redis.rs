@@ -93,9 +93,14 @@ impl Cluster {
     pub fn start() -> Cluster {
         let nodes: Vec<Redis> = (0..3)
             .map(|_| {
+                // The bus port is a free one of its own: by default it is the port + 10,000, which
+                // another socket of the machine may hold (seen: "Failed listening on port … (cluster)").
+                let bus = free_port().to_string();
                 Redis::start(&[
                     "--cluster-enabled",
                     "yes",
+                    "--cluster-port",
+                    &bus,
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
