@@ -30,5 +30,6 @@ if [ "$which" = patched ] || [ "$which" = both ]; then
     vendor="${BARE_VENDOR:-$repo/vendor}"
     build "${BARE_NAME:-patched}" \
         --config "patch.crates-io.pingora-core.path=\"$vendor/pingora-core\"" \
-        --config "patch.crates-io.pingora-proxy.path=\"$vendor/pingora-proxy\""
+        --config "patch.crates-io.pingora-proxy.path=\"$vendor/pingora-proxy\"" \
+        --config "patch.crates-io.pingora-http.path=\"$vendor/pingora-http\""
 fi
