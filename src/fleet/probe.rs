@@ -19,10 +19,12 @@ pub fn service(runtime: Arc<ArcSwap<Runtime>>) -> super::ticker::Ticker {
     super::ticker::Ticker { runtime, every: TICK, start_due: probe_due }
 }
 
-fn probe_due(rt: &Runtime) {
+fn probe_due(rt: &Runtime) -> bool {
     let now = clock::now_ms();
+    let mut any = false;
     for p in &rt.providers {
         let Some(settings) = &p.fleet.health else { continue };
+        any = true;
         for b in &p.backends {
             if b.health.claim_probe(now, settings.interval) {
                 let (p, b, s) = (p.clone(), b.clone(), settings.clone());
@@ -33,6 +35,7 @@ fn probe_due(rt: &Runtime) {
             }
         }
     }
+    any
 }
 
 fn record(p: &Provider, b: &Backend, s: &HealthSettings, result: Result<(), String>) {

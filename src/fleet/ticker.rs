@@ -15,9 +15,14 @@ pub struct Ticker {
     pub runtime: Arc<ArcSwap<Runtime>>,
     /// How often `start_due` runs (the finest useful interval of the work).
     pub every: Duration,
-    /// Starts the work due now; must not block.
-    pub start_due: fn(&Runtime),
+    /// Starts the work due now; must not block. Returns whether the runtime has any such work
+    /// configured at all.
+    pub start_due: fn(&Runtime) -> bool,
 }
+
+/// How long the ticker waits when nothing is configured: a reload that adds work is picked up
+/// within this, and an idle gateway is not woken every few milliseconds for nothing.
+const IDLE: Duration = Duration::from_secs(1);
 
 #[async_trait::async_trait]
 impl BackgroundService for Ticker {
@@ -26,7 +31,15 @@ impl BackgroundService for Ticker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
-                _ = tick.tick() => (self.start_due)(&self.runtime.load_full()),
+                _ = tick.tick() => {
+                    if !(self.start_due)(&self.runtime.load_full()) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(IDLE) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        tick.reset();
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }

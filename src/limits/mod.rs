@@ -164,7 +164,7 @@ impl Snapshot {
     /// Values are built without intermediate strings: they are on every response.
     pub fn headers(&self) -> Vec<(&'static str, HeaderValue)> {
         let mut out = Vec::with_capacity(7);
-        let reset = HeaderValue::from_str(&format_reset(self.reset)).unwrap_or(HeaderValue::from_static("0s"));
+        let reset = format_reset(self.reset);
         if let Some(l) = self.limits.rpm {
             out.push(("x-ratelimit-limit-requests", HeaderValue::from(l)));
             out.push(("x-ratelimit-remaining-requests", HeaderValue::from(l.saturating_sub(self.requests))));
@@ -180,17 +180,42 @@ impl Snapshot {
 }
 
 /// OpenAI writes resets like `1s`, `6m0s`, `20ms`.
-fn format_reset(d: Duration) -> String {
+fn format_reset(d: Duration) -> HeaderValue {
     let ms = d.as_millis() as u64;
+    let mut buf = [0u8; 48];
+    let mut at = 0;
+    let mut put = |n: u64, unit: &[u8]| {
+        at += digits(n, &mut buf[at..]);
+        buf[at..at + unit.len()].copy_from_slice(unit);
+        at += unit.len();
+    };
     if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = ceil_secs(ms);
-    if s < 60 {
-        format!("{s}s")
+        put(ms, b"ms");
     } else {
-        format!("{}m{}s", s / 60, s % 60)
+        let s = ceil_secs(ms);
+        if s >= 60 {
+            put(s / 60, b"m");
+        }
+        put(s % 60, b"s");
     }
+    HeaderValue::from_bytes(&buf[..at]).unwrap_or(HeaderValue::from_static("0s"))
+}
+
+/// Writes `n` in decimal at the start of `out`; returns how many bytes.
+fn digits(mut n: u64, out: &mut [u8]) -> usize {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = tmp.len() - i;
+    out[..len].copy_from_slice(&tmp[i..]);
+    len
 }
 
 impl KeyState {

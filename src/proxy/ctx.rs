@@ -111,8 +111,9 @@ pub struct Ctx {
     pub counted_inflight: bool,
     pub limit: super::rate_limit::LimitCtx,
     pub rewrite: super::rewrite::ResponseRewrite,
-    /// Responses API: backend response ids sealed in the answer (`response_ids`).
-    pub response_ids: Option<super::response_ids::IdRewrite>,
+    /// Responses API: backend response ids sealed in the answer (`response_ids`). Boxed, as
+    /// other rarely used parts: Pingora moves the context with its request future.
+    pub response_ids: Option<Box<super::response_ids::IdRewrite>>,
     /// Long-lived connections: MCP endpoint rewriting, concurrency slots.
     pub streams: super::long_lived::StreamState,
 }

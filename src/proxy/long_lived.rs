@@ -51,7 +51,7 @@ impl RouteStreams {
 #[derive(Debug, Default)]
 pub struct StreamState {
     /// Legacy MCP: rewrites the first `endpoint` event of a `GET …/sse` stream.
-    pub endpoint: Option<EndpointRewriter>,
+    pub endpoint: Option<Box<EndpointRewriter>>,
     /// Concurrency slots held for the life of the stream or tunnel.
     pub slots: Vec<limits::Slot>,
     /// A legacy MCP session (its `GET …/sse` stream) counted on its backend while it lasts.
@@ -167,14 +167,14 @@ pub fn upstream_response(resp: &mut pingora_http::ResponseHeader, ctx: &mut supe
     // A GET stream opened without a session id is the legacy transport's `GET …/sse`.
     if is_sse && routed.streams.pin.is_none() && routed.streams.get {
         if let (Some(sealer), Some(b)) = (routed.runtime.mcp.as_ref(), ctx.upstream.backend.as_ref()) {
-            ctx.streams.endpoint = Some(EndpointRewriter::new(
+            ctx.streams.endpoint = Some(Box::new(EndpointRewriter::new(
                 sealer.clone(),
                 &routed.provider.name,
                 b.addr,
                 &routed.key.name,
                 &routed.provider.base_path,
                 &routed.streams.client_prefix,
-            ));
+            )));
             resp.remove_header(&http::header::CONTENT_LENGTH);
             ctx.streams.session = Some(SessionCount::open(b.clone()));
         }

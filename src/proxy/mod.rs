@@ -7,6 +7,7 @@ pub mod connection_gate;
 pub mod credentials;
 pub mod ctx;
 pub mod framing;
+pub mod header_names;
 pub mod heartbeat;
 pub mod inference;
 pub mod local;
@@ -126,7 +127,7 @@ impl Gateway {
             return Ok(Step::Answered);
         }
         match response_ids::admit(session.req_header(), &mut routed, &mut body) {
-            Ok(rw) => ctx.response_ids = rw,
+            Ok(rw) => ctx.response_ids = rw.map(Box::new),
             Err(e) => return self.refuse(session, ctx, e).await,
         }
         match long_lived::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
@@ -322,10 +323,10 @@ impl ProxyHttp for Gateway {
 /// and the body rewrite's framing.
 fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     if !ctx.request_id.is_empty() {
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.insert_header(&header_names::REQUEST_ID, ctx.request_id.as_str())?;
     }
     for (name, value) in rate_limit::headers(ctx) {
-        resp.insert_header(name, value)?;
+        header_names::insert(resp, name, value)?;
     }
     if let Some(ids) = ctx.response_ids.as_mut() {
         let replica =

@@ -18,10 +18,10 @@ pub async fn json(
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len().to_string())?;
     if !request_id.is_empty() {
-        h.insert_header("x-request-id", request_id)?;
+        h.insert_header(&super::header_names::REQUEST_ID, request_id)?;
     }
     for (k, v) in extra {
-        h.insert_header(*k, v.clone())?;
+        super::header_names::insert(&mut h, k, v.clone())?;
     }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body.into()), true).await?;

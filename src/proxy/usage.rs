@@ -63,6 +63,13 @@ impl UsageObserver {
                 }
             }
             BodyKind::Json => {
+                // The whole answer in one chunk (the common case): read in place, no copy.
+                if let (true, true, Some(c)) = (end, self.buf.is_empty(), chunk) {
+                    if !self.overflow && c.len() <= MAX_KEEP {
+                        self.usage = parse_usage(c).or(self.usage);
+                    }
+                    return;
+                }
                 if let Some(c) = chunk {
                     self.keep(c);
                 }

@@ -29,9 +29,11 @@ pub fn service(runtime: Arc<ArcSwap<Runtime>>) -> crate::fleet::ticker::Ticker {
     crate::fleet::ticker::Ticker { runtime, every: TICK, start_due }
 }
 
-fn start_due(rt: &Runtime) {
+fn start_due(rt: &Runtime) -> bool {
     let now = clock::now_ms();
+    let mut any = false;
     for p in &rt.providers {
+        any |= p.lora.is_some() || p.inference.is_some();
         if let Some(lora) = p.lora.clone().filter(|l| l.claim_round(now)) {
             let p = p.clone();
             tokio::spawn(async move {
@@ -48,6 +50,7 @@ fn start_due(rt: &Runtime) {
             });
         }
     }
+    any
 }
 
 /// Scrapes every backend of `p` at once, records the results, and lets waiters go where

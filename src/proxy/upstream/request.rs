@@ -18,6 +18,7 @@
 //! `finalize_h1_upstream_request_framing` does after the filter.
 
 use crate::proxy::ctx::Routed;
+use crate::proxy::header_names as names;
 use crate::proxy::{credentials, long_lived, rewrite};
 use http::header::{self, HeaderName};
 use pingora::prelude::*;
@@ -119,26 +120,26 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     // Header values built once per provider when the config compiles.
     let built = &routed.provider.headers;
     match (&routed.provider.api_key, &built.authorization) {
-        (Some(_), Some(v)) => req.insert_header(header::AUTHORIZATION, v.clone())?,
-        (Some(key), None) => req.insert_header(header::AUTHORIZATION, format!("Bearer {}", key.expose()))?,
+        (Some(_), Some(v)) => req.insert_header(&names::AUTHORIZATION, v.clone())?,
+        (Some(key), None) => req.insert_header(&names::AUTHORIZATION, format!("Bearer {}", key.expose()))?,
         (None, _) => {}
     }
     match &built.host {
         Some(v) => req.insert_header(header::HOST, v.clone())?,
         None => req.insert_header(header::HOST, routed.provider.host_header.as_str())?,
     }
-    req.insert_header("x-request-id", routed.request_id.as_str())?;
+    req.insert_header(&names::REQUEST_ID, routed.request_id.as_str())?;
     if let Some(ip) = &routed.client_ip {
         let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
             _ => ip.clone(),
         };
-        req.insert_header("x-forwarded-for", xff)?;
+        req.insert_header(&names::FORWARDED_FOR, xff)?;
     }
-    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(routed.client_proto))?;
+    req.insert_header(&names::FORWARDED_PROTO, http::HeaderValue::from_static(routed.client_proto))?;
     if observed(routed) {
         // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
-        req.insert_header(header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"))?;
+        req.insert_header(&names::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"))?;
         req.remove_header(&header::TE);
     }
     if let Some(len) = routed.body_len {

@@ -38,6 +38,63 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The name as written (case kept) and as looked up. The default parses the written form,
+    /// which validates it and, for a name outside the standard set, copies it;
+    /// [`KnownHeaderName`] has both at hand.
+    fn into_case_and_name(self) -> Result<(CaseHeaderName, HeaderName)>
+    where
+        Self: Sized,
+    {
+        let case = self.into_case_header_name();
+        let name = HeaderName::from_bytes(case.as_slice())
+            .or_err(InvalidHTTPHeader, "invalid header name")?;
+        Ok((case, name))
+    }
+}
+
+/// A header name checked once (typically kept in a `static` or a config), with the case to
+/// write it in. Inserting or appending it neither parses nor copies the name again, which a
+/// `&'static str` name does on every call.
+#[derive(Debug, Clone)]
+pub struct KnownHeaderName {
+    case: CaseHeaderName,
+    name: HeaderName,
+}
+
+impl KnownHeaderName {
+    /// A lower-case name, written as is. Like [`HeaderName::from_static`], an invalid or
+    /// upper-case name fails to compile in a `static` (and panics at run time).
+    pub const fn from_static(name: &'static str) -> Self {
+        KnownHeaderName {
+            case: CaseHeaderName(Bytes::from_static(name.as_bytes())),
+            name: HeaderName::from_static(name),
+        }
+    }
+
+    /// A name in any case, written in that case; checked here.
+    pub fn new(case: &'static str) -> Result<Self> {
+        let name = HeaderName::from_bytes(case.as_bytes())
+            .or_err(InvalidHTTPHeader, "invalid header name")?;
+        Ok(KnownHeaderName {
+            case: CaseHeaderName(Bytes::from_static(case.as_bytes())),
+            name,
+        })
+    }
+
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+}
+
+impl IntoCaseHeaderName for &KnownHeaderName {
+    fn into_case_header_name(self) -> CaseHeaderName {
+        self.case.clone()
+    }
+
+    fn into_case_and_name(self) -> Result<(CaseHeaderName, HeaderName)> {
+        Ok((self.case.clone(), self.name.clone()))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -108,6 +165,21 @@ pub(crate) fn titled_header_name_str(header_name: &HeaderName) -> Option<&'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_header_names_keep_their_case_and_skip_the_parse() {
+        static LOWER: KnownHeaderName = KnownHeaderName::from_static("x-ratelimit-limit-requests");
+        let lower = &LOWER;
+        let (case, name) = lower.into_case_and_name().unwrap();
+        assert_eq!(case.as_slice(), b"x-ratelimit-limit-requests");
+        assert_eq!(name.as_str(), "x-ratelimit-limit-requests");
+        let titled = KnownHeaderName::new("X-Request-Id").unwrap();
+        let (case, name) = (&titled).into_case_and_name().unwrap();
+        assert_eq!(case.as_slice(), b"X-Request-Id");
+        assert_eq!(name.as_str(), "x-request-id");
+        assert!(KnownHeaderName::new("bad name").is_err());
+        assert!(KnownHeaderName::new("").is_err());
+    }
 
     #[test]
     fn test_case_header_name() {

@@ -1,0 +1,91 @@
+//! The header names the gateway writes on every request, checked once. Inserting a name given
+//! as a string makes Pingora's header map parse it, copy it, and (for a standard name) copy
+//! it again for the case map, on every request; a [`KnownHeaderName`] (vendor/patches/0008)
+//! carries both forms. The wire bytes are the same: each name is written in the case given.
+
+use http::HeaderValue;
+use pingora::prelude::*;
+use pingora_http::{IntoCaseHeaderName, KnownHeaderName, RequestHeader, ResponseHeader};
+
+pub static AUTHORIZATION: KnownHeaderName = KnownHeaderName::from_static("authorization");
+pub static ACCEPT_ENCODING: KnownHeaderName = KnownHeaderName::from_static("accept-encoding");
+pub static REQUEST_ID: KnownHeaderName = KnownHeaderName::from_static("x-request-id");
+pub static FORWARDED_FOR: KnownHeaderName = KnownHeaderName::from_static("x-forwarded-for");
+pub static FORWARDED_PROTO: KnownHeaderName = KnownHeaderName::from_static("x-forwarded-proto");
+pub static RETRY_AFTER: KnownHeaderName = KnownHeaderName::from_static("retry-after");
+
+/// The `x-ratelimit-*` names `crate::limits::Snapshot::headers` gives, in its order.
+static RATE_LIMIT: [KnownHeaderName; 6] = [
+    KnownHeaderName::from_static("x-ratelimit-limit-requests"),
+    KnownHeaderName::from_static("x-ratelimit-remaining-requests"),
+    KnownHeaderName::from_static("x-ratelimit-reset-requests"),
+    KnownHeaderName::from_static("x-ratelimit-limit-tokens"),
+    KnownHeaderName::from_static("x-ratelimit-remaining-tokens"),
+    KnownHeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
+/// The checked form of a name the gateway writes often; `None` for the others.
+pub fn known(name: &str) -> Option<&'static KnownHeaderName> {
+    if name == RETRY_AFTER.name().as_str() {
+        return Some(&RETRY_AFTER);
+    }
+    if name == REQUEST_ID.name().as_str() {
+        return Some(&REQUEST_ID);
+    }
+    RATE_LIMIT.iter().find(|k| k.name().as_str() == name)
+}
+
+/// A header map Pingora keeps with its case map: requests and responses alike.
+pub trait Headers {
+    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) -> Result<()>;
+}
+
+impl Headers for RequestHeader {
+    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+}
+
+impl Headers for ResponseHeader {
+    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+}
+
+/// Inserts `name` through its checked form when it has one.
+pub fn insert(h: &mut impl Headers, name: &'static str, value: HeaderValue) -> Result<()> {
+    match known(name) {
+        Some(k) => h.insert(k, value),
+        None => h.insert(name, value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rate_limit_name_the_limits_give_is_known() {
+        let limits = crate::limits::KeyLimits { rpm: Some(10), tpm: Some(100), ..Default::default() };
+        let snap = crate::limits::KeyState::default().snapshot(&limits, 0);
+        let names: Vec<&str> = snap.headers().iter().map(|h| h.0).collect();
+        assert_eq!(names.len(), 6);
+        for n in names {
+            assert_eq!(known(n).map(|k| k.name().as_str()), Some(n));
+        }
+        assert!(known("x-other").is_none());
+    }
+
+    #[test]
+    fn a_known_name_is_written_as_a_string_name_would_be() {
+        let mut a = ResponseHeader::build(200, None).unwrap();
+        let mut b = ResponseHeader::build(200, None).unwrap();
+        insert(&mut a, "x-ratelimit-reset-tokens", HeaderValue::from_static("1s")).unwrap();
+        b.insert_header("x-ratelimit-reset-tokens", "1s").unwrap();
+        let (mut wa, mut wb) = (Vec::new(), Vec::new());
+        a.header_to_h1_wire(&mut wa);
+        b.header_to_h1_wire(&mut wb);
+        assert_eq!(wa, wb);
+        assert_eq!(wa, b"x-ratelimit-reset-tokens: 1s\r\n");
+    }
+}
