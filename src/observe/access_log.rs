@@ -270,7 +270,37 @@ fn append(p: &Pending, line: impl FnOnce(&mut Vec<u8>) -> bool) {
 }
 
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    rfc3339_millis(std::time::SystemTime::now())
+}
+
+thread_local! {
+    /// The last second formatted on this thread (`2026-12-01T16:41:41`): only the milliseconds
+    /// change between the lines of one second.
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `humantime::format_rfc3339_millis`, with the date and time of day formatted once per second.
+fn rfc3339_millis(t: std::time::SystemTime) -> String {
+    let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
+        return humantime::format_rfc3339_millis(t).to_string();
+    };
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    SECOND.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != secs {
+            let whole = humantime::format_rfc3339_seconds(t).to_string();
+            cell.1 = whole.trim_end_matches('Z').to_string();
+            cell.0 = secs;
+        }
+        let mut out = String::with_capacity(cell.1.len() + 5);
+        out.push_str(&cell.1);
+        out.push('.');
+        for d in [millis / 100, millis / 10 % 10, millis % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push('Z');
+        out
+    })
 }
 
 #[cfg(test)]
@@ -278,6 +308,20 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use std::sync::{Arc, Condvar, Mutex};
+
+    #[test]
+    fn timestamps_are_humantimes() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for ms in [0u64, 999, 1_000, 1_764_606_101_007, 1_764_606_101_999, 1_764_606_102_010, 4_102_444_799_999] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            // Twice: the second call takes the cached second.
+            for _ in 0..2 {
+                assert_eq!(rfc3339_millis(t), humantime::format_rfc3339_millis(t).to_string(), "{ms}");
+            }
+        }
+        let t = UNIX_EPOCH + Duration::from_nanos(1_764_606_101_123_999_999);
+        assert_eq!(rfc3339_millis(t), humantime::format_rfc3339_millis(t).to_string());
+    }
 
     /// A stdout that blocks until released, like a full pipe nobody reads.
     #[derive(Clone, Default)]

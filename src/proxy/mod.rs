@@ -322,10 +322,13 @@ impl ProxyHttp for Gateway {
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,
 /// and the body rewrite's framing.
 fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    let limits = rate_limit::headers(ctx);
+    // One growth of Pingora's header maps (sized to the backend's headers) for all of them.
+    resp.reserve_headers(1 + limits.len())?;
     if !ctx.request_id.is_empty() {
         resp.insert_header(&header_names::REQUEST_ID, ctx.request_id.as_str())?;
     }
-    for (name, value) in rate_limit::headers(ctx) {
+    for (name, value) in limits {
         header_names::insert(resp, name, value)?;
     }
     if let Some(ids) = ctx.response_ids.as_mut() {

@@ -3,6 +3,8 @@
 //! LF, CRLF or a bare CR) to find the `usage` object of the final chunk; plain JSON bodies are
 //! kept (bounded) and parsed at the end for `usage`.
 
+mod json;
+
 use crate::sse::{self, Token, Tokenizer};
 use bytes::Bytes;
 
@@ -127,37 +129,90 @@ impl UsageObserver {
 /// event). Embeddings and scores carry prompt tokens only, rerank only `total_tokens` (counted
 /// as prompt tokens); an audio duration (`{"type":"duration","seconds":…}`) counts no tokens.
 fn parse_usage(json: &[u8]) -> Option<Usage> {
+    let u = match json::top_level_usage(json) {
+        // Only the `usage` value is parsed: on these answers that is what the full parse gives.
+        json::Walk::Found(span) => serde_json::from_slice::<Option<UsageFields>>(json.get(span?)?).ok()??,
+        json::Walk::Unsure => parse_full(json)?,
+    };
+    u.usage()
+}
+
+/// The whole answer through serde_json: the Responses API shape, escapes, duplicates.
+fn parse_full(json: &[u8]) -> Option<UsageFields> {
     #[derive(serde::Deserialize)]
     struct Doc {
-        usage: Option<U>,
+        usage: Option<UsageFields>,
         response: Option<Inner>,
     }
     #[derive(serde::Deserialize)]
     struct Inner {
-        usage: Option<U>,
-    }
-    #[derive(serde::Deserialize)]
-    struct U {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-        input_tokens: Option<u64>,
-        output_tokens: Option<u64>,
-        total_tokens: Option<u64>,
+        usage: Option<UsageFields>,
     }
     let doc: Doc = serde_json::from_slice(json).ok()?;
-    let u = doc.usage.or(doc.response.and_then(|r| r.usage))?;
-    let prompt = u.prompt_tokens.or(u.input_tokens);
-    let completion = u.completion_tokens.or(u.output_tokens);
-    let prompt = match (prompt, completion) {
-        (None, None) => Some(u.total_tokens?),
-        (p, _) => p,
-    };
-    Some(Usage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0) })
+    doc.usage.or(doc.response.and_then(|r| r.usage))
+}
+
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl UsageFields {
+    fn usage(self) -> Option<Usage> {
+        let prompt = self.prompt_tokens.or(self.input_tokens);
+        let completion = self.completion_tokens.or(self.output_tokens);
+        let prompt = match (prompt, completion) {
+            (None, None) => Some(self.total_tokens?),
+            (p, _) => p,
+        };
+        Some(Usage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0) })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_level_walk_reads_usage_as_the_full_parse_does() {
+        let docs = [
+            r#"{"id":"x","choices":[{"message":{"content":"a \"usage\": {} ]}"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1}},"choices":[]}"#,
+            r#"{"choices":[{"usage":{"prompt_tokens":9}}]}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":null,"response":{"usage":{"input_tokens":5,"output_tokens":6}}}"#,
+            r#"{"response":{"usage":{"input_tokens":5,"output_tokens":6}}}"#,
+            r#"{"\u0075sage":{"prompt_tokens":7,"completion_tokens":8}}"#,
+            r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
+            r#"{"usage":{"total_tokens":12}}"#,
+            r#"{"usage":{"prompt_tokens":-1}}"#,
+            r#"{"usage":{"prompt_tokens":1.5}}"#,
+            r#"{"usage":{"prompt_tokens":"1"}}"#,
+            r#"{"usage":[1,2]}"#,
+            r#"{}"#,
+            r#"  { "a" : [ {"b": [[]]}, "x" ] , "usage" : { "prompt_tokens" : 10 , "completion_tokens" : 0 } }  "#,
+            r#"{"a":true,"b":false,"c":null,"d":1e5,"usage":{"completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":1}} x"#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"{"a":[}],"usage":{"prompt_tokens":1}}"#,
+            r#"{"a":"\\","usage":{"prompt_tokens":1}}"#,
+            r#"[{"usage":{"prompt_tokens":1}}]"#,
+            r#"{"usage":{"prompt_tokens":1},}"#,
+            r#"{"usage" {"prompt_tokens":1}}"#,
+            "",
+        ];
+        for d in docs {
+            let full = parse_full(d.as_bytes()).and_then(UsageFields::usage);
+            assert_eq!(parse_usage(d.as_bytes()), full, "{d}");
+        }
+        let deep = format!(r#"{{"a":{}{},"usage":{{"prompt_tokens":1}}}}"#, "[".repeat(200), "]".repeat(200));
+        assert_eq!(parse_usage(deep.as_bytes()), parse_full(deep.as_bytes()).and_then(UsageFields::usage));
+    }
 
     fn feed(chunks: &[&str]) -> UsageObserver {
         let mut o = UsageObserver::default();

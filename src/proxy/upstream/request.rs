@@ -107,6 +107,9 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         .parse()
         .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
     req.set_uri(uri);
+    // Room for the fields added below (request id, forwarding, encoding, length), at once:
+    // the map is sized to the client's headers.
+    req.reserve_headers(6)?;
     req.remove_header(&header::AUTHORIZATION);
     req.remove_header("x-api-key");
     if let Some(kept) = credentials::strip_protocol_key(req) {

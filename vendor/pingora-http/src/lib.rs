@@ -231,6 +231,22 @@ impl RequestHeader {
         )
     }
 
+    /// Makes room for `additional` more headers in the value map and the case map at once.
+    /// A map parsed from the wire is sized to the headers it had, so a proxy that adds
+    /// several headers otherwise grows (rehashes and reallocates) each map along the way.
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        self.base
+            .headers
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map
+                .try_reserve(additional)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        Ok(())
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -585,6 +601,22 @@ impl ResponseHeader {
         )
     }
 
+    /// Makes room for `additional` more headers in the value map and the case map at once.
+    /// A map parsed from the wire is sized to the headers it had, so a proxy that adds
+    /// several headers otherwise grows (rehashes and reallocates) each map along the way.
+    pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
+        self.base
+            .headers
+            .try_reserve(additional)
+            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map
+                .try_reserve(additional)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        Ok(())
+    }
+
     /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
@@ -839,8 +871,12 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
 
     // We select the size hint or the max size here, ensuring that we pick a value substantially lower
     // than 1 << 15 with room to grow the header map.
+    // A hint is the count of headers parsed from the wire: leave room for the few that a proxy
+    // adds or that the response path sets (forwarding, request ids, Date, Connection), so those
+    // inserts do not rehash the map and its case map.
+    const HEADROOM: usize = 8;
     std::cmp::min(
-        size_hint.unwrap_or(INIT_HEADER_SIZE),
+        size_hint.map_or(INIT_HEADER_SIZE, |n| n.saturating_add(HEADROOM)),
         PINGORA_MAX_HEADER_COUNT,
     )
 }
@@ -1050,8 +1086,31 @@ mod tests {
     #[test]
     fn header_map_upper_bound() {
         assert_eq!(8, http_header_map_upper_bound(None));
-        assert_eq!(16, http_header_map_upper_bound(Some(16)));
+        assert_eq!(24, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    #[test]
+    fn reserved_headers_keep_order_and_case() {
+        let mut req = RequestHeader::build("GET", b"/", Some(1)).unwrap();
+        req.append_header("A", "1").unwrap();
+        req.reserve_headers(8).unwrap();
+        assert!(req.headers.capacity() >= 9);
+        for (i, name) in ["B-b", "c", "D"].iter().enumerate() {
+            req.insert_header(*name, i.to_string()).unwrap();
+        }
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"A: 1\r\nB-b: 0\r\nc: 1\r\nD: 2\r\n");
+
+        let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+        resp.append_header("A", "1").unwrap();
+        resp.reserve_headers(2).unwrap();
+        resp.insert_header("b", "2").unwrap();
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"A: 1\r\nb: 2\r\n");
+        assert!(resp.reserve_headers(1 << 16).is_err());
     }
 
     #[test]
