@@ -131,7 +131,13 @@ impl UsageObserver {
 fn parse_usage(json: &[u8]) -> Option<Usage> {
     let u = match json::top_level_usage(json) {
         // Only the `usage` value is parsed: on these answers that is what the full parse gives.
-        json::Walk::Found(span) => serde_json::from_slice::<Option<UsageFields>>(json.get(span?)?).ok()??,
+        json::Walk::Found(span) => {
+            let raw = json.get(span?)?;
+            match json::usage_counts(raw) {
+                Some(counts) => UsageFields::from(counts?),
+                None => serde_json::from_slice::<Option<UsageFields>>(raw).ok()??,
+            }
+        }
         json::Walk::Unsure => parse_full(json)?,
     };
     u.usage()
@@ -159,6 +165,12 @@ struct UsageFields {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     total_tokens: Option<u64>,
+}
+
+impl From<json::Counts> for UsageFields {
+    fn from([prompt_tokens, completion_tokens, input_tokens, output_tokens, total_tokens]: json::Counts) -> Self {
+        UsageFields { prompt_tokens, completion_tokens, input_tokens, output_tokens, total_tokens }
+    }
 }
 
 impl UsageFields {
@@ -194,6 +206,14 @@ mod tests {
             r#"{"usage":{"prompt_tokens":1.5}}"#,
             r#"{"usage":{"prompt_tokens":"1"}}"#,
             r#"{"usage":[1,2]}"#,
+            r#"{"usage":{"prompt_tokens":01}}"#,
+            r#"{"usage":{"prompt_tokens":1e2,"completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":18446744073709551616}}"#,
+            r#"{"usage":{"prompt_tokens":18446744073709551615,"x":[{"y":"}"}]}}"#,
+            r#"{"usage":{"prompt_tokens":null,"completion_tokens":0,"input_tokens":3}}"#,
+            r#"{"usage":{"prompt\u005ftokens":4}}"#,
+            r#"{"usage":{ }}"#,
+            r#"{"usage":{"prompt_tokens":1 ,"completion_tokens" : 2 }}"#,
             r#"{}"#,
             r#"  { "a" : [ {"b": [[]]}, "x" ] , "usage" : { "prompt_tokens" : 10 , "completion_tokens" : 0 } }  "#,
             r#"{"a":true,"b":false,"c":null,"d":1e5,"usage":{"completion_tokens":2}}"#,

@@ -140,3 +140,74 @@ fn skip_nested(json: &[u8], i: usize) -> Option<usize> {
         }
     }
 }
+
+/// The counts of a `usage` object, by the names [`FIELDS`] lists: `None` where absent or null.
+pub type Counts = [Option<u64>; 5];
+
+/// The names of the counts, in [`Counts`]' order.
+pub const FIELDS: [&[u8]; 5] =
+    [b"prompt_tokens", b"completion_tokens", b"input_tokens", b"output_tokens", b"total_tokens"];
+
+/// Reads a `usage` value (the span [`top_level_usage`] found) as serde_json reads it into
+/// optional integer fields: `Some(None)` for `null`, the counts of an object whose counts are
+/// plain non-negative integers or `null` and whose other members are skipped. Anything else
+/// (escapes in names, a count given twice, signs, fractions, exponents, another shape) is
+/// `None`, for serde_json to decide.
+pub fn usage_counts(v: &[u8]) -> Option<Option<Counts>> {
+    if v == b"null" {
+        return Some(None);
+    }
+    if v.first() != Some(&b'{') {
+        return None;
+    }
+    let mut counts: Counts = [None; 5];
+    let mut seen = [false; 5];
+    let mut i = ws(v, 1);
+    if *v.get(i)? == b'}' {
+        return (i + 1 == v.len()).then_some(Some(counts));
+    }
+    loop {
+        if *v.get(i)? != b'"' {
+            return None;
+        }
+        let (end, escaped) = string_end(v, i)?;
+        if escaped {
+            return None;
+        }
+        let key = v.get(i + 1..end)?;
+        i = ws(v, end + 1);
+        if *v.get(i)? != b':' {
+            return None;
+        }
+        let start = ws(v, i + 1);
+        i = skip_value(v, start)?;
+        if let Some(f) = FIELDS.iter().position(|name| *name == key) {
+            if std::mem::replace(&mut seen[f], true) {
+                return None;
+            }
+            counts[f] = count(v.get(start..i)?)?;
+        }
+        i = ws(v, i);
+        match *v.get(i)? {
+            b',' => i = ws(v, i + 1),
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    (i + 1 == v.len()).then_some(Some(counts))
+}
+
+/// `null`, or a JSON integer without sign, fraction or exponent that fits a u64.
+fn count(raw: &[u8]) -> Option<Option<u64>> {
+    if raw == b"null" {
+        return Some(None);
+    }
+    if raw.is_empty() || !raw.iter().all(u8::is_ascii_digit) || (raw.len() > 1 && raw[0] == b'0') {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for d in raw {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(Some(n))
+}
