@@ -19,7 +19,10 @@ build() {
     cp "$here/Cargo.toml" "$src/Cargo.toml"
     cp "$here/src/main.rs" "$src/src/main.rs"
     [ -f "$src/Cargo.lock" ] || cp "$here/Cargo.lock" "$src/Cargo.lock"
-    (cd "$src" && cargo build --release --quiet --target-dir "$out/build" "$@" >&2)
+    # Both variants use the same allocator crate as the gateway (vendor/mimalloc, patched), so
+    # that only Pingora differs between them and the allocator does not between them and the gateway.
+    (cd "$src" && cargo build --release --quiet --target-dir "$out/build" \
+        --config "patch.crates-io.mimalloc.path=\"$repo/vendor/mimalloc\"" "$@" >&2)
     cp "$out/build/release/bare-pingora" "$out/bin/bare-pingora-$variant"
     echo "$out/bin/bare-pingora-$variant"
 }
