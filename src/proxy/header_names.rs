@@ -1,6 +1,6 @@
 //! The header names the gateway writes on every request, checked once. Inserting a name given
 //! as a string makes Pingora's header map parse it, copy it, and (for a standard name) copy
-//! it again for the case map, on every request; a [`KnownHeaderName`] (vendor/patches/0008)
+//! it again for the case map, on every request; a [`KnownHeaderName`] (vendor/patches/0012)
 //! carries both forms. The wire bytes are the same: each name is written in the case given.
 
 use http::HeaderValue;
