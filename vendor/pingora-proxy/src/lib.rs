@@ -454,9 +454,13 @@ where
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
-                            .await;
+                        // Boxed, as the custom branch below: the future of either is kilobytes,
+                        // and it would be inlined into every request's future (which is moved
+                        // into its box once per request), H1 requests included.
+                        let (server_reused, mut error) = Box::pin(
+                            self.proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx),
+                        )
+                        .await;
                         let session = ClientSession::H2(h2);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -483,9 +487,14 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
+                            session,
+                            &mut c,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -1184,9 +1193,13 @@ where
             .early_request_filter(&mut session, &mut ctx)
             .await
         {
-            return self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
-                .await;
+            return Box::pin(self.handle_error(
+                session,
+                &mut ctx,
+                e,
+                "Fail to early filter request:",
+            ))
+            .await;
         }
 
         if self.inner.allow_spawning_subrequest(&session, &ctx) {
@@ -1201,14 +1214,13 @@ where
             .request_header_filter(req)
             .await
         {
-            return self
-                .handle_error(
-                    session,
-                    &mut ctx,
-                    e,
-                    "Failed in downstream modules request filter:",
-                )
-                .await;
+            return Box::pin(self.handle_error(
+                session,
+                &mut ctx,
+                e,
+                "Failed in downstream modules request filter:",
+            ))
+            .await;
         }
 
         match self.inner.request_filter(&mut session, &mut ctx).await {
@@ -1232,9 +1244,13 @@ where
                 /* else continue */
             }
             Err(e) => {
-                return self
-                    .handle_error(session, &mut ctx, e, "Fail to filter request:")
-                    .await;
+                return Box::pin(self.handle_error(
+                    session,
+                    &mut ctx,
+                    e,
+                    "Fail to filter request:",
+                ))
+                .await;
             }
         }
 
@@ -1265,14 +1281,13 @@ where
                         match session.write_response_header_ref(&BAD_GATEWAY, true).await {
                             Ok(()) => {}
                             Err(e) => {
-                                return self
-                                    .handle_error(
-                                        session,
-                                        &mut ctx,
-                                        e,
-                                        "Error responding with Bad Gateway:",
-                                    )
-                                    .await;
+                                return Box::pin(self.handle_error(
+                                    session,
+                                    &mut ctx,
+                                    e,
+                                    "Error responding with Bad Gateway:",
+                                ))
+                                .await;
                             }
                         }
                     }
@@ -1286,14 +1301,13 @@ where
                     session.cache.disable(NoCacheReason::InternalError);
                 }
 
-                return self
-                    .handle_error(
-                        session,
-                        &mut ctx,
-                        e,
-                        "Error deciding if we should proxy to upstream:",
-                    )
-                    .await;
+                return Box::pin(self.handle_error(
+                    session,
+                    &mut ctx,
+                    e,
+                    "Error deciding if we should proxy to upstream:",
+                ))
+                .await;
             }
         }
 
@@ -1389,6 +1403,9 @@ where
             .await
     }
 
+    // Callers box this future (`Box::pin(self.handle_error(..))`): it is kilobytes, and awaited
+    // unboxed it would be part of every request's future, which is moved into its box once per
+    // request; errors are rare enough for an allocation.
     async fn handle_error(
         &self,
         mut session: Session,

@@ -175,7 +175,29 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether `name` is one of the fields [`strip_standard_hop_by_hop_headers`] removes.
+fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || matches!(name.as_str(), KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS)
+}
+
+/// Whether `name` is one of the fields [`remove_upgrade_headers`] removes.
+fn is_upgrade_header(name: &HeaderName) -> bool {
+    *name == header::CONNECTION || *name == header::UPGRADE || name.as_str() == HTTP2_SETTINGS
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    // Most requests carry none of these fields. One pass over the names present (a handful)
+    // replaces ten map look-ups, each of which hashes its name and probes the map and the case map.
+    if !req.headers.keys().any(is_standard_hop_by_hop) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -360,23 +382,27 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            remove_upgrade_headers(req);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
-        }
+        H1UpgradePolicy::Deny => remove_upgrade_headers(req),
         H1UpgradePolicy::Preserve => {}
     }
 
     Ok(())
+}
+
+/// Remove `Connection`, `Upgrade` and `HTTP2-Settings`, looking them up only when one is present
+/// (after [`strip_standard_hop_by_hop_headers`] none is).
+fn remove_upgrade_headers(req: &mut RequestHeader) {
+    if req.headers.keys().any(is_upgrade_header) {
+        req.remove_header(&header::CONNECTION);
+        req.remove_header(&header::UPGRADE);
+        req.remove_header(HTTP2_SETTINGS);
+    }
 }
 
 /// Frame a body-bearing HTTP/1 upstream request after application request filtering.
@@ -559,6 +585,45 @@ mod tests {
                 .unwrap();
         }
         request
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_stripped_each_alone_and_others_kept() {
+        let hop = [
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Connection",
+            "Upgrade",
+            "HTTP2-Settings",
+        ];
+        // each field alone (the one-pass check must see every one), then all of them at once
+        let alone = hop.iter().map(|name| vec![*name]);
+        for names in alone.chain(std::iter::once(hop.to_vec())) {
+            let mut fields: Vec<(&str, &str)> = names.iter().map(|n| (*n, "x")).collect();
+            fields.push(("X-Kept", "1"));
+            let mut request = request_with_headers(&fields);
+            strip_standard_hop_by_hop_headers(&mut request);
+            for name in &names {
+                assert!(!request.headers.contains_key(*name), "{name} kept");
+            }
+            assert_eq!(request.headers["x-kept"], "1");
+            let (mut wire, mut expected) = (Vec::new(), Vec::new());
+            request.header_to_h1_wire(&mut wire);
+            request_with_headers(&[("X-Kept", "1")]).header_to_h1_wire(&mut expected);
+            assert_eq!(wire, expected, "case map agrees, {names:?}");
+
+            let mut request = request_with_headers(&fields);
+            remove_upgrade_headers(&mut request);
+            for name in ["Connection", "Upgrade", "HTTP2-Settings"] {
+                assert!(!request.headers.contains_key(name));
+            }
+            assert_eq!(request.headers["x-kept"], "1");
+        }
     }
 
     #[test]

@@ -360,7 +360,11 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // Boxed: connecting (L4 and TLS handshakes) is a future of several KB, which would
+            // otherwise be inlined into the future of every caller up to the per-request one,
+            // and that future is moved into its box for every request, reused connection or not.
+            // The box costs one allocation per new connection, next to a connect.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }

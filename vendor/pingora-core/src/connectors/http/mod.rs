@@ -127,7 +127,9 @@ where
                     return Ok((HttpSession::H1(h1), true));
                 }
             }
-            let session = self.h2.new_http_session(peer).await?;
+            // Boxed for the reason given in `TransportConnector::get_stream`: a new connection's
+            // future is large, and it would be inlined into every request's future.
+            let session = Box::pin(self.h2.new_http_session(peer)).await?;
             Ok((session, false))
         }
     }

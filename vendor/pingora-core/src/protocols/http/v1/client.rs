@@ -126,7 +126,7 @@ impl HttpSession {
         // init body writer
         self.init_req_body_writer(&req);
 
-        let to_wire = http_req_header_to_wire(&req).ok_or_else(|| {
+        let to_wire = http_req_header_to_vec(&req).ok_or_else(|| {
             Error::explain(
                 InvalidHTTPHeader,
                 "request-line contains forbidden delimiter bytes or unsupported HTTP version",
@@ -153,7 +153,7 @@ impl HttpSession {
         if !matches!(self.body_writer.body_mode, BodyMode::ContentLength(len, 0) if len > 0) {
             return self.write_request_header(req).await;
         }
-        let to_wire = http_req_header_to_wire(&req).ok_or_else(|| {
+        let to_wire = http_req_header_to_vec(&req).ok_or_else(|| {
             Error::explain(
                 InvalidHTTPHeader,
                 "request-line contains forbidden delimiter bytes or unsupported HTTP version",
@@ -161,7 +161,7 @@ impl HttpSession {
         })?;
         trace!("Holding request header: {to_wire:?}");
         let len = to_wire.len();
-        self.held_header = Some(to_wire.freeze());
+        self.held_header = Some(Bytes::from(to_wire));
         self.request_written = Some(req);
         Ok(len)
     }
@@ -979,7 +979,14 @@ pub(crate) fn request_target_has_forbidden_byte(path: &[u8]) -> bool {
 // TODO: change it to to_buf
 #[inline]
 pub fn http_req_header_to_wire(req: &RequestHeader) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(512);
+    http_req_header_to_vec(req).map(|buf| BytesMut::from(&buf[..]))
+}
+
+/// [`http_req_header_to_wire`] into a Vec, which the client session writes: the header is written
+/// a few bytes at a time, and Vec's `put_slice` inlines to a copy where BytesMut's is a call with
+/// its own capacity checks.
+fn http_req_header_to_vec(req: &RequestHeader) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
 
     // Request-Line
     let method = req.method.as_str().as_bytes();

@@ -331,6 +331,16 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
 pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    // The common case, one field of digits only, parsed without the checks and
+    // splitting below (a message's framing is resolved several times on its way
+    // through a proxy). A value that does not parse this way takes the full path.
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(only), None) = (values.next(), values.next()) {
+        if let Some(n) = from_digits(only.as_bytes()) {
+            return Some(n);
+        }
+    }
+
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
@@ -495,6 +505,13 @@ mod test {
     #[case::negative("-1", None)]
     #[case::trailing_comma("5,", None)]
     #[case::overflow("99999999999999999999999999", None)]
+    #[case::digits("1234567", Some(1234567))]
+    #[case::zero("0", Some(0))]
+    #[case::max("18446744073709551615", Some(u64::MAX))]
+    #[case::max_plus_one("18446744073709551616", None)]
+    #[case::surrounding_space(" 5 ", Some(5))]
+    #[case::inner_space("5 5", None)]
+    #[case::plus("+5", None)]
     fn test_content_length_parse_all_single_header(
         #[case] value: &str,
         #[case] expected: Option<u64>,

@@ -917,8 +917,11 @@ impl HttpSession {
             self.set_keepalive(None);
         }
 
-        // Serialize header to bytes
-        let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+        // Serialize header to bytes. A Vec rather than a BytesMut: the header is written a few
+        // bytes at a time (name, separator, value, CRLF for each field), and Vec's `put_slice`
+        // inlines to a copy where BytesMut's is a call with its own capacity checks. The bytes,
+        // and the one allocation, are the same.
+        let mut write_buf = Vec::with_capacity(INIT_HEADER_BUF_SIZE);
         http_resp_header_to_buf(header, &mut write_buf)
             .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
 
@@ -930,7 +933,7 @@ impl HttpSession {
         let should_flush = header.status.is_informational()
             || header.headers.get(header::CONTENT_LENGTH).is_none();
 
-        Ok(Some((write_buf.freeze(), should_flush)))
+        Ok(Some((Bytes::from(write_buf), should_flush)))
     }
 
     fn init_body_writer(&mut self, header: &ResponseHeader) {
@@ -1867,7 +1870,7 @@ fn parse_req_buffer<'buf>(
 #[inline]
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
-    buf: &mut BytesMut,
+    buf: &mut impl BufMut,
 ) -> std::result::Result<(), ()> {
     // Status-Line
     let version = match resp.version {
