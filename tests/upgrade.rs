@@ -243,4 +243,8 @@ async fn the_units_upgrade_refuses_nothing_and_finishes_streams_in_flight() {
     assert_eq!(c(&counts.refused), 0, "connections refused during the upgrade");
     assert_eq!(c(&counts.failed), 0, "requests failed during the upgrade");
     assert_eq!((c(&counts.streams_done), c(&counts.streams_failed)), (6, 0), "streams in flight finish");
+    // And the new process stops when told to (a listener whose accept failed at once during
+    // shutdown once kept a daemon spinning after SIGINT: vendor/patches/0016).
+    let _ = Command::new("kill").args(["-INT", &new.to_string()]).status();
+    until("the new process to exit after SIGINT", || !alive(new)).await;
 }

@@ -266,6 +266,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         }
                     }
+                    // An accept that fails at once (the runtime's I/O driver shutting down
+                    // answers every accept with an error) would otherwise loop inside one poll
+                    // forever: give the scheduler the thread back, so a runtime being shut
+                    // down can drop this task.
+                    tokio::task::yield_now().await;
                 }
             }
         }
