@@ -88,9 +88,6 @@ pub struct ReplicaLoad {
     inflight_at_scrape: AtomicU64,
     /// Estimated tokens (prompt + max_tokens) of the gateway's requests in flight there.
     inflight_tokens: AtomicU64,
-    /// Uncached prompt tokens of the gateway's requests there that have no first token yet:
-    /// prefill the replica still has to do, which every request landing there waits behind.
-    prefill_tokens: AtomicU64,
 }
 
 impl ReplicaLoad {
@@ -169,16 +166,11 @@ impl ReplicaLoad {
     /// The scorer's view (without prefix and candidacy).
     fn view(&self) -> View {
         let inflight_tokens = self.inflight_tokens() as f64;
-        let prefill_tokens = self.prefill_tokens.load(Ordering::Relaxed) as f64;
         match (self.last().filter(|_| !self.is_stale()), self.waiting_now()) {
-            (Some(s), Some(waiting)) => View {
-                waiting: waiting.max(0.0),
-                kv: self.kv_now(s.kv),
-                inflight_tokens,
-                prefill_tokens,
-                ..View::default()
-            },
-            _ => View { inflight_tokens, prefill_tokens, ..View::default() },
+            (Some(s), Some(waiting)) => {
+                View { waiting: waiting.max(0.0), kv: self.kv_now(s.kv), inflight_tokens, ..View::default() }
+            }
+            _ => View { inflight_tokens, ..View::default() },
         }
     }
 }
@@ -255,7 +247,6 @@ impl InferenceState {
             .map(|(i, r)| View {
                 candidate: candidate(i),
                 prefix: matches.get(i).copied().unwrap_or(0) as f64 / total,
-                prompt_tokens: demand.prompt_tokens as f64,
                 ..r.view()
             })
             .collect()
@@ -324,16 +315,13 @@ pub struct Ticket {
     pub demand: Demand,
     /// The replica charged and the tokens charged there.
     charged: Mutex<Option<(usize, u64)>>,
-    /// The replica and the uncached prompt tokens charged there as prefill, until the first
-    /// token (or the end).
-    prefilling: Mutex<Option<(usize, u64)>>,
     /// The replica whose room the admission queue granted this request (used once).
     granted: Mutex<Option<usize>>,
 }
 
 impl Ticket {
     pub fn new(state: Arc<InferenceState>, demand: Demand) -> Self {
-        Ticket { state, demand, charged: Mutex::new(None), prefilling: Mutex::new(None), granted: Mutex::new(None) }
+        Ticket { state, demand, charged: Mutex::new(None), granted: Mutex::new(None) }
     }
 
     /// The admission queue let the request go into room on `replica`.
@@ -361,32 +349,18 @@ impl Ticket {
         if let Some((old, tokens)) = charged.take() {
             self.uncharge(old, tokens);
         }
-        self.first_token();
         let Some(r) = self.state.replicas.get(i) else { return };
         let mut tokens = self.demand.tokens;
-        let mut cached = 0;
         if !self.demand.blocks.is_empty() {
             let mut index = self.state.index.lock().unwrap_or_else(|p| p.into_inner());
             let held = index.matches(&self.demand.blocks, self.state.replicas.len()).get(i).copied().unwrap_or(0);
-            cached = ((held * prefix_index::BLOCK_BYTES / 4) as u64).min(self.demand.prompt_tokens);
-            tokens -= cached.min(tokens);
+            let cached = (held * prefix_index::BLOCK_BYTES / 4) as u64;
+            tokens -= cached.min(self.demand.prompt_tokens).min(tokens);
             index.insert(&self.demand.blocks, i);
         }
         r.inflight_tokens.fetch_add(tokens, Ordering::Relaxed);
         r.sent_since.fetch_add(1, Ordering::Relaxed);
         *charged = Some((i, tokens));
-        let prefill = self.demand.prompt_tokens - cached;
-        r.prefill_tokens.fetch_add(prefill, Ordering::Relaxed);
-        *self.prefilling.lock().unwrap_or_else(|p| p.into_inner()) = Some((i, prefill));
-    }
-
-    /// The answer's first bytes came: the replica finished this request's prefill.
-    pub fn first_token(&self) {
-        let Some((i, tokens)) = self.prefilling.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        if let Some(r) = self.state.replicas.get(i) {
-            let _ =
-                r.prefill_tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(tokens)));
-        }
     }
 
     fn uncharge(&self, i: usize, tokens: u64) {
@@ -400,7 +374,6 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.first_token();
         let charged = self.charged.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((i, tokens)) = charged {
             self.uncharge(i, tokens);
@@ -432,10 +405,7 @@ mod tests {
         let t = Ticket::new(s.clone(), demand.clone());
         t.charge(1);
         assert_eq!(s.replicas[1].inflight_tokens(), 500);
-        assert_eq!(s.replicas[1].prefill_tokens.load(Ordering::Relaxed), 48);
-        t.first_token();
-        assert_eq!(s.replicas[1].prefill_tokens.load(Ordering::Relaxed), 0);
-        // Its prefill done, the same prompt now prefers replica 1 despite its load.
+        // The same prompt now prefers replica 1 despite its load.
         assert_eq!(s.choose(&demand, |_| true), Choice::Replica(1));
         t.charge(2);
         assert_eq!((s.replicas[1].inflight_tokens(), s.replicas[2].inflight_tokens()), (0, 500));
@@ -445,27 +415,6 @@ mod tests {
         assert_eq!(s.replicas[2].inflight_tokens(), 500 + 452);
         drop((t, again));
         assert_eq!(s.replicas[2].inflight_tokens(), 0);
-    }
-
-    /// A long prompt still in prefill on a replica sends the next request elsewhere, unless
-    /// that request's own prefill there would be the shorter wait; its first token frees it.
-    #[test]
-    fn pending_prefill_is_a_wait_the_scorer_weighs() {
-        let s = state(2);
-        for r in &s.replicas {
-            r.record(Some(Scraped::default()));
-        }
-        let long = Ticket::new(s.clone(), Demand { blocks: (100..124).collect(), prompt_tokens: 1_500, tokens: 1_600 });
-        long.charge(0);
-        // Replica 1 carries more tokens, all past prefill: by load alone it is the busier one.
-        let busy = Ticket::new(s.clone(), Demand { blocks: vec![9], prompt_tokens: 100, tokens: 1_700 });
-        busy.charge(1);
-        busy.first_token();
-        let short = Demand { blocks: vec![7], prompt_tokens: 100, tokens: 200 };
-        assert_eq!(s.choose(&short, |_| true), Choice::Replica(1), "waiting behind 1,500 tokens of prefill");
-        long.first_token();
-        let follow_up = Demand { blocks: (100..125).collect(), prompt_tokens: 1_560, tokens: 1_600 };
-        assert_eq!(s.choose(&follow_up, |_| true), Choice::Replica(0), "its prompt is held there, nothing to wait for");
     }
 
     #[test]
