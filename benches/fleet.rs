@@ -8,7 +8,9 @@
 //! FLEET_SECONDS=20 FLEET_CAPACITY_SECONDS=15 FLEET_CAPACITY=30 FLEET_LOADS=0.9,1.2
 //! FLEET_POLICIES=inference,least_inflight …   (policy name prefixes)
 //! FLEET_SEED=1 (another workload and arrival sequence; default 0)
-//! FLEET_TRACE=1 (print each cell's slowest requests and the sims' preemptions to stderr)
+//! FLEET_TRACE=1 (print each cell's slowest requests with their uncached prompt tokens, the
+//!   requests with over 1,000 uncached and the p99 of the rest, and the sims' preemptions to
+//!   stderr; FLEET_TRACE=all also lists every request with over 1,000 uncached)
 //! ```
 //!
 //! Workload: 24 tenants; tenant t uses system prompt t mod 6 (1,000 to 8,000 characters);
@@ -125,8 +127,8 @@ impl Workload {
 #[derive(Default)]
 struct Tally {
     ttft: Vec<f64>,
-    /// (TTFT, prompt bytes, replica) per served request, for FLEET_TRACE.
-    trace: Vec<(f64, usize, String)>,
+    /// (TTFT, prompt bytes, uncached prompt tokens, replica) per served request, for FLEET_TRACE.
+    trace: Vec<(f64, usize, u64, String)>,
     tokens: u64,
     refused: usize,
     errors: usize,
@@ -167,19 +169,24 @@ async fn one(c: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tally>) 
             Err(_) => failed = true,
         }
     }
-    let tokens = text
+    let usage = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .find_map(|v| v["usage"]["completion_tokens"].as_u64())
-        .unwrap_or(0);
+        .find_map(|v| v.get("usage").filter(|u| u.is_object()).cloned())
+        .unwrap_or(Value::Null);
+    let tokens = usage["completion_tokens"].as_u64().unwrap_or(0);
+    let uncached = usage["prompt_tokens"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0));
     let mut t = tally.lock().unwrap();
     if failed || !text.contains("[DONE]") {
         t.errors += 1;
         return 0;
     }
     t.ttft.push(first.unwrap_or(0.0));
-    t.trace.push((first.unwrap_or(0.0), prompt_bytes, replica.clone()));
+    t.trace.push((first.unwrap_or(0.0), prompt_bytes, uncached, replica.clone()));
     t.tokens += tokens;
     *t.served.entry(replica).or_default() += 1;
     t.last = Some(Instant::now());
@@ -309,8 +316,19 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     if std::env::var("FLEET_TRACE").is_ok() {
         let mut slow = t.trace.clone();
         slow.sort_by(|a, b| b.0.total_cmp(&a.0));
-        for (ttft, bytes, replica) in slow.iter().take(10) {
-            eprintln!("  {policy} {load}×: TTFT {:.0} ms, prompt {bytes} B, {replica}", ttft * 1000.0);
+        let big = slow.iter().filter(|r| r.2 > 1000).count();
+        let small: Vec<f64> = slow.iter().filter(|r| r.2 <= 1000).map(|r| r.0).collect();
+        let p = small.get(small.len() / 100).copied().unwrap_or(0.0);
+        let total_uncached: u64 = slow.iter().map(|r| r.2).sum();
+        eprintln!("  {policy} {load}×: {big} requests > 1000 tokens uncached; p99 of the others {:.0} ms; {total_uncached} tokens uncached in all", p * 1000.0);
+        let all = std::env::var("FLEET_TRACE").as_deref() == Ok("all");
+        for (ttft, bytes, uncached, replica) in
+            slow.iter().enumerate().filter(|(i, r)| *i < 10 || all && r.2 > 1000).map(|(_, r)| r)
+        {
+            eprintln!(
+                "  {policy} {load}×: TTFT {:.0} ms, prompt {bytes} B ({uncached} tokens uncached), {replica}",
+                ttft * 1000.0
+            );
         }
     }
     let mut ttft = t.ttft.clone();
