@@ -12,7 +12,8 @@
 //! N requests per target and workload under `strace -c -f`, and the system calls per request),
 //! `MCAS_BENCH_CALLGRIND=N[,N,N]` (instead of timed rounds: the proxies run under callgrind, N requests per
 //! workload in order — non-streamed, streamed, streamed-256 — are counted, and the instructions per request;
-//! dumps in `MCAS_BENCH_CALLGRIND_OUT`, default target/callgrind; see benches/callgrind.sh).
+//! dumps in `MCAS_BENCH_CALLGRIND_OUT`, default target/callgrind; see benches/callgrind.sh),
+//! `MCAS_BENCH_PACED_RPS` (the request rate of the `paced` workload, default 8000, shared by its connections).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
@@ -52,36 +53,40 @@ enum Workload {
     Plain,
     Stream,
     Long,
+    /// Non-streamed at a fixed rate every target sustains (`MCAS_BENCH_PACED_RPS`): latency added
+    /// by the proxy, not by its throughput limit (at full speed, 32 connections wait for the slowest).
+    Paced,
     Ttft,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [Workload::Plain, Workload::Stream, Workload::Long, Workload::Ttft];
+    const ALL: [Workload; 5] = [Workload::Plain, Workload::Stream, Workload::Long, Workload::Paced, Workload::Ttft];
 
     fn label(self) -> &'static str {
         match self {
             Workload::Plain => "non-streamed",
             Workload::Stream => "streamed",
             Workload::Long => "streamed-256",
+            Workload::Paced => "paced",
             Workload::Ttft => "ttft",
         }
     }
 
     fn body(self) -> Bytes {
         match self {
-            Workload::Plain => Bytes::from_static(PLAIN_BODY.as_bytes()),
+            Workload::Plain | Workload::Paced => Bytes::from_static(PLAIN_BODY.as_bytes()),
             _ => Bytes::from_static(STREAM_BODY.as_bytes()),
         }
     }
 
     fn streamed(self) -> bool {
-        self != Workload::Plain
+        !matches!(self, Workload::Plain | Workload::Paced)
     }
 
     /// Per-request simulator overrides: (tokens, ttft ms, itl ms).
     fn sim(self) -> (u32, u32, u32) {
         match self {
-            Workload::Plain | Workload::Stream => (TOKENS, 0, 0),
+            Workload::Plain | Workload::Stream | Workload::Paced => (TOKENS, 0, 0),
             Workload::Long => (LONG_TOKENS, 0, 0),
             Workload::Ttft => (TTFT_TOKENS, TTFT_MS, ITL_MS),
         }
@@ -381,7 +386,25 @@ async fn conn_loop(port: u16, workload: Workload, start: [Arc<Barrier>; 2], unti
         b.wait().await;
     }
     let t0 = Instant::now();
+    // `paced`: each connection sends on a schedule (one request per interval, far longer than an
+    // answer takes, so no send waits for a late answer); latency counts from the actual send, as
+    // tokio's timer wakes up to 1 ms late and that is the client's lateness, not the proxy's.
+    let pace = (workload == Workload::Paced).then(|| {
+        let rps: f64 = env_num("MCAS_BENCH_PACED_RPS", 8000.0);
+        let conns: f64 = env_num("MCAS_BENCH_CONNS", 32.0);
+        Duration::from_secs_f64(conns / rps.max(1.0))
+    });
+    // Connections start spread over one interval, not all at once.
+    let mut next = tokio::time::Instant::now() + pace.map_or(Duration::ZERO, |p| p.mul_f64(rand_unit()));
     loop {
+        let scheduled = pace.map(|p| {
+            let at = next;
+            next += p;
+            at
+        });
+        if let Some(at) = scheduled {
+            tokio::time::sleep_until(at).await;
+        }
         match &until {
             Until::Elapsed(d) if t0.elapsed() >= *d => break,
             Until::Requests(left) if left.fetch_sub(1, Ordering::Relaxed) <= 0 => break,
@@ -1137,4 +1160,11 @@ fn report(
             ratio(w, "bare", "nginx"),
         );
     }
+}
+
+/// A number in [0, 1), different on each call (std's per-instance random hash keys).
+fn rand_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let h = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
