@@ -20,14 +20,30 @@ pub fn top_level_usage(json: &[u8]) -> Walk {
 }
 
 fn walk(json: &[u8]) -> Option<Option<Range<usize>>> {
-    let mut i = ws(json, 0);
-    if *json.get(i)? != b'{' {
+    let open = ws(json, 0);
+    let mut usage = None;
+    let end = members(json, open, |key, value| {
+        match key {
+            b"usage" if usage.is_some() => return None,
+            b"usage" => usage = Some(value),
+            b"response" => return None,
+            _ => {}
+        }
+        Some(())
+    })?;
+    (ws(json, end) == json.len()).then_some(usage)
+}
+
+/// Walks the object that opens at `open`, calling `member` with each key (without quotes) and
+/// the span of its value; the index just past the closing brace. `None` when it is not an
+/// object, a key has an escape, or `member` says so.
+fn members(json: &[u8], open: usize, mut member: impl FnMut(&[u8], Range<usize>) -> Option<()>) -> Option<usize> {
+    if *json.get(open)? != b'{' {
         return None;
     }
-    i = ws(json, i + 1);
-    let mut usage = None;
+    let mut i = ws(json, open + 1);
     if *json.get(i)? == b'}' {
-        return (ws(json, i + 1) == json.len()).then_some(None);
+        return Some(i + 1);
     }
     loop {
         if *json.get(i)? != b'"' {
@@ -44,20 +60,14 @@ fn walk(json: &[u8]) -> Option<Option<Range<usize>>> {
         }
         let start = ws(json, i + 1);
         i = skip_value(json, start)?;
-        match key {
-            b"usage" if usage.is_some() => return None,
-            b"usage" => usage = Some(start..i),
-            b"response" => return None,
-            _ => {}
-        }
+        member(key, start..i)?;
         i = ws(json, i);
         match *json.get(i)? {
             b',' => i = ws(json, i + 1),
-            b'}' => break,
+            b'}' => return Some(i + 1),
             _ => return None,
         }
     }
-    (ws(json, i + 1) == json.len()).then_some(usage)
 }
 
 fn ws(json: &[u8], mut i: usize) -> usize {
@@ -157,44 +167,18 @@ pub fn usage_counts(v: &[u8]) -> Option<Option<Counts>> {
     if v == b"null" {
         return Some(None);
     }
-    if v.first() != Some(&b'{') {
-        return None;
-    }
     let mut counts: Counts = [None; 5];
     let mut seen = [false; 5];
-    let mut i = ws(v, 1);
-    if *v.get(i)? == b'}' {
-        return (i + 1 == v.len()).then_some(Some(counts));
-    }
-    loop {
-        if *v.get(i)? != b'"' {
-            return None;
-        }
-        let (end, escaped) = string_end(v, i)?;
-        if escaped {
-            return None;
-        }
-        let key = v.get(i + 1..end)?;
-        i = ws(v, end + 1);
-        if *v.get(i)? != b':' {
-            return None;
-        }
-        let start = ws(v, i + 1);
-        i = skip_value(v, start)?;
+    let end = members(v, 0, |key, value| {
         if let Some(f) = FIELDS.iter().position(|name| *name == key) {
             if std::mem::replace(&mut seen[f], true) {
                 return None;
             }
-            counts[f] = count(v.get(start..i)?)?;
+            counts[f] = count(v.get(value)?)?;
         }
-        i = ws(v, i);
-        match *v.get(i)? {
-            b',' => i = ws(v, i + 1),
-            b'}' => break,
-            _ => return None,
-        }
-    }
-    (i + 1 == v.len()).then_some(Some(counts))
+        Some(())
+    })?;
+    (end == v.len()).then_some(Some(counts))
 }
 
 /// `null`, or a JSON integer without sign, fraction or exponent that fits a u64.
