@@ -1,7 +1,7 @@
 //! Spawning `mcas-gateway` for tests: the harness picks both ports, writes the config to a
 //! temporary file, and waits until the admin listener answers.
 
-use super::{free_port, spawn, wait_ready, Proc};
+use super::{free_port, spawn, Proc};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -54,25 +54,35 @@ pub async fn spawn_gateway_admin_only_with_env(server_extra: &str, rest: &str, e
 }
 
 async fn launch(server_extra: &str, admin_extra: &str, rest: &str, envs: &[(&str, &str)], poll_main: bool) -> Gw {
-    let (port, admin_port) = (free_port(), free_port());
-    let yaml = format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 1s, shutdown_timeout: 1s, \
-         pid_file: \"/tmp/mcas-test-{port}.pid\", upgrade_sock: \"/tmp/mcas-test-{port}.sock\" {comma} {server_extra} }}\n\
-         admin: {{ listen: \"127.0.0.1:{admin_port}\" {admin_extra} }}\n{rest}",
-        comma = if server_extra.is_empty() { "" } else { "," }
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(&config, yaml).expect("write config");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let args = vec!["--config".to_string(), config.display().to_string()];
-    let proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, envs, addr);
-    wait_ready(&format!("http://{admin}/health")).await;
-    if poll_main {
-        wait_ready(&format!("http://{addr}/health")).await;
+    // A port picked free can be taken before the gateway binds it (another test's connection):
+    // the gateway then exits at once, and is started again on other ports, as the sims are.
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (port, admin_port) = (free_port(), free_port());
+        let yaml = format!(
+            "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 1s, shutdown_timeout: 1s, \
+             pid_file: \"/tmp/mcas-test-{port}.pid\", upgrade_sock: \"/tmp/mcas-test-{port}.sock\" {comma} {server_extra} }}\n\
+             admin: {{ listen: \"127.0.0.1:{admin_port}\" {admin_extra} }}\n{rest}",
+            comma = if server_extra.is_empty() { "" } else { "," }
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gateway.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        let args = vec!["--config".to_string(), config.display().to_string()];
+        let mut proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, envs, addr);
+        let mut ready = proc.wait_url(&format!("http://{admin}/health")).await;
+        if ready.is_ok() && poll_main {
+            ready = proc.wait_url(&format!("http://{addr}/health")).await;
+        }
+        match ready {
+            Ok(()) => return Gw { proc, addr, admin, config, _dir: dir },
+            Err(e) if e.starts_with("process exited") => last = e,
+            Err(e) => panic!("{e}"),
+        }
     }
-    Gw { proc, addr, admin, config, _dir: dir }
+    panic!("mcas-gateway did not start: {last}")
 }
 
 /// Runs `mcas-gateway --check` on `yaml`; returns (exit code, stdout + stderr).

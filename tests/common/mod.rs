@@ -144,6 +144,12 @@ impl Proc {
     /// exits.
     pub async fn wait_ready(&mut self, path: &str) -> Result<(), String> {
         let url = self.url(path);
+        self.wait_url(&url).await
+    }
+
+    /// Like [`wait_ready`] on any URL (another listener of the same process).
+    pub async fn wait_url(&mut self, url: &str) -> Result<(), String> {
+        let url = url.to_string();
         let log = self.log.clone();
         let child = &mut self.child;
         poll(&url, || {
