@@ -158,6 +158,10 @@ impl Proc {
             Some(format!("process exited ({status}) before {url} answered:\n{logs}"))
         })
         .await
+        .map_err(|e| match e.starts_with("process exited") {
+            true => e,
+            false => format!("{e}\nits log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+        })
     }
 }
 
