@@ -182,12 +182,10 @@ impl Snapshot {
 /// OpenAI writes resets like `1s`, `6m0s`, `20ms`.
 fn format_reset(d: Duration) -> HeaderValue {
     let ms = d.as_millis() as u64;
-    let mut buf = [0u8; 48];
-    let mut at = 0;
+    let mut out: Vec<u8> = Vec::with_capacity(16);
     let mut put = |n: u64, unit: &[u8]| {
-        at += digits(n, &mut buf[at..]);
-        buf[at..at + unit.len()].copy_from_slice(unit);
-        at += unit.len();
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(unit);
     };
     if ms < 1000 {
         put(ms, b"ms");
@@ -198,24 +196,7 @@ fn format_reset(d: Duration) -> HeaderValue {
         }
         put(s % 60, b"s");
     }
-    HeaderValue::from_bytes(&buf[..at]).unwrap_or(HeaderValue::from_static("0s"))
-}
-
-/// Writes `n` in decimal at the start of `out`; returns how many bytes.
-fn digits(mut n: u64, out: &mut [u8]) -> usize {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = tmp.len() - i;
-    out[..len].copy_from_slice(&tmp[i..]);
-    len
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or(HeaderValue::from_static("0s"))
 }
 
 impl KeyState {

@@ -5,7 +5,7 @@
 
 use http::HeaderValue;
 use pingora::prelude::*;
-use pingora_http::{IntoCaseHeaderName, KnownHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{KnownHeaderName, ResponseHeader};
 
 pub static AUTHORIZATION: KnownHeaderName = KnownHeaderName::from_static("authorization");
 pub static ACCEPT_ENCODING: KnownHeaderName = KnownHeaderName::from_static("accept-encoding");
@@ -35,28 +35,11 @@ pub fn known(name: &str) -> Option<&'static KnownHeaderName> {
     RATE_LIMIT.iter().find(|k| k.name().as_str() == name)
 }
 
-/// A header map Pingora keeps with its case map: requests and responses alike.
-pub trait Headers {
-    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) -> Result<()>;
-}
-
-impl Headers for RequestHeader {
-    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-}
-
-impl Headers for ResponseHeader {
-    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-}
-
 /// Inserts `name` through its checked form when it has one.
-pub fn insert(h: &mut impl Headers, name: &'static str, value: HeaderValue) -> Result<()> {
+pub fn insert(h: &mut ResponseHeader, name: &'static str, value: HeaderValue) -> Result<()> {
     match known(name) {
-        Some(k) => h.insert(k, value),
-        None => h.insert(name, value),
+        Some(k) => h.insert_header(k, value),
+        None => h.insert_header(name, value),
     }
 }
 
