@@ -65,18 +65,16 @@ impl UsageObserver {
                 }
             }
             BodyKind::Json => {
-                // The whole answer in one chunk (the common case): read in place, no copy.
-                if let (true, true, Some(c)) = (end, self.buf.is_empty(), chunk) {
-                    if !self.overflow && c.len() <= MAX_KEEP {
-                        self.usage = parse_usage(c).or(self.usage);
-                    }
-                    return;
-                }
-                if let Some(c) = chunk {
+                // The whole answer in its last chunk (the common case) is read in place, not copied.
+                let in_place = end && self.buf.is_empty();
+                if let (false, Some(c)) = (in_place, chunk) {
                     self.keep(c);
                 }
-                if end && !self.overflow && !self.buf.is_empty() {
-                    self.usage = parse_usage(&self.buf).or(self.usage);
+                if end && !self.overflow {
+                    let body: &[u8] = if in_place { chunk.map_or(&[], |c| &c[..]) } else { &self.buf };
+                    if !body.is_empty() && body.len() <= MAX_KEEP {
+                        self.usage = parse_usage(body).or(self.usage);
+                    }
                     self.buf = Vec::new();
                 }
             }
