@@ -2,6 +2,7 @@
 //! key list), confirmed with a constant-time comparison. Keys are never kept in clear.
 
 use crate::limits::{KeyLimits, KeyState};
+use crate::observe::bound::KeyMetrics;
 use crate::secret::Secret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub struct KeyEntry {
     pub priority: i64,
     /// Counters; handed over to the key of the same name on reload.
     pub state: Arc<KeyState>,
+    /// Its metric series, bound on first use.
+    pub metrics: KeyMetrics,
 }
 
 impl KeyEntry {
@@ -47,8 +50,10 @@ impl KeyEntry {
         not_before: Option<SystemTime>,
         expires: Option<SystemTime>,
     ) -> Self {
+        let name: Arc<str> = name.into();
         KeyEntry {
-            name: name.into(),
+            metrics: KeyMetrics::new(name.clone()),
+            name,
             digest,
             models,
             not_before,

@@ -7,7 +7,7 @@
 
 use super::metrics::{metrics, status_class};
 use prometheus::{Histogram, IntCounter};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// Status classes in the order of [`class_index`].
 const CLASSES: usize = 6;
@@ -122,6 +122,63 @@ impl BackendMetrics {
     }
 }
 
+/// `mcas_key_requests_total` and `mcas_tokens_total` of one key. The token series of each model
+/// the key was charged under is bound on its first answer, within the global cap on (key, model)
+/// pairs ([`super::metrics::Metrics::model_label`]); a model over the cap counts under `other`
+/// and is not held here, so what a key holds stays within that cap.
+#[derive(Debug)]
+pub struct KeyMetrics {
+    key: Arc<str>,
+    requests: OnceLock<IntCounter>,
+    tokens: RwLock<Vec<ModelTokens>>,
+}
+
+#[derive(Debug)]
+struct ModelTokens {
+    model: Box<str>,
+    prompt: IntCounter,
+    completion: IntCounter,
+}
+
+impl KeyMetrics {
+    pub fn new(key: Arc<str>) -> Self {
+        KeyMetrics { key, requests: OnceLock::new(), tokens: RwLock::new(Vec::new()) }
+    }
+
+    pub fn requests(&self) -> Option<&IntCounter> {
+        let m = metrics()?;
+        Some(self.requests.get_or_init(|| m.key_requests.with_label_values(&[&*self.key])))
+    }
+
+    /// Counts an answer's prompt and completion tokens under `model` (at most `cap` distinct
+    /// (key, model) pairs across keys; `admin.max_key_model_pairs`).
+    pub fn tokens(&self, model: &str, cap: usize, prompt: u64, completion: u64) {
+        let Some(m) = metrics() else { return };
+        if let Ok(held) = self.tokens.read() {
+            if let Some(t) = held.iter().find(|t| &*t.model == model) {
+                t.prompt.inc_by(prompt);
+                t.completion.inc_by(completion);
+                return;
+            }
+        }
+        let label = m.model_label(&self.key, model, cap);
+        let t = ModelTokens {
+            model: model.into(),
+            prompt: m.tokens.with_label_values(&[&*self.key, label, "prompt"]),
+            completion: m.tokens.with_label_values(&[&*self.key, label, "completion"]),
+        };
+        t.prompt.inc_by(prompt);
+        t.completion.inc_by(completion);
+        if label == model {
+            if let Ok(mut held) = self.tokens.write() {
+                if !held.iter().any(|h| &*h.model == model) {
+                    held.push(t);
+                }
+            }
+        }
+    }
+}
+
 /// Every (route, provider) pair and every provider of one compiled runtime, by index.
 #[derive(Debug, Default)]
 pub struct BoundMetrics {
@@ -182,5 +239,27 @@ mod tests {
         let again = BoundMetrics::new(&["/bound-b"], &p[..1], 1);
         again.pair(0, 0).unwrap().requests(201).unwrap().inc();
         assert_eq!(m.requests.with_label_values(&["/bound-b", "bound-p0", "2xx"]).get(), 3);
+    }
+    #[test]
+    fn key_children_are_the_labelled_series_and_stay_within_the_cap() {
+        let m = metrics().unwrap();
+        let k = KeyMetrics::new("bound-key".into());
+        k.requests().unwrap().inc();
+        k.requests().unwrap().inc();
+        assert_eq!(m.key_requests.with_label_values(&["bound-key"]).get(), 2);
+        k.tokens("bound-model-a", usize::MAX, 3, 5);
+        k.tokens("bound-model-a", usize::MAX, 1, 1);
+        let series = |model: &str, kind: &str| m.tokens.with_label_values(&["bound-key", model, kind]).get();
+        assert_eq!((series("bound-model-a", "prompt"), series("bound-model-a", "completion")), (4, 6));
+        // Cap 0: a new pair counts under `other` and is not held, however often it comes.
+        let before = series("other", "prompt");
+        k.tokens("bound-model-b", 0, 7, 0);
+        k.tokens("bound-model-b", 0, 7, 0);
+        assert_eq!(series("other", "prompt") - before, 14);
+        assert_eq!(k.tokens.read().unwrap().len(), 1);
+        // A reload binds again and finds the same series.
+        let again = KeyMetrics::new("bound-key".into());
+        again.tokens("bound-model-a", 0, 1, 0);
+        assert_eq!(series("bound-model-a", "prompt"), 5, "a pair already labelled keeps its name");
     }
 }

@@ -57,16 +57,17 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
         if let (Some(t), Some(h)) = (ttft, routed.and_then(|r| r.provider_metrics()).and_then(|p| p.ttft())) {
             h.observe(t.as_secs_f64());
         }
-        if let Some(k) = key {
-            m.key_requests.with_label_values(&[k]).inc();
+        match (routed, key) {
+            (Some(r), _) => r.key.metrics.requests().map_or((), |c| c.inc()),
+            // Refused after the key was known (a limit, a policy): by label.
+            (None, Some(k)) => m.key_requests.with_label_values(&[k]).inc(),
+            (None, None) => {}
         }
     }
-    if let (Some(m), Some(u), Some(r)) = (metrics(), ctx.usage.usage, routed) {
-        let key = &*r.key.name;
+    if let (Some(u), Some(r)) = (ctx.usage.usage, routed) {
         let cap = r.runtime.metrics.max_key_model_pairs;
-        let model = m.model_label(key, r.model.as_deref().unwrap_or("unknown"), cap);
-        m.tokens.with_label_values(&[key, model, "prompt"]).inc_by(u.prompt_tokens);
-        m.tokens.with_label_values(&[key, model, "completion"]).inc_by(u.completion_tokens);
+        let model = r.model.as_deref().unwrap_or("unknown");
+        r.key.metrics.tokens(model, cap, u.prompt_tokens, u.completion_tokens);
     }
     if !access_log {
         return;
