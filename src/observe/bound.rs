@@ -6,8 +6,9 @@
 //! reload; the registry hands the same child back for the same labels, so counts carry over.
 
 use super::metrics::{metrics, status_class};
+use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Status classes in the order of [`class_index`].
 const CLASSES: usize = 6;
@@ -130,10 +131,12 @@ impl BackendMetrics {
 pub struct KeyMetrics {
     key: Arc<str>,
     requests: OnceLock<IntCounter>,
-    tokens: RwLock<Vec<ModelTokens>>,
+    /// Read without a lock on every answer; replaced whole (under `adding`) when a model is new.
+    tokens: ArcSwap<Vec<ModelTokens>>,
+    adding: Mutex<()>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ModelTokens {
     model: Box<str>,
     prompt: IntCounter,
@@ -142,7 +145,7 @@ struct ModelTokens {
 
 impl KeyMetrics {
     pub fn new(key: Arc<str>) -> Self {
-        KeyMetrics { key, requests: OnceLock::new(), tokens: RwLock::new(Vec::new()) }
+        KeyMetrics { key, requests: OnceLock::new(), tokens: ArcSwap::default(), adding: Mutex::new(()) }
     }
 
     pub fn requests(&self) -> Option<&IntCounter> {
@@ -154,12 +157,10 @@ impl KeyMetrics {
     /// (key, model) pairs across keys; `admin.max_key_model_pairs`).
     pub fn tokens(&self, model: &str, cap: usize, prompt: u64, completion: u64) {
         let Some(m) = metrics() else { return };
-        if let Ok(held) = self.tokens.read() {
-            if let Some(t) = held.iter().find(|t| &*t.model == model) {
-                t.prompt.inc_by(prompt);
-                t.completion.inc_by(completion);
-                return;
-            }
+        if let Some(t) = self.tokens.load().iter().find(|t| &*t.model == model) {
+            t.prompt.inc_by(prompt);
+            t.completion.inc_by(completion);
+            return;
         }
         let label = m.model_label(&self.key, model, cap);
         let t = ModelTokens {
@@ -170,10 +171,13 @@ impl KeyMetrics {
         t.prompt.inc_by(prompt);
         t.completion.inc_by(completion);
         if label == model {
-            if let Ok(mut held) = self.tokens.write() {
-                if !held.iter().any(|h| &*h.model == model) {
-                    held.push(t);
-                }
+            let _one_writer = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+            let held = self.tokens.load();
+            if !held.iter().any(|h| &*h.model == model) {
+                let mut more = Vec::with_capacity(held.len() + 1);
+                more.extend(held.iter().cloned());
+                more.push(t);
+                self.tokens.store(Arc::new(more));
             }
         }
     }
@@ -256,7 +260,7 @@ mod tests {
         k.tokens("bound-model-b", 0, 7, 0);
         k.tokens("bound-model-b", 0, 7, 0);
         assert_eq!(series("other", "prompt") - before, 14);
-        assert_eq!(k.tokens.read().unwrap().len(), 1);
+        assert_eq!(k.tokens.load().len(), 1);
         // A reload binds again and finds the same series.
         let again = KeyMetrics::new("bound-key".into());
         again.tokens("bound-model-a", 0, 1, 0);
