@@ -51,12 +51,14 @@ impl ConnectionMeta {
 }
 
 struct PoolConnection<S> {
-    pub notify_use: oneshot::Sender<bool>,
+    /// `None` for a connection put with [`ConnectionPool::put_unwatched`]: no idle watcher
+    /// waits to be told that it is picked up.
+    pub notify_use: Option<oneshot::Sender<bool>>,
     pub connection: S,
 }
 
 impl<S> PoolConnection<S> {
-    pub fn new(notify_use: oneshot::Sender<bool>, connection: S) -> Self {
+    pub fn new(notify_use: Option<oneshot::Sender<bool>>, connection: S) -> Self {
         PoolConnection {
             notify_use,
             connection,
@@ -65,7 +67,9 @@ impl<S> PoolConnection<S> {
 
     pub fn release(self) -> S {
         // notify the idle watcher to release the connection
-        let _ = self.notify_use.send(true);
+        if let Some(notify_use) = self.notify_use {
+            let _ = notify_use.send(true);
+        }
         // wait for the watcher to release
         self.connection
     }
@@ -143,6 +147,33 @@ impl<T> PoolNode<T> {
         // Check the lock-free queue first (cheap atomic load) to avoid acquiring
         // the mutex in the common case where connections are present.
         self.hot_queue.is_empty() && self.connections.lock().is_empty()
+    }
+
+    /// Keep only the items for which `keep` returns `true`; the others are removed and returned.
+    /// Items taken by [`Self::get_any`] while this runs are not visited.
+    fn retain(&self, keep: &mut impl FnMut(&mut T) -> bool) -> Vec<(ID, T)> {
+        let mut removed = Vec::new();
+        {
+            let _queue_lock = self.hot_queue_remove_lock.lock();
+            // visit each queued item once: ones pushed meanwhile are left for the next call
+            let mut kept = Vec::new();
+            for _ in 0..self.hot_queue.len() {
+                let Some((id, mut conn)) = self.hot_queue.pop() else {
+                    break;
+                };
+                if keep(&mut conn) {
+                    kept.push((id, conn));
+                } else {
+                    removed.push((id, conn));
+                }
+            }
+            for (id, conn) in kept {
+                self.insert(id, conn);
+            }
+        }
+        let mut connections = self.connections.lock();
+        removed.extend(connections.extract_if(|_, conn| !keep(conn)));
+        removed
     }
 
     // This function acquires 2 locks and iterates over the entire hot queue.
@@ -244,15 +275,20 @@ impl<S> ConnectionPool<S> {
 
     // only remove from the pool because lru already removed it
     fn pop_evicted(&self, meta: &ConnectionMeta) {
+        self.remove_evicted(meta);
+    }
+
+    // pop_evicted, handing back the connection removed
+    fn remove_evicted(&self, meta: &ConnectionMeta) -> Option<PoolConnection<S>> {
         let pool_node = match self.pools.get(&meta.key) {
             Some(v) => v.value().clone(),
             None => {
                 warn!("Fail to get pool node for {meta:?}");
-                return;
+                return None;
             } // nothing to pop, should return error?
         };
 
-        pool_node.remove(meta.id);
+        let removed = pool_node.remove(meta.id);
         debug!("evict fd: {} from key {}", meta.id, meta.key);
 
         // Clean up the PoolNode entry if it is now empty, to prevent unbounded
@@ -262,6 +298,7 @@ impl<S> ConnectionPool<S> {
         if pool_node.is_empty() {
             self.try_remove_empty_node(meta.key);
         }
+        removed
     }
 
     pub fn pop_closed(&self, meta: &ConnectionMeta) {
@@ -307,9 +344,60 @@ impl<S> ConnectionPool<S> {
             self.pop_evicted(meta);
         }
         let (notify_use, watch_use) = oneshot::channel();
-        let connection = PoolConnection::new(notify_use, connection);
+        let connection = PoolConnection::new(Some(notify_use), connection);
         self.insert_pool_connection(meta.key, meta.id, connection);
         (notify_close, watch_use)
+    }
+
+    /// Release a connection to this pool for reuse, with no idle watcher of its own.
+    ///
+    /// [`Self::put`] hands back the channels that [`Self::idle_poll`] or [`Self::idle_timeout`]
+    /// wait on, which the caller runs as one task per released connection. A connection put
+    /// here has no such task: the caller watches all of its idle connections at once, visiting
+    /// them with [`Self::retain`] (which removes the ones that closed or timed out), and checks
+    /// a connection it takes with [`Self::get`] before using it.
+    ///
+    /// Returns the connections that the LRU evicted to make room (this one may be among them),
+    /// already removed from the pool; dropping them closes them.
+    pub fn put_unwatched(&self, meta: &ConnectionMeta, connection: S) -> Vec<S> {
+        let evicted_metas = self.lru.add_unwatched(meta.id, meta.clone());
+        // insert first, so that an eviction of this very connection finds it
+        let connection = PoolConnection::new(None, connection);
+        self.insert_pool_connection(meta.key, meta.id, connection);
+        let mut evicted = Vec::with_capacity(evicted_metas.len());
+        for meta in &evicted_metas {
+            if let Some(connection) = self.remove_evicted(meta) {
+                evicted.push(connection.connection);
+            }
+        }
+        evicted
+    }
+
+    /// Visit every idle connection in the pool; the ones for which `keep` returns `false` are
+    /// removed (from the pool and its LRU) and dropped. Connections taken by [`Self::get`] or
+    /// put while this runs may not be visited. Returns how many were removed.
+    pub fn retain(&self, mut keep: impl FnMut(&mut S) -> bool) -> usize {
+        let nodes: Vec<(GroupKey, Arc<Pool<S>>)> = self
+            .pools
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().clone()))
+            .collect();
+        let mut count = 0;
+        for (key, node) in nodes {
+            let removed = node.retain(&mut |conn| keep(&mut conn.connection));
+            if removed.is_empty() {
+                continue;
+            }
+            count += removed.len();
+            for (id, _) in &removed {
+                self.lru.pop(id);
+            }
+            if node.is_empty() {
+                self.try_remove_empty_node(key);
+            }
+            drop(removed); // closes them, outside the node's locks
+        }
+        count
     }
 
     /// Actively monitor the health of a connection that is already released to this pool
@@ -1196,5 +1284,87 @@ mod tests {
             0,
             "node should be cleaned up again after get"
         );
+    }
+
+    #[test]
+    fn test_put_unwatched_get() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(4);
+        let meta1 = ConnectionMeta::new(101, 1);
+        let meta2 = ConnectionMeta::new(101, 2);
+        assert!(cp.put_unwatched(&meta1, "v1".to_string()).is_empty());
+        assert!(cp.put_unwatched(&meta2, "v2".to_string()).is_empty());
+        let mut got = vec![cp.get(&101).unwrap(), cp.get(&101).unwrap()];
+        got.sort();
+        assert_eq!(got, vec!["v1".to_string(), "v2".to_string()]);
+        assert!(cp.get(&101).is_none());
+        assert_eq!(pool_len(&cp), 0, "empty node cleaned up");
+    }
+
+    #[test]
+    fn test_put_unwatched_returns_evicted() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(2);
+        assert!(cp
+            .put_unwatched(&ConnectionMeta::new(101, 1), "v1".to_string())
+            .is_empty());
+        assert!(cp
+            .put_unwatched(&ConnectionMeta::new(102, 2), "v2".to_string())
+            .is_empty());
+        // the oldest leaves the pool and is handed back
+        let evicted = cp.put_unwatched(&ConnectionMeta::new(103, 3), "v3".to_string());
+        assert_eq!(evicted, vec!["v1".to_string()]);
+        assert!(cp.get(&101).is_none());
+        assert_eq!(cp.get(&102), Some("v2".to_string()));
+        assert_eq!(cp.get(&103), Some("v3".to_string()));
+    }
+
+    #[test]
+    fn test_retain_removes_from_pool_and_lru() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(3);
+        // more than the hot queue holds under one key, so both stores are visited
+        let n = HOT_QUEUE_SIZE as i32 + 4;
+        let cp_big: ConnectionPool<String> = ConnectionPool::new(n as usize);
+        for id in 0..n {
+            cp_big.put_unwatched(&ConnectionMeta::new(7, id), format!("c{id}"));
+        }
+        let mut visited = 0;
+        let removed = cp_big.retain(|c| {
+            visited += 1;
+            c.trim_start_matches('c').parse::<i32>().unwrap() % 2 == 0
+        });
+        assert_eq!(visited, n as usize);
+        assert_eq!(removed, n as usize / 2);
+        let mut left = Vec::new();
+        while let Some(c) = cp_big.get(&7) {
+            left.push(c.trim_start_matches('c').parse::<i32>().unwrap());
+        }
+        left.sort();
+        assert_eq!(left, (0..n).filter(|i| i % 2 == 0).collect::<Vec<_>>());
+        assert_eq!(pool_len(&cp_big), 0);
+
+        // the LRU forgets removed entries: they do not count against the size
+        cp.put_unwatched(&ConnectionMeta::new(101, 1), "v1".to_string());
+        cp.put_unwatched(&ConnectionMeta::new(102, 2), "v2".to_string());
+        cp.put_unwatched(&ConnectionMeta::new(103, 3), "v3".to_string());
+        assert_eq!(cp.retain(|c| c != "v1"), 1);
+        assert_eq!(pool_len(&cp), 2, "the emptied node is cleaned up");
+        assert!(cp
+            .put_unwatched(&ConnectionMeta::new(104, 4), "v4".to_string())
+            .is_empty());
+        assert_eq!(cp.get(&102), Some("v2".to_string()));
+        assert_eq!(cp.get(&104), Some("v4".to_string()));
+    }
+
+    #[test]
+    fn test_retain_keeps_mutations() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(2);
+        cp.put_unwatched(&ConnectionMeta::new(101, 1), "v1".to_string());
+        assert_eq!(
+            cp.retain(|c| {
+                c.push('!');
+                true
+            }),
+            0
+        );
+        assert_eq!(cp.get(&101), Some("v1!".to_string()));
     }
 }

@@ -21,22 +21,17 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub struct Node<T> {
-    pub close_notifier: Arc<Notify>,
+    /// `None` for a node added by [`Lru::add_unwatched`]: nothing waits on its eviction.
+    pub close_notifier: Option<Arc<Notify>>,
     pub meta: T,
     order: u64,
 }
 
 impl<T> Node<T> {
-    pub fn new(meta: T) -> Self {
-        Node {
-            close_notifier: Arc::new(Notify::new()),
-            meta,
-            order: 0,
-        }
-    }
-
     pub fn notify_close(&self) {
-        self.close_notifier.notify_one();
+        if let Some(notifier) = &self.close_notifier {
+            notifier.notify_one();
+        }
     }
 }
 
@@ -156,9 +151,24 @@ where
     }
 
     pub fn add(&self, key: K, meta: T) -> (Arc<Notify>, Vec<T>) {
-        let node = Node::new(meta);
-        let notifier = node.close_notifier.clone();
+        let notifier = Arc::new(Notify::new());
+        let node = Node {
+            close_notifier: Some(notifier.clone()),
+            meta,
+            order: 0,
+        };
         (notifier, self.put(key, node))
+    }
+
+    /// [`Self::add`] for an entry whose eviction nobody awaits: no notifier is allocated.
+    /// The caller learns of evictions from the returned metas only.
+    pub fn add_unwatched(&self, key: K, meta: T) -> Vec<T> {
+        let node = Node {
+            close_notifier: None,
+            meta,
+            order: 0,
+        };
+        self.put(key, node)
     }
 
     pub fn pop(&self, key: &K) -> Option<Node<T>> {
