@@ -112,11 +112,12 @@ impl IdleWatch {
         if self.spawned.load(Ordering::Relaxed) || self.spawned.swap(true, Ordering::AcqRel) {
             return;
         }
-        let watch = self.clone();
+        // made here, not in the task: a task dropped before its first poll still resets the flag
+        let running = Running(self.clone());
         let pool = Arc::downgrade(pool);
         // unconstrained: a sweep polls every idle socket, which must not run out of budget
         pingora_runtime::current_handle()
-            .spawn(tokio::task::unconstrained(watch_idle(pool, watch)));
+            .spawn(tokio::task::unconstrained(watch_idle(pool, running)));
     }
 
     /// End the watching task (the connector is dropped).
@@ -175,8 +176,8 @@ const NEVER: Duration = Duration::from_secs(86400 * 365);
 /// The watching task: each time it is woken (an idle socket became readable, an earlier
 /// deadline was scheduled, its sleep ended), it visits every idle connection, drops the ones
 /// closed, written to or past their deadline, and sleeps until the earliest deadline left.
-async fn watch_idle(pool: Weak<IdlePool>, watch: Arc<IdleWatch>) {
-    let _running = Running(watch.clone());
+async fn watch_idle(pool: Weak<IdlePool>, running: Running) {
+    let watch = &running.0;
     let mut sleep = Box::pin(tokio::time::sleep(NEVER));
     poll_fn(|cx| loop {
         let Some(pool) = pool.upgrade() else {
