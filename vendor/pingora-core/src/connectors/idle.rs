@@ -306,6 +306,16 @@ mod tests {
         assert!(connector.connection_pool.get(&peer.reuse_hash()).is_none());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_watched_from_another_thread() {
+        let (connector, peer, stream, mut server) = connected().await;
+        // the watch may run on either worker, woken by the reactor from the other
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        server.shutdown().await.unwrap();
+        assert_closed_by_pool(&mut server).await;
+        assert!(connector.connection_pool.get(&peer.reuse_hash()).is_none());
+    }
+
     #[tokio::test]
     async fn data_from_the_server_removes_the_connection() {
         let (connector, peer, stream, mut server) = connected().await;
