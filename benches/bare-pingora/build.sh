@@ -34,5 +34,6 @@ if [ "$which" = patched ] || [ "$which" = both ]; then
     build "${BARE_NAME:-patched}" \
         --config "patch.crates-io.pingora-core.path=\"$vendor/pingora-core\"" \
         --config "patch.crates-io.pingora-proxy.path=\"$vendor/pingora-proxy\"" \
-        --config "patch.crates-io.pingora-http.path=\"$vendor/pingora-http\""
+        --config "patch.crates-io.pingora-http.path=\"$vendor/pingora-http\"" \
+        --config "patch.crates-io.pingora-pool.path=\"$vendor/pingora-pool\""
 fi

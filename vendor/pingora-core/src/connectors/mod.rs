@@ -15,6 +15,7 @@
 //! Connecting to servers
 
 pub mod http;
+mod idle;
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -28,9 +29,10 @@ use crate::server::configuration::ServerConf;
 use crate::upstreams::peer::{Peer, ALPN};
 
 use crate::offload::OffloadRuntime;
+use idle::{IdlePool, IdleStream, IdleWatch};
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
@@ -40,7 +42,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +171,8 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<IdlePool>,
+    idle_watch: IdleWatchHandle,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -204,6 +206,7 @@ impl TransportConnector {
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            idle_watch: IdleWatchHandle(Arc::default()),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -250,47 +253,38 @@ impl TransportConnector {
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
         match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
+            Some(idle) => {
+                debug!("find reusable stream");
+                // the idle watch may not have run since its deadline passed
+                if idle.expired() {
+                    debug!("pooled connection outlived its idle timeout");
+                    return None;
+                }
+                let mut stream = idle.stream;
+                // test_reusable_stream: we assume server would never actively send data
+                // first on an idle stream.
+                #[cfg(unix)]
+                if stream_matches_peer(peer, &stream)
+                    && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                 {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if stream_matches_peer(peer, &stream)
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
+                    Some(stream)
+                } else {
+                    None
+                }
+                #[cfg(windows)]
+                {
+                    use std::os::windows::io::{AsRawSocket, RawSocket};
+                    struct WrappedRawSocket(RawSocket);
+                    impl AsRawSocket for WrappedRawSocket {
+                        fn as_raw_socket(&self) -> RawSocket {
+                            self.0
                         }
                     }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
+                    if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+                        && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+                    {
+                        Some(stream)
+                    } else {
                         None
                     }
                 }
@@ -315,35 +309,33 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+        if idle_timeout == Some(Duration::ZERO) {
+            // it would be closed at once by the idle watch: close it now
+            return;
+        }
+        // the test also registers the socket with the task watching the idle pool (idle.rs)
+        let watch = &self.idle_watch.0;
+        if !watch.register(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
+        let callback = self.keepalive_pool_callback.as_ref();
+        let now = (idle_timeout.is_some() || callback.is_some()).then(Instant::now);
+        let deadline = idle_timeout.and_then(|t| now.and_then(|now| now.checked_add(t)));
+        let since = now.filter(|_| callback.is_some());
+        let idle = IdleStream::new(stream, deadline, since);
+        // the connections evicted to make room are dropped (closed) here
+        for evicted in self.connection_pool.put_unwatched(&meta, idle) {
+            if let (Some(callback), Some(idle_for)) = (callback, evicted.idle_for()) {
+                callback(idle_for);
             }
-        });
+        }
+        if let Some(deadline) = deadline {
+            watch.schedule(deadline);
+        }
+        watch.ensure_running(&self.connection_pool);
     }
 
     /// Get a stream to the given server [Peer]
@@ -496,6 +488,15 @@ fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
         }
     }
     peer.matches_fd(stream.id())
+}
+
+/// Ends the task watching the connector's idle pool when the connector is dropped
+struct IdleWatchHandle(Arc<IdleWatch>);
+
+impl Drop for IdleWatchHandle {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
