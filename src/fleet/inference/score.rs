@@ -6,7 +6,8 @@
 //! Prefill wait ([`View::prefill_wait`]): the uncached prompt tokens of the gateway's requests
 //! there that have no first token yet, plus the request's own prompt less the share the
 //! replica holds; max wait: the longest of the unsaturated candidates. With no prefill to wait
-//! for anywhere (no prompt estimate), when any candidate is saturated, or when the fleet is not
+//! for anywhere (no prompt estimate), when any candidate is saturated or has a request waiting
+//! for a seat (corrected `waiting` above 0), or when the fleet is not
 //! *calm* (the admission queue held a request within the last `CALM_AFTER`, `calm` false: the
 //! replicas are still full of what it released, see `fleet/inference/mod.rs`), the prefix term
 //! is the match fraction instead. The tail of
@@ -107,10 +108,11 @@ pub fn choose(views: &[View], w: &Weights, s: &Saturation, calm: bool) -> Choice
     let least = open.iter().map(|(_, v)| v.pressure()).fold(f64::INFINITY, f64::min);
     let most = open.iter().map(|(_, v)| v.pressure()).fold(0.0, f64::max);
     let affine = |v: &View| if v.pressure() <= AFFINITY_FACTOR * least + AFFINITY_SLACK { v.prefix } else { 0.0 };
-    // Prefill is weighed while no candidate is saturated: past that, requests wait for seats in
-    // the batch (the pending prefill counts ones queued there) and the admission queue paces
-    // the replicas, so what the held prefix saves the whole fleet matters more than one wait.
-    let weigh_prefill = calm && open.len() == candidates().count();
+    // Prefill is weighed while every candidate has a free seat in its batch (none saturated,
+    // none with a request waiting) and the caller says the fleet is calm: once requests wait
+    // for seats, the pending prefill counts the ones queued there, and what the held prefix
+    // saves the whole fleet (less prefill, more seats free sooner) matters more than one wait.
+    let weigh_prefill = calm && open.len() == candidates().count() && open.iter().all(|(_, v)| v.waiting <= 0.0);
     let most_wait = open.iter().map(|(_, v)| v.prefill_wait()).fold(0.0, f64::max);
     let score = |v: &View| {
         // Prefix affinity in prefill time when there is any to weigh, else the match fraction.
@@ -190,6 +192,22 @@ mod tests {
         assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "below saturation: the shorter wait");
         v[2].waiting = 6.0;
         assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "replica 2 saturated: the held prompt");
+    }
+
+    /// A request waiting for a seat anywhere (below saturation) is enough to keep the held
+    /// prompt as its match fraction.
+    #[test]
+    fn a_queue_for_seats_keeps_the_prompt_where_it_is_held() {
+        let mut v = vec![idle(); 3];
+        for x in v.iter_mut() {
+            x.prompt_tokens = 2_000.0;
+        }
+        v[0].prefix = 1.0;
+        v[0].prefill_tokens = 2_500.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "every seat free: the shorter wait");
+        v[2].waiting = 1.0;
+        assert!(!v[2].saturated(&S));
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "one waits on replica 2: the held prompt");
     }
 
     /// Right after the admission queue held requests (not calm) the held prompt counts as its
