@@ -7,7 +7,8 @@
 //! cargo bench --profile dev --bench fleet        # debug build: cheaper to build, same shape
 //! FLEET_SECONDS=20 FLEET_CAPACITY_SECONDS=15 FLEET_CAPACITY=30 FLEET_LOADS=0.9,1.2
 //! FLEET_POLICIES=inference,least_inflight …   (policy name prefixes)
-//! FLEET_SEED=1 (another workload and arrival sequence; default 0)
+//! FLEET_SEED=0,1,2 (workload and arrival sequences, each a row per policy and load; default
+//!   0,1: one cell's p99 is its few slowest requests, so one seed alone proves little)
 //! FLEET_TRACE=1 (print each cell's slowest requests with their uncached prompt tokens, the
 //!   requests with over 1,000 uncached and the p99 of the rest, and the sims' preemptions to
 //!   stderr; FLEET_TRACE=all also lists every request with over 1,000 uncached)
@@ -257,6 +258,7 @@ async fn capacity(seconds: f64) -> f64 {
 }
 
 struct Row {
+    seed: u64,
     policy: &'static str,
     load: f64,
     p50: f64,
@@ -270,10 +272,9 @@ struct Row {
     sent: usize,
 }
 
-async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f64) -> Row {
+async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f64, seed: u64) -> Row {
     let f = fleet(yaml).await;
     let url = f.gw.url("/v1/chat/completions");
-    let seed = env_num("FLEET_SEED", 0.0) as u64;
     let work = Arc::new(Mutex::new(Workload::new(11 + seed)));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let sent = Arc::new(AtomicUsize::new(0));
@@ -338,6 +339,7 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     let loads: Vec<usize> = (0..REPLICAS).map(|i| t.served.get(&format!("r{i}")).copied().unwrap_or(0)).collect();
     let mean = loads.iter().sum::<usize>() as f64 / REPLICAS as f64;
     Row {
+        seed,
         policy,
         load,
         p50: pct(0.5).unwrap_or(f64::NAN),
@@ -363,13 +365,18 @@ async fn main() {
     println!("capacity: {capacity:.1} requests/s (closed loop, 96 clients, least_inflight); {seconds} s per cell");
     println!("sim: {}", SIM.join(" "));
     println!();
-    println!("| load | policy | TTFT p50 | TTFT p99 | tok/s | prefix hit | max/mean load | queued | refused | errors | sent |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| load | seed | policy | TTFT p50 | TTFT p99 | tok/s | prefix hit | max/mean load | queued | refused | errors | sent |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let seeds: Vec<u64> = std::env::var("FLEET_SEED")
+        .unwrap_or_else(|_| "0,1".into())
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
     let loads: Vec<f64> = match std::env::var("FLEET_LOADS") {
         Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => vec![0.5, 0.9, 1.2],
     };
-    for load in loads {
+    for (load, seed) in loads.iter().flat_map(|&l| seeds.iter().map(move |&s| (l, s))) {
         for &(name, yaml) in POLICIES {
             if only.as_deref().is_some_and(|o| !o.split(',').any(|p| name.starts_with(p.trim()))) {
                 continue;
@@ -377,10 +384,11 @@ async fn main() {
             // FLEET_INFERENCE replaces the inference policy's settings (for exploring them).
             let custom = std::env::var("FLEET_INFERENCE").ok().filter(|_| name == "inference");
             let yaml = custom.as_deref().unwrap_or(yaml);
-            let r = cell(name, yaml, load, capacity * load, seconds).await;
+            let r = cell(name, yaml, load, capacity * load, seconds, seed).await;
             println!(
-                "| {:.1}× | {} | {:.0} ms | {:.0} ms | {:.0} | {:.1} % | {:.2} | {:.0} | {} | {} | {} |",
+                "| {:.1}× | {} | {} | {:.0} ms | {:.0} ms | {:.0} | {:.1} % | {:.2} | {:.0} | {} | {} | {} |",
                 r.load,
+                r.seed,
                 r.policy,
                 r.p50 * 1000.0,
                 r.p99 * 1000.0,

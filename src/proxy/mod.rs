@@ -342,6 +342,12 @@ fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
 /// What the gateway does to every response body chunk: the MCP endpoint rewrite, the usage
 /// observer (on the backend's bytes), then the body rewrite.
 fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
+    if let Some(ticket) = ctx.routed.as_ref().and_then(|r| r.inference.as_ref()) {
+        // The replica's first bytes: its prefill of this request is done.
+        if body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ticket.first_token();
+        }
+    }
     long_lived::response_body(body, end, &mut ctx.streams);
     ctx.usage.observe(body.as_ref(), end);
     ctx.rewrite.response_body(body, end, ctx.usage.kind());

@@ -28,6 +28,11 @@ pub const STALE_AFTER: u32 = 2;
 /// Prompt blocks (of 16 tokens) a replica must hold beyond any other's for a waiter to be
 /// released to it first: below that the difference is a few milliseconds of prefill.
 pub const AFFINE_BLOCKS: usize = 4;
+/// How long after the admission queue last held a request the scorer keeps weighing the held
+/// prompt as its match fraction rather than as prefill saved (see [`score`]): the replicas are
+/// still full of the requests it released, whose pending prefill would push conversations off
+/// the replicas that hold them.
+pub const CALM_AFTER: Duration = Duration::from_millis(500);
 /// Output tokens assumed for a request without `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u64 = 256;
 
@@ -88,6 +93,9 @@ pub struct ReplicaLoad {
     inflight_at_scrape: AtomicU64,
     /// Estimated tokens (prompt + max_tokens) of the gateway's requests in flight there.
     inflight_tokens: AtomicU64,
+    /// Uncached prompt tokens of the gateway's requests there that have no first token yet:
+    /// prefill the replica still has to do, which every request landing there waits behind.
+    prefill_tokens: AtomicU64,
 }
 
 impl ReplicaLoad {
@@ -166,11 +174,16 @@ impl ReplicaLoad {
     /// The scorer's view (without prefix and candidacy).
     fn view(&self) -> View {
         let inflight_tokens = self.inflight_tokens() as f64;
+        let prefill_tokens = self.prefill_tokens.load(Ordering::Relaxed) as f64;
         match (self.last().filter(|_| !self.is_stale()), self.waiting_now()) {
-            (Some(s), Some(waiting)) => {
-                View { waiting: waiting.max(0.0), kv: self.kv_now(s.kv), inflight_tokens, ..View::default() }
-            }
-            _ => View { inflight_tokens, ..View::default() },
+            (Some(s), Some(waiting)) => View {
+                waiting: waiting.max(0.0),
+                kv: self.kv_now(s.kv),
+                inflight_tokens,
+                prefill_tokens,
+                ..View::default()
+            },
+            _ => View { inflight_tokens, prefill_tokens, ..View::default() },
         }
     }
 }
@@ -185,6 +198,8 @@ pub struct InferenceState {
     next_scrape: AtomicU64,
     /// A scrape round is running (the next one waits for it).
     scraping: AtomicBool,
+    /// [`CALM_AFTER`] (a field so that tests can widen it).
+    calm_after: Duration,
 }
 
 impl std::fmt::Debug for InferenceState {
@@ -212,6 +227,7 @@ impl InferenceState {
                 .map(|_| ReplicaLoad { stale: AtomicBool::new(true), ..Default::default() })
                 .collect(),
             index: Mutex::new(PrefixIndex::new(INDEX_BLOCKS)),
+            calm_after: CALM_AFTER,
             next_scrape: AtomicU64::new(0),
             scraping: AtomicBool::new(false),
         }
@@ -247,13 +263,20 @@ impl InferenceState {
             .map(|(i, r)| View {
                 candidate: candidate(i),
                 prefix: matches.get(i).copied().unwrap_or(0) as f64 / total,
+                prompt_tokens: demand.prompt_tokens as f64,
                 ..r.view()
             })
             .collect()
     }
 
     pub fn choose(&self, demand: &Demand, candidate: impl Fn(usize) -> bool) -> Choice {
-        score::choose(&self.views(demand, candidate), &self.settings.weights, &self.settings.saturated)
+        score::choose(&self.views(demand, candidate), &self.settings.weights, &self.settings.saturated, self.calm())
+    }
+
+    /// Whether the fleet is calm: the admission queue held no one within `calm_after`. Only then
+    /// does the scorer weigh prefill waits ([`score::choose`]).
+    pub fn calm(&self) -> bool {
+        !self.queue.held_within(self.calm_after)
     }
 
     /// Whether a newcomer must queue: others already wait, or every usable replica is saturated.
@@ -315,13 +338,16 @@ pub struct Ticket {
     pub demand: Demand,
     /// The replica charged and the tokens charged there.
     charged: Mutex<Option<(usize, u64)>>,
+    /// The replica and the uncached prompt tokens charged there as prefill, until the first
+    /// token (or the end).
+    prefilling: Mutex<Option<(usize, u64)>>,
     /// The replica whose room the admission queue granted this request (used once).
     granted: Mutex<Option<usize>>,
 }
 
 impl Ticket {
     pub fn new(state: Arc<InferenceState>, demand: Demand) -> Self {
-        Ticket { state, demand, charged: Mutex::new(None), granted: Mutex::new(None) }
+        Ticket { state, demand, charged: Mutex::new(None), prefilling: Mutex::new(None), granted: Mutex::new(None) }
     }
 
     /// The admission queue let the request go into room on `replica`.
@@ -337,7 +363,7 @@ impl Ticket {
         let s = &self.state.settings.saturated;
         match granted.filter(|&i| views.get(i).is_some_and(|v| v.candidate && !v.saturated(s))) {
             Some(i) => Choice::Replica(i),
-            None => score::choose(&views, &self.state.settings.weights, s),
+            None => score::choose(&views, &self.state.settings.weights, s, self.state.calm()),
         }
     }
 
@@ -349,18 +375,32 @@ impl Ticket {
         if let Some((old, tokens)) = charged.take() {
             self.uncharge(old, tokens);
         }
+        self.first_token();
         let Some(r) = self.state.replicas.get(i) else { return };
         let mut tokens = self.demand.tokens;
+        let mut cached = 0;
         if !self.demand.blocks.is_empty() {
             let mut index = self.state.index.lock().unwrap_or_else(|p| p.into_inner());
             let held = index.matches(&self.demand.blocks, self.state.replicas.len()).get(i).copied().unwrap_or(0);
-            let cached = (held * prefix_index::BLOCK_BYTES / 4) as u64;
-            tokens -= cached.min(self.demand.prompt_tokens).min(tokens);
+            cached = ((held * prefix_index::BLOCK_BYTES / 4) as u64).min(self.demand.prompt_tokens);
+            tokens -= cached.min(tokens);
             index.insert(&self.demand.blocks, i);
         }
         r.inflight_tokens.fetch_add(tokens, Ordering::Relaxed);
         r.sent_since.fetch_add(1, Ordering::Relaxed);
         *charged = Some((i, tokens));
+        let prefill = self.demand.prompt_tokens - cached;
+        r.prefill_tokens.fetch_add(prefill, Ordering::Relaxed);
+        *self.prefilling.lock().unwrap_or_else(|p| p.into_inner()) = Some((i, prefill));
+    }
+
+    /// The answer's first bytes came: the replica finished this request's prefill.
+    pub fn first_token(&self) {
+        let Some((i, tokens)) = self.prefilling.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        if let Some(r) = self.state.replicas.get(i) {
+            let _ =
+                r.prefill_tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(t.saturating_sub(tokens)));
+        }
     }
 
     fn uncharge(&self, i: usize, tokens: u64) {
@@ -374,6 +414,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        self.first_token();
         let charged = self.charged.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((i, tokens)) = charged {
             self.uncharge(i, tokens);
@@ -405,7 +446,10 @@ mod tests {
         let t = Ticket::new(s.clone(), demand.clone());
         t.charge(1);
         assert_eq!(s.replicas[1].inflight_tokens(), 500);
-        // The same prompt now prefers replica 1 despite its load.
+        assert_eq!(s.replicas[1].prefill_tokens.load(Ordering::Relaxed), 48);
+        t.first_token();
+        assert_eq!(s.replicas[1].prefill_tokens.load(Ordering::Relaxed), 0);
+        // Its prefill done, the same prompt now prefers replica 1 despite its load.
         assert_eq!(s.choose(&demand, |_| true), Choice::Replica(1));
         t.charge(2);
         assert_eq!((s.replicas[1].inflight_tokens(), s.replicas[2].inflight_tokens()), (0, 500));
@@ -415,6 +459,56 @@ mod tests {
         assert_eq!(s.replicas[2].inflight_tokens(), 500 + 452);
         drop((t, again));
         assert_eq!(s.replicas[2].inflight_tokens(), 0);
+    }
+
+    /// A long prompt still in prefill on a replica sends the next request elsewhere, unless
+    /// that request's own prefill there would be the shorter wait; its first token frees it.
+    #[test]
+    fn pending_prefill_is_a_wait_the_scorer_weighs() {
+        let s = state(2);
+        for r in &s.replicas {
+            r.record(Some(Scraped::default()));
+        }
+        let long = Ticket::new(s.clone(), Demand { blocks: (100..124).collect(), prompt_tokens: 1_500, tokens: 1_600 });
+        long.charge(0);
+        // Replica 1 carries more tokens, all past prefill: by load alone it is the busier one.
+        let busy = Ticket::new(s.clone(), Demand { blocks: vec![9], prompt_tokens: 100, tokens: 1_700 });
+        busy.charge(1);
+        busy.first_token();
+        let short = Demand { blocks: vec![7], prompt_tokens: 100, tokens: 200 };
+        assert_eq!(s.choose(&short, |_| true), Choice::Replica(1), "waiting behind 1,500 tokens of prefill");
+        long.first_token();
+        let follow_up = Demand { blocks: (100..125).collect(), prompt_tokens: 1_560, tokens: 1_600 };
+        assert_eq!(s.choose(&follow_up, |_| true), Choice::Replica(0), "its prompt is held there, nothing to wait for");
+    }
+
+    /// While the admission queue held someone lately, a conversation stays on the replica that
+    /// holds it though that one still prefills another prompt: the match fraction decides.
+    #[tokio::test]
+    async fn a_recent_queue_keeps_conversations_where_they_are_held() {
+        let mut state = InferenceState::new(InferenceSettings::default(), 2);
+        state.calm_after = Duration::from_secs(3600);
+        let s = Arc::new(state);
+        for r in &s.replicas {
+            r.record(Some(Scraped::default()));
+        }
+        let first =
+            Ticket::new(s.clone(), Demand { blocks: (100..124).collect(), prompt_tokens: 1_500, tokens: 1_600 });
+        first.charge(0);
+        let follow_up = Demand { blocks: (100..125).collect(), prompt_tokens: 1_560, tokens: 1_600 };
+        assert!(s.calm());
+        assert_eq!(s.choose(&follow_up, |_| true), Choice::Replica(1), "calm: 1,500 tokens of prefill pending on 0");
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.queue.wait("k".into(), 0, None).await })
+        };
+        while s.queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(s.queue.grant(1), 1);
+        assert!(waiter.await.unwrap().is_ok());
+        assert!(!s.calm(), "the queue held a request within the window");
+        assert_eq!(s.choose(&follow_up, |_| true), Choice::Replica(0), "the replica holding the conversation");
     }
 
     #[test]

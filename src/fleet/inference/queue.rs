@@ -55,6 +55,8 @@ struct Inner {
     levels: BTreeMap<i64, Level>,
     len: usize,
     next_id: u64,
+    /// When the last waiter left the queue (granted, refused or gone).
+    last_left: Option<Instant>,
 }
 
 /// One priority: keys in turn order, and each key's waiters in arrival order.
@@ -83,7 +85,8 @@ struct Place<'a> {
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         let mut inner = self.queue.lock();
-        let Inner { levels, len, .. } = &mut *inner;
+        let Inner { levels, len, last_left, .. } = &mut *inner;
+        *last_left = Some(Instant::now());
         if let Some(level) = levels.get_mut(&self.level) {
             if let Some(list) = level.waiters.get_mut(&self.key) {
                 if let Some(at) = list.iter().position(|w| w.id == self.id) {
@@ -152,6 +155,13 @@ impl AdmissionQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether anyone waited here within `window`: someone waits now, or the last waiter left
+    /// less than `window` ago.
+    pub fn held_within(&self, window: Duration) -> bool {
+        let inner = self.lock();
+        inner.len > 0 || inner.last_left.is_some_and(|t| t.elapsed() < window)
     }
 
     /// Waits for a grant. `affine`: the replica holding most of the request's prompt, if any.
@@ -330,5 +340,22 @@ mod tests {
         assert!(a.await.is_err(), "cancelled");
         assert_eq!(q.len(), 1);
         assert_eq!(q.grant(5), 1, "only b is left to grant");
+    }
+
+    /// The queue remembers that it held someone: while a waiter is there, and for the window
+    /// after the last one left.
+    #[tokio::test]
+    async fn it_tells_whether_anyone_waited_within_a_window() {
+        let q = Arc::new(AdmissionQueue::new(10, Duration::from_secs(30)));
+        assert!(!q.held_within(Duration::from_secs(3600)), "nobody ever waited");
+        let h = run(&q, &[("a", 0)]).await;
+        assert!(q.held_within(Duration::ZERO), "someone waits now");
+        assert_eq!(q.grant(1), 1);
+        for j in h {
+            j.await.unwrap();
+        }
+        assert!(q.is_empty());
+        assert!(q.held_within(Duration::from_secs(3600)), "the last waiter left just now");
+        assert!(!q.held_within(Duration::ZERO), "but not within no time at all");
     }
 }

@@ -1,16 +1,28 @@
 //! The inference scorer as a pure function: what each replica looks like now (scraped queue
 //! and KV use corrected by the gateway's own sends, in-flight tokens, prefix match) → a choice.
 //!
-//! score = prefix × match fraction + queue × (1 − pressure / max) + kv_cache × (1 − KV use)
+//! score = prefix × (1 − prefill wait / max wait) + queue × (1 − pressure / max) + kv_cache × (1 − KV use)
+//!
+//! Prefill wait ([`View::prefill_wait`]): the uncached prompt tokens of the gateway's requests
+//! there that have no first token yet, plus the request's own prompt less the share the
+//! replica holds; max wait: the longest of the unsaturated candidates. With no prefill to wait
+//! for anywhere (no prompt estimate), when any candidate is saturated or has a request waiting
+//! for a seat (corrected `waiting` above 0), or when the fleet is not
+//! *calm* (the admission queue held a request within the last `CALM_AFTER`, `calm` false: the
+//! replicas are still full of what it released, see `fleet/inference/mod.rs`), the prefix term
+//! is the match fraction instead. The tail of
+//! time to first token is prefill: a replica prefills what it admitted, whole, before any of it
+//! gets a token, so a request sent where a long prompt is being prefilled waits for it, and one
+//! sent away from its cached prompt waits for its own.
 //!
 //! (max: the highest pressure of the unsaturated candidates; none pressed: 1). Relative to the
 //! most pressed replica rather than to the spread: with min–max scaling a difference of a few
 //! tokens between busy replicas would swing the whole queue weight and outvote any prefix.
 //! Pressure = in-flight tokens + waiting requests × [`TOKENS_PER_WAITING`]. A replica is
 //! saturated past `saturated.waiting` waiting requests or `saturated.kv_cache` KV use;
-//! saturated replicas are chosen only when all are (after the admission queue). Affinity
-//! yields: a replica's prefix match counts only while its pressure is at most
-//! [`AFFINITY_FACTOR`] × the least pressure + [`AFFINITY_SLACK`] tokens.
+//! saturated replicas are chosen only when all are (after the admission queue): saturation is
+//! where affinity yields to load in the prefill wait. The match fraction counts only while the replica's pressure is at most [`AFFINITY_FACTOR`] × the least pressure
+//! + [`AFFINITY_SLACK`] tokens.
 
 /// Tokens one waiting request stands for in the pressure (a typical prompt + answer).
 pub const TOKENS_PER_WAITING: f64 = 1024.0;
@@ -48,11 +60,25 @@ pub struct View {
     pub inflight_tokens: f64,
     /// Fraction of the request's prompt blocks the gateway already sent there, 0..1.
     pub prefix: f64,
+    /// Uncached prompt tokens of the gateway's requests there still in prefill.
+    pub prefill_tokens: f64,
+    /// The request's own estimated prompt tokens (the same in every view).
+    pub prompt_tokens: f64,
 }
 
 impl View {
     pub fn saturated(&self, s: &Saturation) -> bool {
         self.waiting > s.waiting || self.kv > s.kv_cache
+    }
+
+    /// The prefill a request waits for there before its first token, in tokens: the replica
+    /// prefills what it admitted, whole, before the step that yields their first tokens
+    /// (docs/sim.md), so a request waits for the gateway's requests there that have no first
+    /// token yet, plus its own prompt less what the replica holds. The held part counts even
+    /// on a replica past the affinity bound: it is prefill saved there all the same, and the
+    /// load is weighed by the queue term.
+    fn prefill_wait(&self) -> f64 {
+        self.prefill_tokens + self.prompt_tokens * (1.0 - self.prefix.clamp(0.0, 1.0))
     }
 
     fn pressure(&self) -> f64 {
@@ -70,7 +96,7 @@ pub enum Choice {
     None,
 }
 
-pub fn choose(views: &[View], w: &Weights, s: &Saturation) -> Choice {
+pub fn choose(views: &[View], w: &Weights, s: &Saturation, calm: bool) -> Choice {
     let candidates = || views.iter().enumerate().filter(|(_, v)| v.candidate);
     let open: Vec<(usize, &View)> = candidates().filter(|(_, v)| !v.saturated(s)).collect();
     if open.is_empty() {
@@ -81,9 +107,16 @@ pub fn choose(views: &[View], w: &Weights, s: &Saturation) -> Choice {
     }
     let least = open.iter().map(|(_, v)| v.pressure()).fold(f64::INFINITY, f64::min);
     let most = open.iter().map(|(_, v)| v.pressure()).fold(0.0, f64::max);
+    let affine = |v: &View| if v.pressure() <= AFFINITY_FACTOR * least + AFFINITY_SLACK { v.prefix } else { 0.0 };
+    // Prefill is weighed while every candidate has a free seat in its batch (none saturated,
+    // none with a request waiting) and the caller says the fleet is calm: once requests wait
+    // for seats, the pending prefill counts the ones queued there, and what the held prefix
+    // saves the whole fleet (less prefill, more seats free sooner) matters more than one wait.
+    let weigh_prefill = calm && open.len() == candidates().count() && open.iter().all(|(_, v)| v.waiting <= 0.0);
+    let most_wait = open.iter().map(|(_, v)| v.prefill_wait()).fold(0.0, f64::max);
     let score = |v: &View| {
-        let affine = v.pressure() <= AFFINITY_FACTOR * least + AFFINITY_SLACK;
-        let prefix = if affine { v.prefix } else { 0.0 };
+        // Prefix affinity in prefill time when there is any to weigh, else the match fraction.
+        let prefix = if weigh_prefill && most_wait > 0.0 { 1.0 - v.prefill_wait() / most_wait } else { affine(v) };
         let queue = if most > 0.0 { 1.0 - v.pressure() / most } else { 1.0 };
         w.prefix * prefix + w.queue * queue + w.kv_cache * (1.0 - v.kv.clamp(0.0, 1.0))
     };
@@ -110,7 +143,7 @@ mod tests {
     fn prefers_the_replica_holding_the_prefix() {
         let mut v = vec![idle(); 3];
         v[2].prefix = 0.9;
-        assert_eq!(choose(&v, &W, &S), Choice::Replica(2));
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(2));
     }
 
     #[test]
@@ -120,12 +153,75 @@ mod tests {
         v[2].inflight_tokens = 20_000.0;
         v[0].inflight_tokens = 2_000.0;
         v[1].inflight_tokens = 3_000.0;
-        assert_eq!(choose(&v, &W, &S), Choice::Replica(0), "far above 1.5 × least + slack");
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "far above 1.5 × least + slack");
         let mut v = vec![idle(); 3];
         v[2].prefix = 1.0;
         v[2].waiting = 6.0;
         v[1].kv = 0.5;
-        assert_eq!(choose(&v, &W, &S), Choice::Replica(0), "saturated by its queue");
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "saturated by its queue");
+    }
+
+    /// A replica holding the prompt saves its prefill even when it carries more tokens than the
+    /// affinity bound allows: its time to first token is shorter than a cold replica's.
+    #[test]
+    fn a_held_prompt_is_saved_prefill_past_the_affinity_bound() {
+        let mut v = vec![idle(); 3];
+        for x in v.iter_mut() {
+            x.prompt_tokens = 2_000.0;
+        }
+        v[0].prefix = 1.0;
+        v[0].inflight_tokens = 20_000.0;
+        v[1].inflight_tokens = 2_000.0;
+        v[2].inflight_tokens = 3_000.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "2,000 tokens of prefill saved there");
+        // Another long prompt in prefill there outweighs what it saves.
+        v[0].prefill_tokens = 2_500.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1));
+    }
+
+    /// With a saturated replica in the fleet the held prompt counts as its match fraction: a
+    /// pending prefill there no longer sends the request away from its cached prompt.
+    #[test]
+    fn a_saturated_fleet_keeps_the_prompt_where_it_is_held() {
+        let mut v = vec![idle(); 3];
+        for x in v.iter_mut() {
+            x.prompt_tokens = 2_000.0;
+        }
+        v[0].prefix = 1.0;
+        v[0].prefill_tokens = 2_500.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "below saturation: the shorter wait");
+        v[2].waiting = 6.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "replica 2 saturated: the held prompt");
+    }
+
+    /// A request waiting for a seat anywhere (below saturation) is enough to keep the held
+    /// prompt as its match fraction.
+    #[test]
+    fn a_queue_for_seats_keeps_the_prompt_where_it_is_held() {
+        let mut v = vec![idle(); 3];
+        for x in v.iter_mut() {
+            x.prompt_tokens = 2_000.0;
+        }
+        v[0].prefix = 1.0;
+        v[0].prefill_tokens = 2_500.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "every seat free: the shorter wait");
+        v[2].waiting = 1.0;
+        assert!(!v[2].saturated(&S));
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "one waits on replica 2: the held prompt");
+    }
+
+    /// Right after the admission queue held requests (not calm) the held prompt counts as its
+    /// match fraction too, though no replica is saturated at this instant.
+    #[test]
+    fn after_a_queue_the_prompt_stays_where_it_is_held() {
+        let mut v = vec![idle(); 3];
+        for x in v.iter_mut() {
+            x.prompt_tokens = 2_000.0;
+        }
+        v[0].prefix = 1.0;
+        v[0].prefill_tokens = 2_500.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "calm: the shorter wait");
+        assert_eq!(choose(&v, &W, &S, false), Choice::Replica(0), "queued lately: the held prompt");
     }
 
     #[test]
@@ -133,7 +229,7 @@ mod tests {
         let mut v = vec![idle(); 3];
         v[0].inflight_tokens = 5000.0;
         v[1].kv = 0.6;
-        assert_eq!(choose(&v, &W, &S), Choice::Replica(2));
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(2));
     }
 
     #[test]
@@ -142,8 +238,8 @@ mod tests {
         v[0].kv = 0.9;
         v[0].inflight_tokens = 10.0;
         v[1].waiting = 9.0;
-        assert_eq!(choose(&v, &W, &S), Choice::Saturated(0));
+        assert_eq!(choose(&v, &W, &S, true), Choice::Saturated(0));
         v.iter_mut().for_each(|x| x.candidate = false);
-        assert_eq!(choose(&v, &W, &S), Choice::None);
+        assert_eq!(choose(&v, &W, &S, true), Choice::None);
     }
 }
