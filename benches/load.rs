@@ -387,9 +387,8 @@ async fn conn_loop(port: u16, workload: Workload, start: [Arc<Barrier>; 2], unti
     }
     let t0 = Instant::now();
     // `paced`: each connection sends on a schedule (one request per interval, far longer than an
-    // answer takes, so no send waits for a late answer); latency counts from the actual send.
-    // [`send_at`] keeps each send within microseconds of its time, so the connections' spread
-    // start times stay spread instead of meeting on tokio's 1 ms timer ticks.
+    // answer takes, so no send waits for a late answer); latency counts from the actual send, as
+    // tokio's timer wakes up to 1 ms late and that is the client's lateness, not the proxy's.
     let pace = (workload == Workload::Paced).then(|| {
         let rps: f64 = env_num("MCAS_BENCH_PACED_RPS", 8000.0);
         let conns: f64 = env_num("MCAS_BENCH_CONNS", 32.0);
@@ -404,7 +403,7 @@ async fn conn_loop(port: u16, workload: Workload, start: [Arc<Barrier>; 2], unti
             at
         });
         if let Some(at) = scheduled {
-            send_at(at).await;
+            tokio::time::sleep_until(at).await;
         }
         match &until {
             Until::Elapsed(d) if t0.elapsed() >= *d => break,
@@ -1164,20 +1163,6 @@ fn report(
 }
 
 /// A number in [0, 1), different on each call (std's per-instance random hash keys).
-/// Waits until `at` to within microseconds: tokio's timer for all but the last millisecond,
-/// then yielding to the other connections until the time comes. The timer alone wakes every
-/// sleeper of a millisecond together at its tick, which turned a steady 8,000 requests/s into
-/// bursts of eight sent at once (the load generator has its own core, so the yielding costs the
-/// measured processes nothing).
-async fn send_at(at: tokio::time::Instant) {
-    if let Some(early) = at.checked_sub(Duration::from_millis(1)) {
-        tokio::time::sleep_until(early).await;
-    }
-    while tokio::time::Instant::now() < at {
-        tokio::task::yield_now().await;
-    }
-}
-
 fn rand_unit() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let h = std::collections::hash_map::RandomState::new().build_hasher().finish();
