@@ -179,16 +179,23 @@ mod tests {
         assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1));
     }
 
-    /// With a saturated replica in the fleet the held prompt counts as its match fraction: a
-    /// pending prefill there no longer sends the request away from its cached prompt.
-    #[test]
-    fn a_saturated_fleet_keeps_the_prompt_where_it_is_held() {
+    /// Three idle replicas, a 2,000-token prompt held whole on replica 0, where another
+    /// 2,500 tokens are being prefilled.
+    fn held_behind_a_long_prefill() -> Vec<View> {
         let mut v = vec![idle(); 3];
         for x in v.iter_mut() {
             x.prompt_tokens = 2_000.0;
         }
         v[0].prefix = 1.0;
         v[0].prefill_tokens = 2_500.0;
+        v
+    }
+
+    /// With a saturated replica in the fleet the held prompt counts as its match fraction: a
+    /// pending prefill there no longer sends the request away from its cached prompt.
+    #[test]
+    fn a_saturated_fleet_keeps_the_prompt_where_it_is_held() {
+        let mut v = held_behind_a_long_prefill();
         assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "below saturation: the shorter wait");
         v[2].waiting = 6.0;
         assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "replica 2 saturated: the held prompt");
@@ -198,12 +205,7 @@ mod tests {
     /// prompt as its match fraction.
     #[test]
     fn a_queue_for_seats_keeps_the_prompt_where_it_is_held() {
-        let mut v = vec![idle(); 3];
-        for x in v.iter_mut() {
-            x.prompt_tokens = 2_000.0;
-        }
-        v[0].prefix = 1.0;
-        v[0].prefill_tokens = 2_500.0;
+        let mut v = held_behind_a_long_prefill();
         assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "every seat free: the shorter wait");
         v[2].waiting = 1.0;
         assert!(!v[2].saturated(&S));
@@ -214,12 +216,7 @@ mod tests {
     /// match fraction too, though no replica is saturated at this instant.
     #[test]
     fn after_a_queue_the_prompt_stays_where_it_is_held() {
-        let mut v = vec![idle(); 3];
-        for x in v.iter_mut() {
-            x.prompt_tokens = 2_000.0;
-        }
-        v[0].prefix = 1.0;
-        v[0].prefill_tokens = 2_500.0;
+        let v = held_behind_a_long_prefill();
         assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "calm: the shorter wait");
         assert_eq!(choose(&v, &W, &S, false), Choice::Replica(0), "queued lately: the held prompt");
     }
