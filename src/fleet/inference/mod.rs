@@ -341,13 +341,23 @@ pub struct Ticket {
     /// The replica and the uncached prompt tokens charged there as prefill, until the first
     /// token (or the end).
     prefilling: Mutex<Option<(usize, u64)>>,
+    /// Whether `prefilling` holds a charge: read on every answer chunk, so that the chunks after
+    /// the first cost one atomic load instead of a lock.
+    in_prefill: AtomicBool,
     /// The replica whose room the admission queue granted this request (used once).
     granted: Mutex<Option<usize>>,
 }
 
 impl Ticket {
     pub fn new(state: Arc<InferenceState>, demand: Demand) -> Self {
-        Ticket { state, demand, charged: Mutex::new(None), prefilling: Mutex::new(None), granted: Mutex::new(None) }
+        Ticket {
+            state,
+            demand,
+            charged: Mutex::new(None),
+            prefilling: Mutex::new(None),
+            in_prefill: AtomicBool::new(false),
+            granted: Mutex::new(None),
+        }
     }
 
     /// The admission queue let the request go into room on `replica`.
@@ -392,10 +402,14 @@ impl Ticket {
         let prefill = self.demand.prompt_tokens - cached;
         r.prefill_tokens.fetch_add(prefill, Ordering::Relaxed);
         *self.prefilling.lock().unwrap_or_else(|p| p.into_inner()) = Some((i, prefill));
+        self.in_prefill.store(true, Ordering::Release);
     }
 
     /// The answer's first bytes came: the replica finished this request's prefill.
     pub fn first_token(&self) {
+        if !self.in_prefill.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let Some((i, tokens)) = self.prefilling.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         if let Some(r) = self.state.replicas.get(i) {
             let _ =
