@@ -298,10 +298,20 @@ impl Listing {
 fn listing(route: &crate::routes::Route, path: &str) -> Listing {
     let prefix = route.strip_prefix.as_deref().map(|p| p.trim_end_matches('/')).unwrap_or("");
     let rel = path.strip_prefix(prefix).unwrap_or(path);
-    let segments: Vec<&str> = rel.split('/').collect();
-    // `models;x`: servers that read `;` as a path parameter (Java's) route it as `models`.
-    let Some(at) = segments.iter().position(|s| s.split(';').next() == Some("models")) else { return Listing::None };
-    let id = segments[at + 1..].join("/");
+    // The first segment that is `models` (`models;x` too: servers that read `;` as a path
+    // parameter, Java's, route it as `models`); the id is everything after it. Found without
+    // collecting the segments: this runs on every request.
+    let mut start = 0;
+    let id = loop {
+        let end = rel[start..].find('/').map_or(rel.len(), |i| start + i);
+        if rel[start..end].split(';').next() == Some("models") {
+            break rel.get(end + 1..).unwrap_or("");
+        }
+        if end == rel.len() {
+            return Listing::None;
+        }
+        start = end + 1;
+    };
     let id = id.trim_end_matches('/');
     if id.is_empty() {
         return Listing::All;
@@ -331,6 +341,10 @@ mod tests {
         assert_eq!(listing(&r, "/v1/models-x/models"), Listing::All);
         assert_eq!(listing(&r, "/v1/models;jsessionid=1"), Listing::All);
         assert_eq!(listing(&r, "/v1/chat/completions"), Listing::None);
+        assert_eq!(listing(&r, "/v1/models//a//"), Listing::One("/a".into()));
+        assert_eq!(listing(&r, "/v1/x/models;v=1/b/c"), Listing::One("b/c".into()));
+        assert_eq!(listing(&r, "models"), Listing::All);
+        assert_eq!(listing(&r, ""), Listing::None);
         let s = Route::new("/api/*", Target::ByModel, Some("/api".into())).unwrap();
         assert_eq!(listing(&s, "/api/models"), Listing::All);
     }
