@@ -43,7 +43,9 @@ use authority::{raw_target_authority, RawTargetAuthority};
 
 mod case_header_name;
 use case_header_name::CaseHeaderName;
+mod case_names;
 pub use case_header_name::{IntoCaseHeaderName, KnownHeaderName};
+use case_names::CaseNames;
 
 pub mod prelude {
     pub use crate::RequestHeader;
@@ -84,7 +86,8 @@ pub enum HeaderNameVariant<'a> {
 #[derive(Debug)]
 pub struct RequestHeader {
     base: ReqParts,
-    header_name_map: Option<CaseMap>,
+    // the case each header name was given in (see case_names.rs)
+    case: CaseNames,
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
@@ -152,7 +155,7 @@ impl RequestHeader {
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
-            header_name_map: None,
+            case: CaseNames::Titled,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
         }
@@ -167,9 +170,7 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Self> {
         let mut req = Self::build_no_case(method, path, size_hint)?;
-        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        req.case = CaseNames::given();
         Ok(req)
     }
 
@@ -203,12 +204,7 @@ impl RequestHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
-        append_header_value(
-            self.header_name_map.as_mut(),
-            &mut self.base.headers,
-            name,
-            header_value,
-        )
+        append_header_value(&mut self.case, &mut self.base.headers, name, header_value)
     }
 
     /// Insert the header name and value to `self`.
@@ -223,28 +219,18 @@ impl RequestHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
-        insert_header_value(
-            self.header_name_map.as_mut(),
-            &mut self.base.headers,
-            name,
-            header_value,
-        )
+        insert_header_value(&mut self.case, &mut self.base.headers, name, header_value)
     }
 
     /// Makes room for `additional` more headers in the value map and the case map at once.
     /// A map parsed from the wire is sized to the headers it had, so a proxy that adds
     /// several headers otherwise grows (rehashes and reallocates) each map along the way.
     pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
-        self.base
-            .headers
-            .try_reserve(additional)
-            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
-        if let Some(name_map) = self.header_name_map.as_mut() {
-            name_map
-                .try_reserve(additional)
-                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-        }
-        Ok(())
+        self.base.headers.try_reserve(additional).or_err(
+            InvalidHTTPHeader,
+            "header value map size overflows MAX_SIZE",
+        )?;
+        self.case.reserve(additional)
     }
 
     /// Remove all headers under the name
@@ -252,54 +238,31 @@ impl RequestHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
-        remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+        remove_header(&mut self.case, &mut self.base.headers, name)
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        self.case.write_h1(&self.base.headers, buf)
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
     /// Otherwise returns an empty iterator.
     ///
     /// Headers of the same name are visited in insertion order.
-    pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
-        case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
+    pub fn case_header_iter(&self) -> impl Iterator<Item = (&[u8], &HeaderValue)> + '_ {
+        self.case.iter(&self.base.headers)
     }
 
     /// Returns true if the request has case-sensitive headers.
     pub fn has_case(&self) -> bool {
-        self.header_name_map.is_some()
+        self.case.has_case()
     }
 
-    pub fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(
-        &self,
-        mut f: F,
-    ) -> Result<()> {
-        let key_map = self.header_name_map.as_ref();
-        let value_map = &self.base.headers;
-
-        if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
-                }
-                f(HeaderNameVariant::Case(case_header), val)?;
-            }
-        } else {
-            for (header, value) in value_map {
-                let titled_header =
-                    case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-                f(HeaderNameVariant::Titled(titled_header), value)?;
-            }
-        }
-
-        Ok(())
+    pub fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(&self, f: F) -> Result<()> {
+        self.case.map(&self.base.headers, f)
     }
 
     /// Return mutable access to the request extensions.
@@ -422,7 +385,7 @@ impl Clone for RequestHeader {
     fn clone(&self) -> Self {
         Self {
             base: self.as_owned_parts(),
-            header_name_map: self.header_name_map.clone(),
+            case: self.case.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
         }
@@ -437,7 +400,7 @@ impl From<ReqParts> for RequestHeader {
     fn from(parts: ReqParts) -> RequestHeader {
         Self {
             base: parts,
-            header_name_map: None,
+            case: CaseNames::Titled,
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
@@ -468,7 +431,8 @@ impl From<RequestHeader> for ReqParts {
 pub struct ResponseHeader {
     base: RespParts,
     // an ordered header map to store the original case of each header name
-    header_name_map: Option<CaseMap>,
+    // the case each header name was given in (see case_names.rs)
+    case: CaseNames,
     // the reason phrase of the response, if unset, a default one will be used
     reason_phrase: Option<String>,
 }
@@ -491,7 +455,7 @@ impl Clone for ResponseHeader {
     fn clone(&self) -> Self {
         Self {
             base: self.as_owned_parts(),
-            header_name_map: self.header_name_map.clone(),
+            case: self.case.clone(),
             reason_phrase: self.reason_phrase.clone(),
         }
     }
@@ -502,7 +466,7 @@ impl From<RespParts> for ResponseHeader {
     fn from(parts: RespParts) -> ResponseHeader {
         Self {
             base: parts,
-            header_name_map: None,
+            case: CaseNames::Titled,
             reason_phrase: None,
         }
     }
@@ -523,9 +487,7 @@ impl From<Box<ResponseHeader>> for Box<RespParts> {
 impl ResponseHeader {
     fn new(size_hint: Option<usize>) -> Self {
         let mut resp_header = Self::new_no_case(size_hint);
-        resp_header.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
-            size_hint,
-        )));
+        resp_header.case = CaseNames::given();
         resp_header
     }
 
@@ -534,7 +496,7 @@ impl ResponseHeader {
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
-            header_name_map: None,
+            case: CaseNames::Titled,
             reason_phrase: None,
         }
     }
@@ -573,12 +535,7 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
-        append_header_value(
-            self.header_name_map.as_mut(),
-            &mut self.base.headers,
-            name,
-            header_value,
-        )
+        append_header_value(&mut self.case, &mut self.base.headers, name, header_value)
     }
 
     /// Insert the header name and value to `self`.
@@ -593,28 +550,18 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
-        insert_header_value(
-            self.header_name_map.as_mut(),
-            &mut self.base.headers,
-            name,
-            header_value,
-        )
+        insert_header_value(&mut self.case, &mut self.base.headers, name, header_value)
     }
 
     /// Makes room for `additional` more headers in the value map and the case map at once.
     /// A map parsed from the wire is sized to the headers it had, so a proxy that adds
     /// several headers otherwise grows (rehashes and reallocates) each map along the way.
     pub fn reserve_headers(&mut self, additional: usize) -> Result<()> {
-        self.base
-            .headers
-            .try_reserve(additional)
-            .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
-        if let Some(name_map) = self.header_name_map.as_mut() {
-            name_map
-                .try_reserve(additional)
-                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-        }
-        Ok(())
+        self.base.headers.try_reserve(additional).or_err(
+            InvalidHTTPHeader,
+            "header value map size overflows MAX_SIZE",
+        )?;
+        self.case.reserve(additional)
     }
 
     /// Remove all headers under the name
@@ -622,54 +569,31 @@ impl ResponseHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
-        remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+        remove_header(&mut self.case, &mut self.base.headers, name)
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        self.case.write_h1(&self.base.headers, buf)
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
     /// Otherwise returns an empty iterator.
     ///
     /// Headers of the same name are visited in insertion order.
-    pub fn case_header_iter(&self) -> impl Iterator<Item = (&CaseHeaderName, &HeaderValue)> + '_ {
-        case_header_iter(self.header_name_map.as_ref(), &self.base.headers)
+    pub fn case_header_iter(&self) -> impl Iterator<Item = (&[u8], &HeaderValue)> + '_ {
+        self.case.iter(&self.base.headers)
     }
 
     /// Returns true if the response has case-sensitive headers.
     pub fn has_case(&self) -> bool {
-        self.header_name_map.is_some()
+        self.case.has_case()
     }
 
-    pub fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(
-        &self,
-        mut f: F,
-    ) -> Result<()> {
-        let key_map = self.header_name_map.as_ref();
-        let value_map = &self.base.headers;
-
-        if let Some(key_map) = key_map {
-            let iter = key_map.iter().zip(value_map.iter());
-            for ((header, case_header), (header2, val)) in iter {
-                if header != header2 {
-                    // in case the header iteration order changes in future versions of HMap
-                    panic!("header iter mismatch {}, {}", header, header2)
-                }
-                f(HeaderNameVariant::Case(case_header), val)?;
-            }
-        } else {
-            for (header, value) in value_map {
-                let titled_header =
-                    case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-                f(HeaderNameVariant::Titled(titled_header), value)?;
-            }
-        }
-
-        Ok(())
+    pub fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(&self, f: F) -> Result<()> {
+        self.case.map(&self.base.headers, f)
     }
 
     /// Return mutable access to the response extensions.
@@ -882,24 +806,18 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
 }
 
 #[inline]
-fn append_header_value<T>(
-    name_map: Option<&mut CaseMap>,
-    value_map: &mut HMap<T>,
+fn append_header_value(
+    case: &mut CaseNames,
+    value_map: &mut HMap,
     name: impl IntoCaseHeaderName,
-    value: T,
+    value: HeaderValue,
 ) -> Result<bool> {
     let (case_header_name, header_name) = name.into_case_and_name()?;
-    // store the original case in the map
-    if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-    }
-
-    // Non-panicking `try_append` for the same reason as the case map above.
+    // store the original case (before the value map changes: see case_names.rs)
+    case.append(value_map, &header_name, case_header_name)?;
+    // Use the non-panicking `try_append`: the infallible `append` calls
+    // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+    // process if the map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
     value_map.try_append(header_name, value).or_err(
         InvalidHTTPHeader,
         "header value map size overflows MAX_SIZE",
@@ -907,36 +825,32 @@ fn append_header_value<T>(
 }
 
 #[inline]
-fn insert_header_value<T>(
-    name_map: Option<&mut CaseMap>,
-    value_map: &mut HMap<T>,
+fn insert_header_value(
+    case: &mut CaseNames,
+    value_map: &mut HMap,
     name: impl IntoCaseHeaderName,
-    value: T,
+    value: HeaderValue,
 ) -> Result<()> {
     let (case_header_name, header_name) = name.into_case_and_name()?;
-    if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
-    }
+    // store the original case (before the value map changes: see case_names.rs)
+    case.insert(value_map, &header_name, case_header_name)?;
     value_map.insert(header_name, value);
     Ok(())
 }
 
 // the &N here is to avoid clone(). None Copy type like String can impl AsHeaderName
 #[inline]
-fn remove_header<'a, T, N: ?Sized>(
-    name_map: Option<&mut CaseMap>,
-    value_map: &mut HMap<T>,
+fn remove_header<'a, N: ?Sized>(
+    case: &mut CaseNames,
+    value_map: &mut HMap,
     name: &'a N,
-) -> Option<T>
+) -> Option<HeaderValue>
 where
     &'a N: 'a + AsHeaderName,
 {
     let removed = value_map.remove(name);
     if removed.is_some() {
-        if let Some(name_map) = name_map {
-            name_map.remove(name);
-        }
+        case.removed(value_map, name);
     }
     removed
 }
@@ -1038,47 +952,6 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::from(unfolded)
 }
 
-#[inline]
-fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl BufMut) {
-    const CRLF: &[u8; 2] = b"\r\n";
-    const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
-
-    if let Some(key_map) = key_map {
-        case_header_iter(key_map.into(), value_map).for_each(|(case_header, val)| {
-            buf.put_slice(case_header.as_slice());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(val.as_ref());
-            buf.put_slice(CRLF);
-        });
-    } else {
-        for (header, value) in value_map {
-            let titled_header =
-                case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            buf.put_slice(titled_header.as_bytes());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(value.as_ref());
-            buf.put_slice(CRLF);
-        }
-    }
-}
-
-#[inline]
-fn case_header_iter<'a>(
-    name_map: Option<&'a CaseMap>,
-    value_map: &'a HMap,
-) -> impl Iterator<Item = (&'a CaseHeaderName, &'a HeaderValue)> + 'a {
-    name_map.into_iter().flat_map(|name_map| {
-        name_map
-            .iter()
-            .zip(value_map.iter())
-            .map(|((h1, name), (h2, value))| {
-                // in case the header iteration order changes in future versions of HMap
-                assert_eq!(h1, h2, "header iter mismatch {}, {}", h1, h2);
-                (name, value)
-            })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1122,7 +995,7 @@ mod tests {
         req.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"FoO: Bar\r\n");
         req.case_header_iter().enumerate().for_each(|(i, (k, v))| {
-            let name = String::from_utf8_lossy(k.as_slice()).into_owned();
+            let name = String::from_utf8_lossy(k).into_owned();
             let value = String::from_utf8_lossy(v.as_ref()).into_owned();
             match i + 1 {
                 1 => {
@@ -1140,7 +1013,7 @@ mod tests {
         resp.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"FoO: Bar\r\n");
         resp.case_header_iter().enumerate().for_each(|(i, (k, v))| {
-            let name = String::from_utf8_lossy(k.as_slice()).into_owned();
+            let name = String::from_utf8_lossy(k).into_owned();
             let value = String::from_utf8_lossy(v.as_ref()).into_owned();
             match i + 1 {
                 1 => {
@@ -1188,7 +1061,7 @@ mod tests {
             b"FoO: Bar\r\nfOO: bar\r\nBAZ: baR\r\nContent-Length: 0\r\n"
         );
         req.case_header_iter().enumerate().for_each(|(i, (k, v))| {
-            let name = String::from_utf8_lossy(k.as_slice()).into_owned();
+            let name = String::from_utf8_lossy(k).into_owned();
             let value = String::from_utf8_lossy(v.as_ref()).into_owned();
             match i + 1 {
                 1 => {
@@ -1226,7 +1099,7 @@ mod tests {
             b"FoO: Bar\r\nfOO: bar\r\nBAZ: baR\r\nContent-Length: 0\r\n"
         );
         resp.case_header_iter().enumerate().for_each(|(i, (k, v))| {
-            let name = String::from_utf8_lossy(k.as_slice()).into_owned();
+            let name = String::from_utf8_lossy(k).into_owned();
             let value = String::from_utf8_lossy(v.as_ref()).into_owned();
             match i + 1 {
                 1 => {

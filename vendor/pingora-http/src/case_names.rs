@@ -1,0 +1,405 @@
+// Copyright 2026 Cloudflare, Inc.
+//
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+// http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+//! How a header keeps the case its names were given in.
+//!
+//! Most names arrive or are inserted in lower case (HTTP/2 and most HTTP/1 clients and servers
+//! send them so), which is how [`HeaderName`] stores them already. Those need no record: only the
+//! names given in another case do, in a short list of exceptions, one case per name. A second
+//! map parallel to the value map, one case per value, is built only when that is not enough: a
+//! name given in two cases, or more than [`MAX_EXCEPTIONS`] names not in lower case. What is
+//! written is the same either way.
+
+use crate::case_header_name::{titled_header_name_str, CaseHeaderName};
+use crate::{CaseMap, HMap, HeaderNameVariant};
+use bytes::BufMut;
+use http::header::{HeaderName, HeaderValue};
+use pingora_error::{ErrorType::*, OrErr, Result};
+
+/// Names kept in the list of exceptions before the parallel map is built.
+const MAX_EXCEPTIONS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub(crate) enum CaseNames {
+    /// No case kept: names are written title-cased where known, else as stored (lower case).
+    Titled,
+    /// Names are written as given: in lower case, except these, each for all values of its name.
+    Given(Vec<(HeaderName, CaseHeaderName)>),
+    /// Names as given, one per value, in a map parallel to the value map.
+    Map(CaseMap),
+}
+
+/// How `name` was given, when not in lower case.
+fn exception(name: &HeaderName, case: &CaseHeaderName) -> Option<CaseHeaderName> {
+    (case.as_slice() != name.as_str().as_bytes()).then(|| case.clone())
+}
+
+impl CaseNames {
+    pub(crate) fn given() -> Self {
+        CaseNames::Given(Vec::new())
+    }
+
+    pub(crate) fn has_case(&self) -> bool {
+        !matches!(self, CaseNames::Titled)
+    }
+
+    /// Records the case of a value appended under `name` (the value map not yet changed).
+    pub(crate) fn append(
+        &mut self,
+        values: &HMap,
+        name: &HeaderName,
+        case: CaseHeaderName,
+    ) -> Result<()> {
+        if let CaseNames::Given(list) = self {
+            let given = exception(name, &case);
+            let at = list.iter().position(|(n, _)| n == name);
+            let present = values.contains_key(name);
+            let same = match (&given, at) {
+                (None, None) => true,
+                (Some(g), Some(i)) => list[i].1.as_slice() == g.as_slice(),
+                _ => false,
+            };
+            if same {
+                return Ok(());
+            }
+            if !present {
+                match (given, at) {
+                    (None, Some(i)) => {
+                        list.swap_remove(i);
+                        return Ok(());
+                    }
+                    (Some(g), Some(i)) => {
+                        list[i].1 = g;
+                        return Ok(());
+                    }
+                    (Some(g), None) if list.len() < MAX_EXCEPTIONS => {
+                        list.push((name.clone(), g));
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+            self.build_map(values)?;
+        }
+        if let CaseNames::Map(map) = self {
+            map.try_append(name.clone(), case)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        Ok(())
+    }
+
+    /// Records the case of `name`, whose values an insert replaces.
+    pub(crate) fn insert(
+        &mut self,
+        values: &HMap,
+        name: &HeaderName,
+        case: CaseHeaderName,
+    ) -> Result<()> {
+        if let CaseNames::Given(list) = self {
+            let at = list.iter().position(|(n, _)| n == name);
+            match (exception(name, &case), at) {
+                (None, None) => return Ok(()),
+                (None, Some(i)) => {
+                    list.swap_remove(i);
+                    return Ok(());
+                }
+                (Some(g), Some(i)) => {
+                    list[i].1 = g;
+                    return Ok(());
+                }
+                (Some(g), None) if list.len() < MAX_EXCEPTIONS => {
+                    list.push((name.clone(), g));
+                    return Ok(());
+                }
+                (Some(_), None) => self.build_map(values)?,
+            }
+        }
+        if let CaseNames::Map(map) = self {
+            map.try_insert(name.clone(), case)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        Ok(())
+    }
+
+    /// After names were removed from the value map: forgets their cases.
+    pub(crate) fn removed<K: http::header::AsHeaderName + Clone>(
+        &mut self,
+        values: &HMap,
+        name: K,
+    ) {
+        match self {
+            CaseNames::Titled => {}
+            CaseNames::Given(list) => list.retain(|(n, _)| values.contains_key(n)),
+            CaseNames::Map(map) => {
+                map.remove(name);
+            }
+        }
+    }
+
+    pub(crate) fn reserve(&mut self, additional: usize) -> Result<()> {
+        if let CaseNames::Map(map) = self {
+            map.try_reserve(additional)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        Ok(())
+    }
+
+    /// Builds the parallel map from the values so far and the exceptions.
+    fn build_map(&mut self, values: &HMap) -> Result<()> {
+        let CaseNames::Given(list) = self else {
+            return Ok(());
+        };
+        let mut map = CaseMap::try_with_capacity(values.capacity())
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        for (name, _) in values.iter() {
+            let case = match list.iter().find(|(n, _)| n == name) {
+                Some((_, c)) => c.clone(),
+                None => CaseHeaderName::from_slice(name.as_str().as_bytes()),
+            };
+            map.try_append(name.clone(), case)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        *self = CaseNames::Map(map);
+        Ok(())
+    }
+
+    /// Each value with its name as written, in the value map's order (nothing when no case is kept).
+    pub(crate) fn iter<'a>(
+        &'a self,
+        values: &'a HMap,
+    ) -> impl Iterator<Item = (&'a [u8], &'a HeaderValue)> + 'a {
+        let (given, map) = match self {
+            CaseNames::Titled => (None, None),
+            CaseNames::Given(list) => (Some(list), None),
+            CaseNames::Map(map) => (None, Some(map)),
+        };
+        let given = given.into_iter().flat_map(move |list| {
+            values.iter().map(move |(name, value)| {
+                let written = match list.iter().find(|(n, _)| n == name) {
+                    Some((_, c)) => c.as_slice(),
+                    None => name.as_str().as_bytes(),
+                };
+                (written, value)
+            })
+        });
+        let mapped = map.into_iter().flat_map(move |map| {
+            map.iter()
+                .zip(values.iter())
+                .map(|((h1, name), (h2, value))| {
+                    // in case the header iteration order changes in future versions of HMap
+                    assert_eq!(h1, h2, "header iter mismatch {}, {}", h1, h2);
+                    (name.as_slice(), value)
+                })
+        });
+        given.chain(mapped)
+    }
+
+    pub(crate) fn map<F: FnMut(HeaderNameVariant, &HeaderValue) -> Result<()>>(
+        &self,
+        values: &HMap,
+        mut f: F,
+    ) -> Result<()> {
+        match self {
+            CaseNames::Map(map) => {
+                for ((header, case_header), (header2, val)) in map.iter().zip(values.iter()) {
+                    if header != header2 {
+                        // in case the header iteration order changes in future versions of HMap
+                        panic!("header iter mismatch {}, {}", header, header2)
+                    }
+                    f(HeaderNameVariant::Case(case_header), val)?;
+                }
+            }
+            CaseNames::Given(list) => {
+                for (header, value) in values {
+                    match list.iter().find(|(n, _)| n == header) {
+                        Some((_, c)) => f(HeaderNameVariant::Case(c), value)?,
+                        None => f(HeaderNameVariant::Titled(header.as_str()), value)?,
+                    }
+                }
+            }
+            CaseNames::Titled => {
+                for (header, value) in values {
+                    let titled = titled_header_name_str(header).unwrap_or(header.as_str());
+                    f(HeaderNameVariant::Titled(titled), value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the header in HTTP/1.1 wire format.
+    pub(crate) fn write_h1(&self, values: &HMap, buf: &mut impl BufMut) {
+        let mut line = |name: &[u8], value: &HeaderValue| {
+            buf.put_slice(name);
+            buf.put_slice(b": ");
+            buf.put_slice(value.as_ref());
+            buf.put_slice(b"\r\n");
+        };
+        match self {
+            CaseNames::Titled => {
+                for (header, value) in values {
+                    let titled = titled_header_name_str(header).unwrap_or(header.as_str());
+                    line(titled.as_bytes(), value);
+                }
+            }
+            _ => self
+                .iter(values)
+                .for_each(|(name, value)| line(name, value)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RequestHeader, ResponseHeader};
+
+    fn wire(resp: &ResponseHeader) -> String {
+        let mut buf = Vec::new();
+        resp.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn lower_case_names_need_no_record() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("content-type", "a").unwrap();
+        resp.insert_header("x-b", "b").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.is_empty()));
+        assert_eq!(wire(&resp), "content-type: a\r\nx-b: b\r\n");
+        assert!(resp.has_case());
+    }
+
+    #[test]
+    fn a_few_names_in_another_case_are_exceptions() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("content-type", "a").unwrap();
+        resp.insert_header(http::header::DATE, "d").unwrap();
+        resp.append_header("X-Two", "1").unwrap();
+        resp.append_header("X-Two", "2").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.len() == 2));
+        assert_eq!(
+            wire(&resp),
+            "content-type: a\r\nDate: d\r\nX-Two: 1\r\nX-Two: 2\r\n"
+        );
+        // Inserted again in lower case, the name is written so.
+        resp.insert_header("date", "e").unwrap();
+        resp.remove_header("x-two");
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.is_empty()));
+        assert_eq!(wire(&resp), "content-type: a\r\ndate: e\r\n");
+    }
+
+    #[test]
+    fn one_name_in_two_cases_builds_the_map() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("set-cookie", "a").unwrap();
+        resp.append_header("x-y", "b").unwrap();
+        resp.append_header("Set-Cookie", "c").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Map(_)));
+        assert_eq!(wire(&resp), "set-cookie: a\r\nSet-Cookie: c\r\nx-y: b\r\n");
+    }
+
+    #[test]
+    fn many_exceptions_build_the_map() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let names: Vec<String> = (0..12).map(|i| format!("X-H{i}")).collect();
+        for n in &names {
+            req.append_header(n.clone(), "v").unwrap();
+        }
+        assert!(matches!(&req.case, CaseNames::Map(_)));
+        let mut buf = Vec::new();
+        req.header_to_h1_wire(&mut buf);
+        let expected: String = names.iter().map(|n| format!("{n}: v\r\n")).collect();
+        assert_eq!(String::from_utf8(buf).unwrap(), expected);
+    }
+
+    /// The old representation, a case per value in a parallel map, as the reference.
+    #[derive(Default)]
+    struct Reference {
+        cases: CaseMap,
+        values: HMap,
+    }
+
+    impl Reference {
+        fn wire(&self) -> Vec<u8> {
+            let mut buf = Vec::new();
+            for ((_, c), (_, v)) in self.cases.iter().zip(self.values.iter()) {
+                buf.extend_from_slice(c.as_slice());
+                buf.extend_from_slice(b": ");
+                buf.extend_from_slice(v.as_bytes());
+                buf.extend_from_slice(b"\r\n");
+            }
+            buf
+        }
+    }
+
+    #[test]
+    fn any_sequence_writes_what_the_parallel_map_wrote() {
+        const SPELLINGS: [&str; 9] = [
+            "date",
+            "Date",
+            "DATE",
+            "x-a",
+            "X-A",
+            "x-b",
+            "X-B",
+            "x-c",
+            "connection",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for round in 0..2000 {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            let mut reference = Reference::default();
+            for step in 0..(1 + next(14)) {
+                let spelt = SPELLINGS[next(SPELLINGS.len() as u64) as usize];
+                let name = HeaderName::from_bytes(spelt.as_bytes()).unwrap();
+                let case = CaseHeaderName::from_slice(spelt.as_bytes());
+                let value = HeaderValue::from_str(&format!("{round}-{step}")).unwrap();
+                match next(4) {
+                    0 | 1 => {
+                        resp.append_header(spelt.to_string(), value.clone())
+                            .unwrap();
+                        reference.cases.append(name.clone(), case);
+                        reference.values.append(name, value);
+                    }
+                    2 => {
+                        resp.insert_header(spelt.to_string(), value.clone())
+                            .unwrap();
+                        reference.cases.insert(name.clone(), case);
+                        reference.values.insert(name, value);
+                    }
+                    _ => {
+                        resp.remove_header(&name);
+                        if reference.values.remove(&name).is_some() {
+                            reference.cases.remove(&name);
+                        }
+                    }
+                }
+                let mut buf = Vec::new();
+                resp.header_to_h1_wire(&mut buf);
+                assert_eq!(buf, reference.wire(), "round {round} step {step}");
+                let cloned = resp.clone();
+                let mut again = Vec::new();
+                cloned.header_to_h1_wire(&mut again);
+                assert_eq!(again, buf);
+            }
+        }
+    }
+}
