@@ -13,8 +13,13 @@
 //! `MCAS_BENCH_CALLGRIND=N[,N,N]` (instead of timed rounds: the proxies run under callgrind, N requests per
 //! workload in order — non-streamed, streamed, streamed-256 — are counted, and the instructions per request;
 //! dumps in `MCAS_BENCH_CALLGRIND_OUT`, default target/callgrind; see benches/callgrind.sh),
-//! `MCAS_BENCH_PACED_RPS` (the request rate of the `paced` workload, default 8000, shared by its connections).
+//! `MCAS_BENCH_PACED_RPS` (the request rate of the `paced` workload, default 8000, shared by its connections),
+//! `MCAS_BENCH_HOPS=N` (instead of timed rounds: N TTFT requests per proxy under `perf record` of its socket system
+//! calls, and the time each proxy spends on the request and on each answer chunk; benches/load/hops.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "load/hops.rs"]
+mod hops;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -850,6 +855,7 @@ fn main() {
     let rounds: usize = env_num("MCAS_BENCH_ROUNDS", 3usize).max(1);
     let conns: usize = env_num("MCAS_BENCH_CONNS", 32usize).max(1);
     let syscalls: i64 = env_num("MCAS_BENCH_SYSCALLS", 0i64);
+    let hop_requests: i64 = env_num("MCAS_BENCH_HOPS", 0i64);
     let callgrind: Vec<i64> = std::env::var("MCAS_BENCH_CALLGRIND")
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_default();
@@ -1029,6 +1035,11 @@ fn main() {
         rt.block_on(precheck(t));
     }
 
+    if hop_requests > 0 {
+        hops::hops_mode(&rt, &targets, hop_requests, dir.path());
+        load("at end");
+        return;
+    }
     if syscalls > 0 {
         syscalls_mode(&rt, &targets, sim_pid, syscalls, conns, dir.path());
         load("at end");
