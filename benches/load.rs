@@ -276,6 +276,8 @@ struct Target {
 struct ConnStats {
     latency_us: Vec<u32>,
     ttft_us: Vec<u32>,
+    /// `paced`: how late each send left against its schedule (the load generator's own delay).
+    late_us: Vec<u32>,
     events: u64,
     errors: u64,
     first_error: Option<String>,
@@ -409,6 +411,7 @@ async fn conn_loop(port: u16, workload: Workload, start: [Arc<Barrier>; 2], unti
         });
         if let Some(at) = scheduled {
             tokio::time::sleep_until(at).await;
+            stats.late_us.push(tokio::time::Instant::now().saturating_duration_since(at).as_micros() as u32);
         }
         match &until {
             Until::Elapsed(d) if t0.elapsed() >= *d => break,
@@ -451,6 +454,8 @@ struct RoundResult {
     p99_ms: f64,
     ttft_p50_ms: f64,
     ttft_p99_ms: f64,
+    /// `paced`: the 99th percentile of how late the load generator sent against the schedule.
+    late_p99_ms: f64,
     /// CPU µs per request of the serving process (the sim for `sim`, the proxy otherwise).
     cpu_us: f64,
     /// CPU µs per SSE event of the serving process (streamed workloads).
@@ -498,6 +503,7 @@ async fn run_round(
         let s = h.await.unwrap();
         all.latency_us.extend(s.latency_us);
         all.ttft_us.extend(s.ttft_us);
+        all.late_us.extend(s.late_us);
         all.events += s.events;
         all.errors += s.errors;
         if all.first_error.is_none() {
@@ -513,6 +519,7 @@ async fn run_round(
     }
     all.latency_us.sort_unstable();
     all.ttft_us.sort_unstable();
+    all.late_us.sort_unstable();
     let n = all.latency_us.len() as u64;
     let per = |ticks: u64, n: u64| if n == 0 { f64::NAN } else { ticks as f64 * 1e6 / tck as f64 / n as f64 };
     RoundResult {
@@ -521,6 +528,7 @@ async fn run_round(
         p99_ms: percentile_ms(&all.latency_us, 0.99),
         ttft_p50_ms: percentile_ms(&all.ttft_us, 0.50),
         ttft_p99_ms: percentile_ms(&all.ttft_us, 0.99),
+        late_p99_ms: percentile_ms(&all.late_us, 0.99),
         cpu_us: per(cpu1 - cpu0, n),
         cpu_event_us: per(cpu1 - cpu0, all.events),
         sim_cpu_us: per(sim1 - sim0, n),
@@ -1062,7 +1070,7 @@ fn main() {
                 let r = rt.block_on(run_round(t, sim_pid, w, c, Until::Elapsed(dur), tck, &mut |_| {}));
                 println!(
                     "round {round}/{rounds} {:<12} {:<10} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  ttft p50 {:>6} ms  \
-                     cpu {:>6} µs/req  sim cpu {:>6} µs/req  errors {}",
+                     cpu {:>6} µs/req  sim cpu {:>6} µs/req  errors {}{}",
                     w.label(),
                     t.name,
                     f(r.rps, 0),
@@ -1071,7 +1079,12 @@ fn main() {
                     f(r.ttft_p50_ms, 2),
                     f(r.cpu_us, 1),
                     f(r.sim_cpu_us, 1),
-                    r.errors
+                    r.errors,
+                    if w == Workload::Paced {
+                        format!("  sends late p99 {} ms", f(r.late_p99_ms, 2))
+                    } else {
+                        String::new()
+                    }
                 );
                 results.entry((w, t.name)).or_default().push(r);
             }
