@@ -13,8 +13,13 @@
 //! `MCAS_BENCH_CALLGRIND=N[,N,N]` (instead of timed rounds: the proxies run under callgrind, N requests per
 //! workload in order — non-streamed, streamed, streamed-256 — are counted, and the instructions per request;
 //! dumps in `MCAS_BENCH_CALLGRIND_OUT`, default target/callgrind; see benches/callgrind.sh),
-//! `MCAS_BENCH_PACED_RPS` (the request rate of the `paced` workload, default 8000, shared by its connections).
+//! `MCAS_BENCH_PACED_RPS` (the request rate of the `paced` workload, default 8000, shared by its connections),
+//! `MCAS_BENCH_HOPS=N` (instead of timed rounds: N TTFT requests per proxy under `perf record` of its socket system
+//! calls, and the time each proxy spends on the request and on each answer chunk; benches/load/hops.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "load/hops.rs"]
+mod hops;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -271,6 +276,8 @@ struct Target {
 struct ConnStats {
     latency_us: Vec<u32>,
     ttft_us: Vec<u32>,
+    /// `paced`: how late each send left against its schedule (the load generator's own delay).
+    late_us: Vec<u32>,
     events: u64,
     errors: u64,
     first_error: Option<String>,
@@ -404,6 +411,7 @@ async fn conn_loop(port: u16, workload: Workload, start: [Arc<Barrier>; 2], unti
         });
         if let Some(at) = scheduled {
             tokio::time::sleep_until(at).await;
+            stats.late_us.push(tokio::time::Instant::now().saturating_duration_since(at).as_micros() as u32);
         }
         match &until {
             Until::Elapsed(d) if t0.elapsed() >= *d => break,
@@ -446,6 +454,8 @@ struct RoundResult {
     p99_ms: f64,
     ttft_p50_ms: f64,
     ttft_p99_ms: f64,
+    /// `paced`: the 99th percentile of how late the load generator sent against the schedule.
+    late_p99_ms: f64,
     /// CPU µs per request of the serving process (the sim for `sim`, the proxy otherwise).
     cpu_us: f64,
     /// CPU µs per SSE event of the serving process (streamed workloads).
@@ -493,6 +503,7 @@ async fn run_round(
         let s = h.await.unwrap();
         all.latency_us.extend(s.latency_us);
         all.ttft_us.extend(s.ttft_us);
+        all.late_us.extend(s.late_us);
         all.events += s.events;
         all.errors += s.errors;
         if all.first_error.is_none() {
@@ -508,6 +519,7 @@ async fn run_round(
     }
     all.latency_us.sort_unstable();
     all.ttft_us.sort_unstable();
+    all.late_us.sort_unstable();
     let n = all.latency_us.len() as u64;
     let per = |ticks: u64, n: u64| if n == 0 { f64::NAN } else { ticks as f64 * 1e6 / tck as f64 / n as f64 };
     RoundResult {
@@ -516,6 +528,7 @@ async fn run_round(
         p99_ms: percentile_ms(&all.latency_us, 0.99),
         ttft_p50_ms: percentile_ms(&all.ttft_us, 0.50),
         ttft_p99_ms: percentile_ms(&all.ttft_us, 0.99),
+        late_p99_ms: percentile_ms(&all.late_us, 0.99),
         cpu_us: per(cpu1 - cpu0, n),
         cpu_event_us: per(cpu1 - cpu0, all.events),
         sim_cpu_us: per(sim1 - sim0, n),
@@ -850,6 +863,7 @@ fn main() {
     let rounds: usize = env_num("MCAS_BENCH_ROUNDS", 3usize).max(1);
     let conns: usize = env_num("MCAS_BENCH_CONNS", 32usize).max(1);
     let syscalls: i64 = env_num("MCAS_BENCH_SYSCALLS", 0i64);
+    let hop_requests: i64 = env_num("MCAS_BENCH_HOPS", 0i64);
     let callgrind: Vec<i64> = std::env::var("MCAS_BENCH_CALLGRIND")
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_default();
@@ -1029,6 +1043,11 @@ fn main() {
         rt.block_on(precheck(t));
     }
 
+    if hop_requests > 0 {
+        hops::hops_mode(&rt, &targets, hop_requests, dir.path());
+        load("at end");
+        return;
+    }
     if syscalls > 0 {
         syscalls_mode(&rt, &targets, sim_pid, syscalls, conns, dir.path());
         load("at end");
@@ -1051,7 +1070,7 @@ fn main() {
                 let r = rt.block_on(run_round(t, sim_pid, w, c, Until::Elapsed(dur), tck, &mut |_| {}));
                 println!(
                     "round {round}/{rounds} {:<12} {:<10} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  ttft p50 {:>6} ms  \
-                     cpu {:>6} µs/req  sim cpu {:>6} µs/req  errors {}",
+                     cpu {:>6} µs/req  sim cpu {:>6} µs/req  errors {}{}",
                     w.label(),
                     t.name,
                     f(r.rps, 0),
@@ -1060,7 +1079,12 @@ fn main() {
                     f(r.ttft_p50_ms, 2),
                     f(r.cpu_us, 1),
                     f(r.sim_cpu_us, 1),
-                    r.errors
+                    r.errors,
+                    if w == Workload::Paced {
+                        format!("  sends late p99 {} ms", f(r.late_p99_ms, 2))
+                    } else {
+                        String::new()
+                    }
                 );
                 results.entry((w, t.name)).or_default().push(r);
             }
