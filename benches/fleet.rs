@@ -7,8 +7,11 @@
 //! cargo bench --profile dev --bench fleet        # debug build: cheaper to build, same shape
 //! FLEET_SECONDS=20 FLEET_CAPACITY_SECONDS=15 FLEET_CAPACITY=30 FLEET_LOADS=0.9,1.2
 //! FLEET_POLICIES=inference,least_inflight …   (policy name prefixes)
-//! FLEET_SEED=0,1,2 (workload and arrival sequences, each a row per policy and load; default
-//!   0,1: one cell's p99 is its few slowest requests, so one seed alone proves little)
+//! FLEET_SEED=0,1 (workload and arrival sequences, each a row per policy and load; default
+//!   0,1,2: one cell's p99 is its few slowest requests, so one seed alone proves little; the
+//!   rows are then pooled per policy and load, TTFT over every served request of every seed,
+//!   and the "Done when" is checked on the pooled rows. About 27 s a cell: the default
+//!   45 cells take ~20 min)
 //! FLEET_TRACE=1 (print each cell's slowest requests with their uncached prompt tokens, the
 //!   requests with over 1,000 uncached and the p99 of the rest, and the sims' preemptions to
 //!   stderr; FLEET_TRACE=all also lists every request with over 1,000 uncached)
@@ -258,6 +261,8 @@ async fn capacity(seconds: f64) -> f64 {
 }
 
 struct Row {
+    /// Every served request's TTFT, sorted (for the rows pooled over seeds).
+    ttft: Vec<f64>,
     seed: u64,
     policy: &'static str,
     load: f64,
@@ -309,6 +314,8 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     let queued = gw_counter(&f.gw, "mcas_inference_queue_wait_seconds_count").await
         + gw_counter(&f.gw, "mcas_inference_queue_refusals_total").await;
     if std::env::var("FLEET_TRACE").is_ok() {
+        let health: Value = reqwest::get(f.gw.admin_url("/health")).await.unwrap().json().await.unwrap_or(Value::Null);
+        eprintln!("  {policy} {load}×: /health {health}");
         for s in &f.sims {
             eprintln!("  {policy} {load}×: preemptions {}", sim_counter(s, "vllm:num_preemptions_total").await);
         }
@@ -334,11 +341,12 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     }
     let mut ttft = t.ttft.clone();
     ttft.sort_by(f64::total_cmp);
-    let pct = |p: f64| ttft.get(((ttft.len() as f64 * p) as usize).min(ttft.len().saturating_sub(1))).copied();
+    let pct = |p: f64| percentile(&ttft, p);
     let elapsed = t.last.map_or(seconds, |l| l.duration_since(t0).as_secs_f64());
     let loads: Vec<usize> = (0..REPLICAS).map(|i| t.served.get(&format!("r{i}")).copied().unwrap_or(0)).collect();
     let mean = loads.iter().sum::<usize>() as f64 / REPLICAS as f64;
     Row {
+        ttft: ttft.clone(),
         seed,
         policy,
         load,
@@ -352,6 +360,76 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
         errors: t.errors,
         sent: sent.load(Ordering::Relaxed),
     }
+}
+
+/// The `p` quantile of sorted samples (NaN if none).
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).copied()
+}
+
+/// One policy at one load over every seed: TTFT percentiles of all served requests together
+/// (a 20 s cell at 0.9x has ~660 samples, its p99 is its 7th slowest; three seeds pooled put
+/// the p99 ~20 deep), tok/s and hit rate averaged over the seeds, queued and refused summed.
+struct Pooled {
+    load: f64,
+    policy: &'static str,
+    p50: f64,
+    p99: f64,
+    tok_s: f64,
+    hit: f64,
+    queued: f64,
+    refused: usize,
+    errors: usize,
+    sent: usize,
+}
+
+fn pool(rows: &[Row]) -> Vec<Pooled> {
+    let mut out: Vec<Pooled> = Vec::new();
+    for &(name, _) in POLICIES {
+        let of: Vec<&Row> = rows.iter().filter(|r| r.policy == name).collect();
+        let Some(first) = of.first() else { continue };
+        let mut ttft: Vec<f64> = of.iter().flat_map(|r| r.ttft.iter().copied()).collect();
+        ttft.sort_by(f64::total_cmp);
+        let n = of.len() as f64;
+        out.push(Pooled {
+            load: first.load,
+            policy: name,
+            p50: percentile(&ttft, 0.5).unwrap_or(f64::NAN),
+            p99: percentile(&ttft, 0.99).unwrap_or(f64::NAN),
+            tok_s: of.iter().map(|r| r.tok_s).sum::<f64>() / n,
+            hit: of.iter().map(|r| r.hit).sum::<f64>() / n,
+            queued: of.iter().map(|r| r.queued).sum(),
+            refused: of.iter().map(|r| r.refused).sum(),
+            errors: of.iter().map(|r| r.errors).sum(),
+            sent: of.iter().map(|r| r.sent).sum(),
+        });
+    }
+    out
+}
+
+/// The "Done when" on the pooled rows of one load: `inference` against the best other
+/// policy (TTFT p99 ratio, tok/s ratio) and its hit rate against unbounded ketama's.
+fn done_when(pooled: &[Pooled]) -> Option<String> {
+    let inf = pooled.iter().find(|p| p.policy == "inference")?;
+    let others = || pooled.iter().filter(|p| p.policy != "inference");
+    let p99 = others().min_by(|a, b| a.p99.total_cmp(&b.p99))?;
+    let tok = others().max_by(|a, b| a.tok_s.total_cmp(&b.tok_s))?;
+    let hit = pooled.iter().find(|p| p.policy == "ketama prefix ε=off").map_or(f64::NAN, |k| inf.hit / k.hit);
+    Some(format!(
+        "| {:.1}× | {:.0} / {:.0} ({}) = {:.2} | {:.0} / {:.0} ({}) = {:.3} | {:.0} % | {:.0} / {} |",
+        inf.load,
+        inf.p99 * 1000.0,
+        p99.p99 * 1000.0,
+        p99.policy,
+        inf.p99 / p99.p99,
+        inf.tok_s,
+        tok.tok_s,
+        tok.policy,
+        inf.tok_s / tok.tok_s,
+        hit * 100.0,
+        inf.queued,
+        inf.refused
+    ))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +446,7 @@ async fn main() {
     println!("| load | seed | policy | TTFT p50 | TTFT p99 | tok/s | prefix hit | max/mean load | queued | refused | errors | sent |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let seeds: Vec<u64> = std::env::var("FLEET_SEED")
-        .unwrap_or_else(|_| "0,1".into())
+        .unwrap_or_else(|_| "0,1,2".into())
         .split(',')
         .filter_map(|x| x.trim().parse().ok())
         .collect();
@@ -376,30 +454,67 @@ async fn main() {
         Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => vec![0.5, 0.9, 1.2],
     };
-    for (load, seed) in loads.iter().flat_map(|&l| seeds.iter().map(move |&s| (l, s))) {
-        for &(name, yaml) in POLICIES {
-            if only.as_deref().is_some_and(|o| !o.split(',').any(|p| name.starts_with(p.trim()))) {
-                continue;
+    let mut pooled = Vec::new();
+    let mut checks = Vec::new();
+    for &load in &loads {
+        let mut rows = Vec::new();
+        for &seed in &seeds {
+            for &(name, yaml) in POLICIES {
+                if only.as_deref().is_some_and(|o| !o.split(',').any(|p| name.starts_with(p.trim()))) {
+                    continue;
+                }
+                // FLEET_INFERENCE replaces the inference policy's settings (for exploring them).
+                let custom = std::env::var("FLEET_INFERENCE").ok().filter(|_| name == "inference");
+                let yaml = custom.as_deref().unwrap_or(yaml);
+                let r = cell(name, yaml, load, capacity * load, seconds, seed).await;
+                println!(
+                    "| {:.1}× | {} | {} | {:.0} ms | {:.0} ms | {:.0} | {:.1} % | {:.2} | {:.0} | {} | {} | {} |",
+                    r.load,
+                    r.seed,
+                    r.policy,
+                    r.p50 * 1000.0,
+                    r.p99 * 1000.0,
+                    r.tok_s,
+                    r.hit * 100.0,
+                    r.max_mean,
+                    r.queued,
+                    r.refused,
+                    r.errors,
+                    r.sent
+                );
+                rows.push(r);
             }
-            // FLEET_INFERENCE replaces the inference policy's settings (for exploring them).
-            let custom = std::env::var("FLEET_INFERENCE").ok().filter(|_| name == "inference");
-            let yaml = custom.as_deref().unwrap_or(yaml);
-            let r = cell(name, yaml, load, capacity * load, seconds, seed).await;
-            println!(
-                "| {:.1}× | {} | {} | {:.0} ms | {:.0} ms | {:.0} | {:.1} % | {:.2} | {:.0} | {} | {} | {} |",
-                r.load,
-                r.seed,
-                r.policy,
-                r.p50 * 1000.0,
-                r.p99 * 1000.0,
-                r.tok_s,
-                r.hit * 100.0,
-                r.max_mean,
-                r.queued,
-                r.refused,
-                r.errors,
-                r.sent
-            );
         }
+        let p = pool(&rows);
+        checks.extend(done_when(&p));
+        pooled.extend(p);
+    }
+    println!();
+    println!("Pooled over seeds {seeds:?} (TTFT percentiles of every served request; tok/s and prefix hit averaged; queued, refused, errors, sent summed):");
+    println!();
+    println!("| load | policy | TTFT p50 | TTFT p99 | tok/s | prefix hit | queued | refused | errors | sent |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &pooled {
+        println!(
+            "| {:.1}× | {} | {:.0} ms | {:.0} ms | {:.0} | {:.1} % | {:.0} | {} | {} | {} |",
+            r.load,
+            r.policy,
+            r.p50 * 1000.0,
+            r.p99 * 1000.0,
+            r.tok_s,
+            r.hit * 100.0,
+            r.queued,
+            r.refused,
+            r.errors,
+            r.sent
+        );
+    }
+    if !checks.is_empty() {
+        println!();
+        println!("Done when, pooled: `inference` against the best other policy:");
+        println!();
+        println!("| load | TTFT p99 (ms) | tok/s | prefix hit ÷ ketama ε=off | queued / refused |");
+        println!("|---|---|---|---|---|");
+        checks.iter().for_each(|c| println!("{c}"));
     }
 }

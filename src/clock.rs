@@ -11,3 +11,8 @@ static START: Lazy<Instant> = Lazy::new(Instant::now);
 pub fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64 + 1
 }
+
+/// Microseconds since the process first asked (same origin as [`now_ms`], starts at 1).
+pub fn now_us() -> u64 {
+    START.elapsed().as_micros() as u64 + 1
+}

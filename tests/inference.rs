@@ -175,3 +175,30 @@ async fn queue_refuses_at_its_deadline_and_a_leaving_client_frees_its_place() {
     drop(a);
     b.abort();
 }
+
+/// The gateway learns a replica's decode step and prefill rate from the answers it relays
+/// (`src/fleet/inference/seats.rs`) and shows them in `/health`.
+#[tokio::test]
+async fn health_shows_the_step_and_prefill_rate_learned_from_relayed_answers() {
+    let sim =
+        spawn_sim(&["--max-seqs", "4", "--decode-ms-per-step", "2", "--prefill-us-per-token", "50", "--tokens", "40"])
+            .await;
+    let inference = "{ scrape: { interval: 50ms } }";
+    let gw = spawn_gateway_with_admin_token("", &yaml(&[sim.addr.to_string()], inference), &[]).await;
+    let learned =
+        async || admin_json(&gw, "/health").await["providers"][0]["backends"][0]["inference"]["learned"].clone();
+    let before = learned().await;
+    assert_eq!(before["step_ms"], Value::Null, "{before}");
+    assert_eq!(before["prefill_us_per_token"], Value::Null, "{before}");
+    // About 1,000 prompt tokens (4 bytes each) to a replica with free seats, 40 tokens of answer.
+    let body = json!({"model": "sim-model", "stream": true, "max_tokens": 40,
+        "messages": [{"role": "user", "content": "word ".repeat(800)}]});
+    let resp = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    let after = learned().await;
+    assert!(after["step_ms"].as_f64().is_some_and(|s| s > 0.0), "{after}");
+    assert!(after["prefill_us_per_token"].as_f64().is_some_and(|p| p > 0.0), "{after}");
+    assert_eq!(after["steps_to_seat"], 0, "nothing in flight: {after}");
+}

@@ -171,6 +171,7 @@ fn backend_health(p: &Provider, i: usize, b: &Backend, now: u64) -> serde_json::
             "running": last.map(|s| s.running),
             "kv_cache": last.map(|s| s.kv),
             "inflight_tokens": r.inflight_tokens(),
+            "learned": r.learned(),
         })
     });
     let lora = p.lora.as_ref().and_then(|s| s.replicas.get(i)).map(|r| json!({ "served": r.served(), "hot": r.hot() }));

@@ -343,9 +343,9 @@ fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
 /// observer (on the backend's bytes), then the body rewrite.
 fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
     if let Some(ticket) = ctx.routed.as_ref().and_then(|r| r.inference.as_ref()) {
-        // The replica's first bytes: its prefill of this request is done.
-        if body.as_ref().is_some_and(|b| !b.is_empty()) {
-            ticket.first_token();
+        // The replica's first bytes end its prefill of this request; its events, how far it is.
+        if let Some(b) = body.as_ref() {
+            ticket.relayed(b);
         }
     }
     long_lived::response_body(body, end, &mut ctx.streams);

@@ -11,14 +11,17 @@ pub mod prefix_index;
 pub mod queue;
 pub mod score;
 pub mod scrape;
+pub mod seats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use prefix_index::PrefixIndex;
 use queue::AdmissionQueue;
 use score::{Choice, Saturation, View, Weights};
+use seats::{Progress, Seats};
 
 /// Blocks the prefix index of one provider remembers (about 60 bytes each: 6 MB).
 pub const INDEX_BLOCKS: usize = 100_000;
@@ -96,6 +99,9 @@ pub struct ReplicaLoad {
     /// Uncached prompt tokens of the gateway's requests there that have no first token yet:
     /// prefill the replica still has to do, which every request landing there waits behind.
     prefill_tokens: AtomicU64,
+    /// The gateway's requests there and how far their answers are: when a seat frees, and the
+    /// replica's step time and prefill rate (shown in `/health`, not weighed: `score.rs`).
+    seats: Seats,
 }
 
 impl ReplicaLoad {
@@ -109,6 +115,19 @@ impl ReplicaLoad {
 
     pub fn inflight_tokens(&self) -> u64 {
         self.inflight_tokens.load(Ordering::Relaxed)
+    }
+
+    /// What the gateway learned of the replica (`/health`): its batch (0: never queued), its
+    /// decode step and prefill rate (null: not yet), and the steps until a seat frees now.
+    pub fn learned(&self) -> serde_json::Value {
+        let batch = self.batch.load(Ordering::Relaxed);
+        let (step_us, prefill_ns) = self.seats.rates();
+        serde_json::json!({
+            "batch": batch,
+            "step_ms": (step_us > 0).then(|| step_us as f64 / 1000.0),
+            "prefill_us_per_token": (prefill_ns > 0).then(|| prefill_ns as f64 / 1000.0),
+            "steps_to_seat": self.seats.steps_to_seat(batch as usize),
+        })
     }
 
     /// A good scrape replaces the signals; a failed one marks the replica stale.
@@ -346,6 +365,15 @@ pub struct Ticket {
     in_prefill: AtomicBool,
     /// The replica whose room the admission queue granted this request (used once).
     granted: Mutex<Option<usize>>,
+    /// The replica charged and the answer's progress there (read on every answer chunk).
+    relay: ArcSwapOption<Relay>,
+}
+
+/// Where a request's answer comes from, and how far it is.
+#[derive(Debug)]
+struct Relay {
+    replica: usize,
+    progress: Arc<Progress>,
 }
 
 impl Ticket {
@@ -357,6 +385,7 @@ impl Ticket {
             prefilling: Mutex::new(None),
             in_prefill: AtomicBool::new(false),
             granted: Mutex::new(None),
+            relay: ArcSwapOption::empty(),
         }
     }
 
@@ -400,9 +429,46 @@ impl Ticket {
         r.sent_since.fetch_add(1, Ordering::Relaxed);
         *charged = Some((i, tokens));
         let prefill = self.demand.prompt_tokens - cached;
-        r.prefill_tokens.fetch_add(prefill, Ordering::Relaxed);
+        let pending = r.prefill_tokens.fetch_add(prefill, Ordering::Relaxed);
+        self.track(i, r, pending + prefill);
         *self.prefilling.lock().unwrap_or_else(|p| p.into_inner()) = Some((i, prefill));
         self.in_prefill.store(true, Ordering::Release);
+    }
+
+    /// Registers the request among replica `i`'s seats (leaving the one it was on), with the
+    /// prefill it waits for if it finds a free seat there.
+    fn track(&self, i: usize, r: &ReplicaLoad, prefill_ahead: u64) {
+        self.untrack();
+        let batch = r.batch.load(Ordering::Relaxed) as usize;
+        let ahead = if batch == 0 || r.seats.len() < batch { prefill_ahead } else { 0 };
+        let max_tokens = self.demand.tokens.saturating_sub(self.demand.prompt_tokens);
+        let progress = Arc::new(Progress::new(max_tokens, ahead, crate::clock::now_us()));
+        r.seats.add(progress.clone());
+        self.relay.store(Some(Arc::new(Relay { replica: i, progress })));
+    }
+
+    fn untrack(&self) {
+        if let Some(old) = self.relay.swap(None) {
+            if let Some(r) = self.state.replicas.get(old.replica) {
+                r.seats.remove(&old.progress);
+            }
+        }
+    }
+
+    /// An answer chunk was relayed: the first ends the prefill ([`Ticket::first_token`]); its
+    /// SSE events (one a token) tell how far the answer is ([`seats`]).
+    pub fn relayed(&self, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.first_token();
+        let relay = self.relay.load();
+        if let Some(at) = relay.as_ref() {
+            let events = memchr::memmem::find_iter(chunk, b"data:").count() as u64;
+            if let Some(r) = self.state.replicas.get(at.replica) {
+                r.seats.relayed(&at.progress, events, crate::clock::now_us());
+            }
+        }
     }
 
     /// The answer's first bytes came: the replica finished this request's prefill.
@@ -429,6 +495,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.first_token();
+        self.untrack();
         let charged = self.charged.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((i, tokens)) = charged {
             self.uncharge(i, tokens);
