@@ -5,10 +5,10 @@
 //!
 //! Prefill wait ([`View::prefill_wait`]): the uncached prompt tokens of the gateway's requests
 //! there that have no first token yet, plus the request's own prompt less the share the
-//! replica holds. The predicted wait for a decode seat (`seats.rs`) is not weighed: added to
-//! the prefill wait, or weighed while busy too, it sent conversations away from the replicas
-//! holding them for no shorter tail (docs/benchmarks.md, fleet section); max wait: the longest of the unsaturated candidates. With no prefill to wait
-//! for anywhere (no prompt estimate), when any candidate is saturated or has a request waiting
+//! replica holds; max wait: the longest of the unsaturated candidates. The predicted wait for
+//! a decode seat (`seats.rs`) is not weighed: added to the prefill wait, or weighed while busy
+//! too, it sent conversations away from the replicas holding them for no shorter tail
+//! (docs/benchmarks.md, fleet section). With no prefill to wait for anywhere (no prompt estimate), when any candidate is saturated or has a request waiting
 //! for a seat (corrected `waiting` above 0), or when the fleet is not
 //! *calm* (the admission queue held a request within the last `CALM_AFTER`, `calm` false: the
 //! replicas are still full of what it released, see `fleet/inference/mod.rs`), the prefix term

@@ -131,21 +131,24 @@ impl Seats {
     pub fn rates(&self) -> (u64, u64) {
         (self.step_us.load(Ordering::Relaxed), self.prefill_ns.load(Ordering::Relaxed))
     }
-
-    /// The wait for a seat, in prefill tokens (0 until both rates are learned).
-    pub fn wait_tokens(&self, batch: usize) -> f64 {
-        let (step, prefill) = self.rates();
-        if step == 0 || prefill == 0 {
-            return 0.0;
-        }
-        self.steps_to_seat(batch) as f64 * step as f64 * 1000.0 / prefill as f64
-    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    impl Seats {
+        /// The wait for a seat in prefill tokens, the scorer's unit (0 until both rates are
+        /// learned): how the two rates compose, as the scorer variants measured them.
+        fn wait_tokens(&self, batch: usize) -> f64 {
+            let (step, prefill) = self.rates();
+            if step == 0 || prefill == 0 {
+                return 0.0;
+            }
+            self.steps_to_seat(batch) as f64 * step as f64 * 1000.0 / prefill as f64
+        }
+    }
 
     fn sent(seats: &Seats, max_tokens: &[u64]) -> Vec<Arc<Progress>> {
         max_tokens

@@ -62,34 +62,19 @@ impl CaseNames {
         case: CaseHeaderName,
     ) -> Result<()> {
         if let CaseNames::Given(list) = self {
+            if !values.contains_key(name) {
+                // The name's first value: its case is recorded as an insert records it.
+                return self.insert(values, name, case);
+            }
+            let held = list
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| c.as_slice());
             let given = exception(name, &case);
-            let at = list.iter().position(|(n, _)| n == name);
-            let present = values.contains_key(name);
-            let same = match (&given, at) {
-                (None, None) => true,
-                (Some(g), Some(i)) => list[i].1.as_slice() == g.as_slice(),
-                _ => false,
-            };
-            if same {
+            if held == given.as_ref().map(CaseHeaderName::as_slice) {
                 return Ok(());
             }
-            if !present {
-                match (given, at) {
-                    (None, Some(i)) => {
-                        list.swap_remove(i);
-                        return Ok(());
-                    }
-                    (Some(g), Some(i)) => {
-                        list[i].1 = g;
-                        return Ok(());
-                    }
-                    (Some(g), None) if list.len() < MAX_EXCEPTIONS => {
-                        list.push((name.clone(), g));
-                        return Ok(());
-                    }
-                    _ => {}
-                }
-            }
+            // The name is given in a second case: one case per value from here on.
             self.build_map(values)?;
         }
         if let CaseNames::Map(map) = self {
