@@ -194,6 +194,21 @@ fn is_usage_event(event: &[u8]) -> bool {
     if !sse::contains_usage_key(event) {
         return false;
     }
+    // The usual event is one `data:` line: read in place, and walked rather than parsed.
+    let line = event.strip_suffix(b"\n").unwrap_or(event);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if !line.contains(&b'\n') && !line.contains(&b'\r') {
+        if let Some(verdict) = sse::field(line, b"data").and_then(super::usage::is_usage_chunk) {
+            return verdict;
+        }
+    }
+    is_usage_event_parsed(event)
+}
+
+/// [`is_usage_event`] by serde_json on the event's joined `data` lines.
+fn is_usage_event_parsed(event: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Chunk {
         choices: Option<Vec<serde::de::IgnoredAny>>,
@@ -272,6 +287,35 @@ mod tests {
                 assert!(removed);
             }
         }
+    }
+
+    #[test]
+    fn the_walk_and_serde_agree_on_which_event_is_the_usage_event() {
+        let events = [
+            USAGE,
+            TOK,
+            DONE,
+            "data: {\"choices\": [ ], \"usage\": {\"prompt_tokens\": 1}}\r\n\r\n",
+            "data:{\"choices\":[],\"usage\":null}\n\n",
+            "data: {\"choices\":null,\"usage\":{}}\n\n",
+            "data: {\"choices\":[1],\"usage\":{}}\n\n",
+            "data: {\"choices\":\"[]\",\"usage\":{}}\n\n",
+            "data: {\"usage\":{},\"choices\":[]}\r\r",
+            "data: {\"usage\":{}}\n\n",
+            "data: {\"choices\":[],\"usage\":{},\"usage\":{}}\n\n",
+            "data: {\"choices\":[],\n\"usage\":{}}\n\n",
+            "data: {\"choices\":[],\ndata: \"usage\":{}}\n\n",
+            "event: x\ndata: {\"choices\":[],\"usage\":{}}\n\n",
+            "data: [\"usage\"]\n\n",
+            "data: {\"choices\":[],\"usage\":{}} x\n\n",
+        ];
+        let mut stripped = 0;
+        for e in events {
+            let (fast, parsed) = (is_usage_event(e.as_bytes()), is_usage_event_parsed(e.as_bytes()));
+            assert_eq!(fast, parsed, "{e:?}");
+            stripped += usize::from(fast);
+        }
+        assert_eq!(stripped, 5);
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl UsageObserver {
     }
 }
 
+/// Whether one event's `data` is the usage chunk (see [`json::is_usage_chunk`]); `None` when
+/// the walk is unsure and serde_json must decide.
+pub fn is_usage_chunk(data: &[u8]) -> Option<bool> {
+    json::is_usage_chunk(data)
+}
+
 /// `usage` of a completion, embedding, score or rerank answer, or of a Responses API answer
 /// (`input_tokens`/`output_tokens`, nested in `response` in the streamed `response.completed`
 /// event). Embeddings and scores carry prompt tokens only, rerank only `total_tokens` (counted

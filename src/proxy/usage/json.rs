@@ -151,6 +151,29 @@ fn skip_nested(json: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// Whether a streamed chunk is the usage chunk that `stream_options.include_usage` adds: its
+/// `choices` an empty array and its `usage` present and not `null` (what serde_json reads into
+/// `choices: Option<Vec<_>>` and `usage: Option<_>`). `None` when unsure (not an object, a key
+/// with an escape or given twice): the caller then asks serde_json. As for [`top_level_usage`],
+/// numbers and literals in the skipped members are not checked.
+pub fn is_usage_chunk(json: &[u8]) -> Option<bool> {
+    let (mut choices, mut usage) = (None, None);
+    let end = members(json, ws(json, 0), |key, value| {
+        let slot = match key {
+            b"choices" => &mut choices,
+            b"usage" => &mut usage,
+            _ => return Some(()),
+        };
+        slot.replace(value).is_none().then_some(())
+    })?;
+    if ws(json, end) != json.len() {
+        return None;
+    }
+    let empty = choices.and_then(|r| json.get(r)).is_some_and(|v| v.first() == Some(&b'[') && ws(v, 1) + 1 == v.len());
+    let usage = usage.and_then(|r| json.get(r)).is_some_and(|v| v != b"null");
+    Some(empty && usage)
+}
+
 /// The counts of a `usage` object, by the names [`FIELDS`] lists: `None` where absent or null.
 pub type Counts = [Option<u64>; 5];
 
