@@ -62,10 +62,10 @@ pub async fn admit(session: &mut Session, routed: &Routed) -> Result<Result<(), 
     depth.iter().for_each(|d| d.dec());
     match waited {
         Ok(granted) => {
-            ticket.granted(granted.replica);
             if let Some(m) = m {
                 m.queue_wait.with_label_values(&[&*provider.name]).observe(granted.waited.as_secs_f64());
             }
+            ticket.granted(granted);
             Ok(Ok(()))
         }
         Err(refusal) => {
