@@ -1,7 +1,9 @@
 //! `balance: inference`: choose the replica by what it is doing (vLLM's own `/metrics`,
 //! scraped by [`scrape`]), what the gateway has sent it (prompt blocks in [`prefix_index`],
-//! in-flight tokens, requests sent and ended since the last scrape), scored by [`score`]; when every replica
-//! is saturated, requests wait in the provider's [`queue`].
+//! in-flight tokens, requests sent and ended since the last scrape), scored by [`score`]; when no
+//! replica has a free seat (its learned batch and [`SEAT_HEADROOM`] waiting, counted exactly from
+//! the gateway's own requests there) or every one is saturated, requests wait in the provider's
+//! [`queue`] and go into the seats that free (late binding).
 //!
 //! A replica whose last [`STALE_AFTER`] scrapes failed (or that was never scraped) is *stale*: it counts with the
 //! gateway's own numbers only (no queue, no KV use: in-flight tokens decide), and never as
