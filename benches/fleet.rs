@@ -68,7 +68,7 @@ const POLICIES: &[(&str, &str)] = &[
     ("least_inflight", "balance: least_inflight"),
     ("ketama prefix ε=off", "balance: ketama, hash_key: [prefix], epsilon: off"),
     ("ketama prefix ε=1.0", "balance: ketama, hash_key: [prefix], epsilon: 1.0"),
-    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 1s } }"),
+    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 500ms } }"),
 ];
 const TENANTS: usize = 24;
 const SYSTEMS: [usize; 6] = [1000, 2000, 3000, 4000, 6000, 8000];

@@ -1,7 +1,7 @@
 //! `balance: inference` on the request path: what the request asks of the fleet (its prompt
 //! blocks and estimated tokens, from the body the route step already read), and the wait in
-//! the provider's admission queue when every replica is saturated. The scoring, the index and
-//! the queue itself are in `fleet/inference/`.
+//! the provider's admission queue when no replica has room (a free seat, and not saturated).
+//! The scoring, the index and the queue itself are in `fleet/inference/`.
 
 use super::ctx::Routed;
 use crate::error::GatewayError;
@@ -62,10 +62,10 @@ pub async fn admit(session: &mut Session, routed: &Routed) -> Result<Result<(), 
     depth.iter().for_each(|d| d.dec());
     match waited {
         Ok(granted) => {
-            ticket.granted(granted.replica);
             if let Some(m) = m {
                 m.queue_wait.with_label_values(&[&*provider.name]).observe(granted.waited.as_secs_f64());
             }
+            ticket.granted(granted);
             Ok(Ok(()))
         }
         Err(refusal) => {

@@ -1,5 +1,5 @@
 //! The admission queue of a provider with `balance: inference`: requests wait here, not in
-//! vLLM's queue, while every replica is saturated. Bounded (`queue.max`), with a deadline
+//! vLLM's queue, while no replica has a free seat or every one is saturated (`super`). Bounded (`queue.max`), with a deadline
 //! (`queue.timeout`); the highest `keys[].priority` goes first, and within a priority keys
 //! take turns (a key with many waiting requests does not starve one with a single request).
 //! A waiter whose future is dropped (its client left) leaves the queue at once.
@@ -8,11 +8,17 @@
 //! the first key in turn with a waiter *affine* to that replica (the gateway sent it the
 //! waiter's conversation, so its prompt is mostly cached there) goes, then one affine to no
 //! replica, and only then the next in turn whatever its affinity. So a released request lands
-//! where its prefix is cached instead of being prefilled again wherever room came free. A
-//! waiter that has waited half the deadline goes first whatever the replica: affinity never
-//! starves anyone.
+//! where its prefix is cached instead of being prefilled again wherever room came free. Room
+//! is never left unused while anyone waits, and a waiter affine to a busy replica is served in
+//! turn among those affine to it (as in that replica's own queue) or by room nobody else fits;
+//! the deadline bounds every wait. There is no earlier escape to any replica: letting waiters
+//! past half (or 90 % of) the deadline take any room cost 2 to 4 points of prefix hits and a
+//! longer tail at 1.2x the fleet's capacity, where most waiters are that old
+//! (docs/benchmarks.md, fleet section). Each grant for a replica holds a [`Seat`] there until
+//! the request is sent, so that two releases never count the same free seat.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,10 +33,41 @@ pub enum Refusal {
 }
 
 /// A granted wait: how long it took, and the replica whose room it was granted (`None`: any).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Granted {
     pub waited: Duration,
     pub replica: Option<usize>,
+    /// The seat held for it on `replica` until it is sent there (or gives up).
+    pub seat: Seat,
+}
+
+/// A seat on a replica granted to a waiter and not yet taken: counted in the replica's
+/// reservations until dropped, so that two releases never grant the same free seat. Dropped
+/// unread with the grant when the waiter's client left just as it was granted.
+#[derive(Debug, Default)]
+pub struct Seat(Option<Arc<AtomicUsize>>);
+
+impl Seat {
+    fn hold(reserved: Option<&Arc<AtomicUsize>>) -> Seat {
+        Seat(reserved.map(|r| {
+            r.fetch_add(1, Ordering::AcqRel);
+            r.clone()
+        }))
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            let _ = r.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+        }
+    }
+}
+
+impl PartialEq for Seat {
+    fn eq(&self, other: &Seat) -> bool {
+        self.0.is_some() == other.0.is_some()
+    }
 }
 
 impl Refusal {
@@ -70,8 +107,7 @@ struct Waiter {
     id: u64,
     /// The replica holding most of the waiter's prompt, if one clearly does.
     affine: Option<usize>,
-    since: Instant,
-    tx: oneshot::Sender<Option<usize>>,
+    tx: oneshot::Sender<(Option<usize>, Seat)>,
 }
 
 /// Removes its waiter when dropped (granted, timed out, or the client left).
@@ -112,18 +148,18 @@ impl Level {
     }
 
     /// The waiter to go for room on `replica` (module doc): (turn position, place in its key's list).
-    fn pick(&self, replica: Option<usize>, patience: Duration) -> Option<(usize, usize)> {
-        let head = self.turn.front().and_then(|k| self.waiters.get(k)).and_then(VecDeque::front)?;
-        if replica.is_none() || head.since.elapsed() >= patience {
-            return Some((0, 0));
+    fn pick(&self, replica: Option<usize>) -> Option<(usize, usize)> {
+        if self.turn.is_empty() {
+            return None;
         }
+        let Some(r) = replica else { return Some((0, 0)) };
         let find = |want: Option<usize>| {
             self.turn.iter().enumerate().find_map(|(t, k)| {
                 let at = self.waiters.get(k)?.iter().position(|w| w.affine == want)?;
                 Some((t, at))
             })
         };
-        find(replica).or_else(|| find(None)).or(Some((0, 0)))
+        find(Some(r)).or_else(|| find(None)).or(Some((0, 0)))
     }
 
     /// Takes the waiter at (turn position, place); its key goes to the back of the turn.
@@ -182,15 +218,15 @@ impl AdmissionQueue {
             if list.is_empty() {
                 level.turn.push_back(key.clone());
             }
-            list.push_back(Waiter { id, affine, since: started, tx });
+            list.push_back(Waiter { id, affine, tx });
             Place { queue: self, level: -priority, key, id }
         };
         let granted = tokio::time::timeout(self.timeout, rx).await;
         drop(place);
         match granted {
-            Ok(Ok(replica)) => Ok(Granted { waited: started.elapsed(), replica }),
+            Ok(Ok((replica, seat))) => Ok(Granted { waited: started.elapsed(), replica, seat }),
             // The sender is only dropped once granted or removed, not while this waits.
-            Ok(Err(_)) => Ok(Granted { waited: started.elapsed(), replica: None }),
+            Ok(Err(_)) => Ok(Granted { waited: started.elapsed(), replica: None, seat: Seat::default() }),
             Err(_) => Err(Refusal::Deadline),
         }
     }
@@ -203,14 +239,19 @@ impl AdmissionQueue {
     /// Lets up to `n` waiters go into room on `replica` (`None`: anywhere), preferring those
     /// affine to it (module doc); returns how many went.
     pub fn grant_for(&self, replica: Option<usize>, n: usize) -> usize {
-        let patience = self.timeout / 2;
+        self.grant_into(replica, n, None)
+    }
+
+    /// [`AdmissionQueue::grant_for`], each grant holding a [`Seat`] counted in `reserved`
+    /// until the waiter is sent.
+    pub fn grant_into(&self, replica: Option<usize>, n: usize, reserved: Option<&Arc<AtomicUsize>>) -> usize {
         let mut inner = self.lock();
         let Inner { levels, len, .. } = &mut *inner;
         let mut granted = 0;
         while granted < n {
             let Some(mut entry) = levels.first_entry() else { break };
             let level = entry.get_mut();
-            let next = level.pick(replica, patience).and_then(|at| level.take(at));
+            let next = level.pick(replica).and_then(|at| level.take(at));
             let emptied = level.turn.is_empty();
             if emptied {
                 entry.remove();
@@ -223,7 +264,7 @@ impl AdmissionQueue {
             };
             *len -= 1;
             // A waiter whose client just left does not use up the grant.
-            if w.tx.send(replica).is_ok() {
+            if w.tx.send((replica, Seat::hold(reserved))).is_ok() {
                 granted += 1;
             }
         }
@@ -295,26 +336,67 @@ mod tests {
         assert_eq!(d.await.unwrap(), None);
     }
 
-    #[test]
-    fn a_waiter_past_half_the_deadline_goes_whatever_its_affinity() {
-        let mut level = Level::default();
-        let mut rx = Vec::new();
-        for (id, (k, affine)) in [("a", Some(1)), ("b", Some(2))].into_iter().enumerate() {
-            let (tx, r) = oneshot::channel();
-            rx.push(r);
-            let key: Arc<str> = k.into();
-            level.turn.push_back(key.clone());
-            level.waiters.entry(key).or_default().push_back(Waiter {
-                id: id as u64,
-                affine,
-                since: Instant::now(),
-                tx,
-            });
+    /// A waiter affine to a busy replica is passed over by room elsewhere that others fit, but
+    /// goes first (in turn) when its own replica has room, and takes room nobody else fits.
+    #[tokio::test]
+    async fn a_waiter_affine_to_a_busy_replica_is_not_starved() {
+        let q = Arc::new(AdmissionQueue::new(100, Duration::from_secs(30)));
+        let mut waiting = Vec::new();
+        for (k, affine) in [("x", Some(0)), ("y", Some(1)), ("z", Some(0)), ("w", Some(1))] {
+            let queue = q.clone();
+            waiting.push(tokio::spawn(async move { queue.wait(k.into(), 0, affine).await.unwrap().replica }));
+            while q.len() < waiting.len() {
+                tokio::task::yield_now().await;
+            }
         }
-        assert_eq!(level.pick(Some(2), Duration::from_secs(3600)), Some((1, 0)), "b is affine to 2");
-        assert_eq!(level.pick(Some(2), Duration::ZERO), Some((0, 0)), "a waited its patience out");
-        let taken = level.take((0, 0)).unwrap();
-        assert_eq!((taken.id, level.turn.len()), (0, 1));
+        let mut h = waiting.into_iter();
+        let (x, y, z, w) = (h.next().unwrap(), h.next().unwrap(), h.next().unwrap(), h.next().unwrap());
+        assert_eq!(q.grant_for(Some(1), 1), 1);
+        assert_eq!(y.await.unwrap(), Some(1), "room on 1 goes to y, affine to it, though x came first");
+        assert_eq!(q.grant_for(Some(0), 1), 1);
+        assert_eq!(x.await.unwrap(), Some(0), "x is first in turn among those affine to 0");
+        assert_eq!(q.grant_for(Some(1), 1), 1);
+        assert_eq!(w.await.unwrap(), Some(1));
+        assert_eq!(q.grant_for(Some(2), 1), 1);
+        assert_eq!(z.await.unwrap(), Some(2), "room nobody fits is not left unused");
+        assert!(q.is_empty());
+    }
+
+    /// A grant for a replica holds a seat there until the granted request drops it (sent, or
+    /// gone); a waiter gone before its grant takes neither the room nor a seat.
+    #[tokio::test]
+    async fn a_grant_holds_a_seat_until_it_is_dropped() {
+        let q = Arc::new(AdmissionQueue::new(10, Duration::from_secs(30)));
+        let reserved = Arc::new(AtomicUsize::new(0));
+        let h = run(&q, &[("a", 0)]).await;
+        let queue = q.clone();
+        let b = tokio::spawn(async move { queue.wait("b".into(), 0, None).await });
+        while q.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(q.grant_into(Some(3), 1, Some(&reserved)), 1);
+        for j in h {
+            j.await.unwrap();
+        }
+        // a's task dropped its grant when it ended: the seat is free again.
+        assert_eq!(reserved.load(Ordering::SeqCst), 0);
+        assert_eq!(q.grant_into(Some(3), 1, Some(&reserved)), 1);
+        let granted = b.await.unwrap().unwrap();
+        assert_eq!((granted.replica, reserved.load(Ordering::SeqCst)), (Some(3), 1), "held while b is not sent");
+        drop(granted);
+        assert_eq!(reserved.load(Ordering::SeqCst), 0);
+        // A waiter gone before its grant does not use the room, nor hold a seat.
+        let c = {
+            let queue = q.clone();
+            tokio::spawn(async move { queue.wait("c".into(), 0, None).await })
+        };
+        while q.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        c.abort();
+        assert!(c.await.is_err());
+        assert_eq!(q.grant_into(Some(3), 1, Some(&reserved)), 0);
+        assert_eq!(reserved.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

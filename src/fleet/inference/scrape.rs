@@ -58,6 +58,7 @@ fn start_due(rt: &Runtime) -> bool {
 pub async fn round(p: &Provider, state: &InferenceState) {
     let timeout = state.settings.scrape_interval.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
     let path = &state.settings.scrape_path;
+    state.replicas.iter().for_each(super::ReplicaLoad::scrape_started);
     let fetches = p.backends.iter().map(|b| fetch(p, b.addr, path, timeout));
     let results = futures_util::future::join_all(fetches).await;
     for (i, ((b, load), result)) in p.backends.iter().zip(&state.replicas).zip(results).enumerate() {
