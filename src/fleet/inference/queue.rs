@@ -313,19 +313,27 @@ mod tests {
         assert!(q.is_empty());
     }
 
-    #[tokio::test]
-    async fn room_on_a_replica_goes_to_a_waiter_affine_to_it() {
+    /// A queue with four waiters, one per key, queued in this order with these affinities; the
+    /// replica each is granted.
+    async fn four_waiters(
+        waiters: [(&'static str, Option<usize>); 4],
+    ) -> (Arc<AdmissionQueue>, [tokio::task::JoinHandle<Option<usize>>; 4]) {
         let q = Arc::new(AdmissionQueue::new(100, Duration::from_secs(30)));
         let mut waiting = Vec::new();
-        for (k, affine) in [("a", Some(1)), ("b", Some(2)), ("c", None), ("d", Some(2))] {
+        for (k, affine) in waiters {
             let queue = q.clone();
             waiting.push(tokio::spawn(async move { queue.wait(k.into(), 0, affine).await.unwrap().replica }));
             while q.len() < waiting.len() {
                 tokio::task::yield_now().await;
             }
         }
-        let mut h = waiting.into_iter();
-        let (a, b, c, d) = (h.next().unwrap(), h.next().unwrap(), h.next().unwrap(), h.next().unwrap());
+        let Ok(handles) = <[_; 4]>::try_from(waiting) else { unreachable!("four waiters were spawned") };
+        (q, handles)
+    }
+
+    #[tokio::test]
+    async fn room_on_a_replica_goes_to_a_waiter_affine_to_it() {
+        let (q, [a, b, c, d]) = four_waiters([("a", Some(1)), ("b", Some(2)), ("c", None), ("d", Some(2))]).await;
         assert_eq!(q.grant_for(Some(2), 1), 1);
         assert_eq!(b.await.unwrap(), Some(2), "b, affine to 2, goes before a");
         assert_eq!(q.grant_for(Some(0), 1), 1);
@@ -340,17 +348,7 @@ mod tests {
     /// goes first (in turn) when its own replica has room, and takes room nobody else fits.
     #[tokio::test]
     async fn a_waiter_affine_to_a_busy_replica_is_not_starved() {
-        let q = Arc::new(AdmissionQueue::new(100, Duration::from_secs(30)));
-        let mut waiting = Vec::new();
-        for (k, affine) in [("x", Some(0)), ("y", Some(1)), ("z", Some(0)), ("w", Some(1))] {
-            let queue = q.clone();
-            waiting.push(tokio::spawn(async move { queue.wait(k.into(), 0, affine).await.unwrap().replica }));
-            while q.len() < waiting.len() {
-                tokio::task::yield_now().await;
-            }
-        }
-        let mut h = waiting.into_iter();
-        let (x, y, z, w) = (h.next().unwrap(), h.next().unwrap(), h.next().unwrap(), h.next().unwrap());
+        let (q, [x, y, z, w]) = four_waiters([("x", Some(0)), ("y", Some(1)), ("z", Some(0)), ("w", Some(1))]).await;
         assert_eq!(q.grant_for(Some(1), 1), 1);
         assert_eq!(y.await.unwrap(), Some(1), "room on 1 goes to y, affine to it, though x came first");
         assert_eq!(q.grant_for(Some(0), 1), 1);
