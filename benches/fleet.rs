@@ -71,7 +71,7 @@ const POLICIES: &[(&str, &str)] = &[
     ("least_inflight", "balance: least_inflight"),
     ("ketama prefix ε=off", "balance: ketama, hash_key: [prefix], epsilon: off"),
     ("ketama prefix ε=1.0", "balance: ketama, hash_key: [prefix], epsilon: 1.0"),
-    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 1s } }"),
+    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 1s }, max_seqs: 16 }"),
 ];
 const TENANTS: usize = 24;
 const SYSTEMS: [usize; 6] = [1000, 2000, 3000, 4000, 6000, 8000];
@@ -101,13 +101,19 @@ impl Workload {
     }
 
     /// The next request: (conversation index, body).
+    /// Every random draw is made whatever the state, in the same order: which conversations
+    /// are open depends on when earlier answers came, so conditional draws would give each
+    /// policy a different sequence of requests (below capacity tok/s, the offered tokens over
+    /// the time to the last answer, then differed by ±5 % between policies with one seed).
     fn next(&mut self) -> (usize, Value) {
-        let tenant = if self.rng.gen_bool(0.3) { 0 } else { self.rng.gen_range(1..TENANTS) };
+        let (hot, other, resume, pick) =
+            (self.rng.gen_bool(0.3), self.rng.gen_range(1..TENANTS), self.rng.gen_bool(0.7), self.rng.gen::<u64>());
+        let tenant = if hot { 0 } else { other };
         let open: Vec<usize> = (0..self.convos.len())
             .filter(|&i| self.convos[i].tenant == tenant && !self.convos[i].busy && self.convos[i].messages.len() < 12)
             .collect();
-        let i = if !open.is_empty() && self.rng.gen_bool(0.7) {
-            open[self.rng.gen_range(0..open.len())]
+        let i = if !open.is_empty() && resume {
+            open[(pick % open.len() as u64) as usize]
         } else {
             let system = json!({"role": "system", "content": self.systems[tenant % SYSTEMS.len()]});
             self.convos.push(Convo { tenant, messages: vec![system], busy: false });
