@@ -12,9 +12,12 @@
 //!   rows are then pooled per policy and load, TTFT over every served request of every seed,
 //!   and the issue's "Done when" is checked on the pooled rows. About 27 s a cell: the default
 //!   45 cells take ~20 min)
-//! FLEET_TRACE=1 (print each cell's slowest requests with their uncached prompt tokens, the
-//!   requests with over 1,000 uncached and the p99 of the rest, and the sims' preemptions to
-//!   stderr; FLEET_TRACE=all also lists every request with over 1,000 uncached)
+//! FLEET_TRACE=1 (print each cell's slowest requests with their uncached prompt tokens and
+//!   where their time to first token went (the sim's `x_sim_timing`, docs/sim.md: gateway,
+//!   seat wait, the step under way's prefill and decode, own prefill, batch prefill,
+//!   decode+timer, in ms), that split averaged over the slowest 1 %, the requests with over
+//!   1,000 uncached and the p99 of the rest, and the sims' preemptions to stderr;
+//!   FLEET_TRACE=all also lists every request of the slowest 1 % and with over 1,000 uncached)
 //! ```
 //!
 //! Workload: 24 tenants; tenant t uses system prompt t mod 6 (1,000 to 8,000 characters);
@@ -68,7 +71,7 @@ const POLICIES: &[(&str, &str)] = &[
     ("least_inflight", "balance: least_inflight"),
     ("ketama prefix ε=off", "balance: ketama, hash_key: [prefix], epsilon: off"),
     ("ketama prefix ε=1.0", "balance: ketama, hash_key: [prefix], epsilon: 1.0"),
-    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 500ms } }"),
+    ("inference", "balance: inference, inference: { scrape: { interval: 200ms }, saturated: { waiting: 3 }, queue: { max: 1024, timeout: 500ms }, max_seqs: 16 }"),
 ];
 const TENANTS: usize = 24;
 const SYSTEMS: [usize; 6] = [1000, 2000, 3000, 4000, 6000, 8000];
@@ -98,13 +101,19 @@ impl Workload {
     }
 
     /// The next request: (conversation index, body).
+    /// Every random draw is made whatever the state, in the same order: which conversations
+    /// are open depends on when earlier answers came, so conditional draws would give each
+    /// policy a different sequence of requests (below capacity tok/s, the offered tokens over
+    /// the time to the last answer, then differed by ±5 % between policies with one seed).
     fn next(&mut self) -> (usize, Value) {
-        let tenant = if self.rng.gen_bool(0.3) { 0 } else { self.rng.gen_range(1..TENANTS) };
+        let (hot, other, resume, pick) =
+            (self.rng.gen_bool(0.3), self.rng.gen_range(1..TENANTS), self.rng.gen_bool(0.7), self.rng.gen::<u64>());
+        let tenant = if hot { 0 } else { other };
         let open: Vec<usize> = (0..self.convos.len())
             .filter(|&i| self.convos[i].tenant == tenant && !self.convos[i].busy && self.convos[i].messages.len() < 12)
             .collect();
-        let i = if !open.is_empty() && self.rng.gen_bool(0.7) {
-            open[self.rng.gen_range(0..open.len())]
+        let i = if !open.is_empty() && resume {
+            open[(pick % open.len() as u64) as usize]
         } else {
             let system = json!({"role": "system", "content": self.systems[tenant % SYSTEMS.len()]});
             self.convos.push(Convo { tenant, messages: vec![system], busy: false });
@@ -128,11 +137,45 @@ impl Workload {
     }
 }
 
+/// One served request, for FLEET_TRACE.
+#[derive(Clone)]
+struct Traced {
+    ttft: f64,
+    prompt_bytes: usize,
+    uncached: u64,
+    replica: String,
+    /// The sim's `x_sim_timing` (docs/sim.md): where its time to first token went there.
+    timing: Value,
+}
+
+impl Traced {
+    /// The time to first token split (ms): gateway and network (the client's TTFT less the
+    /// sim's), waiting for a seat, waiting for the step under way (its prefill, the rest), own
+    /// prefill, the prefill of others admitted with it, decode and timer rounding.
+    fn parts(&self) -> [f64; 7] {
+        let t = |k: &str| self.timing[k].as_f64().unwrap_or(0.0);
+        let first = t("first_token_ms");
+        let (queue, ahead, ahead_prefill) = (t("queue_ms"), t("step_ahead_ms"), t("step_ahead_prefill_ms"));
+        let (own, batch) = (t("own_prefill_ms"), t("batch_prefill_ms"));
+        [
+            self.ttft * 1000.0 - first,
+            queue - ahead,
+            ahead_prefill,
+            ahead - ahead_prefill,
+            own,
+            batch,
+            first - queue - own - batch,
+        ]
+    }
+}
+
+const PARTS: [&str; 7] =
+    ["gateway", "seat wait", "step-ahead prefill", "step-ahead decode", "own prefill", "batch prefill", "decode+timer"];
+
 #[derive(Default)]
 struct Tally {
     ttft: Vec<f64>,
-    /// (TTFT, prompt bytes, uncached prompt tokens, replica) per served request, for FLEET_TRACE.
-    trace: Vec<(f64, usize, u64, String)>,
+    trace: Vec<Traced>,
     tokens: u64,
     refused: usize,
     errors: usize,
@@ -173,12 +216,13 @@ async fn one(c: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tally>) 
             Err(_) => failed = true,
         }
     }
-    let usage = text
+    let last = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .find_map(|v| v.get("usage").filter(|u| u.is_object()).cloned())
+        .find(|v| v.get("usage").is_some_and(|u| u.is_object()))
         .unwrap_or(Value::Null);
+    let usage = &last["usage"];
     let tokens = usage["completion_tokens"].as_u64().unwrap_or(0);
     let uncached = usage["prompt_tokens"]
         .as_u64()
@@ -190,7 +234,13 @@ async fn one(c: &reqwest::Client, url: &str, body: Value, tally: &Mutex<Tally>) 
         return 0;
     }
     t.ttft.push(first.unwrap_or(0.0));
-    t.trace.push((first.unwrap_or(0.0), prompt_bytes, uncached, replica.clone()));
+    t.trace.push(Traced {
+        ttft: first.unwrap_or(0.0),
+        prompt_bytes,
+        uncached,
+        replica: replica.clone(),
+        timing: last["x_sim_timing"].clone(),
+    });
     t.tokens += tokens;
     *t.served.entry(replica).or_default() += 1;
     t.last = Some(Instant::now());
@@ -286,7 +336,7 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     let mut rng = StdRng::seed_from_u64(5 + seed);
     let c = reqwest::Client::new();
     let t0 = Instant::now();
-    let mut at = 0.0;
+    let (mut at, mut last_at) = (0.0, 0.0);
     let mut tasks = Vec::new();
     loop {
         // Exponential gaps: a Poisson process of `rate` requests/s.
@@ -294,6 +344,7 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
         if at > seconds {
             break;
         }
+        last_at = at;
         tokio::time::sleep_until((t0 + Duration::from_secs_f64(at)).into()).await;
         let (c, url, work, tally, sent) = (c.clone(), url.clone(), work.clone(), tally.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
@@ -323,19 +374,46 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     let t = tally.lock().unwrap();
     if std::env::var("FLEET_TRACE").is_ok() {
         let mut slow = t.trace.clone();
-        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let big = slow.iter().filter(|r| r.2 > 1000).count();
-        let small: Vec<f64> = slow.iter().filter(|r| r.2 <= 1000).map(|r| r.0).collect();
+        slow.sort_by(|a, b| b.ttft.total_cmp(&a.ttft));
+        let big = slow.iter().filter(|r| r.uncached > 1000).count();
+        let small: Vec<f64> = slow.iter().filter(|r| r.uncached <= 1000).map(|r| r.ttft).collect();
         let p = small.get(small.len() / 100).copied().unwrap_or(0.0);
-        let total_uncached: u64 = slow.iter().map(|r| r.2).sum();
+        let total_uncached: u64 = slow.iter().map(|r| r.uncached).sum();
         eprintln!("  {policy} {load}×: {big} requests > 1000 tokens uncached; p99 of the others {:.0} ms; {total_uncached} tokens uncached in all", p * 1000.0);
+        let over = |ms: f64| slow.iter().filter(|r| r.ttft * 1000.0 > ms).count();
+        eprintln!(
+            "  {policy} {load}×: TTFT over 100 / 150 / 200 / 300 ms: {} / {} / {} / {}",
+            over(100.0),
+            over(150.0),
+            over(200.0),
+            over(300.0)
+        );
+        // The slowest 1 %: where their time went, summed (the sim's x_sim_timing).
+        let tail = &slow[..slow.len().div_ceil(100)];
+        let mut sum = [0.0; 7];
+        for r in tail {
+            sum.iter_mut().zip(r.parts()).for_each(|(s, p)| *s += p);
+        }
+        let n = tail.len().max(1) as f64;
+        let split: Vec<String> = PARTS.iter().zip(sum).map(|(k, v)| format!("{k} {:.0}", v / n)).collect();
+        eprintln!("  {policy} {load}×: slowest {} mean ms: {}", tail.len(), split.join(", "));
         let all = std::env::var("FLEET_TRACE").as_deref() == Ok("all");
-        for (ttft, bytes, uncached, replica) in
-            slow.iter().enumerate().filter(|(i, r)| *i < 10 || all && r.2 > 1000).map(|(_, r)| r)
+        for r in slow
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i < 10 || all && (r.uncached > 1000 || *i < tail.len()))
+            .map(|(_, r)| r)
         {
+            let parts: Vec<String> = r.parts().iter().map(|v| format!("{v:.0}")).collect();
             eprintln!(
-                "  {policy} {load}×: TTFT {:.0} ms, prompt {bytes} B ({uncached} tokens uncached), {replica}",
-                ttft * 1000.0
+                "  {policy} {load}×: TTFT {:.0} ms, prompt {} B ({} tokens uncached), {}, split [{}], running {}, waiting ahead {}",
+                r.ttft * 1000.0,
+                r.prompt_bytes,
+                r.uncached,
+                r.replica,
+                parts.join(" "),
+                r.timing["running"],
+                r.timing["waiting_ahead"],
             );
         }
     }
@@ -343,6 +421,12 @@ async fn cell(policy: &'static str, yaml: &str, load: f64, rate: f64, seconds: f
     ttft.sort_by(f64::total_cmp);
     let pct = |p: f64| percentile(&ttft, p);
     let elapsed = t.last.map_or(seconds, |l| l.duration_since(t0).as_secs_f64());
+    if std::env::var("FLEET_TRACE").is_ok() {
+        eprintln!(
+            "  {policy} {load}×: {} completion tokens over {elapsed:.2} s (last arrival at {last_at:.2} s)",
+            t.tokens
+        );
+    }
     let loads: Vec<usize> = (0..REPLICAS).map(|i| t.served.get(&format!("r{i}")).copied().unwrap_or(0)).collect();
     let mean = loads.iter().sum::<usize>() as f64 / REPLICAS as f64;
     Row {

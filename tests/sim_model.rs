@@ -85,3 +85,25 @@ async fn under_kv_pressure_every_answer_still_completes() {
     // Prompt tokens are looked up in the prefix cache (tokens, as vLLM counts them).
     assert!(metric(&sim, "vllm:prefix_cache_queries_total").await > 0.0);
 }
+
+/// A streamed answer's usage chunk tells where its first token waited (docs/sim.md).
+#[tokio::test]
+async fn the_usage_chunk_carries_where_the_first_token_waited() {
+    let sim = spawn_sim(&["--max-seqs", "2", "--prefill-us-per-token", "1000", "--decode-ms-per-step", "2"]).await;
+    let body = json!({"model": "sim-model", "stream": true, "stream_options": {"include_usage": true},
+        "max_tokens": 3, "messages": [{"role": "user", "content": "word ".repeat(80)}]});
+    let text = client().post(sim.url("/v1/chat/completions")).json(&body).send().await.unwrap().text().await.unwrap();
+    let usage_event = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .unwrap_or_else(|| panic!("no usage chunk in {text}"));
+    let t = &usage_event["x_sim_timing"];
+    let uncached = usage_event["usage"]["prompt_tokens"].as_f64().unwrap()
+        - usage_event["usage"]["prompt_tokens_details"]["cached_tokens"].as_f64().unwrap();
+    // 1 ms a token of prefill, nothing ahead of it, alone in its step.
+    assert_eq!(t["own_prefill_ms"].as_f64(), Some(uncached), "{t}");
+    assert_eq!((t["batch_prefill_ms"].as_f64(), t["running"].as_u64()), (Some(0.0), Some(1)), "{t}");
+    assert!(t["first_token_ms"].as_f64().unwrap() >= uncached, "{t}");
+}

@@ -13,6 +13,9 @@ pub struct InferenceSection {
     pub weights: Option<WeightsSection>,
     pub saturated: Option<SaturatedSection>,
     pub queue: Option<QueueSection>,
+    /// Each replica's batch (vLLM's `--max-num-seqs`), for the seat-wait prediction. Default:
+    /// learned from the scrapes and the relayed answers.
+    pub max_seqs: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +94,12 @@ pub fn settings(
             out.scrape_interval = i.0;
         }
     }
+    if let Some(n) = s.max_seqs {
+        if n == 0 {
+            errors.push(ConfigError::new(format!("{path}.inference.max_seqs"), "must be at least 1"));
+        }
+        out.max_seqs = n;
+    }
     if let Some(q) = &s.queue {
         out.queue_max = q.max.unwrap_or(out.queue_max);
         let at = format!("{path}.inference.queue.timeout");
@@ -125,5 +134,15 @@ mod tests {
         let (_, e) = parse("{}", false);
         assert!(e.iter().any(|e| e.contains("balance: inference")), "{e:?}");
         assert!(serde_yaml::from_str::<InferenceSection>("{weights: {prefx: 1}}").is_err());
+    }
+
+    #[test]
+    fn max_seqs_is_a_positive_batch() {
+        let (s, e) = parse("{max_seqs: 16}", true);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(s.unwrap().max_seqs, 16);
+        let (_, e) = parse("{max_seqs: 0}", true);
+        assert!(e.iter().any(|e| e.contains("providers[0].inference.max_seqs")), "{e:?}");
+        assert_eq!(parse("{}", true).0.unwrap().max_seqs, 0, "learned by default");
     }
 }

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{Gauge, IntCounter, IntGauge};
 use tokio::sync::{mpsc, Notify};
@@ -91,6 +91,10 @@ pub struct EngineGauges {
     pub preemptions: IntCounter,
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// One replica's scheduler. [`Engine::run`] is its loop; [`Engine::submit`] adds a request.
 pub struct Engine {
     settings: EngineSettings,
@@ -106,7 +110,36 @@ struct State {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     used_blocks: usize,
+    /// The step under way: when it started, and its decode and prefill parts (ms).
+    step: Option<(Instant, f64, f64)>,
 }
+
+/// Where one sequence's time to its first token went, as the engine saw it (ms; the answer's
+/// usage chunk carries it as `x_sim_timing`, docs/sim.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Timing {
+    /// From submission to the start of the step that admitted it.
+    pub queue_ms: f64,
+    /// The part of `queue_ms` spent waiting for the step under way at submission to end.
+    pub step_ahead_ms: f64,
+    /// That step's prefill (other sequences' prompts).
+    pub step_ahead_prefill_ms: f64,
+    /// Its own uncached prompt's prefill, in its admission step.
+    pub own_prefill_ms: f64,
+    /// The prefill of the other sequences admitted in the same step.
+    pub batch_prefill_ms: f64,
+    /// The decode part of its admission step.
+    pub decode_ms: f64,
+    /// Sequences running in its admission step (itself included).
+    pub running: usize,
+    /// Sequences that were waiting ahead of it at submission.
+    pub waiting_ahead: usize,
+    /// From submission to its first token (measured: includes the timer's rounding).
+    pub first_token_ms: f64,
+}
+
+/// A sequence's [`Timing`], filled by the engine as it goes.
+type TimingCell = Arc<Mutex<Timing>>;
 
 struct Seq {
     tx: mpsc::UnboundedSender<()>,
@@ -117,15 +150,25 @@ struct Seq {
     produced: u32,
     output: u32,
     held: usize,
+    /// Submitted at.
+    arrived: Instant,
+    /// Admitted once (the timing is recorded at the first admission only).
+    admitted: bool,
+    timing: TimingCell,
 }
 
 /// The client side of a sequence: one message per token, in order.
-pub struct SeqHandle(mpsc::UnboundedReceiver<()>);
+pub struct SeqHandle(mpsc::UnboundedReceiver<()>, TimingCell);
 
 impl SeqHandle {
     /// Waits for the next token; false when the engine will send no more.
     pub async fn token(&mut self) -> bool {
         self.0.recv().await.is_some()
+    }
+
+    /// Where the time to its first token went (complete once the first token came).
+    pub fn timing(&self) -> Timing {
+        *self.1.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -138,16 +181,37 @@ impl Engine {
     /// Queues a sequence of `uncached` prompt tokens that will produce `output` tokens.
     pub fn submit(&self, uncached: u64, output: u32) -> SeqHandle {
         let (tx, rx) = mpsc::unbounded_channel();
-        let seq = Seq { tx, prefill: uncached, kv_tokens: uncached, produced: 0, output, held: 0 };
+        let now = Instant::now();
+        let timing = TimingCell::default();
+        let seq = Seq {
+            tx,
+            prefill: uncached,
+            kv_tokens: uncached,
+            produced: 0,
+            output,
+            held: 0,
+            arrived: now,
+            admitted: false,
+            timing: timing.clone(),
+        };
         if output == 0 {
-            return SeqHandle(rx);
+            return SeqHandle(rx, timing);
         }
         let mut st = self.lock();
+        {
+            let mut t = timing.lock().unwrap_or_else(|p| p.into_inner());
+            t.waiting_ahead = st.waiting.len();
+            if let Some((started, decode, prefill)) = st.step {
+                let left = (decode + prefill - ms(now.saturating_duration_since(started))).max(0.0);
+                t.step_ahead_ms = left;
+                t.step_ahead_prefill_ms = prefill.min(left);
+            }
+        }
         st.waiting.push_back(seq);
         self.publish(&st);
         drop(st);
         self.wake.notify_one();
-        SeqHandle(rx)
+        SeqHandle(rx, timing)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -178,7 +242,7 @@ impl Engine {
     /// nothing to do).
     fn schedule(&self) -> Option<Duration> {
         let mut st = self.lock();
-        let State { waiting, running, used_blocks } = &mut *st;
+        let State { waiting, running, used_blocks, step } = &mut *st;
         running.retain(|s| {
             let keep = !s.tx.is_closed();
             if !keep {
@@ -188,6 +252,7 @@ impl Engine {
         });
         waiting.retain(|s| !s.tx.is_closed());
         let mut prefill = 0u64;
+        let first_admitted = running.len();
         while running.len() < self.settings.max_seqs {
             let Some(next) = waiting.front() else { break };
             let need = self.blocks_for(next.kv_tokens + 1);
@@ -203,14 +268,31 @@ impl Engine {
             seq.prefill = 0;
             running.push(seq);
         }
-        self.publish(&st);
-        let n = st.running.len();
+        let n = running.len();
         if n == 0 {
+            *step = None;
+            self.publish(&st);
             return None;
         }
         let s = &self.settings;
         let decode_ms = s.decode_ms_per_step as f64 * (1.0 + s.decode_batch_factor * (n - 1) as f64);
-        let prefill_ms = (prefill * s.prefill_us_per_token) as f64 / 1000.0;
+        let per_token_ms = s.prefill_us_per_token as f64 / 1000.0;
+        let prefill_ms = prefill as f64 * per_token_ms;
+        let now = Instant::now();
+        *step = Some((now, decode_ms, prefill_ms));
+        for seq in running.iter_mut().skip(first_admitted).filter(|s| !s.admitted) {
+            seq.admitted = true;
+            let mut t = seq.timing.lock().unwrap_or_else(|p| p.into_inner());
+            let own = seq.kv_tokens as f64 * per_token_ms;
+            t.queue_ms = ms(now.saturating_duration_since(seq.arrived));
+            t.step_ahead_ms = t.step_ahead_ms.min(t.queue_ms);
+            t.step_ahead_prefill_ms = t.step_ahead_prefill_ms.min(t.step_ahead_ms);
+            t.own_prefill_ms = own;
+            t.batch_prefill_ms = (prefill_ms - own).max(0.0);
+            t.decode_ms = decode_ms;
+            t.running = n;
+        }
+        self.publish(&st);
         Some(Duration::from_secs_f64((decode_ms + prefill_ms) / 1000.0))
     }
 
@@ -218,12 +300,15 @@ impl Engine {
     /// grow (preempting when none is free).
     fn advance(&self) {
         let mut st = self.lock();
-        let State { waiting, running, used_blocks } = &mut *st;
+        let State { waiting, running, used_blocks, .. } = &mut *st;
         let mut i = 0;
         while i < running.len() {
             let s = &mut running[i];
             s.produced += 1;
             s.kv_tokens += 1;
+            if s.produced == 1 {
+                s.timing.lock().unwrap_or_else(|p| p.into_inner()).first_token_ms = ms(s.arrived.elapsed());
+            }
             let sent = s.tx.send(()).is_ok();
             if !sent || s.produced >= s.output {
                 *used_blocks -= s.held;
@@ -355,5 +440,55 @@ mod tests {
         assert_eq!(e.schedule(), Some(Duration::from_millis(25)));
         e.advance();
         assert_eq!(e.schedule(), Some(Duration::from_millis(15)));
+    }
+
+    /// Each sequence's timing splits its wait: the step under way when it came, its own
+    /// prefill and that of the others admitted with it, the decode part of that step.
+    #[test]
+    fn timing_tells_where_the_first_token_waited() {
+        let gauges = EngineGauges {
+            running: IntGauge::new("r", "r").unwrap(),
+            waiting: IntGauge::new("w", "w").unwrap(),
+            kv_usage: Gauge::new("k", "k").unwrap(),
+            preemptions: IntCounter::new("p", "p").unwrap(),
+        };
+        let settings = EngineSettings {
+            max_seqs: 2,
+            kv_blocks: 100,
+            prefill_us_per_token: 1000,
+            decode_ms_per_step: 10,
+            decode_batch_factor: 0.0,
+        };
+        let e = Engine::new(settings, 16, gauges);
+        let a = e.submit(30, 2);
+        assert_eq!(e.schedule(), Some(Duration::from_millis(40)));
+        // b and c come during a's prefill step; c finds b waiting ahead of it.
+        let b = e.submit(4, 2);
+        let c = e.submit(6, 2);
+        e.advance();
+        let ta = a.timing();
+        assert_eq!((ta.own_prefill_ms, ta.batch_prefill_ms, ta.decode_ms, ta.running), (30.0, 0.0, 10.0, 1));
+        assert!(ta.first_token_ms >= 0.0);
+        let tb = b.timing();
+        assert!(tb.step_ahead_ms > 39.0 && tb.step_ahead_ms <= 40.0, "{tb:?}");
+        assert_eq!(tb.step_ahead_prefill_ms, 30.0);
+        assert_eq!(c.timing().waiting_ahead, 1);
+        // One seat frees only when a ends: b is admitted alone, c waits for a seat.
+        assert_eq!(e.schedule(), Some(Duration::from_millis(14)));
+        e.advance();
+        let tb = b.timing();
+        assert_eq!((tb.own_prefill_ms, tb.batch_prefill_ms, tb.running), (4.0, 0.0, 2));
+        assert_eq!(
+            c.timing(),
+            Timing {
+                step_ahead_ms: c.timing().step_ahead_ms,
+                step_ahead_prefill_ms: 30.0,
+                waiting_ahead: 1,
+                ..Timing::default()
+            }
+        );
+        assert_eq!(e.schedule(), Some(Duration::from_millis(16)));
+        let tc = c.timing();
+        assert_eq!((tc.own_prefill_ms, tc.running), (6.0, 2));
     }
 }

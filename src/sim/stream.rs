@@ -3,7 +3,8 @@
 //! is pending).
 //!
 //! Order: wait `ttft`; for chat a role chunk; token 1; then `itl` before every further token;
-//! a chunk with `finish_reason`; the usage chunk (`"choices":[]`) only if asked; `[DONE]`.
+//! a chunk with `finish_reason`; the usage chunk (`"choices":[]`) only if asked, with the replica
+//! model's `x_sim_timing` when it is on; `[DONE]`.
 //! Lines end with LF unless `--line-ending` says otherwise.
 
 use std::io;
@@ -120,7 +121,14 @@ impl<G> Gen<G> {
                 Phase::Usage => {
                     self.phase = Phase::Done;
                     let usage = serde_json::to_string(&self.answer.usage).unwrap_or_default();
-                    return Some(Ok(self.event(&format!("],\"usage\":{usage}"))));
+                    // With the replica model on, where its time to first token went (docs/sim.md).
+                    let timing = match self.pace.engine.as_ref() {
+                        Some(seq) => {
+                            format!(",\"x_sim_timing\":{}", serde_json::to_string(&seq.timing()).unwrap_or_default())
+                        }
+                        None => String::new(),
+                    };
+                    return Some(Ok(self.event(&format!("],\"usage\":{usage}{timing}"))));
                 }
                 Phase::Done => {
                     self.phase = Phase::End;

@@ -60,6 +60,8 @@ pub struct InferenceSettings {
     /// little from a longer wait, and clients retry after `Retry-After`).
     pub queue_max: usize,
     pub queue_timeout: Duration,
+    /// `max_seqs`: each replica's batch, for the seat-wait prediction (0, the default: learned).
+    pub max_seqs: usize,
 }
 
 impl Default for InferenceSettings {
@@ -71,6 +73,7 @@ impl Default for InferenceSettings {
             saturated: Saturation { waiting: 5.0, kv_cache: 0.8 },
             queue_max: 256,
             queue_timeout: Duration::from_secs(5),
+            max_seqs: 0,
         }
     }
 }
@@ -99,6 +102,11 @@ pub struct ReplicaLoad {
     /// others wait (vLLM's `max_num_seqs`, or less when KV-bound), raised by any scrape that
     /// saw more running; 0 until it has queued once.
     batch: AtomicU64,
+    /// The most sequences any scrape saw running there (a lower bound of its batch that, unlike
+    /// `batch`, a request caught waiting between two engine steps does not lower).
+    max_running: AtomicU64,
+    /// `inference.max_seqs` (0: not configured, the batch is learned).
+    max_seqs: AtomicU64,
     /// In-flight tokens at the last good scrape (the KV use is scaled by in-flight tokens since).
     inflight_at_scrape: AtomicU64,
     /// Estimated tokens (prompt + max_tokens) of the gateway's requests in flight there.
@@ -107,7 +115,7 @@ pub struct ReplicaLoad {
     /// prefill the replica still has to do, which every request landing there waits behind.
     prefill_tokens: AtomicU64,
     /// The gateway's requests there and how far their answers are: when a seat frees, and the
-    /// replica's step time and prefill rate (shown in `/health`, not weighed: `score.rs`).
+    /// replica's step time and prefill rate (shown in `/health`, weighed by `score.rs`).
     seats: Seats,
     /// Seats there granted to waiters of the admission queue not yet sent ([`queue::Seat`]).
     reserved: Arc<AtomicUsize>,
@@ -143,7 +151,8 @@ impl ReplicaLoad {
             "external": self.external.load(Ordering::Relaxed),
             "step_ms": (step_us > 0).then(|| step_us as f64 / 1000.0),
             "prefill_us_per_token": (prefill_ns > 0).then(|| prefill_ns as f64 / 1000.0),
-            "steps_to_seat": self.seats.steps_to_seat(batch as usize),
+            "seat_batch": self.seat_batch(),
+            "steps_to_seat": self.seats.steps_to_seat(self.seat_batch()),
         })
     }
 
@@ -157,6 +166,7 @@ impl ReplicaLoad {
         self.stale.store(failures >= STALE_AFTER || self.last().is_none() && scraped.is_none(), Ordering::Relaxed);
         if let Some(s) = scraped {
             let running = s.running.max(0.0) as u64;
+            self.max_running.fetch_max(running, Ordering::Relaxed);
             if s.waiting > 0.0 {
                 self.batch.store(running, Ordering::Relaxed);
             } else if self.batch.load(Ordering::Relaxed) > 0 {
@@ -238,19 +248,48 @@ impl ReplicaLoad {
         }
     }
 
+    /// The batch the seat prediction assumes: unknown (0, every seat taken as free) until a
+    /// scrape saw the replica queue, then the most sequences seen running there, by the scrapes
+    /// or by the gateway's own count. Not `batch`: a scrape also sees a request waiting that
+    /// merely arrived during an engine step, with seats free (docs/sim.md), and `batch` then
+    /// takes the running count of that moment, often half the real one; a seat wait predicted
+    /// from it sends requests away from the replicas holding their prompts.
+    fn seat_batch(&self) -> usize {
+        let configured = self.max_seqs.load(Ordering::Relaxed);
+        if configured > 0 {
+            return configured as usize;
+        }
+        if self.batch.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.max_running.load(Ordering::Relaxed).max(self.seats.max_running()) as usize
+    }
+
+    /// The predicted wait for a decode seat, in prefill tokens (0 until both rates are learned).
+    fn seat_tokens(&self) -> f64 {
+        let (step_us, prefill_ns) = self.seats.rates();
+        if step_us == 0 || prefill_ns == 0 {
+            return 0.0;
+        }
+        let steps = self.seats.steps_to_seat(self.seat_batch());
+        steps as f64 * step_us as f64 * 1000.0 / prefill_ns as f64
+    }
+
     /// The scorer's view (without prefix and candidacy).
     fn view(&self) -> View {
         let inflight_tokens = self.inflight_tokens() as f64;
         let prefill_tokens = self.prefill_tokens.load(Ordering::Relaxed) as f64;
+        let seat_tokens = self.seat_tokens();
         match (self.last().filter(|_| !self.is_stale()), self.waiting_now()) {
             (Some(s), Some(waiting)) => View {
                 waiting: waiting.max(0.0),
                 kv: self.kv_now(s.kv),
                 inflight_tokens,
                 prefill_tokens,
+                seat_tokens,
                 ..View::default()
             },
-            _ => View { inflight_tokens, prefill_tokens, ..View::default() },
+            _ => View { inflight_tokens, prefill_tokens, seat_tokens, ..View::default() },
         }
     }
 }
@@ -287,11 +326,16 @@ pub struct Demand {
 
 impl InferenceState {
     pub fn new(settings: InferenceSettings, backends: usize) -> Self {
+        let max_seqs = settings.max_seqs as u64;
         InferenceState {
             queue: AdmissionQueue::new(settings.queue_max, settings.queue_timeout),
             settings,
             replicas: (0..backends)
-                .map(|_| ReplicaLoad { stale: AtomicBool::new(true), ..Default::default() })
+                .map(|_| ReplicaLoad {
+                    stale: AtomicBool::new(true),
+                    max_seqs: AtomicU64::new(max_seqs),
+                    ..Default::default()
+                })
                 .collect(),
             index: Mutex::new(PrefixIndex::new(INDEX_BLOCKS)),
             calm_after: CALM_AFTER,
@@ -504,7 +548,7 @@ impl Ticket {
     /// prefill it waits for if it finds a free seat there.
     fn track(&self, i: usize, r: &ReplicaLoad, prefill_ahead: u64) {
         self.untrack();
-        let batch = r.batch.load(Ordering::Relaxed) as usize;
+        let batch = r.seat_batch();
         let ahead = if batch == 0 || r.seats.len() < batch { prefill_ahead } else { 0 };
         let max_tokens = self.demand.tokens.saturating_sub(self.demand.prompt_tokens);
         let progress = Arc::new(Progress::new(max_tokens, ahead, crate::clock::now_us()));
@@ -655,6 +699,23 @@ mod tests {
         assert!(waiter.await.unwrap().is_ok());
         assert!(!s.calm(), "the queue held a request within the window");
         assert_eq!(s.choose(&follow_up, |_| true), Choice::Replica(0), "the replica holding the conversation");
+    }
+
+    /// The seat prediction's batch: unknown until the replica queued once, then the most seen
+    /// running (not the running count of a scrape that caught a request between two steps);
+    /// `max_seqs` when configured.
+    #[test]
+    fn the_seat_batch_is_the_most_seen_running_or_the_configured_one() {
+        let s = state(1);
+        let r = &s.replicas[0];
+        r.record(Some(Scraped { running: 12.0, waiting: 0.0, kv: 0.1 }));
+        assert_eq!(r.seat_batch(), 0, "never queued: every seat taken as free");
+        r.record(Some(Scraped { running: 7.0, waiting: 1.0, kv: 0.1 }));
+        assert_eq!(r.batch.load(Ordering::Relaxed), 7);
+        assert_eq!(r.seat_batch(), 12);
+        let configured =
+            Arc::new(InferenceState::new(InferenceSettings { max_seqs: 16, ..InferenceSettings::default() }, 1));
+        assert_eq!(configured.replicas[0].seat_batch(), 16);
     }
 
     #[test]

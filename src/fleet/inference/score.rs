@@ -1,30 +1,34 @@
 //! The inference scorer as a pure function: what each replica looks like now (scraped queue
-//! and KV use corrected by the gateway's own sends, in-flight tokens, prefix match) → a choice.
+//! and KV use corrected by the gateway's own sends, in-flight tokens, prefix match, pending
+//! prefill, the predicted wait for a decode seat) → a choice.
+//!
+//! **With a prompt, while the fleet is calm** (the admission queue held no one within
+//! `CALM_AFTER`, `calm` true, see `fleet/inference/mod.rs`): the unsaturated candidate with the
+//! shortest predicted time to first token, [`View::ttft`], in prefill tokens:
+//!
+//! seat wait + pending prefill + own prompt × (1 − held share)
+//!
+//! In the replica model (docs/sim.md) a request waits for a decode seat (`seats.rs` predicts
+//! when one frees), then for the step under way and the prompts admitted with it, which are
+//! prefilled whole before any of them gets a token (the gateway's requests there with no answer
+//! byte yet), then for its own uncached prompt. The trace of the slowest requests showed exactly
+//! these three (docs/benchmarks.md, fleet section). Ties go to the less pressed replica.
+//!
+//! **Otherwise** (no prompt estimate, as when the queue releases room; or not calm: the replicas
+//! are still full of what the queue released, and a conversation stays where it is held):
 //!
 //! score = prefix × (1 − prefill wait / max wait) + queue × (1 − pressure / max) + kv_cache × (1 − KV use)
 //!
-//! Prefill wait ([`View::prefill_wait`]): the uncached prompt tokens of the gateway's requests
-//! there that have no first token yet, plus the request's own prompt less the share the
-//! replica holds; max wait: the longest of the unsaturated candidates. The predicted wait for
-//! a decode seat (`seats.rs`) is not weighed: added to the prefill wait, or weighed while busy
-//! too, it sent conversations away from the replicas holding them for no shorter tail
-//! (docs/benchmarks.md, fleet section). With no prefill to wait for anywhere (no prompt estimate), when any candidate is saturated or has a request waiting
-//! for a seat (corrected `waiting` above 0), or when the fleet is not
-//! *calm* (the admission queue held a request within the last `CALM_AFTER`, `calm` false: the
-//! replicas are still full of what it released, see `fleet/inference/mod.rs`), the prefix term
-//! is the match fraction instead. The tail of
-//! time to first token is prefill: a replica prefills what it admitted, whole, before any of it
-//! gets a token, so a request sent where a long prompt is being prefilled waits for it, and one
-//! sent away from its cached prompt waits for its own.
-//!
+//! where the prefix term is the prefill wait ([`View::prefill_wait`]) only while calm with no
+//! candidate saturated or with a request waiting for a seat, else the match fraction
 //! (max: the highest pressure of the unsaturated candidates; none pressed: 1). Relative to the
 //! most pressed replica rather than to the spread: with min–max scaling a difference of a few
 //! tokens between busy replicas would swing the whole queue weight and outvote any prefix.
 //! Pressure = in-flight tokens + waiting requests × [`TOKENS_PER_WAITING`]. A replica is
 //! saturated past `saturated.waiting` waiting requests or `saturated.kv_cache` KV use;
-//! saturated replicas are chosen only when all are (after the admission queue): saturation is
-//! where affinity yields to load in the prefill wait. The match fraction counts only while the replica's pressure is at most [`AFFINITY_FACTOR`] × the least pressure
-//! + [`AFFINITY_SLACK`] tokens.
+//! saturated replicas are chosen only when all are (after the admission queue). The match
+//! fraction counts only while the replica's pressure is at most [`AFFINITY_FACTOR`] × the least
+//! pressure + [`AFFINITY_SLACK`] tokens.
 
 /// Tokens one waiting request stands for in the pressure (a typical prompt + answer).
 pub const TOKENS_PER_WAITING: f64 = 1024.0;
@@ -66,6 +70,9 @@ pub struct View {
     pub prefill_tokens: f64,
     /// The request's own estimated prompt tokens (the same in every view).
     pub prompt_tokens: f64,
+    /// The predicted wait for a decode seat there, in prefill tokens (`seats.rs`; 0 until the
+    /// replica's step and prefill rates are learned).
+    pub seat_tokens: f64,
 }
 
 impl View {
@@ -77,8 +84,7 @@ impl View {
     /// prefills what it admitted, whole, before the step that yields their first tokens
     /// (docs/sim.md), so a request waits for the gateway's requests there that have no first
     /// token yet, plus its own prompt less what the replica holds. The held part counts even
-    /// on a replica past the affinity bound: it is prefill saved there all the same, and the
-    /// load is weighed by the queue term.
+    /// on a replica past the affinity bound: it is prefill saved there all the same.
     fn prefill_wait(&self) -> f64 {
         self.prefill_tokens + self.prompt_tokens * (1.0 - self.prefix.clamp(0.0, 1.0))
     }
@@ -98,7 +104,37 @@ pub enum Choice {
     None,
 }
 
+impl View {
+    /// The predicted time to first token there, in prefill tokens: the wait for a decode seat,
+    /// the prefill pending there (prefilled before or with this request), its own uncached
+    /// prompt.
+    pub fn ttft(&self) -> f64 {
+        self.seat_tokens.max(0.0) + self.prefill_wait()
+    }
+}
+
+/// The replica for a request. With a prompt estimate, while the fleet is calm and some
+/// candidate is unsaturated: the unsaturated one with the shortest predicted time to first token
+/// ([`View::ttft`]; ties: the less pressed, then the lower index). Otherwise (no prompt, or the
+/// admission queue held someone lately) the weighted score below.
 pub fn choose(views: &[View], w: &Weights, s: &Saturation, calm: bool) -> Choice {
+    let has_prompt = views.iter().any(|v| v.prompt_tokens > 0.0);
+    if calm && has_prompt {
+        let open = views.iter().enumerate().filter(|(_, v)| v.candidate && !v.saturated(s));
+        let best = open.min_by(|a, b| {
+            a.1.ttft()
+                .total_cmp(&b.1.ttft())
+                .then_with(|| a.1.pressure().total_cmp(&b.1.pressure()))
+                .then(a.0.cmp(&b.0))
+        });
+        if let Some((i, _)) = best {
+            return Choice::Replica(i);
+        }
+    }
+    weighted(views, w, s, calm)
+}
+
+fn weighted(views: &[View], w: &Weights, s: &Saturation, calm: bool) -> Choice {
     let candidates = || views.iter().enumerate().filter(|(_, v)| v.candidate);
     let open: Vec<(usize, &View)> = candidates().filter(|(_, v)| !v.saturated(s)).collect();
     if open.is_empty() {
@@ -193,25 +229,29 @@ mod tests {
         v
     }
 
-    /// With a saturated replica in the fleet the held prompt counts as its match fraction: a
-    /// pending prefill there no longer sends the request away from its cached prompt.
+    /// A saturated replica is left out while another is open, though it holds the prompt.
     #[test]
-    fn a_saturated_fleet_keeps_the_prompt_where_it_is_held() {
+    fn a_saturated_replica_is_left_out_though_it_holds_the_prompt() {
         let mut v = held_behind_a_long_prefill();
-        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "below saturation: the shorter wait");
-        v[2].waiting = 6.0;
-        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "replica 2 saturated: the held prompt");
+        v[0].prefill_tokens = 0.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "nothing to wait for where it is held");
+        v[0].waiting = 6.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "saturated by its queue");
     }
 
-    /// A request waiting for a seat anywhere (below saturation) is enough to keep the held
-    /// prompt as its match fraction.
+    /// The predicted wait for a seat counts with the prefill: a held prompt is left only when
+    /// the seat there frees later than the prompt takes to prefill elsewhere.
     #[test]
-    fn a_queue_for_seats_keeps_the_prompt_where_it_is_held() {
+    fn the_seat_wait_counts_in_the_predicted_time_to_first_token() {
         let mut v = held_behind_a_long_prefill();
-        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "every seat free: the shorter wait");
-        v[2].waiting = 1.0;
-        assert!(!v[2].saturated(&S));
-        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "one waits on replica 2: the held prompt");
+        v[0].prefill_tokens = 0.0;
+        v[0].seat_tokens = 1_500.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(0), "1,500 < 2,000 tokens of prefill elsewhere");
+        v[0].seat_tokens = 2_500.0;
+        v[2].seat_tokens = 100.0;
+        assert_eq!(choose(&v, &W, &S, true), Choice::Replica(1), "the seat there frees later: a free seat elsewhere");
+        assert_eq!(v[0].ttft(), 2_500.0);
+        assert_eq!(v[2].ttft(), 2_100.0);
     }
 
     /// Right after the admission queue held requests (not calm) the held prompt counts as its

@@ -1,7 +1,8 @@
 //! When each replica frees a decode seat, predicted from what the gateway relays.
 //!
-//! A replica decodes at most its batch of sequences together (vLLM's `max_num_seqs`, learned
-//! from the scrapes: `ReplicaLoad::batch` in `fleet/inference/mod.rs`); a request sent while
+//! A replica decodes at most its batch of sequences together (vLLM's `max_num_seqs`: configured
+//! as `inference.max_seqs`, else the most seen running, `ReplicaLoad::seat_batch` in
+//! `fleet/inference/mod.rs`); a request sent while
 //! every seat is taken waits in the replica's first-come queue until enough running sequences
 //! end. The gateway knows every request it sent there, its `max_tokens`, and how many tokens of
 //! its answer it has relayed (one SSE event a token), so it can tell how many decode steps
@@ -9,7 +10,8 @@
 //! the (k + 1)-th smallest remaining output among the running ones. Steps become time by the
 //! replica's step time, learned from the gaps between relayed events, and time becomes prefill
 //! tokens (the scorer's unit, `score.rs`) by the replica's prefill rate, learned from the first
-//! token of requests that found a free seat. Until both rates are learned the wait counts 0.
+//! token of requests that found a free seat (leaning to its lower samples, which err long).
+//! Until both rates are learned the wait counts 0.
 //! `max_tokens` is an upper bound: a sequence that ends early frees its seat sooner, so the
 //! prediction errs long, the same way on every replica.
 
@@ -51,10 +53,30 @@ impl Progress {
 #[derive(Debug, Default)]
 pub struct Seats {
     sent: Mutex<Vec<Arc<Progress>>>,
+    /// The gateway's requests there past their first token and not ended: running there.
+    running: AtomicU64,
+    /// The most of them at once (a lower bound of the replica's batch, seen at every first
+    /// token rather than at scrapes).
+    max_running: AtomicU64,
     /// Time between tokens of one sequence there, µs (0: not learned yet).
     step_us: AtomicU64,
     /// Prefill time per uncached prompt token there, ns (0: not learned yet).
     prefill_ns: AtomicU64,
+}
+
+/// Learns a rate whose samples only err long (the prefill rate: a first token may also have
+/// waited for a step under way or other prompts admitted with it): a lower sample counts at
+/// once by half, a higher one by 1 / [`EWMA`].
+fn learn_floor(rate: &AtomicU64, sample: u64) {
+    let _ = rate.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        Some(if old == 0 {
+            sample
+        } else if sample < old {
+            old - (old - sample) / 2
+        } else {
+            (old * (EWMA - 1) + sample) / EWMA
+        })
+    });
 }
 
 fn learn(rate: &AtomicU64, sample: u64) {
@@ -85,7 +107,15 @@ impl Seats {
         let mut sent = self.lock();
         if let Some(at) = sent.iter().position(|q| Arc::ptr_eq(q, p)) {
             sent.remove(at);
+            if p.produced.load(Ordering::Relaxed) > 0 {
+                let _ = self.running.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+            }
         }
+    }
+
+    /// The most of the gateway's requests seen running there at once.
+    pub fn max_running(&self) -> u64 {
+        self.max_running.load(Ordering::Relaxed)
     }
 
     /// `events` tokens of `p`'s answer were relayed at `now_us`: the first teaches the prefill
@@ -105,11 +135,13 @@ impl Seats {
             }
             return;
         }
+        let running = self.running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_running.fetch_max(running, Ordering::Relaxed);
         let gap = now_us.saturating_sub(p.first_us.swap(now_us, Ordering::Relaxed));
         if p.prefill_ahead >= LEARN_PREFILL_TOKENS {
             // The first token comes one step after the prefill it waited for.
             let prefill_us = gap.saturating_sub(self.step_us.load(Ordering::Relaxed));
-            learn(&self.prefill_ns, prefill_us * 1000 / p.prefill_ahead);
+            learn_floor(&self.prefill_ns, prefill_us * 1000 / p.prefill_ahead);
         }
     }
 
@@ -177,6 +209,37 @@ mod tests {
         seats.remove(&p[0]);
         // The first waiter runs now; one still waits ahead, for the seat freed at 10 steps.
         assert_eq!(seats.steps_to_seat(3), 29);
+    }
+
+    /// The requests past their first token are running there; the most at once bounds the
+    /// batch from below.
+    #[test]
+    fn the_most_running_at_once_is_counted_from_first_tokens() {
+        let seats = Seats::default();
+        let p = sent(&seats, &[10, 10, 10]);
+        assert_eq!(seats.max_running(), 0, "none has a first token yet");
+        seats.relayed(&p[0], 1, 5);
+        seats.relayed(&p[1], 2, 6);
+        seats.relayed(&p[1], 1, 7);
+        assert_eq!(seats.max_running(), 2, "a later event of a running request counts once");
+        seats.remove(&p[0]);
+        seats.relayed(&p[2], 1, 8);
+        assert_eq!(seats.max_running(), 2, "one ended before the third began");
+        seats.remove(&p[1]);
+        seats.remove(&p[2]);
+        assert_eq!(seats.running.load(Ordering::Relaxed), 0);
+    }
+
+    /// The prefill rate follows a lower sample at once by half and a higher one slowly: its
+    /// samples err long (a first token may also have waited for others' prompts).
+    #[test]
+    fn the_prefill_rate_leans_to_its_lower_samples() {
+        let rate = AtomicU64::new(0);
+        learn_floor(&rate, 200);
+        learn_floor(&rate, 100);
+        assert_eq!(rate.load(Ordering::Relaxed), 150);
+        learn_floor(&rate, 950);
+        assert_eq!(rate.load(Ordering::Relaxed), 250);
     }
 
     #[test]
