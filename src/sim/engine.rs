@@ -351,14 +351,17 @@ mod tests {
     use super::*;
 
     fn engine(max_seqs: usize, kv_blocks: usize) -> Arc<Engine> {
+        engine_with(EngineSettings { max_seqs, kv_blocks, decode_ms_per_step: 0, ..Default::default() })
+    }
+
+    /// An engine with fresh gauges; 16 chars a block: 4 tokens a block.
+    fn engine_with(settings: EngineSettings) -> Arc<Engine> {
         let gauges = EngineGauges {
             running: IntGauge::new("r", "r").unwrap(),
             waiting: IntGauge::new("w", "w").unwrap(),
             kv_usage: Gauge::new("k", "k").unwrap(),
             preemptions: IntCounter::new("p", "p").unwrap(),
         };
-        let settings = EngineSettings { max_seqs, kv_blocks, decode_ms_per_step: 0, ..Default::default() };
-        // 16 chars a block: 4 tokens a block.
         Arc::new(Engine::new(settings, 16, gauges))
     }
 
@@ -420,12 +423,6 @@ mod tests {
 
     #[test]
     fn step_time_grows_with_the_batch_and_prefill() {
-        let gauges = EngineGauges {
-            running: IntGauge::new("r", "r").unwrap(),
-            waiting: IntGauge::new("w", "w").unwrap(),
-            kv_usage: Gauge::new("k", "k").unwrap(),
-            preemptions: IntCounter::new("p", "p").unwrap(),
-        };
         let settings = EngineSettings {
             max_seqs: 4,
             kv_blocks: 100,
@@ -433,7 +430,7 @@ mod tests {
             decode_ms_per_step: 10,
             decode_batch_factor: 0.5,
         };
-        let e = Engine::new(settings, 16, gauges);
+        let e = engine_with(settings);
         let _a = e.submit(4, 9);
         let _b = e.submit(6, 9);
         // 10 × (1 + 0.5 × 1) + 10 tokens × 1 ms.
@@ -446,12 +443,6 @@ mod tests {
     /// prefill and that of the others admitted with it, the decode part of that step.
     #[test]
     fn timing_tells_where_the_first_token_waited() {
-        let gauges = EngineGauges {
-            running: IntGauge::new("r", "r").unwrap(),
-            waiting: IntGauge::new("w", "w").unwrap(),
-            kv_usage: Gauge::new("k", "k").unwrap(),
-            preemptions: IntCounter::new("p", "p").unwrap(),
-        };
         let settings = EngineSettings {
             max_seqs: 2,
             kv_blocks: 100,
@@ -459,7 +450,7 @@ mod tests {
             decode_ms_per_step: 10,
             decode_batch_factor: 0.0,
         };
-        let e = Engine::new(settings, 16, gauges);
+        let e = engine_with(settings);
         let a = e.submit(30, 2);
         assert_eq!(e.schedule(), Some(Duration::from_millis(40)));
         // b and c come during a's prefill step; c finds b waiting ahead of it.
