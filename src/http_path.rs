@@ -68,10 +68,27 @@ pub fn normalise(path: &str) -> Result<String, PathError> {
 /// or `..` segment.
 fn already_canonical(path: &str) -> bool {
     let b = path.as_bytes();
-    b.first() == Some(&b'/')
-        && b.iter().all(|&c| c == b'/' || (c != b'%' && pchar(c)))
-        && !path.contains("//")
-        && !path.split('/').any(|seg| seg == "." || seg == "..")
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    // One pass (this runs on every request): the segment since the last `/`, its length and
+    // how many of its bytes are dots (`.` and `..` are the dot-only segments of length ≤ 2).
+    let dot_segment = |len: usize, dots: usize| len > 0 && len == dots && len <= 2;
+    let (mut len, mut dots) = (0usize, 0usize);
+    for &c in &b[1..] {
+        if c == b'/' {
+            if len == 0 || dot_segment(len, dots) {
+                return false;
+            }
+            (len, dots) = (0, 0);
+        } else if c == b'%' || !pchar(c) {
+            return false;
+        } else {
+            len += 1;
+            dots += usize::from(c == b'.');
+        }
+    }
+    !dot_segment(len, dots)
 }
 
 /// Fully percent-decodes one canonical segment (or a run of them, such as a model id after
@@ -183,6 +200,17 @@ mod tests {
             }
         }
         assert!(taken > 100, "{taken}");
+        // The one-pass check decides as the plain reading of its rule does.
+        let rule = |path: &str| {
+            let b = path.as_bytes();
+            b.first() == Some(&b'/')
+                && b.iter().all(|&c| c == b'/' || (c != b'%' && pchar(c)))
+                && !path.contains("//")
+                && !path.split('/').any(|seg| seg == "." || seg == "..")
+        };
+        for p in paths.iter().map(String::as_str).chain(["", "a", "//", "/...", "/.../", "/a/..", "/a/.", "/./"]) {
+            assert_eq!(already_canonical(p), rule(p), "{p:?}");
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn decide(
     };
     // The Responses API has no `include_usage` (usage comes in `response.completed`): only
     // completions get it added.
-    let responses_api = path.split('/').any(|seg| seg == "responses");
+    let responses_api = path.as_bytes().split(|&c| c == b'/').any(|seg| seg == b"responses");
     let add_usage = scan.stream == Some(true) && scan.include_usage != Some(true) && !responses_api;
     let (plan, body_len, new_body, strip_usage) = match chunks {
         None => (BodyPlan::Untouched, None, None, false),
@@ -303,8 +303,10 @@ fn listing(route: &crate::routes::Route, path: &str) -> Listing {
     // collecting the segments: this runs on every request.
     let mut start = 0;
     let id = loop {
-        let end = rel[start..].find('/').map_or(rel.len(), |i| start + i);
-        if rel[start..end].split(';').next() == Some("models") {
+        let end = memchr::memchr(b'/', &rel.as_bytes()[start..]).map_or(rel.len(), |i| start + i);
+        let segment = &rel.as_bytes()[start..end];
+        let name = memchr::memchr(b';', segment).map_or(segment, |i| &segment[..i]);
+        if name == b"models" {
             break rel.get(end + 1..).unwrap_or("");
         }
         if end == rel.len() {
