@@ -194,6 +194,15 @@ pub fn contains_usage_key(hay: &[u8]) -> bool {
     USAGE_KEY.find(hay).is_some()
 }
 
+/// Length of the `"usage"` key searched for.
+pub const USAGE_KEY_LEN: usize = 7;
+
+/// Where `"usage"` first appears in `hay` at or after `from` (one search per chunk serves all
+/// its events: callers search again past an event only once it held an occurrence).
+pub fn find_usage_key(hay: &[u8], from: usize) -> Option<usize> {
+    USAGE_KEY.find(hay.get(from..)?).map(|i| i + from)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

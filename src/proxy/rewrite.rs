@@ -141,52 +141,118 @@ impl SseStrip {
             return; // only one usage event per stream: the rest passes untouched
         }
         let chunk = body.take().unwrap_or_default();
+        // Where `"usage"` first appears in the chunk: one search, not one per event.
+        let mut key = sse::find_usage_key(&chunk, 0);
         // Fast path: whole events and no usage in sight.
         if self.held.is_empty()
             && self.tok.at_clean_boundary()
             && (chunk.is_empty() || chunk.ends_with(b"\n\n"))
-            && !sse::contains_usage_key(&chunk)
+            && key.is_none()
         {
             *body = (!chunk.is_empty()).then_some(chunk);
             return;
         }
-        let mut out = Vec::with_capacity(self.held.len() + chunk.len());
+        // What goes on: the held bytes of an event that ends in this chunk, then ranges of the
+        // chunk itself (one range, passed on without a copy, unless an event was removed).
+        let mut out = Pieces::default();
         let SseStrip { tok, held, passing, last_removed, removed } = self;
+        // Bytes of the chunk before `start` are placed: passed on, removed or held.
         let mut start = 0;
-        tok.feed(&chunk, |t, at| {
-            match t {
-                // The LF of the previous event's last CR LF: it goes where that event went.
-                Token::CrLfTail if held.is_empty() => {
-                    if !*last_removed {
-                        out.extend_from_slice(&chunk[start..at]);
-                    }
-                    *last_removed = false;
+        tok.feed(&chunk, |t, at| match t {
+            // The LF of the previous event's last CR LF: it goes where that event went.
+            Token::CrLfTail if held.is_empty() => {
+                if !*last_removed {
+                    out.range(start..at);
                 }
-                Token::Blank { .. } => {
-                    held.extend_from_slice(&chunk[start..at]);
-                    let drop = !*removed && !*passing && is_usage_event(held);
-                    if drop {
-                        *removed = true;
-                    } else {
-                        out.extend_from_slice(held);
-                    }
-                    *last_removed = drop;
-                    *passing = false;
-                    held.clear();
-                }
-                _ => {
-                    held.extend_from_slice(&chunk[start..at]);
-                    *last_removed = false;
-                }
+                *last_removed = false;
+                start = at;
             }
-            start = at;
+            Token::Blank { .. } => {
+                // The event that ends here: held bytes from earlier chunks, then these.
+                if !held.is_empty() {
+                    held.extend_from_slice(&chunk[start..at]);
+                }
+                let drop = if *removed || *passing {
+                    false
+                } else if held.is_empty() {
+                    // The event lies in this chunk: checked only if `"usage"` is inside it.
+                    if key.is_some_and(|k| k < start) {
+                        key = sse::find_usage_key(&chunk, start);
+                    }
+                    key.is_some_and(|k| k < at) && is_usage_event(&chunk[start..at])
+                } else {
+                    is_usage_event(held)
+                };
+                if drop {
+                    *removed = true;
+                    held.clear();
+                } else if held.is_empty() {
+                    out.range(start..at);
+                } else {
+                    out.lead(held);
+                }
+                *last_removed = drop;
+                *passing = false;
+                start = at;
+            }
+            _ => *last_removed = false,
         });
-        held.extend_from_slice(&chunk[start..]);
-        if end || *passing || held.len() > MAX_HELD {
+        // The event still open at the chunk's end is held, unless the stream ends or it is
+        // passing on unchecked.
+        let open = start..chunk.len();
+        if held.is_empty() && (end || *passing || open.len() > MAX_HELD) {
             *passing = !end;
-            out.append(held);
+            out.range(open);
+        } else {
+            held.extend_from_slice(&chunk[open]);
+            if end || *passing || held.len() > MAX_HELD {
+                *passing = !end;
+                out.lead(held);
+            }
         }
-        *body = (!out.is_empty()).then(|| Bytes::from(out));
+        *body = out.into_body(&chunk);
+    }
+}
+
+/// The output of one [`SseStrip::filter`] call: held bytes first, then ranges of the chunk.
+#[derive(Default)]
+struct Pieces {
+    lead: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+}
+
+impl Pieces {
+    fn range(&mut self, r: Range<usize>) {
+        if r.is_empty() {
+            return;
+        }
+        match self.ranges.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => self.ranges.push(r),
+        }
+    }
+
+    /// Moves `held` out (it is emptied).
+    fn lead(&mut self, held: &mut Vec<u8>) {
+        if self.lead.is_empty() {
+            std::mem::swap(&mut self.lead, held);
+        } else {
+            self.lead.append(held);
+        }
+    }
+
+    fn into_body(self, chunk: &Bytes) -> Option<Bytes> {
+        match (self.lead.is_empty(), self.ranges.as_slice()) {
+            (true, []) => None,
+            (true, [r]) => Some(chunk.slice(r.clone())),
+            _ => {
+                let mut out = self.lead;
+                for r in &self.ranges {
+                    out.extend_from_slice(&chunk[r.clone()]);
+                }
+                Some(Bytes::from(out))
+            }
+        }
     }
 }
 
@@ -287,6 +353,42 @@ mod tests {
                 assert!(removed);
             }
         }
+    }
+
+    /// Cut in three anywhere, with `"usage"` in other events before and after the usage event
+    /// (a null usage, a comment, a second usage-shaped event): exactly the first usage event
+    /// goes, every other byte passes, and the pieces joined are the stream minus that event.
+    #[test]
+    fn removes_the_usage_event_at_every_three_way_split() {
+        let note = ": \"usage\" in a comment\n\n";
+        for eol in ["\n", "\r\n", "\r"] {
+            let whole = format!("{TOK}{note}{TOK}{USAGE}{USAGE}{DONE}").replace('\n', eol);
+            let want = format!("{TOK}{note}{TOK}{USAGE}{DONE}").replace('\n', eol);
+            for i in 0..=whole.len() {
+                for j in (i..=whole.len()).step_by(5) {
+                    let (out, removed) = run(&[&whole[..i], &whole[i..j], &whole[j..]]);
+                    assert_eq!(out, want, "{eol:?} cut at {i} and {j}");
+                    assert!(removed);
+                }
+            }
+        }
+    }
+
+    /// A chunk of whole events without usage is passed on as the same bytes (no copy), and so is
+    /// the part of a chunk before the usage event.
+    #[test]
+    fn passed_on_chunks_share_the_backends_bytes() {
+        let mut s = SseStrip::default();
+        let chunk = Bytes::from(format!("{TOK}{TOK}"));
+        let mut b = Some(chunk.clone());
+        s.filter(&mut b, false);
+        assert_eq!(b.as_ref().map(|b| b.as_ptr()), Some(chunk.as_ptr()));
+        let chunk = Bytes::from(format!("{TOK}{USAGE}"));
+        let mut b = Some(chunk.clone());
+        s.filter(&mut b, false);
+        assert_eq!(b.as_deref(), Some(TOK.as_bytes()));
+        assert_eq!(b.as_ref().map(|b| b.as_ptr()), Some(chunk.as_ptr()));
+        assert!(s.removed);
     }
 
     #[test]

@@ -95,15 +95,30 @@ impl UsageObserver {
 
     fn feed_sse(&mut self, data: &[u8]) {
         let mut tok = std::mem::take(&mut self.sse);
-        tok.feed(data, |t, _| {
-            if let Token::Line { text, .. } = t {
-                self.line(text);
+        // One search for `"usage"` per chunk, not one per line.
+        let mut key = sse::find_usage_key(data, 0);
+        tok.feed(data, |t, at| {
+            if let Token::Line { text, eol } = t {
+                // A line within the chunk ends where its line ending starts; a line joined
+                // across chunks is longer than that and is searched on its own.
+                let end = at.saturating_sub(eol.len());
+                let has_key = match end.checked_sub(text.len()) {
+                    Some(start) => {
+                        if key.is_some_and(|k| k < start) {
+                            key = sse::find_usage_key(data, start);
+                        }
+                        key.is_some_and(|k| k + sse::USAGE_KEY_LEN <= end)
+                    }
+                    None => sse::contains_usage_key(text),
+                };
+                self.line(text, has_key);
             }
         });
         self.sse = tok;
     }
 
-    fn line(&mut self, line: &[u8]) {
+    /// One complete SSE line; `has_key`: it holds `"usage"`.
+    fn line(&mut self, line: &[u8], has_key: bool) {
         let Some(payload) = sse::field(line, b"data") else { return };
         self.events += 1;
         if self.first_event_at.is_none() && payload != b"[DONE]" {
@@ -114,7 +129,7 @@ impl UsageObserver {
             return;
         }
         // Only the chunk(s) carrying usage are parsed: the hot path is a substring check.
-        if sse::contains_usage_key(payload) {
+        if has_key {
             if let Some(u) = parse_usage(payload) {
                 self.usage = Some(u);
             }
@@ -270,6 +285,24 @@ mod tests {
         assert_eq!(o.usage, Some(Usage { prompt_tokens: 2, completion_tokens: 5 }));
         assert!(o.done);
         assert_eq!(o.events, 3);
+    }
+
+    /// Usage is found wherever the chunks are cut, also when `"usage"` itself is cut, when a
+    /// chunk holds `"usage"` in an earlier event too, and for every line ending.
+    #[test]
+    fn usage_found_at_every_split() {
+        for eol in ["\n", "\r\n", "\r"] {
+            let stream = "data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\
+                          \"usage\":{\"prompt_tokens\":4,\"completion_tokens\":9}}\n\ndata: [DONE]\n\n"
+                .replace('\n', eol);
+            for i in 0..=stream.len() {
+                for j in (i..=stream.len()).step_by(3) {
+                    let o = feed(&[&stream[..i], &stream[i..j], &stream[j..]]);
+                    assert_eq!(o.usage, Some(Usage { prompt_tokens: 4, completion_tokens: 9 }), "{eol:?} {i} {j}");
+                    assert_eq!((o.events, o.done), (3, true), "{eol:?} {i} {j}");
+                }
+            }
+        }
     }
 
     #[test]
