@@ -189,24 +189,63 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 static USAGE_KEY: once_cell::sync::Lazy<memchr::memmem::Finder<'static>> =
     once_cell::sync::Lazy::new(|| memchr::memmem::Finder::new(b"\"usage\""));
 
-/// [`contains`] for `"usage"`, the per-event check of the usage observer and the usage strip.
+/// [`contains`] for `"usage"` with a value that may not be `null` ([`find_usage_key`]): the
+/// check of the usage observer and the usage strip before any JSON is read.
 pub fn contains_usage_key(hay: &[u8]) -> bool {
-    USAGE_KEY.find(hay).is_some()
+    find_usage_key(hay, 0).is_some()
 }
 
 /// Length of the `"usage"` key searched for.
 pub const USAGE_KEY_LEN: usize = 7;
 
-/// Where `"usage"` first appears in `hay` at or after `from` (one search per chunk serves all
-/// its events: callers search again past an event only once it held an occurrence).
-pub fn find_usage_key(hay: &[u8], from: usize) -> Option<usize> {
-    USAGE_KEY.find(hay.get(from..)?).map(|i| i + from)
+/// Where `"usage"` first appears in `hay` at or after `from` with a value that may not be
+/// `null` (one search per chunk serves all its events: callers search again past an event only
+/// once it held an occurrence).
+///
+/// Streams that asked for usage carry `"usage":null` in every chunk; an occurrence followed on
+/// the same line by `:` and `null` (spaces or tabs between) is passed over, so those chunks take
+/// the fast paths. Only spaces and tabs: an SSE line ending between the key and its value could
+/// join it to another value in the event's data, so such an occurrence is still reported.
+pub fn find_usage_key(hay: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = USAGE_KEY.find(hay.get(from..)?)? + from;
+        from = at + USAGE_KEY_LEN;
+        if !null_follows(&hay[from..]) {
+            return Some(at);
+        }
+    }
+}
+
+/// `rest` starts with `:` and `null` (spaces or tabs around the colon).
+fn null_follows(rest: &[u8]) -> bool {
+    let blank = |c: &u8| *c == b' ' || *c == b'\t';
+    let skip = |b: &[u8]| -> usize { b.iter().take_while(|c| blank(c)).count() };
+    let rest = &rest[skip(rest)..];
+    let Some(rest) = rest.strip_prefix(b":") else { return false };
+    rest[skip(rest)..].starts_with(b"null")
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_usage_keys_are_passed_over_on_their_line_only() {
+        let find = |s: &str| find_usage_key(s.as_bytes(), 0);
+        assert_eq!(find(r#"{"usage":null}"#), None);
+        assert_eq!(find("{\"usage\" :\t null,\"x\":1}"), None);
+        assert_eq!(find(r#"{"usage":null,"usage":{"prompt_tokens":1}}"#), Some(14));
+        assert_eq!(find(r#"{"usage":{"prompt_tokens":1}}"#), Some(1));
+        assert_eq!(find(r#"{"usage":nul"#), Some(1));
+        assert_eq!(find(r#"{"usage""#), Some(1));
+        assert_eq!(find(r#"{"usage":"null"}"#), Some(1));
+        // A line ending between key and value: the event's data may give it another value.
+        assert_eq!(find("data: {\"usage\"\n:null\ndata: :{}}"), Some(7));
+        assert_eq!(find("data: {\"usage\":\r\nnull}"), Some(7));
+        assert_eq!(find_usage_key(b"x\"usage\":1", 2), None);
+        assert_eq!(find_usage_key(b"x", 5), None);
+    }
 
     /// What a tokenizer reports for `chunks`, as text: lines, `~` for a long line, `|` for a
     /// blank line (events end); also checks every offset lies inside its chunk.

@@ -410,6 +410,9 @@ mod tests {
             "event: x\ndata: {\"choices\":[],\"usage\":{}}\n\n",
             "data: [\"usage\"]\n\n",
             "data: {\"choices\":[],\"usage\":{}} x\n\n",
+            // `"usage"` then `:null` on a comment line: the data gives it another value.
+            "data: {\"choices\":[],\"usage\"\n:null\ndata: :{\"prompt_tokens\":1}}\n\n",
+            "data: {\"choices\":[],\"usage\" : null}\n\n",
         ];
         let mut stripped = 0;
         for e in events {
@@ -417,7 +420,7 @@ mod tests {
             assert_eq!(fast, parsed, "{e:?}");
             stripped += usize::from(fast);
         }
-        assert_eq!(stripped, 5);
+        assert_eq!(stripped, 6);
     }
 
     #[test]
