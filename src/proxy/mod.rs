@@ -349,8 +349,8 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
         }
     }
     long_lived::response_body(body, end, &mut ctx.streams);
-    ctx.usage.observe(body.as_ref(), end);
-    ctx.rewrite.response_body(body, end, ctx.usage.kind());
+    let usage_key = ctx.usage.observe(body.as_ref(), end);
+    ctx.rewrite.response_body(body, end, ctx.usage.kind(), usage_key);
     if let Some(ids) = ctx.response_ids.as_mut() {
         ids.response_body(body, end);
     }

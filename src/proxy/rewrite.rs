@@ -39,11 +39,12 @@ impl ResponseRewrite {
         Ok(())
     }
 
-    /// In `response_body_filter`, after the usage observer saw the original bytes.
-    pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool, kind: BodyKind) {
+    /// In `response_body_filter`, after the usage observer saw the original bytes;
+    /// `usage_key` is what the observer returned for them.
+    pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool, kind: BodyKind, usage_key: Option<usize>) {
         match self {
             ResponseRewrite::None => {}
-            ResponseRewrite::StripUsage(s) if kind == BodyKind::Sse => s.filter(body, end),
+            ResponseRewrite::StripUsage(s) if kind == BodyKind::Sse => s.filter(body, end, usage_key),
             ResponseRewrite::StripUsage(_) => {}
         }
     }
@@ -136,13 +137,15 @@ pub struct SseStrip {
 }
 
 impl SseStrip {
-    pub fn filter(&mut self, body: &mut Option<Bytes>, end: bool) {
+    /// `usage_key`: where the chunk's first `"usage"` key is, as [`sse::find_usage_key`] gives
+    /// it (the usage observer searched the same bytes).
+    pub fn filter(&mut self, body: &mut Option<Bytes>, end: bool, usage_key: Option<usize>) {
         if self.removed && self.held.is_empty() && !self.last_removed {
             return; // only one usage event per stream: the rest passes untouched
         }
         let chunk = body.take().unwrap_or_default();
         // Where `"usage"` first appears in the chunk: one search, not one per event.
-        let mut key = sse::find_usage_key(&chunk, 0);
+        let mut key = usage_key;
         // Fast path: whole events and no usage in sight.
         if self.held.is_empty()
             && self.tok.at_clean_boundary()
@@ -328,7 +331,7 @@ mod tests {
         let mut out = String::new();
         for (i, c) in chunks.iter().enumerate() {
             let mut b = Some(Bytes::copy_from_slice(c.as_bytes()));
-            s.filter(&mut b, i + 1 == chunks.len());
+            s.filter(&mut b, i + 1 == chunks.len(), sse::find_usage_key(c.as_bytes(), 0));
             if let Some(b) = b {
                 out.push_str(std::str::from_utf8(&b).unwrap());
             }
@@ -381,11 +384,11 @@ mod tests {
         let mut s = SseStrip::default();
         let chunk = Bytes::from(format!("{TOK}{TOK}"));
         let mut b = Some(chunk.clone());
-        s.filter(&mut b, false);
+        s.filter(&mut b, false, sse::find_usage_key(&chunk, 0));
         assert_eq!(b.as_ref().map(|b| b.as_ptr()), Some(chunk.as_ptr()));
         let chunk = Bytes::from(format!("{TOK}{USAGE}"));
         let mut b = Some(chunk.clone());
-        s.filter(&mut b, false);
+        s.filter(&mut b, false, sse::find_usage_key(&chunk, 0));
         assert_eq!(b.as_deref(), Some(TOK.as_bytes()));
         assert_eq!(b.as_ref().map(|b| b.as_ptr()), Some(chunk.as_ptr()));
         assert!(s.removed);

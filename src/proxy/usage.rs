@@ -53,14 +53,14 @@ impl UsageObserver {
         self.kind
     }
 
-    pub fn observe(&mut self, chunk: Option<&Bytes>, end: bool) {
+    /// Observes one chunk of the backend's body. For an SSE chunk, returns where its first
+    /// `"usage"` key (one whose value may not be null: [`sse::find_usage_key`]) is, so that the
+    /// usage strip reading the same bytes after this does not search them again; `None` for
+    /// no such key and for other bodies.
+    pub fn observe(&mut self, chunk: Option<&Bytes>, end: bool) -> Option<usize> {
         match self.kind {
-            BodyKind::Other => {}
-            BodyKind::Sse => {
-                if let Some(c) = chunk {
-                    self.feed_sse(c);
-                }
-            }
+            BodyKind::Other => None,
+            BodyKind::Sse => chunk.and_then(|c| self.feed_sse(c)),
             BodyKind::Json => {
                 // The whole answer in its last chunk (the common case) is read in place, not copied.
                 let in_place = end && self.buf.is_empty();
@@ -74,6 +74,7 @@ impl UsageObserver {
                     }
                     self.buf = Vec::new();
                 }
+                None
             }
         }
     }
@@ -90,13 +91,15 @@ impl UsageObserver {
         self.buf.extend_from_slice(data);
     }
 
-    fn feed_sse(&mut self, data: &[u8]) {
+    /// Returns the chunk's first usage key (see [`Self::observe`]).
+    fn feed_sse(&mut self, data: &[u8]) -> Option<usize> {
         // One search for `"usage"` per chunk, not one per line.
-        let mut key = sse::find_usage_key(data, 0);
+        let first = sse::find_usage_key(data, 0);
+        let mut key = first;
         // Once the first event is timed only `usage` is read: whole events without it are not
         // split into lines.
         if key.is_none() && self.first_event_at.is_some() && self.sse.at_clean_boundary() && data.ends_with(b"\n\n") {
-            return;
+            return None;
         }
         let mut tok = std::mem::take(&mut self.sse);
         tok.feed(data, |t, at| {
@@ -117,6 +120,7 @@ impl UsageObserver {
             }
         });
         self.sse = tok;
+        first
     }
 
     /// One complete SSE line; `has_key`: it holds `"usage"`.
@@ -257,9 +261,11 @@ mod tests {
         let mut o = UsageObserver::default();
         o.start(Some("text/event-stream; charset=utf-8"));
         for c in chunks {
-            o.observe(Some(&Bytes::copy_from_slice(c.as_bytes())), false);
+            // The usage strip relies on the key the observer hands it.
+            let key = o.observe(Some(&Bytes::copy_from_slice(c.as_bytes())), false);
+            assert_eq!(key, sse::find_usage_key(c.as_bytes(), 0), "{c:?}");
         }
-        o.observe(None, true);
+        assert_eq!(o.observe(None, true), None);
         o
     }
 
