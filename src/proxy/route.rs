@@ -303,9 +303,10 @@ fn listing(route: &crate::routes::Route, path: &str) -> Listing {
     // collecting the segments: this runs on every request.
     let mut start = 0;
     let id = loop {
-        let end = memchr::memchr(b'/', &rel.as_bytes()[start..]).map_or(rel.len(), |i| start + i);
+        // Plain byte loops: segments are a few bytes, shorter than memchr's set-up pays for.
+        let end = rel.as_bytes()[start..].iter().position(|&c| c == b'/').map_or(rel.len(), |i| start + i);
         let segment = &rel.as_bytes()[start..end];
-        let name = memchr::memchr(b';', segment).map_or(segment, |i| &segment[..i]);
+        let name = segment.iter().position(|&c| c == b';').map_or(segment, |i| &segment[..i]);
         if name == b"models" {
             break rel.get(end + 1..).unwrap_or("");
         }
