@@ -8,6 +8,7 @@
 use crate::keys::{AuthError, KeyEntry, KeyTable};
 use crate::secret::Secret;
 use pingora_http::RequestHeader;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,18 +16,24 @@ pub const QUERY_PARAM: &str = "api_key";
 pub const PROTOCOL_PREFIXES: [&str; 2] = ["openai-insecure-api-key.", "api_key."];
 
 pub fn credential(req: &RequestHeader) -> Option<Secret> {
+    presented(req).map(|key| Secret::new(key.into_owned()))
+}
+
+/// The credential as presented, borrowed from the request unless it had to be decoded (only
+/// [`authenticate`] sees it: it is checked and dropped, never printed).
+fn presented(req: &RequestHeader) -> Option<Cow<'_, str>> {
     if let Some(v) = req.headers.get(http::header::AUTHORIZATION) {
         let v = v.to_str().ok()?.trim();
         let (scheme, rest) = v.split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") {
             let key = rest.trim();
-            return (!key.is_empty()).then(|| Secret::new(key));
+            return (!key.is_empty()).then_some(Cow::Borrowed(key));
         }
         return None;
     }
     if let Some(v) = req.headers.get("x-api-key") {
         let v = v.to_str().ok()?.trim();
-        return (!v.is_empty()).then(|| Secret::new(v));
+        return (!v.is_empty()).then_some(Cow::Borrowed(v));
     }
     if is_websocket(req) {
         return websocket_credential(req);
@@ -39,12 +46,12 @@ pub fn is_websocket(req: &RequestHeader) -> bool {
     req.headers.get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-fn websocket_credential(req: &RequestHeader) -> Option<Secret> {
+fn websocket_credential(req: &RequestHeader) -> Option<Cow<'_, str>> {
     if let Some(q) = req.uri.query() {
         for pair in q.split('&') {
             if let Some(v) = query_key(pair) {
                 if !v.is_empty() {
-                    return Some(Secret::new(&v));
+                    return Some(Cow::Owned(v));
                 }
             }
         }
@@ -54,7 +61,7 @@ fn websocket_credential(req: &RequestHeader) -> Option<Secret> {
         for entry in v.split(',').map(str::trim) {
             if let Some(key) = protocol_key(entry) {
                 if !key.is_empty() {
-                    return Some(Secret::new(key));
+                    return Some(Cow::Borrowed(key));
                 }
             }
         }
@@ -115,8 +122,8 @@ pub fn strip_protocol_key(req: &RequestHeader) -> Option<Option<String>> {
 }
 
 pub fn authenticate(req: &RequestHeader, keys: &KeyTable) -> Result<Arc<KeyEntry>, AuthError> {
-    let presented = credential(req).ok_or(AuthError::Missing)?;
-    keys.check(&presented, SystemTime::now())
+    let presented = presented(req).ok_or(AuthError::Missing)?;
+    keys.check_with(presented.as_bytes(), SystemTime::now)
 }
 
 #[cfg(test)]
