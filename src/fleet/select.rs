@@ -70,13 +70,14 @@ pub fn choose(req: &Request<'_>, slots: &[Slot]) -> Option<usize> {
             rotated().min_by(|&a, &b| load(&slots[a]).total_cmp(&load(&slots[b])))
         }
         Balance::Ketama => {
-            let fits: Box<dyn Fn(usize) -> bool> = match req.epsilon {
-                None => Box::new(|_| true),
-                Some(eps) => {
-                    let usable = slots.iter().filter(|s| s.usable);
-                    let (total, weight) = usable.fold((0, 0), |(t, w), s| (t + s.inflight, w + s.weight));
-                    Box::new(move |i: usize| slots[i].inflight < bound(total, slots[i].weight, weight, eps))
-                }
+            // Bounded load: the in-flight and weight totals over the usable backends.
+            let totals = req.epsilon.map(|eps| {
+                let usable = slots.iter().filter(|s| s.usable);
+                let (total, weight) = usable.fold((0, 0), |(t, w), s| (t + s.inflight, w + s.weight));
+                (total, weight, eps)
+            });
+            let fits = |i: usize| {
+                totals.is_none_or(|(total, weight, eps)| slots[i].inflight < bound(total, slots[i].weight, weight, eps))
             };
             req.ring
                 .walk(req.key)
