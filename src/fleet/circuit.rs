@@ -111,10 +111,13 @@ impl Circuit {
     }
 
     /// [`Circuit::allows`] reading the clock only when the circuit is not plainly closed.
+    #[inline]
     pub fn allows_at(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> bool {
-        if !self.dirty.load(Ordering::Relaxed) {
-            return true;
-        }
+        !self.dirty.load(Ordering::Relaxed) || self.allows_dirty(s, now)
+    }
+
+    #[inline(never)]
+    fn allows_dirty(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> bool {
         let g = self.lock();
         match g.state {
             CircuitState::Closed => true,
@@ -131,10 +134,16 @@ impl Circuit {
     }
 
     /// [`Circuit::acquire`] reading the clock only when the circuit is not plainly closed.
+    #[inline]
     pub fn acquire_at(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> Admission {
         if !self.dirty.load(Ordering::Acquire) {
             return Admission::Admitted;
         }
+        self.acquire_dirty(s, now)
+    }
+
+    #[inline(never)]
+    fn acquire_dirty(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> Admission {
         let mut g = self.lock();
         if g.state == CircuitState::Closed {
             return Admission::Admitted;
