@@ -69,8 +69,9 @@ impl Runtime {
     /// `provider` when any of its backends may take a request, else its first fallback that
     /// can (one level: a fallback's own fallbacks are not followed); `None` when none can.
     pub fn serving(&self, provider: &Arc<Provider>) -> Option<Arc<Provider>> {
-        let now = crate::clock::now_ms();
-        if provider.any_usable(now) {
+        // The clock is read only if a circuit is not closed.
+        let now = &crate::fleet::LazyNow::default();
+        if provider.any_usable_at(now) {
             return Some(provider.clone());
         }
         provider
@@ -78,7 +79,7 @@ impl Runtime {
             .fallbacks
             .iter()
             .filter_map(|name| self.providers.iter().find(|p| *p.name == **name))
-            .find(|p| p.any_usable(now))
+            .find(|p| p.any_usable_at(now))
             .cloned()
     }
 

@@ -107,13 +107,21 @@ impl Circuit {
     /// Whether a request may be sent now: closed; open past the cool-down (it becomes the
     /// probe); half-open whose probe has not reported within a cool-down (a lost probe).
     pub fn allows(&self, s: &CircuitSettings, now: u64) -> bool {
-        if !self.dirty.load(Ordering::Relaxed) {
-            return true;
-        }
+        self.allows_at(s, || now)
+    }
+
+    /// [`Circuit::allows`] reading the clock only when the circuit is not plainly closed.
+    #[inline]
+    pub fn allows_at(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> bool {
+        !self.dirty.load(Ordering::Relaxed) || self.allows_dirty(s, now)
+    }
+
+    #[inline(never)]
+    fn allows_dirty(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> bool {
         let g = self.lock();
         match g.state {
             CircuitState::Closed => true,
-            CircuitState::Open | CircuitState::HalfOpen => now >= g.since + ms(s.cooldown),
+            CircuitState::Open | CircuitState::HalfOpen => now() >= g.since + ms(s.cooldown),
         }
     }
 
@@ -122,10 +130,25 @@ impl Circuit {
     /// same step). Half-open whose trial has not reported within a cool-down (a lost trial):
     /// this request is the new trial. Otherwise refused.
     pub fn acquire(&self, s: &CircuitSettings, now: u64) -> Admission {
+        self.acquire_at(s, || now)
+    }
+
+    /// [`Circuit::acquire`] reading the clock only when the circuit is not plainly closed.
+    #[inline]
+    pub fn acquire_at(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> Admission {
         if !self.dirty.load(Ordering::Acquire) {
             return Admission::Admitted;
         }
+        self.acquire_dirty(s, now)
+    }
+
+    #[inline(never)]
+    fn acquire_dirty(&self, s: &CircuitSettings, now: impl FnOnce() -> u64) -> Admission {
         let mut g = self.lock();
+        if g.state == CircuitState::Closed {
+            return Admission::Admitted;
+        }
+        let now = now();
         match g.state {
             CircuitState::Closed => Admission::Admitted,
             CircuitState::Open if now >= g.since + ms(s.cooldown) => {

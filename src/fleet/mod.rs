@@ -29,6 +29,7 @@ use health::{ActiveHealth, HealthSettings};
 use ketama::Ring;
 use pingora_core::utils::tls::WrappedX509;
 use select::{Balance, Slot};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -108,6 +109,9 @@ impl Backend {
         }
     }
 }
+
+/// Backends whose selection view is built on the stack (more take a heap vector).
+const STACK_SLOTS: usize = 8;
 
 /// How [`Provider::pick_by`] chooses: the balance, whether open sessions count as load (new
 /// sessions are placed by load), the inference ticket to score and charge, and the model
@@ -275,14 +279,43 @@ impl Provider {
     }
 }
 
+/// [`clock::now_ms`] read on first use and kept: only a circuit that is not closed asks for
+/// the time, so most requests choose a backend without reading the clock at all.
+#[derive(Debug, Default)]
+pub struct LazyNow(Cell<u64>);
+
+impl LazyNow {
+    pub fn get(&self) -> u64 {
+        match self.0.get() {
+            // now_ms() starts at 1: 0 means not read yet.
+            0 => {
+                let now = clock::now_ms();
+                self.0.set(now);
+                now
+            }
+            now => now,
+        }
+    }
+}
+
 impl Provider {
     /// Healthy (or not probed) and its circuit lets a request through.
     pub fn usable(&self, b: &Backend, now: u64) -> bool {
         b.health.is_up() && b.circuit.allows(&self.fleet.circuit, now)
     }
 
+    /// [`Provider::usable`] with the clock read only if a circuit needs it.
+    pub fn usable_at(&self, b: &Backend, now: &LazyNow) -> bool {
+        b.health.is_up() && b.circuit.allows_at(&self.fleet.circuit, || now.get())
+    }
+
     pub fn any_usable(&self, now: u64) -> bool {
         self.backends.iter().any(|b| self.usable(b, now))
+    }
+
+    /// [`Provider::any_usable`] with the clock read only if a circuit needs it.
+    pub fn any_usable_at(&self, now: &LazyNow) -> bool {
+        self.backends.iter().any(|b| self.usable_at(b, now))
     }
 
     /// Chooses a backend for `key`, skipping `tried`; `None` when nothing is left.
@@ -310,12 +343,12 @@ impl Provider {
     }
 
     fn pick_by(&self, how: Pick<'_>, key: &[u8], tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
-        let now = clock::now_ms();
+        let now = &LazyNow::default();
         let adapter = self.adapter_plan(how.model);
         let serving = |i: usize| adapter.as_ref().is_none_or(|(_, plan)| plan.serving.get(i).copied().unwrap_or(false));
         if let Some(ticket) = how.ticket.filter(|_| how.balance == Balance::Inference) {
             let candidate = |i: usize| {
-                !tried.contains(&i) && serving(i) && self.backends.get(i).is_some_and(|b| self.usable(b, now))
+                !tried.contains(&i) && serving(i) && self.backends.get(i).is_some_and(|b| self.usable_at(b, now))
             };
             let i = match ticket.choose(candidate) {
                 inference::score::Choice::Replica(i) | inference::score::Choice::Saturated(i) => i,
@@ -326,16 +359,24 @@ impl Provider {
             self.note_adapter(adapter.as_ref(), picked.0);
             return Some(picked);
         }
-        let slots: Vec<Slot> = self
-            .backends
-            .iter()
-            .map(|b| Slot {
-                usable: self.usable(b, now),
-                inflight: b.inflight.load(Ordering::Relaxed)
-                    + if how.sessions { b.sessions.load(Ordering::Relaxed) } else { 0 },
-                weight: b.weight,
-            })
-            .collect();
+        let slot = |b: &Arc<Backend>| Slot {
+            usable: self.usable_at(b, now),
+            inflight: b.inflight.load(Ordering::Relaxed)
+                + if how.sessions { b.sessions.load(Ordering::Relaxed) } else { 0 },
+            weight: b.weight,
+        };
+        // On the stack for the usual handful of backends.
+        let mut few = [Slot { usable: false, inflight: 0, weight: 0 }; STACK_SLOTS];
+        let many: Vec<Slot>;
+        let slots: &[Slot] = if self.backends.len() <= STACK_SLOTS {
+            for (s, b) in few.iter_mut().zip(&self.backends) {
+                *s = slot(b);
+            }
+            &few[..self.backends.len()]
+        } else {
+            many = self.backends.iter().map(slot).collect();
+            &many
+        };
         let req = select::Request {
             balance: how.balance,
             ring: &self.ring,
@@ -346,10 +387,8 @@ impl Provider {
             tried,
         };
         let i = match &adapter {
-            Some((model, plan)) => {
-                lora::choose(plan, &self.ring, &lora::key(model), self.fleet.epsilon, tried, &slots)?
-            }
-            None => select::choose(&req, &slots)?,
+            Some((model, plan)) => lora::choose(plan, &self.ring, &lora::key(model), self.fleet.epsilon, tried, slots)?,
+            None => select::choose(&req, slots)?,
         };
         let picked = self.admit_backend(i, how, key, tried, now)?;
         self.note_adapter(adapter.as_ref(), picked.0);
@@ -377,10 +416,10 @@ impl Provider {
         how: Pick<'_>,
         key: &[u8],
         tried: &[usize],
-        now: u64,
+        now: &LazyNow,
     ) -> Option<(usize, Arc<Backend>)> {
         let b = self.backends.get(i)?.clone();
-        match b.circuit.acquire(&self.fleet.circuit, now) {
+        match b.circuit.acquire_at(&self.fleet.circuit, || now.get()) {
             circuit::Admission::Admitted | circuit::Admission::Trial { half_opened: false } => {}
             circuit::Admission::Trial { half_opened: true } => self.circuit_changed(&b, CircuitState::HalfOpen),
             // Another request took the half-open trial between the look and the choice: choose

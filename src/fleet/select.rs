@@ -54,7 +54,12 @@ pub struct Request<'a> {
 /// bounds always leave room for the newcomer).
 pub fn bound(total_inflight: usize, weight: usize, total_weight: usize, epsilon: f64) -> usize {
     let share = (total_inflight + 1) as f64 * weight as f64 / total_weight.max(1) as f64;
-    (((1.0 + epsilon) * share).floor() as usize).max(share.ceil() as usize)
+    // `x.floor() as usize` is `x as usize` (the cast truncates toward zero and saturates, and
+    // both give 0 below 1); the share is never negative, so its ceiling is the truncation plus
+    // one when something was cut off. Without the libm calls `floor` and `ceil` become here.
+    let truncated = share as usize;
+    let ceil = if (truncated as f64) < share { truncated.saturating_add(1) } else { truncated };
+    (((1.0 + epsilon) * share) as usize).max(ceil)
 }
 
 pub fn choose(req: &Request<'_>, slots: &[Slot]) -> Option<usize> {
@@ -70,13 +75,14 @@ pub fn choose(req: &Request<'_>, slots: &[Slot]) -> Option<usize> {
             rotated().min_by(|&a, &b| load(&slots[a]).total_cmp(&load(&slots[b])))
         }
         Balance::Ketama => {
-            let fits: Box<dyn Fn(usize) -> bool> = match req.epsilon {
-                None => Box::new(|_| true),
-                Some(eps) => {
-                    let usable = slots.iter().filter(|s| s.usable);
-                    let (total, weight) = usable.fold((0, 0), |(t, w), s| (t + s.inflight, w + s.weight));
-                    Box::new(move |i: usize| slots[i].inflight < bound(total, slots[i].weight, weight, eps))
-                }
+            // Bounded load: the in-flight and weight totals over the usable backends.
+            let totals = req.epsilon.map(|eps| {
+                let usable = slots.iter().filter(|s| s.usable);
+                let (total, weight) = usable.fold((0, 0), |(t, w), s| (t + s.inflight, w + s.weight));
+                (total, weight, eps)
+            });
+            let fits = |i: usize| {
+                totals.is_none_or(|(total, weight, eps)| slots[i].inflight < bound(total, slots[i].weight, weight, eps))
             };
             req.ring
                 .walk(req.key)
@@ -148,6 +154,26 @@ mod tests {
         let mut plain = req(Balance::Ketama, &r, b"hot", &[]);
         plain.epsilon = None;
         assert_eq!(choose(&plain, &s), Some(home));
+    }
+
+    #[test]
+    fn bound_without_libm_rounds_as_floor_and_ceil() {
+        let by_libm = |t: usize, w: usize, tw: usize, eps: f64| {
+            let share = (t + 1) as f64 * w as f64 / tw.max(1) as f64;
+            (((1.0 + eps) * share).floor() as usize).max(share.ceil() as usize)
+        };
+        let counts = [0, 1, 2, 3, 7, 15, 16, 99, 1000, 1 << 40, usize::MAX / 2, usize::MAX - 1];
+        let weights = [0, 1, 2, 3, 5, 7, 100, 1 << 30];
+        let eps = [0.0, 0.1, 0.25, 0.5, 1.0, 3.0, -0.5, -1.0, -2.0, 1e300, f64::INFINITY, f64::NAN, -0.0];
+        for &t in &counts {
+            for &w in &weights {
+                for &tw in &weights {
+                    for &e in &eps {
+                        assert_eq!(bound(t, w, tw, e), by_libm(t, w, tw, e), "{t} {w} {tw} {e}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

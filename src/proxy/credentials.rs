@@ -8,6 +8,7 @@
 use crate::keys::{AuthError, KeyEntry, KeyTable};
 use crate::secret::Secret;
 use pingora_http::RequestHeader;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,18 +16,18 @@ pub const QUERY_PARAM: &str = "api_key";
 pub const PROTOCOL_PREFIXES: [&str; 2] = ["openai-insecure-api-key.", "api_key."];
 
 pub fn credential(req: &RequestHeader) -> Option<Secret> {
+    presented(req).map(|key| Secret::new(key.into_owned()))
+}
+
+/// The credential as presented, borrowed from the request unless it had to be decoded (only
+/// [`authenticate`] sees it: it is checked and dropped, never printed).
+fn presented(req: &RequestHeader) -> Option<Cow<'_, str>> {
     if let Some(v) = req.headers.get(http::header::AUTHORIZATION) {
-        let v = v.to_str().ok()?.trim();
-        let (scheme, rest) = v.split_once(' ')?;
-        if scheme.eq_ignore_ascii_case("bearer") {
-            let key = rest.trim();
-            return (!key.is_empty()).then(|| Secret::new(key));
-        }
-        return None;
+        return bearer_key(v.to_str().ok()?).map(Cow::Borrowed);
     }
     if let Some(v) = req.headers.get("x-api-key") {
-        let v = v.to_str().ok()?.trim();
-        return (!v.is_empty()).then(|| Secret::new(v));
+        let v = trim_visible(v.to_str().ok()?);
+        return (!v.is_empty()).then_some(Cow::Borrowed(v));
     }
     if is_websocket(req) {
         return websocket_credential(req);
@@ -34,17 +35,39 @@ pub fn credential(req: &RequestHeader) -> Option<Secret> {
     None
 }
 
+/// The key of an `Authorization` value (already through `HeaderValue::to_str`): trimmed, the
+/// scheme up to the first space `bearer` in any case, the rest trimmed and not empty. What
+/// `str::trim` and `split_once(' ')` would find, on bytes.
+fn bearer_key(v: &str) -> Option<&str> {
+    let v = trim_visible(v);
+    let (scheme, rest) = (v.as_bytes().get(..6)?, v.get(6..)?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(' ') {
+        return None;
+    }
+    let key = trim_visible(rest);
+    (!key.is_empty()).then_some(key)
+}
+
+/// `str::trim` for a string that passed `HeaderValue::to_str` (visible ASCII, space and tab):
+/// there the only whitespace is space and tab.
+fn trim_visible(s: &str) -> &str {
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| c != b' ' && c != b'\t').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b' ' && c != b'\t').map_or(start, |e| e + 1);
+    s.get(start..end).unwrap_or_default()
+}
+
 /// `Upgrade: websocket`.
 pub fn is_websocket(req: &RequestHeader) -> bool {
     req.headers.get(http::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-fn websocket_credential(req: &RequestHeader) -> Option<Secret> {
+fn websocket_credential(req: &RequestHeader) -> Option<Cow<'_, str>> {
     if let Some(q) = req.uri.query() {
         for pair in q.split('&') {
             if let Some(v) = query_key(pair) {
                 if !v.is_empty() {
-                    return Some(Secret::new(&v));
+                    return Some(Cow::Owned(v));
                 }
             }
         }
@@ -54,7 +77,7 @@ fn websocket_credential(req: &RequestHeader) -> Option<Secret> {
         for entry in v.split(',').map(str::trim) {
             if let Some(key) = protocol_key(entry) {
                 if !key.is_empty() {
-                    return Some(Secret::new(key));
+                    return Some(Cow::Borrowed(key));
                 }
             }
         }
@@ -100,8 +123,10 @@ pub fn scrub_query_key(req: &mut RequestHeader) {
 
 /// `Sec-WebSocket-Protocol` without key entries; `None` when nothing else was offered.
 pub fn strip_protocol_key(req: &RequestHeader) -> Option<Option<String>> {
-    let values: Vec<&str> =
-        req.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok()).collect();
+    let all = req.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL);
+    // The common case: no such header, nothing to collect.
+    all.iter().next()?;
+    let values: Vec<&str> = all.iter().filter_map(|v| v.to_str().ok()).collect();
     if values.is_empty() {
         return None;
     }
@@ -115,8 +140,8 @@ pub fn strip_protocol_key(req: &RequestHeader) -> Option<Option<String>> {
 }
 
 pub fn authenticate(req: &RequestHeader, keys: &KeyTable) -> Result<Arc<KeyEntry>, AuthError> {
-    let presented = credential(req).ok_or(AuthError::Missing)?;
-    keys.check(&presented, SystemTime::now())
+    let presented = presented(req).ok_or(AuthError::Missing)?;
+    keys.check_with(presented.as_bytes(), SystemTime::now)
 }
 
 #[cfg(test)]
@@ -130,6 +155,51 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
+    }
+
+    /// What the header forms gave before they were read on bytes.
+    fn by_str(req: &RequestHeader) -> Option<String> {
+        if let Some(v) = req.headers.get(http::header::AUTHORIZATION) {
+            let v = v.to_str().ok()?.trim();
+            let (scheme, rest) = v.split_once(' ')?;
+            let key = rest.trim();
+            return (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then(|| key.to_string());
+        }
+        let v = req.headers.get("x-api-key")?.to_str().ok()?.trim();
+        (!v.is_empty()).then(|| v.to_string())
+    }
+
+    #[test]
+    fn header_forms_read_on_bytes_as_on_str() {
+        let values: Vec<&[u8]> = vec![
+            b"Bearer k",
+            b"bearer k",
+            b"BEARER  k  ",
+            b"\tBearer k\t",
+            b"  Bearer \t k \t ",
+            b"Bearer\tk",
+            b"Bearer",
+            b"Bearer ",
+            b"Bearer  \t ",
+            b"Bearerk",
+            b"Bearer k k2",
+            b"Bearer sk-\x80\xff",
+            b"Basic k",
+            b"Bear k",
+            b"",
+            b" ",
+            b"\t",
+            b"k",
+            b"b\xc3\xa9arer k",
+            b"Bearer \"k,\"",
+        ];
+        for v in &values {
+            for name in ["authorization", "x-api-key"] {
+                let mut r = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+                r.append_header(name, http::HeaderValue::from_bytes(v).unwrap()).unwrap();
+                assert_eq!(presented(&r).map(Cow::into_owned), by_str(&r), "{name}: {v:?}");
+            }
+        }
     }
 
     #[test]
