@@ -12,6 +12,7 @@
 //!
 //! Multipart forms (`/v1/audio/transcriptions`) are read by [`multipart`].
 
+mod fast;
 pub mod multipart;
 
 pub use multipart::{close_offset, multipart_boundary, multipart_model};
@@ -80,7 +81,9 @@ impl Scan {
         // Each part hashed on its own (its length is in its hash), then the three hashes:
         // one-shot hashes of short inputs need no per-seed secret, unlike a streaming state.
         let mut parts = [0u8; 48];
-        for (slot, part) in parts.chunks_exact_mut(16).zip([self.model.as_deref().unwrap_or("").as_bytes(), system, user]) {
+        for (slot, part) in
+            parts.chunks_exact_mut(16).zip([self.model.as_deref().unwrap_or("").as_bytes(), system, user])
+        {
             slot.copy_from_slice(&xxh3(part, PREFIX_SEED).to_le_bytes());
         }
         Some(xxh3(&parts, PREFIX_SEED).to_le_bytes())
@@ -113,6 +116,11 @@ pub enum ScanError {
 
 /// Scans a JSON request body. Never panics, for any input.
 pub fn scan(body: &[u8]) -> Result<Scan, ScanError> {
+    scan_with(body, true)
+}
+
+/// [`scan`]; `fast`: try the one-pass reader first (tests compare both ways).
+fn scan_with(body: &[u8], fast: bool) -> Result<Scan, ScanError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Scan::default());
     }
@@ -120,6 +128,14 @@ pub fn scan(body: &[u8]) -> Result<Scan, ScanError> {
         return Err(ScanError::NotJson);
     };
     let text = std::str::from_utf8(body).map_err(|_| ScanError::InvalidUtf8)?;
+    // The common body is read in one pass without serde ([`fast`]); anything that reader is
+    // not certain of (an error, an escaped key, an odd shape) is read by serde below, which
+    // also words the refusal.
+    if fast {
+        if let Some(scan) = fast::scan(text, open) {
+            return Ok(scan);
+        }
+    }
     check_shape(body)?;
     let top = serde_json::from_str::<Top>(text).map_err(|e| ScanError::Invalid(e.to_string()))?;
     if let Some(e) = top.refused {
