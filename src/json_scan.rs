@@ -33,37 +33,35 @@ fn below(x: u64, n: u8) -> u64 {
 /// `control`) control character. Eight bytes at a time for the first 32 (most keys and
 /// values end there), then memchr's vectorised search, which costs a call but runs through
 /// long texts.
-#[inline]
+#[inline(always)]
 fn string_stop(rest: &[u8], control: bool) -> Option<usize> {
-    let mut k = 0;
-    while let Some(chunk) = rest.get(k..k + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
+    for (n, chunk) in rest.chunks_exact(8).take(4).enumerate() {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else { break };
         let x = u64::from_le_bytes(word);
         let mut hits = below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1);
         if control {
             hits |= below(x, 0x20);
         }
         if hits != 0 {
-            return Some(k + (hits.trailing_zeros() / 8) as usize);
-        }
-        k += 8;
-        if k == 32 {
-            let tail = rest.get(k..)?;
-            let at = memchr2(b'"', b'\\', tail);
-            let before = &tail[..at.unwrap_or(tail.len())];
-            if control && has_control(before) {
-                return before.iter().position(|&c| c < 0x20).map(|p| k + p);
-            }
-            return at.map(|a| k + a);
+            return Some(n * 8 + (hits.trailing_zeros() / 8) as usize);
         }
     }
+    let k = (rest.len() / 8).min(4) * 8;
     let tail = rest.get(k..)?;
-    tail.iter().position(|&c| c == b'"' || c == b'\\' || (control && c < 0x20)).map(|p| k + p)
+    if k < 32 {
+        return tail.iter().position(|&c| c == b'"' || c == b'\\' || (control && c < 0x20)).map(|p| k + p);
+    }
+    let at = memchr2(b'"', b'\\', tail);
+    let before = &tail[..at.unwrap_or(tail.len())];
+    if control && has_control(before) {
+        return before.iter().position(|&c| c < 0x20).map(|p| k + p);
+    }
+    at.map(|a| k + a)
 }
 
 /// The index of the quote closing the string that opens at `i`, and whether it had escapes
 /// (lenient: escapes and control characters are not checked).
+#[inline]
 pub fn string_end(json: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut at = i + 1;
     let mut escaped = false;
@@ -310,10 +308,7 @@ mod tests {
     fn strict_accepts(text: &str) -> Option<bool> {
         let b = text.as_bytes();
         let start = ws(b, 0);
-        match value(b, start, 0, LIMITS) {
-            Some(end) => Some(ws(b, end) == b.len()),
-            None => None,
-        }
+        value(b, start, 0, LIMITS).map(|end| ws(b, end) == b.len())
     }
 
     /// Every document the strict reader accepts, serde_json accepts; and it refuses (or is

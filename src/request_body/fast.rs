@@ -230,7 +230,8 @@ fn messages(b: &[u8], start: usize) -> Option<Messages> {
                         }
                     }
                     b"content" => {
-                        if content.replace((raw != b"null").then_some(at..end)).is_some() {
+                        let again = content.replace((raw != b"null").then_some(at..end)).is_some();
+                        if again {
                             return None;
                         }
                     }
