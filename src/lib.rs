@@ -12,6 +12,7 @@ pub mod error;
 pub mod fleet;
 pub mod framing;
 pub mod http_path;
+pub mod json_scan;
 pub mod keys;
 pub mod limits;
 pub mod mcp;

@@ -12,6 +12,7 @@
 //!
 //! Multipart forms (`/v1/audio/transcriptions`) are read by [`multipart`].
 
+mod fast;
 pub mod multipart;
 
 pub use multipart::{close_offset, multipart_boundary, multipart_model};
@@ -66,21 +67,31 @@ pub struct Spans {
 }
 
 impl Scan {
-    /// SHA-256 of the model and the first system and user messages (`None` without a user
-    /// message): stays the same while a conversation grows. `body` is the scanned body; the
-    /// hash is computed here, on demand, only for providers whose `hash_key` reaches `prefix`.
-    pub fn prefix(&self, body: &[u8]) -> Option<[u8; 32]> {
-        use sha2::{Digest, Sha256};
+    /// A 128-bit fingerprint of the model and the first system and user messages (`None`
+    /// without a user message): stays the same while a conversation grows. `body` is the
+    /// scanned body; the hash is computed here, on demand, only for providers whose
+    /// `hash_key` reaches `prefix`. It is only a ring key (`crate::fleet::hash_key`), never
+    /// a secret nor stored: XXH3-128 with a fixed seed, so every gateway process (and every
+    /// build) places a prompt on the same replica.
+    pub fn prefix(&self, body: &[u8]) -> Option<[u8; 16]> {
+        use xxhash_rust::xxh3::xxh3_128_with_seed as xxh3;
         let (system, user) = self.prefix_parts.as_ref()?;
-        let mut h = Sha256::new();
-        h.update(self.model.as_deref().unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(system.clone().and_then(|r| body.get(r)).unwrap_or(b""));
-        h.update([0]);
-        h.update(body.get(user.clone())?);
-        Some(h.finalize().into())
+        let user = body.get(user.clone())?;
+        let system = system.clone().and_then(|r| body.get(r)).unwrap_or(b"");
+        // Each part hashed on its own (its length is in its hash), then the three hashes:
+        // one-shot hashes of short inputs need no per-seed secret, unlike a streaming state.
+        let mut parts = [0u8; 48];
+        for (slot, part) in
+            parts.chunks_exact_mut(16).zip([self.model.as_deref().unwrap_or("").as_bytes(), system, user])
+        {
+            slot.copy_from_slice(&xxh3(part, PREFIX_SEED).to_le_bytes());
+        }
+        Some(xxh3(&parts, PREFIX_SEED).to_le_bytes())
     }
 }
+
+/// The seed of [`Scan::prefix`]: fixed, so fingerprints agree across processes.
+const PREFIX_SEED: u64 = 0x6d63_6173_7072_6678;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
@@ -105,6 +116,11 @@ pub enum ScanError {
 
 /// Scans a JSON request body. Never panics, for any input.
 pub fn scan(body: &[u8]) -> Result<Scan, ScanError> {
+    scan_with(body, true)
+}
+
+/// [`scan`]; `fast`: try the one-pass reader first (tests compare both ways).
+fn scan_with(body: &[u8], fast: bool) -> Result<Scan, ScanError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Scan::default());
     }
@@ -112,6 +128,14 @@ pub fn scan(body: &[u8]) -> Result<Scan, ScanError> {
         return Err(ScanError::NotJson);
     };
     let text = std::str::from_utf8(body).map_err(|_| ScanError::InvalidUtf8)?;
+    // The common body is read in one pass without serde ([`fast`]); anything that reader is
+    // not certain of (an error, an escaped key, an odd shape) is read by serde below, which
+    // also words the refusal.
+    if fast {
+        if let Some(scan) = fast::scan(text, open) {
+            return Ok(scan);
+        }
+    }
     check_shape(body)?;
     let top = serde_json::from_str::<Top>(text).map_err(|e| ScanError::Invalid(e.to_string()))?;
     if let Some(e) = top.refused {

@@ -53,7 +53,7 @@ pub struct KeyInputs<'a> {
     pub key_name: &'a str,
     pub user: Option<&'a str>,
     /// The prefix fingerprint, computed only if the walk over the sources reaches it.
-    pub prefix: &'a dyn Fn() -> Option<[u8; 32]>,
+    pub prefix: &'a dyn Fn() -> Option<[u8; 16]>,
     pub client_ip: Option<&'a str>,
     pub model: Option<&'a str>,
 }

@@ -4,9 +4,10 @@
 //! `response` key (the Responses API shape, read by the full parse), no key spelt with an
 //! escape, balanced brackets and closed strings. Anything else is [`Walk::Unsure`] and goes to
 //! the full parse. Numbers and literals in the skipped parts are not checked: an answer that
-//! is malformed only there still has its `usage` read.
+//! is malformed only there still has its `usage` read. The tokenizer is the gateway's one
+//! ([`crate::json_scan`], its lenient functions).
 
-use memchr::memchr2;
+use crate::json_scan::{skip_nested, string_end, ws};
 use std::ops::Range;
 
 pub enum Walk {
@@ -70,28 +71,6 @@ fn members(json: &[u8], open: usize, mut member: impl FnMut(&[u8], Range<usize>)
     }
 }
 
-fn ws(json: &[u8], mut i: usize) -> usize {
-    while json.get(i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// The index of the quote closing the string that opens at `i`, and whether it had escapes.
-fn string_end(json: &[u8], i: usize) -> Option<(usize, bool)> {
-    let mut at = i + 1;
-    let mut escaped = false;
-    loop {
-        let rest = json.get(at..)?;
-        let k = at + memchr2(b'"', b'\\', rest)?;
-        if json[k] == b'"' {
-            return Some((k, escaped));
-        }
-        escaped = true;
-        at = k + 2;
-    }
-}
-
 /// The index just past the value that starts at `i`.
 fn skip_value(json: &[u8], i: usize) -> Option<usize> {
     match *json.get(i)? {
@@ -104,49 +83,6 @@ fn skip_value(json: &[u8], i: usize) -> Option<usize> {
                 .take_while(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
                 .count();
             (n > 0).then_some(i + n)
-        }
-    }
-}
-
-/// The bytes [`skip_nested`] stops at.
-static STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'{' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b']' as usize] = true;
-    t
-};
-
-/// Past the object or array that opens at `i`; brackets must pair up. Deeper than 128 levels:
-/// `None` (the full parse decides).
-fn skip_nested(json: &[u8], i: usize) -> Option<usize> {
-    // One bit per open bracket, 1 for an object.
-    let (mut kinds, mut depth) = (0u128, 0u32);
-    let mut at = i;
-    loop {
-        at += json.get(at..)?.iter().position(|&b| STRUCTURAL[usize::from(b)])?;
-        match json[at] {
-            b'"' => at = string_end(json, at)?.0,
-            c @ (b'{' | b'[') => {
-                if depth == 128 {
-                    return None;
-                }
-                kinds = (kinds << 1) | u128::from(c == b'{');
-                depth += 1;
-            }
-            c => {
-                if depth == 0 || (kinds & 1 == 1) != (c == b'}') {
-                    return None;
-                }
-                kinds >>= 1;
-                depth -= 1;
-            }
-        }
-        at += 1;
-        if depth == 0 {
-            return Some(at);
         }
     }
 }
