@@ -411,10 +411,23 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// 32 lower-case hex digits, written directly (no formatting machinery per request).
+/// 32 lower-case hex digits, written directly (no formatting machinery per request): two
+/// digits per byte from a table.
 fn fresh_request_id(n: u128) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits: [u8; 32] = std::array::from_fn(|i| HEX[((n >> ((31 - i) * 4)) & 0xf) as usize]);
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
+    let mut digits = [0u8; 32];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
+    }
     std::str::from_utf8(&digits).map(str::to_owned).unwrap_or_default()
 }
 
@@ -427,6 +440,10 @@ mod tests {
     #[test]
     fn fresh_request_ids_are_32_hex_digits() {
         for n in [0u128, 1, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {
+            assert_eq!(super::fresh_request_id(n), format!("{n:032x}"));
+        }
+        for i in 0..128 {
+            let n = (1u128 << i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834) ^ (u128::MAX >> i);
             assert_eq!(super::fresh_request_id(n), format!("{n:032x}"));
         }
     }
