@@ -95,6 +95,11 @@ pub fn check_h1(raw: &[u8]) -> Result<(), Refusal> {
         if fields > MAX_HEADERS {
             return Err(Refusal::TooManyHeaders);
         }
+        // The line does not start with white space (above), so its name starts with its first
+        // byte: only a `C` or a `T` can begin one of the two names looked at.
+        if !matches!(line[0] | 0x20, b'c' | b't') {
+            continue;
+        }
         let Some(colon) = memchr::memchr(b':', line) else { continue };
         let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -170,8 +175,130 @@ mod tests {
         for (fields, want) in cases {
             assert_eq!(check_h1(&req(fields)), Err(want), "{fields:?}");
         }
+        // The names in any case, with white space before the colon; lines that only look alike.
+        let cases = [
+            ("CONTENT-LENGTH: 1\r\ncOnTeNt-LeNgTh: 1\r\n", Err(Refusal::ContentLength)),
+            ("Content-Length : 1\r\nTransfer-Encoding\t: chunked\r\n", Err(Refusal::LengthAndChunked)),
+            ("TRANSFER-ENCODING: gzip\r\n", Err(Refusal::TransferEncoding)),
+            ("Content-Length: x\r\n", Err(Refusal::ContentLength)),
+            (": chunked\r\nContent-Length: 1\r\n", Ok(())),
+            ("Content-Lengthy: x\r\nTransfer-Encodings: x\r\nContent-Type: x\r\nTE: x\r\n", Ok(())),
+            ("Content-Length 5\r\nTransfer-Encoding gzip\r\ncontent-length: 5\r\n", Ok(())),
+            ("X-Content-Length: x\r\nX: Transfer-Encoding: gzip\r\n", Ok(())),
+        ];
+        for (fields, want) in cases {
+            assert_eq!(check_h1(&req(fields)), want, "{fields:?}");
+        }
+        // Non-ASCII bytes in place of the first letter are other names; `\x43` is `C`.
+        let mut odd = b"POST / HTTP/1.1\r\n\xc3ontent-length: x\r\n\xd4ransfer-encoding: x\r\n".to_vec();
+        odd.extend_from_slice(b"\x43ontent-length: 2\r\n\r\n");
+        assert_eq!(check_h1(&odd), Ok(()));
         assert_eq!(check_h1(b"GET / HTTP/1.1\nHost: h\n\n"), Err(Refusal::BareLf));
         assert_eq!(check_h1(b"\nGET / HTTP/1.1\r\n\r\n"), Err(Refusal::BareLf));
+    }
+
+    /// The check as it was written first, without the fast path for names that are not
+    /// looked at.
+    fn check_h1_first(raw: &[u8]) -> Result<(), Refusal> {
+        if raw.len() > MAX_HEADER_BYTES {
+            return Err(Refusal::HeaderTooLarge);
+        }
+        let (mut fields, mut lengths, mut encodings) = (0usize, 0usize, 0usize);
+        let mut start = 0;
+        let mut first = true;
+        for end in memchr::memchr_iter(b'\n', raw) {
+            if end == 0 || raw[end - 1] != b'\r' {
+                return Err(Refusal::BareLf);
+            }
+            let line = &raw[start..end - 1];
+            start = end + 1;
+            if first {
+                first = false;
+                continue;
+            }
+            if line.is_empty() {
+                break;
+            }
+            if matches!(line[0], b' ' | b'\t') {
+                return Err(Refusal::ObsFold);
+            }
+            fields += 1;
+            if fields > MAX_HEADERS {
+                return Err(Refusal::TooManyHeaders);
+            }
+            let Some(colon) = memchr::memchr(b':', line) else { continue };
+            let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
+            if name.eq_ignore_ascii_case(b"content-length") {
+                lengths += 1;
+                if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                    return Err(Refusal::ContentLength);
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                encodings += 1;
+                if !value.eq_ignore_ascii_case(b"chunked") {
+                    return Err(Refusal::TransferEncoding);
+                }
+            }
+        }
+        match (lengths, encodings) {
+            (1.., 1..) => Err(Refusal::LengthAndChunked),
+            (2.., _) => Err(Refusal::ContentLength),
+            (_, 2..) => Err(Refusal::TransferEncoding),
+            _ => Ok(()),
+        }
+    }
+
+    #[test]
+    fn the_check_agrees_with_the_first_version() {
+        let pieces: [&[u8]; 24] = [
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b" ",
+            b"\t",
+            b":",
+            b"Content-Length",
+            b"content-length",
+            b"CONTENT-LENGTH ",
+            b"Transfer-Encoding",
+            b"transfer-encoding\t",
+            b"chunked",
+            b" Chunked ",
+            b"identity",
+            b"12",
+            b"+1",
+            b"Host: h",
+            b"X-A: a",
+            b"Content-Type: x",
+            b"TE: trailers",
+            b"\xc3\xa9",
+            b"\x00",
+            b"C",
+            b"T",
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            let mut raw = b"POST /v1/x HTTP/1.1\r\n".to_vec();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 24) as usize;
+            for i in 0..n {
+                raw.extend_from_slice(pieces[((x >> (i % 8 * 8)) as usize + i * 7) % pieces.len()]);
+                if (x >> (i % 60)) & 3 == 0 {
+                    raw.extend_from_slice(b"\r\n");
+                }
+            }
+            if x & 1 == 0 {
+                raw.extend_from_slice(b"\r\n\r\n");
+            }
+            assert_eq!(check_h1(&raw), check_h1_first(&raw), "{:?}", String::from_utf8_lossy(&raw));
+        }
+        // Many fields, each case well-formed.
+        for n in [0, 1, MAX_HEADERS - 1, MAX_HEADERS, MAX_HEADERS + 1] {
+            let many: String = (0..n).map(|i| format!("Content-Type-{i}: v\r\n")).collect();
+            assert_eq!(check_h1(&req(&many)), check_h1_first(&req(&many)));
+        }
     }
 
     #[test]

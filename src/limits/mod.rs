@@ -180,7 +180,7 @@ impl Snapshot {
 }
 
 /// OpenAI writes resets like `1s`, `6m0s`, `20ms`.
-fn format_reset(d: Duration) -> HeaderValue {
+pub fn format_reset(d: Duration) -> HeaderValue {
     let ms = d.as_millis() as u64;
     let mut out: Vec<u8> = Vec::with_capacity(16);
     let mut put = |n: u64, unit: &[u8]| {

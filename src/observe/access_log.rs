@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Serialize)]
 pub struct AccessRecord<'a> {
-    pub ts: String,
+    pub ts: Timestamp,
     pub request_id: &'a str,
     pub client_ip: Option<&'a str>,
     pub method: &'a str,
@@ -148,7 +148,7 @@ impl AccessRecord<'_> {
     /// measurable part of the gateway's work per request (docs/benchmarks.md).
     fn write_json(&self, b: &mut Vec<u8>) {
         b.extend_from_slice(b"{\"ts\":");
-        json_str(b, &self.ts);
+        json_str(b, self.ts.as_str());
         b.extend_from_slice(b",\"request_id\":");
         json_str(b, self.request_id);
         b.extend_from_slice(b",\"client_ip\":");
@@ -214,11 +214,45 @@ impl AccessRecord<'_> {
 }
 
 /// A JSON string as serde_json writes it: quote and backslash escaped, control characters as
-/// short (`\\n`) or `\\u00XX` escapes, everything else (UTF-8 included) as is.
+/// short (`\\n`) or `\\u00XX` escapes, everything else (UTF-8 included) as is. A string with
+/// nothing to escape (every field of a usual line) is checked eight bytes at a time and copied
+/// at once.
 fn json_str(b: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    b.push(b'"');
     let bytes = s.as_bytes();
+    b.reserve(bytes.len() + 2);
+    b.push(b'"');
+    if plain(bytes) {
+        b.extend_from_slice(bytes);
+    } else {
+        escape_into(b, bytes);
+    }
+    b.push(b'"');
+}
+
+/// Whether no byte of `bytes` needs an escape.
+fn plain(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        if let Ok(w) = <[u8; 8]>::try_from(w) {
+            if needs_escape(u64::from_le_bytes(w)) {
+                return false;
+            }
+        }
+    }
+    let rest = words.remainder();
+    if rest.is_empty() {
+        return true;
+    }
+    // The last eight bytes (some checked already) when there are that many.
+    match bytes.len().checked_sub(8).and_then(|at| <[u8; 8]>::try_from(&bytes[at..]).ok()) {
+        Some(last) => !needs_escape(u64::from_le_bytes(last)),
+        None => rest.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\'),
+    }
+}
+
+/// The bytes of a string that has something to escape, escaped.
+fn escape_into(b: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     let mut unicode = *b"\\u0000";
     for (i, &c) in bytes.iter().enumerate() {
@@ -242,7 +276,16 @@ fn json_str(b: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     b.extend_from_slice(&bytes[start..]);
-    b.push(b'"');
+}
+
+/// Whether any of the eight bytes of `w` must be escaped in a JSON string: a control
+/// character (below 0x20), `"` or `\`. Each test is exact for the word as a whole (the
+/// classic "has a byte less than n" bit trick, n <= 128; equality as "less than 1" after xor).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let less = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    (less(w, 0x20) | less(w ^ (ONES * 0x22), 1) | less(w ^ (ONES * 0x5c), 1)) != 0
 }
 
 /// A float as serde_json writes it (its shortest form; `null` when not finite).
@@ -269,8 +312,68 @@ fn append(p: &Pending, line: impl FnOnce(&mut Vec<u8>) -> bool) {
     }
 }
 
-pub fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> Timestamp {
     rfc3339_millis(std::time::SystemTime::now())
+}
+
+/// A time as `humantime::format_rfc3339_millis` writes it (`2026-12-01T16:41:41.123Z`), held
+/// without an allocation when it is that short (always, for the years 1970 to 9999).
+#[derive(Clone)]
+pub struct Timestamp(Stamp);
+
+#[derive(Clone)]
+enum Stamp {
+    Inline { len: u8, buf: [u8; Timestamp::INLINE] },
+    Owned(String),
+}
+
+impl Timestamp {
+    const INLINE: usize = 32;
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Stamp::Inline { len, buf } => std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default(),
+            Stamp::Owned(s) => s,
+        }
+    }
+
+    /// `date_time` (ASCII), then `.`, the milliseconds' three digits and `Z`.
+    fn with_millis(date_time: &str, millis: u32) -> Self {
+        let digits = [millis / 100 % 10, millis / 10 % 10, millis % 10].map(|d| b'0' + d as u8);
+        let len = date_time.len() + 5;
+        if len > Self::INLINE {
+            let mut s = String::with_capacity(len);
+            s.push_str(date_time);
+            s.push('.');
+            s.extend(digits.map(char::from));
+            s.push('Z');
+            return Timestamp(Stamp::Owned(s));
+        }
+        let mut buf = [0u8; Self::INLINE];
+        buf[..date_time.len()].copy_from_slice(date_time.as_bytes());
+        buf[date_time.len()] = b'.';
+        buf[date_time.len() + 1..len - 1].copy_from_slice(&digits);
+        buf[len - 1] = b'Z';
+        Timestamp(Stamp::Inline { len: len as u8, buf })
+    }
+}
+
+impl From<String> for Timestamp {
+    fn from(s: String) -> Self {
+        Timestamp(Stamp::Owned(s))
+    }
+}
+
+impl std::fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 thread_local! {
@@ -280,9 +383,9 @@ thread_local! {
 }
 
 /// `humantime::format_rfc3339_millis`, with the date and time of day formatted once per second.
-fn rfc3339_millis(t: std::time::SystemTime) -> String {
+fn rfc3339_millis(t: std::time::SystemTime) -> Timestamp {
     let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
-        return humantime::format_rfc3339_millis(t).to_string();
+        return humantime::format_rfc3339_millis(t).to_string().into();
     };
     let (secs, millis) = (since.as_secs(), since.subsec_millis());
     SECOND.with(|cell| {
@@ -292,14 +395,7 @@ fn rfc3339_millis(t: std::time::SystemTime) -> String {
             cell.1 = whole.trim_end_matches('Z').to_string();
             cell.0 = secs;
         }
-        let mut out = String::with_capacity(cell.1.len() + 5);
-        out.push_str(&cell.1);
-        out.push('.');
-        for d in [millis / 100, millis / 10 % 10, millis % 10] {
-            out.push(char::from(b'0' + d as u8));
-        }
-        out.push('Z');
-        out
+        Timestamp::with_millis(&cell.1, millis)
     })
 }
 
@@ -316,11 +412,16 @@ mod tests {
             let t = UNIX_EPOCH + Duration::from_millis(ms);
             // Twice: the second call takes the cached second.
             for _ in 0..2 {
-                assert_eq!(rfc3339_millis(t), humantime::format_rfc3339_millis(t).to_string(), "{ms}");
+                assert_eq!(rfc3339_millis(t).as_str(), humantime::format_rfc3339_millis(t).to_string(), "{ms}");
             }
         }
         let t = UNIX_EPOCH + Duration::from_nanos(1_764_606_101_123_999_999);
-        assert_eq!(rfc3339_millis(t), humantime::format_rfc3339_millis(t).to_string());
+        assert_eq!(rfc3339_millis(t).as_str(), humantime::format_rfc3339_millis(t).to_string());
+        // Longer than the inline buffer: kept in a string, the same text.
+        let long = "x".repeat(40);
+        assert_eq!(Timestamp::with_millis(&long, 7).as_str(), format!("{long}.007Z"));
+        assert_eq!(Timestamp::with_millis(&"y".repeat(27), 999).as_str(), format!("{}.999Z", "y".repeat(27)));
+        assert_eq!(Timestamp::with_millis(&"y".repeat(28), 0).as_str(), format!("{}.000Z", "y".repeat(28)));
     }
 
     /// A stdout that blocks until released, like a full pipe nobody reads.
@@ -345,7 +446,7 @@ mod tests {
     fn record<'a>(strings: [&'a str; 4], backend: Option<SocketAddr>, some: bool, ms: f64) -> AccessRecord<'a> {
         let [text, path, key, model] = strings;
         AccessRecord {
-            ts: text.to_string(),
+            ts: text.to_string().into(),
             request_id: text,
             client_ip: some.then_some(text),
             method: "POST",
@@ -387,6 +488,59 @@ mod tests {
             r.write_json(&mut ours);
             let theirs = serde_json::to_vec(&r).unwrap();
             assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "a".repeat(7),
+            "a".repeat(8),
+            "a".repeat(9),
+            "0123456789abcdef0123456789abcdef".into(),
+            "2026-12-02T04:05:06.789Z".into(),
+            "\u{7f}\u{80}\u{ff}é日本\u{2028}\u{10ffff}".repeat(3),
+        ];
+        // Every ASCII byte (and a multi-byte character) at every position of strings around
+        // the word size, between safe bytes.
+        let specials = (0u8..0x80).map(char::from).chain(['é', '\u{2028}']);
+        for c in specials {
+            for len in [1usize, 7, 8, 9, 15, 16, 17, 24] {
+                for at in 0..len {
+                    let mut s: String = "x".repeat(len);
+                    s.replace_range(at..at + 1, &c.to_string());
+                    cases.push(s);
+                }
+            }
+        }
+        cases.push("\"\\\n\r\t\u{0}\u{1f}".repeat(5));
+        for s in &cases {
+            let mut ours = Vec::new();
+            json_str(&mut ours, s);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_word_test_agrees_with_the_byte_test() {
+        let bad = |c: u8| c < 0x20 || c == b'"' || c == b'\\';
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let interesting = [0x00u8, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x5b, 0x5c, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff];
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Words built mostly from bytes next to the boundaries.
+            let bytes: [u8; 8] = std::array::from_fn(|i| {
+                let r = (x >> (i * 8)) as u8;
+                if r & 1 == 0 {
+                    interesting[usize::from(r >> 1) % interesting.len()]
+                } else {
+                    r
+                }
+            });
+            assert_eq!(needs_escape(u64::from_le_bytes(bytes)), bytes.iter().any(|&c| bad(c)), "{bytes:?}");
         }
     }
 

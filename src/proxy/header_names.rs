@@ -5,7 +5,7 @@
 
 use http::HeaderValue;
 use pingora::prelude::*;
-use pingora_http::{KnownHeaderName, ResponseHeader};
+use pingora_http::{KnownHeaderName, RequestHeader, ResponseHeader};
 
 pub static AUTHORIZATION: KnownHeaderName = KnownHeaderName::from_static("authorization");
 pub static ACCEPT_ENCODING: KnownHeaderName = KnownHeaderName::from_static("accept-encoding");
@@ -14,8 +14,21 @@ pub static FORWARDED_FOR: KnownHeaderName = KnownHeaderName::from_static("x-forw
 pub static FORWARDED_PROTO: KnownHeaderName = KnownHeaderName::from_static("x-forwarded-proto");
 pub static RETRY_AFTER: KnownHeaderName = KnownHeaderName::from_static("retry-after");
 
+/// `Host`, title-cased as a [`http::header::HOST`] name is written (`None` cannot happen: the
+/// name is valid; [`insert_host`] then takes the slower path).
+static HOST: once_cell::sync::Lazy<Option<KnownHeaderName>> =
+    once_cell::sync::Lazy::new(|| KnownHeaderName::new("Host").ok());
+
+/// Sets `Host` as `insert_header(http::header::HOST, value)` does, without parsing the name.
+pub fn insert_host(h: &mut RequestHeader, value: impl TryInto<HeaderValue>) -> Result<()> {
+    match HOST.as_ref() {
+        Some(k) => h.insert_header(k, value),
+        None => h.insert_header(http::header::HOST, value),
+    }
+}
+
 /// The `x-ratelimit-*` names `crate::limits::Snapshot::headers` gives, in its order.
-static RATE_LIMIT: [KnownHeaderName; 6] = [
+pub static RATE_LIMIT: [KnownHeaderName; 6] = [
     KnownHeaderName::from_static("x-ratelimit-limit-requests"),
     KnownHeaderName::from_static("x-ratelimit-remaining-requests"),
     KnownHeaderName::from_static("x-ratelimit-reset-requests"),
@@ -57,6 +70,22 @@ mod tests {
             assert_eq!(known(n).map(|k| k.name().as_str()), Some(n));
         }
         assert!(known("x-other").is_none());
+    }
+
+    #[test]
+    fn host_is_written_as_the_standard_name_is() {
+        assert!(HOST.is_some());
+        let mut a = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut b = RequestHeader::build("GET", b"/", None).unwrap();
+        a.append_header("host", "old").unwrap();
+        b.append_header("host", "old").unwrap();
+        insert_host(&mut a, "example.com:8000").unwrap();
+        b.insert_header(http::header::HOST, "example.com:8000").unwrap();
+        let (mut wa, mut wb) = (Vec::new(), Vec::new());
+        a.header_to_h1_wire(&mut wa);
+        b.header_to_h1_wire(&mut wb);
+        assert_eq!(wa, wb);
+        assert_eq!(wa, b"Host: example.com:8000\r\n");
     }
 
     #[test]

@@ -322,14 +322,14 @@ impl ProxyHttp for Gateway {
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,
 /// and the body rewrite's framing.
 fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    let limits = rate_limit::headers(ctx);
+    let limits = rate_limit::snapshot(ctx);
     // One growth of Pingora's header maps (sized to the backend's headers) for all of them.
-    resp.reserve_headers(1 + limits.len())?;
+    resp.reserve_headers(1 + limits.as_ref().map_or(0, rate_limit::header_count))?;
     if !ctx.request_id.is_empty() {
         resp.insert_header(&header_names::REQUEST_ID, ctx.request_id.as_str())?;
     }
-    for (name, value) in limits {
-        header_names::insert(resp, name, value)?;
+    if let Some(s) = &limits {
+        rate_limit::insert_headers(resp, s)?;
     }
     if let Some(ids) = ctx.response_ids.as_mut() {
         let replica =
@@ -356,9 +356,9 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
     }
 }
 
-/// The client's `x-request-id` when it is short and plain, else a fresh random one.
+/// The client's `x-request-id` when it is short and plain, else a fresh one ([`fresh_id_bits`]).
 fn request_id(req: &RequestHeader) -> String {
-    if let Some(v) = req.headers.get("x-request-id") {
+    if let Some(v) = req.headers.get(header_names::REQUEST_ID.name()) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) {
             if let Ok(s) = v.to_str() {
@@ -366,17 +366,69 @@ fn request_id(req: &RequestHeader) -> String {
             }
         }
     }
-    fresh_request_id(rand::random::<u128>())
+    fresh_request_id(fresh_id_bits())
 }
 
-/// 32 lower-case hex digits, written directly (no formatting machinery per request).
-fn fresh_request_id(n: u128) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for shift in (0..32).rev() {
-        id.push(char::from(HEX[((n >> (shift * 4)) & 0xf) as usize]));
+/// The secret of this process's ids, drawn once from the OS-seeded generator.
+struct IdKey {
+    /// The left half of every id's input: different in every process with overwhelming
+    /// probability, so two processes (restarts, instances) never produce the same input.
+    prefix: u64,
+    /// One key per round of the permutation.
+    rounds: [u64; 6],
+}
+
+static ID_KEY: once_cell::sync::Lazy<IdKey> =
+    once_cell::sync::Lazy::new(|| IdKey { prefix: rand::random(), rounds: rand::random() });
+
+/// Requests numbered in this process.
+static ID_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// 128 bits for a fresh request id: (process prefix, request number) through a keyed
+/// Feistel permutation. A permutation maps distinct inputs to distinct ids, so ids never
+/// repeat within a process (2^64 requests); across processes the random prefixes and keys
+/// differ, so a collision has the odds of two random 128-bit values. Without the key the
+/// next id is not predictable from the previous ones. Much cheaper than drawing 128 bits
+/// from the thread's ChaCha generator on every request.
+fn fresh_id_bits() -> u128 {
+    let key = &*ID_KEY;
+    let n = ID_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    feistel(key, n)
+}
+
+fn feistel(key: &IdKey, n: u64) -> u128 {
+    let (mut l, mut r) = (key.prefix, n);
+    for k in key.rounds {
+        (l, r) = (r, l ^ mix(r ^ k));
     }
-    id
+    (u128::from(l) << 64) | u128::from(r)
+}
+
+/// SplitMix64's finaliser: every input bit reaches every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// 32 lower-case hex digits, written directly (no formatting machinery per request): two
+/// digits per byte from a table.
+fn fresh_request_id(n: u128) -> String {
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
+    let mut digits = [0u8; 32];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
+    }
+    std::str::from_utf8(&digits).map(str::to_owned).unwrap_or_default()
 }
 
 pub fn client_ip(session: &Session) -> Option<String> {
@@ -389,6 +441,27 @@ mod tests {
     fn fresh_request_ids_are_32_hex_digits() {
         for n in [0u128, 1, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {
             assert_eq!(super::fresh_request_id(n), format!("{n:032x}"));
+        }
+        for i in 0..128 {
+            let n = (1u128 << i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834) ^ (u128::MAX >> i);
+            assert_eq!(super::fresh_request_id(n), format!("{n:032x}"));
+        }
+    }
+
+    #[test]
+    fn fresh_ids_are_distinct_and_keyed() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| super::fresh_request_id(super::fresh_id_bits())).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.len() == 32 && id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))));
+        // Another process (another key and prefix) numbers from 0 too: different ids.
+        let a = super::IdKey { prefix: 1, rounds: [1, 2, 3, 4, 5, 6] };
+        let b = super::IdKey { prefix: 2, rounds: [1, 2, 3, 4, 5, 6] };
+        let c = super::IdKey { prefix: 1, rounds: [7, 2, 3, 4, 5, 6] };
+        for n in 0..1000 {
+            assert_ne!(super::feistel(&a, n), super::feistel(&b, n));
+            assert_ne!(super::feistel(&a, n), super::feistel(&c, n));
+            assert_ne!(super::feistel(&a, n), super::feistel(&a, n + 1));
         }
     }
 }

@@ -47,6 +47,14 @@ const PROTECTED: [&str; 4] = ["host", "x-forwarded-for", "x-forwarded-host", "x-
 /// At most this many `Connection` names (Pingora's bound too).
 const MAX_NOMINATIONS: usize = 9;
 
+/// The client's key in OpenAI-compatible clients' other header; checked once, not parsed per request.
+static API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The values the gateway sets, built at compile time (a `from_static` call checks its bytes
+/// at run time).
+const IDENTITY: http::HeaderValue = http::HeaderValue::from_static("identity");
+const PROTO_HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
+const PROTO_HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
+
 /// The client's request as an HTTP/1.1 request to the backend, for the paths outside
 /// Pingora's proxy loop (heartbeat relay, WebSocket tunnel): the same hygiene and framing as
 /// Pingora's own path, then the gateway's rewrites.
@@ -111,7 +119,7 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     // the map is sized to the client's headers.
     req.reserve_headers(6)?;
     req.remove_header(&header::AUTHORIZATION);
-    req.remove_header("x-api-key");
+    req.remove_header(&API_KEY);
     if let Some(kept) = credentials::strip_protocol_key(req) {
         req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
         if let Some(v) = kept {
@@ -128,21 +136,26 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         (None, _) => {}
     }
     match &built.host {
-        Some(v) => req.insert_header(header::HOST, v.clone())?,
-        None => req.insert_header(header::HOST, routed.provider.host_header.as_str())?,
+        Some(v) => names::insert_host(req, v.clone())?,
+        None => names::insert_host(req, routed.provider.host_header.as_str())?,
     }
     req.insert_header(&names::REQUEST_ID, routed.request_id.as_str())?;
     if let Some(ip) = &routed.client_ip {
-        let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match req.headers.get(names::FORWARDED_FOR.name()).and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
             _ => ip.clone(),
         };
         req.insert_header(&names::FORWARDED_FOR, xff)?;
     }
-    req.insert_header(&names::FORWARDED_PROTO, http::HeaderValue::from_static(routed.client_proto))?;
+    let proto = match routed.client_proto {
+        "http" => PROTO_HTTP,
+        "https" => PROTO_HTTPS,
+        other => http::HeaderValue::from_static(other),
+    };
+    req.insert_header(&names::FORWARDED_PROTO, proto)?;
     if observed(routed) {
         // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
-        req.insert_header(&names::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"))?;
+        req.insert_header(&names::ACCEPT_ENCODING, IDENTITY)?;
         req.remove_header(&header::TE);
     }
     if let Some(len) = routed.body_len {
