@@ -255,13 +255,15 @@ async fn tokens_are_counted_exactly_for_streams_with_and_without_include_usage()
     let (p, k) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
     assert_eq!(k, 7);
     // What the client receives equals what the sim sends for the same request, with and
-    // without include_usage — the usage event the gateway asked for is removed.
-    for include in [false, true] {
+    // without include_usage — the usage event the gateway asked for is removed. The sim's
+    // answers are fetched first, so that each request to the gateway follows the end of the
+    // previous answer at once: its tokens are charged before that end reaches the client.
+    let wants = [direct(chat(true, false)).await, direct(chat(true, true)).await];
+    for (include, want) in [false, true].into_iter().zip(wants) {
         let via = post(&gw, KEY, &chat(true, include)).await;
         assert_eq!(via.status(), 200);
         let remaining: u64 = header(&via, "x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
         let via = via.text().await.unwrap();
-        let want = direct(chat(true, include)).await;
         assert_eq!(events(&via), events(&want), "include_usage {include}:\n{via}\n---\n{want}");
         assert_eq!(via.contains("\"usage\":{"), include, "{via}");
         assert!(via.ends_with("data: [DONE]\n\n"));

@@ -27,6 +27,8 @@ pub struct LimitCtx {
     pub held: Held,
     /// `limits.store` when it is shared (tokens are charged there at the end).
     pub store: Option<Arc<SharedLimits>>,
+    /// The answer's tokens were charged ([`charge_tokens`]).
+    pub charged: bool,
 }
 
 /// The address every per-address limit counts against: the client (see
@@ -221,19 +223,31 @@ pub fn answer_headers(ctx: &Ctx, e: &GatewayError) -> Vec<(&'static str, HeaderV
     h
 }
 
-/// At the end of a request: charge the tokens its response reported, release the slot.
-pub fn finish(ctx: &mut Ctx) {
-    let held = std::mem::take(&mut ctx.limit.held);
+/// Charges the tokens the answer reported, once. Called when the answer's last bytes pass the
+/// body filter, before they reach the client, so that the client's next request already sees
+/// them counted; and from [`finish`] for an answer that did not end that way.
+pub fn charge_tokens(ctx: &mut Ctx) {
+    if ctx.limit.charged {
+        return;
+    }
     let (Some(u), Some(r)) = (ctx.usage.usage, ctx.routed.as_ref()) else { return };
+    ctx.limit.charged = true;
     let k = &r.key;
     if k.limits.tpm.is_some() {
         let tokens = u.prompt_tokens + u.completion_tokens;
         // Counted here too, so an outage of the store starts from this instance's own usage.
         k.state.charge(&k.limits, tokens, now_ms());
-        if let (Some(store), Some(_)) = (&ctx.limit.store, &held.window) {
+        if let (Some(store), Some(_)) = (&ctx.limit.store, &ctx.limit.held.window) {
             store.charge(&k.name, &k.limits, tokens);
         }
     }
+}
+
+/// At the end of a request: charge the tokens its response reported (if the end of its body
+/// did not), release the slot.
+pub fn finish(ctx: &mut Ctx) {
+    charge_tokens(ctx);
+    drop(std::mem::take(&mut ctx.limit.held));
 }
 
 #[cfg(test)]
