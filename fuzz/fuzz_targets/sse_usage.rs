@@ -7,15 +7,21 @@
 //! - no line text holds CR or LF, every line ending is LF, CRLF or CR (a CR LF cut between
 //!   its two bytes is a CR, then the LF reported on its own), and each token's offset lies
 //!   inside its chunk, after the previous one;
-//! - the usage observer reaches the same usage, `[DONE]` and event count whole, in three
-//!   pieces and one byte at a time;
-//! - the observer counts exactly the `data:` lines the tokenizer finds, and sees `[DONE]`
-//!   exactly when one of them says so, whatever the line endings.
+//! - the usage observer reaches the same usage, and times a first event or not, whole, in
+//!   three pieces and one byte at a time (it passes over chunks of whole events without a
+//!   usage key once it has timed the first event: that must not change what it reaches);
+//! - for each chunk the observer returns where the chunk's first usage key is, as
+//!   `sse::find_usage_key` finds it (the usage strip relies on it);
+//! - the observer times a first event exactly when the tokenizer finds a `data:` line that is
+//!   not `[DONE]`, whatever the line endings;
+//! - the usage strip gives the same bytes whole, in three pieces and one byte at a time, and
+//!   passes the body unchanged when it removes nothing.
 
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use mcas::proxy::rewrite::SseStrip;
 use mcas::proxy::usage::UsageObserver;
 use mcas::sse::{self, Token, Tokenizer};
 
@@ -47,14 +53,31 @@ fn tokens(chunks: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
     out
 }
 
-fn observe(kind: &str, chunks: &[&[u8]]) -> (Option<mcas::proxy::usage::Usage>, bool, u64) {
+fn observe(kind: &str, chunks: &[&[u8]]) -> (Option<mcas::proxy::usage::Usage>, bool) {
     let mut o = UsageObserver::default();
     o.start(Some(kind));
+    let sse = kind == "text/event-stream";
     for c in chunks {
-        o.observe(Some(&Bytes::copy_from_slice(c)), false);
+        let key = o.observe(Some(&Bytes::copy_from_slice(c)), false);
+        assert_eq!(key, sse.then(|| sse::find_usage_key(c, 0)).flatten(), "the chunk's usage key");
     }
-    o.observe(None, true);
-    (o.usage, o.done, o.events)
+    assert_eq!(o.observe(None, true), None);
+    (o.usage, o.first_event_at.is_some())
+}
+
+/// The usage strip's output over `chunks`, and whether it removed an event.
+fn strip(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+    let mut s = SseStrip::default();
+    let mut out = Vec::new();
+    let last = chunks.len().saturating_sub(1);
+    for (i, c) in chunks.iter().enumerate() {
+        let mut b = Some(Bytes::copy_from_slice(c));
+        s.filter(&mut b, i == last, sse::find_usage_key(c, 0));
+        if let Some(b) = b {
+            out.extend_from_slice(&b);
+        }
+    }
+    (out, s.removed)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -76,9 +99,21 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(observe(kind, &pieces), at_once, "chunking changed what the observer saw");
     assert_eq!(observe(kind, &bytes), at_once, "byte-at-a-time changed what the observer saw");
 
+    let stripped = strip(&[body]);
+    assert_eq!(strip(&pieces), stripped, "chunking changed what the strip passed");
+    if !bytes.is_empty() {
+        assert_eq!(strip(&bytes), stripped, "byte-at-a-time changed what the strip passed");
+    }
+    if !stripped.1 {
+        assert_eq!(stripped.0, body, "the strip changed a body it removed nothing from");
+    }
+
     if kind == "text/event-stream" {
         let data_lines: Vec<&[u8]> = whole.iter().flatten().filter_map(|t| sse::field(t, b"data")).collect();
-        assert_eq!(at_once.2, data_lines.len() as u64, "observer and tokenizer disagree on data lines");
-        assert_eq!(at_once.1, data_lines.iter().any(|p| *p == b"[DONE]"), "observer and tokenizer disagree on [DONE]");
+        assert_eq!(
+            at_once.1,
+            data_lines.iter().any(|p| *p != b"[DONE]"),
+            "observer and tokenizer disagree on a first event"
+        );
     }
 });
