@@ -138,7 +138,7 @@ impl Gateway {
             }
             long_lived::Admit::Heartbeat(every) => {
                 let chunks = match body {
-                    route::BodyPlan::Replay(c) => c,
+                    route::BodyPlan::Replay(c) => vec![c],
                     route::BodyPlan::Untouched => Vec::new(),
                 };
                 if routed.strip_usage {

@@ -35,12 +35,14 @@ pub fn reads_body(session: &mut Session) -> bool {
 /// An upload (`multipart/*`, an octet stream): on a route that does not need the model, for a
 /// key that may use every model, it streams through unread (and unbounded by `server.max_body`).
 pub fn is_upload(req: &RequestHeader) -> bool {
-    let ct = req.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes().to_ascii_lowercase());
-    ct.is_some_and(|ct| ct.starts_with(b"multipart/") || ct.starts_with(b"application/octet-stream"))
+    let starts = |ct: &[u8], p: &[u8]| ct.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+    let ct = req.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
+    ct.is_some_and(|ct| starts(ct, b"multipart/") || starts(ct, b"application/octet-stream"))
 }
 
-/// Reads the whole body, refusing more than `max` bytes (by Content-Length before reading).
-pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Vec<Bytes>, GatewayError>> {
+/// Reads the whole body into one buffer, refusing more than `max` bytes (by Content-Length
+/// before reading). The usual single read is kept as it came, without a copy.
+pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Bytes, GatewayError>> {
     let declared = session
         .req_header()
         .headers
@@ -61,30 +63,33 @@ pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Vec<Byt
     // Pingora replays the body to the upstream from this buffer (on every attempt): it must
     // hold every body the gateway accepts (vendor/patches/0002, Pingora's default is 64 KiB).
     session.enable_retry_buffering_with_limit(usize::try_from(max).unwrap_or(usize::MAX));
-    let mut chunks = Vec::new();
+    let (mut first, mut joined) = (None::<Bytes>, Vec::new());
     let mut total: u64 = 0;
     while let Some(chunk) = session.read_request_body().await? {
         total += chunk.len() as u64;
         if total > max {
             return Ok(Err(GatewayError::PayloadTooLarge(max)));
         }
-        chunks.push(chunk);
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            held => {
+                joined.extend_from_slice(held.as_deref().unwrap_or_default());
+                joined.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(Ok(chunks))
+    Ok(Ok(first.unwrap_or_else(|| Bytes::from(joined))))
 }
 
 /// Scans a read body by its form. `needs`: the route or the key needs the model, so a body
 /// that cannot be read is refused rather than forwarded.
 pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan, Form), GatewayError> {
-    for name in [http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING] {
-        if req.headers.get_all(&name).iter().count() > 1 {
-            return Err(GatewayError::BadRequest(format!("the request has more than one {name} header")));
-        }
-    }
-    let header = |name: http::header::HeaderName| req.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()));
-    let ct = header(http::header::CONTENT_TYPE).unwrap_or_default().to_string();
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let encoded = header(http::header::CONTENT_ENCODING).is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    let ct = single(req, http::header::CONTENT_TYPE)?;
+    let ct = ct.map(|v| String::from_utf8_lossy(v.as_bytes())).unwrap_or_default();
+    // Compared without case (as the lower-cased form would be); lower-cased only for a refusal.
+    let media = ct.split(';').next().unwrap_or("").trim();
+    let encoded = single(req, http::header::CONTENT_ENCODING)?
+        .is_some_and(|e| !String::from_utf8_lossy(e.as_bytes()).trim().eq_ignore_ascii_case("identity"));
     if encoded && !body.is_empty() {
         return if needs {
             Err(GatewayError::UnsupportedMediaType(
@@ -94,7 +99,7 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
             Ok((Scan::default(), Form::Opaque))
         };
     }
-    if media == "multipart/form-data" {
+    if media.eq_ignore_ascii_case("multipart/form-data") {
         let read = request_body::multipart_boundary(&ct)
             .and_then(|b| request_body::multipart_model(body, &ct).map(|model| (model, b)));
         return match read {
@@ -107,20 +112,37 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
     match request_body::scan(body) {
         Ok(scan) if body.is_empty() => Ok((scan, Form::Opaque)),
         Ok(scan) => Ok((scan, Form::Json)),
-        Err(ScanError::NotJson) if declared_json(&media) => {
+        Err(ScanError::NotJson) if declared_json(media) => {
             Err(GatewayError::InvalidJson("the body is not a JSON object".into()))
         }
         Err(ScanError::NotJson) if needs => Err(GatewayError::UnsupportedMediaType(format!(
             "the body must be a JSON object (or multipart/form-data) to learn its model; got {}",
-            if media.is_empty() { "no Content-Type".to_string() } else { format!("{:?}", bounded(&media)) }
+            if media.is_empty() {
+                "no Content-Type".to_string()
+            } else {
+                format!("{:?}", bounded(&media.to_ascii_lowercase()))
+            }
         ))),
         Err(ScanError::NotJson) => Ok((Scan::default(), Form::Opaque)),
         Err(e) => Err(bad(e)),
     }
 }
 
+/// `media` as its lower-cased form would compare: `application/json` or `…+json`.
 fn declared_json(media: &str) -> bool {
-    media == "application/json" || media.ends_with("+json")
+    let m = media.as_bytes();
+    m.eq_ignore_ascii_case(b"application/json") || m.len() >= 5 && m[m.len() - 5..].eq_ignore_ascii_case(b"+json")
+}
+
+/// The value of a header the request may give at most once (two are refused: which one the
+/// upstream would read is not known).
+fn single(req: &RequestHeader, name: http::header::HeaderName) -> Result<Option<&http::HeaderValue>, GatewayError> {
+    let mut all = req.headers.get_all(&name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(GatewayError::BadRequest(format!("the request has more than one {name} header")));
+    }
+    Ok(first)
 }
 
 fn bounded(s: &str) -> String {

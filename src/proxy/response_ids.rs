@@ -76,8 +76,7 @@ pub fn admit(req: &RequestHeader, routed: &mut Routed, body: &mut BodyPlan) -> R
         Call::Create => {
             let current = match (&routed.new_body, &*body) {
                 (Some(b), _) => b.clone(),
-                (None, BodyPlan::Replay(chunks)) if chunks.len() == 1 => chunks[0].clone(),
-                (None, BodyPlan::Replay(chunks)) => Bytes::from(chunks.concat()),
+                (None, BodyPlan::Replay(b)) => b.clone(),
                 (None, BodyPlan::Untouched) => Bytes::new(),
             };
             if let Some((range, client_id)) = previous_id(&current) {
@@ -86,7 +85,7 @@ pub fn admit(req: &RequestHeader, routed: &mut Routed, body: &mut BodyPlan) -> R
                 let new = Bytes::from([&current[..range.start], &quoted, &current[range.end..]].concat());
                 routed.body_len = Some(new.len());
                 routed.new_body = Some(new.clone());
-                *body = BodyPlan::Replay(vec![new]);
+                *body = BodyPlan::Replay(new);
                 rw.ids.remember(backend_id, client_id);
             } else {
                 // A new chain: its follow-ups go where it lands, so it lands by load.

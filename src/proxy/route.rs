@@ -23,7 +23,7 @@ pub enum BodyPlan {
     /// Read whole (up to `server.max_body`): Pingora replays it from its retry buffer, sized
     /// to `server.max_body` (`model::read_body`); the bytes are kept for the heartbeat relay,
     /// which replays them itself.
-    Replay(Vec<Bytes>),
+    Replay(Bytes),
 }
 
 pub struct Decision {
@@ -156,7 +156,6 @@ async fn learn(
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        let body = joined(body);
         (scan, form) = match model::scan_body(session.req_header(), &body, needs) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
@@ -223,21 +222,9 @@ fn body_plan(
     match model::rewritten(&body, form, scan, set_model, add_usage) {
         // Pingora replays the retry buffer (sized to `server.max_body`) through
         // `request_body_filter`, which swaps in the new body.
-        Some(new) => (BodyPlan::Replay(vec![new.clone()]), Some(new.len()), Some(new), add_usage),
-        None => (BodyPlan::Replay(vec![body]), None, None, false),
+        Some(new) => (BodyPlan::Replay(new.clone()), Some(new.len()), Some(new), add_usage),
+        None => (BodyPlan::Replay(body), None, None, false),
     }
-}
-
-/// The body in one buffer (the usual single read is kept as it is).
-fn joined(mut chunks: Vec<Bytes>) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.pop().unwrap_or_default();
-    }
-    let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-    for c in &chunks {
-        all.extend_from_slice(c);
-    }
-    Bytes::from(all)
 }
 
 /// The bytes the provider's ring is walked from (ketama only: the other policies do not hash).
