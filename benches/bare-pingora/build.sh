@@ -35,5 +35,6 @@ if [ "$which" = patched ] || [ "$which" = both ]; then
         --config "patch.crates-io.pingora-core.path=\"$vendor/pingora-core\"" \
         --config "patch.crates-io.pingora-proxy.path=\"$vendor/pingora-proxy\"" \
         --config "patch.crates-io.pingora-http.path=\"$vendor/pingora-http\"" \
-        --config "patch.crates-io.pingora-pool.path=\"$vendor/pingora-pool\""
+        --config "patch.crates-io.pingora-pool.path=\"$vendor/pingora-pool\"" \
+        --config "patch.crates-io.pingora-timeout.path=\"$vendor/pingora-timeout\""
 fi
