@@ -90,6 +90,10 @@ pub struct FastTimeout(Duration);
 
 impl ToTimeout for FastTimeout {
     fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        // Only a registered timer needs the clock thread (it is what fires the timer). The
+        // check reads the clock, so it is made here, when the timed future was first pending,
+        // not for every timeout created: most I/O a timeout wraps is ready at once.
+        check_clock_thread(&TIMER_MANAGER);
         Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
     }
 
@@ -112,6 +116,7 @@ pub struct FastOrTokioTimeout {
 }
 
 impl FastOrTokioTimeout {
+    #[cfg(test)]
     fn use_tokio(&self) -> bool {
         matches!(self.kind, TimeoutKind::Tokio)
     }
@@ -142,12 +147,8 @@ pub fn fast_timeout<T>(duration: Duration, future: T) -> Timeout<T, FastOrTokioT
 where
     T: Future,
 {
-    let callback = FastOrTokioTimeout::create(duration);
-    if !callback.use_tokio() {
-        check_clock_thread(&TIMER_MANAGER);
-    }
-
-    Timeout::new_with_callback(future, callback)
+    // The clock thread is checked when a timer is registered (`FastTimeout::timeout`).
+    Timeout::new_with_callback(future, FastOrTokioTimeout::create(duration))
 }
 
 /// Similar to [tokio::time::sleep] but more efficient.
