@@ -40,7 +40,8 @@ pub struct Route {
     /// Bounded label for metrics: the pattern as written.
     pub label: String,
     /// WebSocket, MCP and long-stream settings.
-    pub opts: RouteOpts,
+    /// Shared with every request routed here (not copied per request).
+    pub opts: std::sync::Arc<RouteOpts>,
     /// `routes[].default_model`: the model of a request that names none.
     pub default_model: Option<String>,
 }
@@ -119,7 +120,7 @@ impl Route {
             implicit_v1,
             beside_v1,
             label: pattern.to_string(),
-            opts: RouteOpts::default(),
+            opts: Default::default(),
             default_model: None,
         })
     }

@@ -456,7 +456,7 @@ fn routes(routes: Option<Vec<RouteSection>>, providers: &[Arc<Provider>], errors
                 format!("{:?} is unreachable: an earlier route matches exactly the same paths", r.path),
             )),
             Ok(mut route) => {
-                route.opts = opts;
+                route.opts = std::sync::Arc::new(opts);
                 route.default_model = default_model;
                 out.push(route)
             }

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// Decided at routing: the route's stream settings and what this request is.
 #[derive(Debug, Clone, Default)]
 pub struct RouteStreams {
-    pub opts: RouteOpts,
+    pub opts: std::sync::Arc<RouteOpts>,
     /// The client-side path prefix the route replaces by the provider's base path (for
     /// mapping upstream URLs back into the gateway's space).
     pub client_prefix: String,
@@ -38,7 +38,17 @@ pub struct RouteStreams {
 impl RouteStreams {
     pub fn new(route: &Route, provider: &Provider) -> Self {
         let client_prefix = route.strip_for(&provider.base_path).unwrap_or("").to_string();
-        RouteStreams { opts: route.opts.clone(), client_prefix, ..Default::default() }
+        // Every field named: `..Default::default()` would build (and drop) a default `opts`.
+        RouteStreams {
+            opts: route.opts.clone(),
+            client_prefix,
+            upgrade: false,
+            event_stream: false,
+            get: false,
+            delete: false,
+            new_session: false,
+            pin: None,
+        }
     }
 
     /// Per-read idle timeout for tunnels and streams on this route.
