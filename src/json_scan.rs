@@ -60,8 +60,9 @@ fn string_stop(rest: &[u8], control: bool) -> Option<usize> {
 }
 
 /// The index of the quote closing the string that opens at `i`, and whether it had escapes
-/// (lenient: escapes and control characters are not checked).
-#[inline]
+/// (lenient: escapes and control characters are not checked). Always inlined: the usage walk
+/// calls it for every key, and a call costs as much as the search in a short key.
+#[inline(always)]
 pub fn string_end(json: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut at = i + 1;
     let mut escaped = false;
@@ -90,6 +91,11 @@ static STRUCTURAL: [bool; 256] = {
 /// Past the object or array that opens at `i` (lenient: brackets must pair up and strings
 /// close, nothing else is checked). Deeper than 128 levels: `None`.
 pub fn skip_nested(json: &[u8], i: usize) -> Option<usize> {
+    skip_nested_within(json, i, 128)
+}
+
+/// [`skip_nested`] with at most `max_depth` (≤ 128) levels.
+pub fn skip_nested_within(json: &[u8], i: usize, max_depth: u32) -> Option<usize> {
     // One bit per open bracket, 1 for an object.
     let (mut kinds, mut depth) = (0u128, 0u32);
     let mut at = i;
@@ -98,7 +104,7 @@ pub fn skip_nested(json: &[u8], i: usize) -> Option<usize> {
         match json[at] {
             b'"' => at = string_end(json, at)?.0,
             c @ (b'{' | b'[') => {
-                if depth == 128 {
+                if depth >= max_depth.min(128) {
                     return None;
                 }
                 kinds = (kinds << 1) | u128::from(c == b'{');

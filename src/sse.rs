@@ -187,7 +187,10 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// The searcher for `"usage"`, built once: `memmem::find` builds one per call, which cost
 /// more than the search itself on every event of a stream (docs/benchmarks.md).
 static USAGE_KEY: once_cell::sync::Lazy<memchr::memmem::Finder<'static>> =
-    once_cell::sync::Lazy::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    once_cell::sync::Lazy::new(|| memchr::memmem::Finder::new(KEY));
+
+/// The key searched for, quotes included.
+const KEY: &[u8] = b"\"usage\"";
 
 /// [`contains`] for `"usage"` with a value that may not be `null` ([`find_usage_key`]): the
 /// check of the usage observer and the usage strip before any JSON is read.
@@ -208,12 +211,35 @@ pub const USAGE_KEY_LEN: usize = 7;
 /// join it to another value in the event's data, so such an occurrence is still reported.
 pub fn find_usage_key(hay: &[u8], mut from: usize) -> Option<usize> {
     loop {
-        let at = USAGE_KEY.find(hay.get(from..)?)? + from;
+        let at = find_key(hay, from)?;
         from = at + USAGE_KEY_LEN;
         if !null_follows(&hay[from..]) {
             return Some(at);
         }
     }
+}
+
+/// The key's searcher on x86_64 with AVX2: the substring searcher's own vector loop, keyed on
+/// the key's `u` and `g` (bytes 1 and 4), a pair that completion chunks hardly ever hold three
+/// bytes apart (the general searcher picks its pair by byte frequencies in text and meets false
+/// candidates in every chunk), and called without the general searcher's dispatch.
+#[cfg(target_arch = "x86_64")]
+static USAGE_PAIR: once_cell::sync::Lazy<Option<memchr::arch::x86_64::avx2::packedpair::Finder>> =
+    once_cell::sync::Lazy::new(|| {
+        let pair = memchr::arch::all::packedpair::Pair::with_indices(KEY, 1, 4)?;
+        memchr::arch::x86_64::avx2::packedpair::Finder::with_pair(KEY, pair)
+    });
+
+/// Where `"usage"` first appears in `hay` at or after `from`.
+fn find_key(hay: &[u8], from: usize) -> Option<usize> {
+    let rest = hay.get(from..)?;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(finder) = USAGE_PAIR.as_ref() {
+        if rest.len() >= finder.min_haystack_len() {
+            return finder.find(rest, KEY).map(|i| from + i);
+        }
+    }
+    USAGE_KEY.find(rest).map(|i| from + i)
 }
 
 /// `rest` starts with `:` and `null` (spaces or tabs around the colon).
@@ -245,6 +271,56 @@ mod tests {
         assert_eq!(find("data: {\"usage\":\r\nnull}"), Some(7));
         assert_eq!(find_usage_key(b"x\"usage\":1", 2), None);
         assert_eq!(find_usage_key(b"x", 5), None);
+    }
+
+    /// The key search finds what the general substring searcher finds, from any start: keys
+    /// after many bytes of the searched pair, overlapping and cut keys, short and long texts.
+    #[test]
+    fn the_key_search_agrees_with_the_substring_search() {
+        let mut cases: Vec<Vec<u8>> = [
+            &b""[..],
+            b"\"usage\"",
+            b"\"usag\"usage\"",
+            b"ggggggggggggggggggg\"usage\"gg\"usage\"",
+            b"\"usage",
+            b"usage\"",
+            b"\"usagg\"usage\"\"usage\"",
+            b"\"logprobs\":null,\"usage\":{}",
+        ]
+        .iter()
+        .map(|c| c.to_vec())
+        .collect();
+        // Pseudo-random strings over the key's bytes and one other.
+        let mut x: u32 = 7;
+        for len in [10, 30, 80, 200] {
+            for _ in 0..200 {
+                let s = (0..len)
+                    .map(|_| {
+                        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                        b"\"usagex"[((x >> 16) % 7) as usize]
+                    })
+                    .collect();
+                cases.push(s);
+            }
+        }
+        // The key at every place of a long text full of the searched pair (`u`, `g` three apart).
+        for at in 0..120 {
+            let mut s = b"uxxg".repeat(32);
+            s[at..at + 7].copy_from_slice(KEY);
+            cases.push(s);
+        }
+        for g in 0..20 {
+            let mut s = vec![b'g'; g];
+            s.extend_from_slice(b"\"usage\"g\"usage\"");
+            cases.push(s);
+        }
+        for hay in &cases {
+            for from in 0..=hay.len() + 2 {
+                let want = hay.get(from..).and_then(|h| memchr::memmem::find(h, KEY)).map(|i| i + from);
+                assert_eq!(find_key(hay, from), want, "{:?} from {from}", String::from_utf8_lossy(hay));
+            }
+        }
+        assert_eq!(find_key(b"x", usize::MAX), None);
     }
 
     /// What a tokenizer reports for `chunks`, as text: lines, `~` for a long line, `|` for a

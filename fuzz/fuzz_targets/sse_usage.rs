@@ -11,18 +11,20 @@
 //!   three pieces and one byte at a time (it passes over chunks of whole events without a
 //!   usage key once it has timed the first event: that must not change what it reaches);
 //! - for each chunk the observer returns where the chunk's first usage key is, as
-//!   `sse::find_usage_key` finds it (the usage strip relies on it);
+//!   `sse::find_usage_key` finds it, and the usage line it read with `is_usage_chunk`'s answer
+//!   on that line (the usage strip relies on both);
 //! - the observer times a first event exactly when the tokenizer finds a `data:` line that is
 //!   not `[DONE]`, whatever the line endings;
-//! - the usage strip gives the same bytes whole, in three pieces and one byte at a time, and
-//!   passes the body unchanged when it removes nothing.
+//! - the usage strip gives the same bytes whole, in three pieces and one byte at a time, with
+//!   the observer's hints as with the usage key alone, and passes the body unchanged when it
+//!   removes nothing.
 
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mcas::proxy::rewrite::SseStrip;
-use mcas::proxy::usage::UsageObserver;
+use mcas::proxy::usage::{self, ChunkHint, UsageObserver};
 use mcas::sse::{self, Token, Tokenizer};
 
 /// What the tokenizer reported: `Some(line text)` per line, `None` per long line, an empty
@@ -58,25 +60,39 @@ fn observe(kind: &str, chunks: &[&[u8]]) -> (Option<mcas::proxy::usage::Usage>, 
     o.start(Some(kind));
     let sse = kind == "text/event-stream";
     for c in chunks {
-        let key = o.observe(Some(&Bytes::copy_from_slice(c)), false);
-        assert_eq!(key, sse.then(|| sse::find_usage_key(c, 0)).flatten(), "the chunk's usage key");
+        let hint = o.observe(Some(&Bytes::copy_from_slice(c)), false);
+        assert_eq!(hint.key, sse.then(|| sse::find_usage_key(c, 0)).flatten(), "the chunk's usage key");
+        if let Some((start, len, verdict)) = hint.walked {
+            assert_eq!(verdict, usage::is_usage_chunk(&c[start..start + len]), "the usage line's verdict");
+        }
     }
-    assert_eq!(o.observe(None, true), None);
+    assert_eq!(o.observe(None, true), ChunkHint::default());
     (o.usage, o.first_event_at.is_some())
 }
 
-/// The usage strip's output over `chunks`, and whether it removed an event.
+/// The usage strip's output over `chunks`, and whether it removed an event; the same with the
+/// hints a usage observer gives (as in the gateway) and with the usage key alone.
 fn strip(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
-    let mut s = SseStrip::default();
-    let mut out = Vec::new();
+    let mut o = UsageObserver::default();
+    o.start(Some("text/event-stream"));
+    let (mut s, mut keyed) = (SseStrip::default(), SseStrip::default());
+    let (mut out, mut keyed_out) = (Vec::new(), Vec::new());
     let last = chunks.len().saturating_sub(1);
     for (i, c) in chunks.iter().enumerate() {
-        let mut b = Some(Bytes::copy_from_slice(c));
-        s.filter(&mut b, i == last, sse::find_usage_key(c, 0));
+        let bytes = Bytes::copy_from_slice(c);
+        let hint = o.observe(Some(&bytes), false);
+        let mut b = Some(bytes.clone());
+        s.filter(&mut b, i == last, hint);
         if let Some(b) = b {
             out.extend_from_slice(&b);
         }
+        let mut b = Some(bytes);
+        keyed.filter(&mut b, i == last, ChunkHint::key(sse::find_usage_key(c, 0)));
+        if let Some(b) = b {
+            keyed_out.extend_from_slice(&b);
+        }
     }
+    assert_eq!((&out, s.removed), (&keyed_out, keyed.removed), "the observer's hints changed what the strip passed");
     (out, s.removed)
 }
 

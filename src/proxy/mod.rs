@@ -349,12 +349,12 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
         }
     }
     long_lived::response_body(body, end, &mut ctx.streams);
-    let usage_key = ctx.usage.observe(body.as_ref(), end);
+    let hint = ctx.usage.observe(body.as_ref(), end);
     if end {
         // Before the last bytes go out: the client's next request sees these tokens counted.
         rate_limit::charge_tokens(ctx);
     }
-    ctx.rewrite.response_body(body, end, ctx.usage.kind(), usage_key);
+    ctx.rewrite.response_body(body, end, ctx.usage.kind(), hint);
     if let Some(ids) = ctx.response_ids.as_mut() {
         ids.response_body(body, end);
     }

@@ -5,7 +5,7 @@
 //! - a request that names no model gets the `default_model` it was checked for;
 //! - `GET …/models` lists only the models the key may use (see `models_list`).
 
-use super::usage::BodyKind;
+use super::usage::{BodyKind, ChunkHint};
 use crate::keys::ModelGlobs;
 use crate::request_body::Spans;
 use crate::sse::{self, Token, Tokenizer};
@@ -40,11 +40,11 @@ impl ResponseRewrite {
     }
 
     /// In `response_body_filter`, after the usage observer saw the original bytes;
-    /// `usage_key` is what the observer returned for them.
-    pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool, kind: BodyKind, usage_key: Option<usize>) {
+    /// `hint` is what the observer returned for them.
+    pub fn response_body(&mut self, body: &mut Option<Bytes>, end: bool, kind: BodyKind, hint: ChunkHint) {
         match self {
             ResponseRewrite::None => {}
-            ResponseRewrite::StripUsage(s) if kind == BodyKind::Sse => s.filter(body, end, usage_key),
+            ResponseRewrite::StripUsage(s) if kind == BodyKind::Sse => s.filter(body, end, hint),
             ResponseRewrite::StripUsage(_) => {}
         }
     }
@@ -137,15 +137,15 @@ pub struct SseStrip {
 }
 
 impl SseStrip {
-    /// `usage_key`: where the chunk's first `"usage"` key is, as [`sse::find_usage_key`] gives
-    /// it (the usage observer searched the same bytes).
-    pub fn filter(&mut self, body: &mut Option<Bytes>, end: bool, usage_key: Option<usize>) {
+    /// `hint`: where the chunk's first `"usage"` key is, as [`sse::find_usage_key`] gives it,
+    /// and the usage line the observer read (the usage observer read the same bytes).
+    pub fn filter(&mut self, body: &mut Option<Bytes>, end: bool, hint: ChunkHint) {
         if self.removed && self.held.is_empty() && !self.last_removed {
             return; // only one usage event per stream: the rest passes untouched
         }
         let chunk = body.take().unwrap_or_default();
         // Where `"usage"` first appears in the chunk: one search, not one per event.
-        let mut key = usage_key;
+        let mut key = hint.key;
         // Fast path: whole events and no usage in sight.
         if self.held.is_empty()
             && self.tok.at_clean_boundary()
@@ -182,7 +182,7 @@ impl SseStrip {
                     if key.is_some_and(|k| k < start) {
                         key = sse::find_usage_key(&chunk, start);
                     }
-                    key.is_some_and(|k| k < at) && is_usage_event(&chunk[start..at])
+                    key.is_some_and(|k| k < at) && usage_event_verdict(&chunk[start..at], start, hint.walked)
                 } else {
                     is_usage_event(held)
                 };
@@ -260,17 +260,29 @@ impl Pieces {
 }
 
 fn is_usage_event(event: &[u8]) -> bool {
-    if !sse::contains_usage_key(event) {
-        return false;
-    }
+    sse::contains_usage_key(event) && usage_event_verdict(event, 0, None)
+}
+
+/// [`is_usage_event`] for an event known to hold a usage key; `at` is where the event starts
+/// in its chunk, `walked` the chunk's data line that the usage observer read
+/// ([`ChunkHint::walked`]): when it is this event's data, its answer is taken, not walked again.
+fn usage_event_verdict(event: &[u8], at: usize, walked: Option<(usize, usize, Option<bool>)>) -> bool {
     // The usual event is one `data:` line: read in place, and walked rather than parsed.
     let line = event.strip_suffix(b"\n").unwrap_or(event);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if !line.contains(&b'\n') && !line.contains(&b'\r') {
-        if let Some(verdict) = sse::field(line, b"data").and_then(super::usage::is_usage_chunk) {
-            return verdict;
+    if memchr::memchr2(b'\n', b'\r', line).is_none() {
+        if let Some(data) = sse::field(line, b"data") {
+            // `data` ends the line: it starts this far into the event.
+            let from = at + line.len() - data.len();
+            let verdict = match walked {
+                Some((start, len, verdict)) if start == from && len == data.len() => verdict,
+                _ => super::usage::is_usage_chunk(data),
+            };
+            if let Some(verdict) = verdict {
+                return verdict;
+            }
         }
     }
     is_usage_event_parsed(event)
@@ -331,7 +343,25 @@ mod tests {
         let mut out = String::new();
         for (i, c) in chunks.iter().enumerate() {
             let mut b = Some(Bytes::copy_from_slice(c.as_bytes()));
-            s.filter(&mut b, i + 1 == chunks.len(), sse::find_usage_key(c.as_bytes(), 0));
+            s.filter(&mut b, i + 1 == chunks.len(), ChunkHint::key(sse::find_usage_key(c.as_bytes(), 0)));
+            if let Some(b) = b {
+                out.push_str(std::str::from_utf8(&b).unwrap());
+            }
+        }
+        (out, s.removed)
+    }
+
+    /// [`run`] with the hints a usage observer gives for the same chunks (the gateway's order).
+    fn run_observed(chunks: &[&str]) -> (String, bool) {
+        let mut o = crate::proxy::usage::UsageObserver::default();
+        o.start(Some("text/event-stream"));
+        let mut s = SseStrip::default();
+        let mut out = String::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let bytes = Bytes::copy_from_slice(c.as_bytes());
+            let hint = o.observe(Some(&bytes), false);
+            let mut b = Some(bytes);
+            s.filter(&mut b, i + 1 == chunks.len(), hint);
             if let Some(b) = b {
                 out.push_str(std::str::from_utf8(&b).unwrap());
             }
@@ -372,6 +402,8 @@ mod tests {
                     let (out, removed) = run(&[&whole[..i], &whole[i..j], &whole[j..]]);
                     assert_eq!(out, want, "{eol:?} cut at {i} and {j}");
                     assert!(removed);
+                    let observed = run_observed(&[&whole[..i], &whole[i..j], &whole[j..]]);
+                    assert_eq!(observed, (want.clone(), true), "{eol:?} cut at {i} and {j}, observed");
                 }
             }
         }
@@ -384,11 +416,11 @@ mod tests {
         let mut s = SseStrip::default();
         let chunk = Bytes::from(format!("{TOK}{TOK}"));
         let mut b = Some(chunk.clone());
-        s.filter(&mut b, false, sse::find_usage_key(&chunk, 0));
+        s.filter(&mut b, false, ChunkHint::key(sse::find_usage_key(&chunk, 0)));
         assert_eq!(b.as_ref().map(|b| b.as_ptr()), Some(chunk.as_ptr()));
         let chunk = Bytes::from(format!("{TOK}{USAGE}"));
         let mut b = Some(chunk.clone());
-        s.filter(&mut b, false, sse::find_usage_key(&chunk, 0));
+        s.filter(&mut b, false, ChunkHint::key(sse::find_usage_key(&chunk, 0)));
         assert_eq!(b.as_deref(), Some(TOK.as_bytes()));
         assert_eq!(b.as_ref().map(|b| b.as_ptr()), Some(chunk.as_ptr()));
         assert!(s.removed);
@@ -421,6 +453,12 @@ mod tests {
         for e in events {
             let (fast, parsed) = (is_usage_event(e.as_bytes()), is_usage_event_parsed(e.as_bytes()));
             assert_eq!(fast, parsed, "{e:?}");
+            // The same event after another, with the hint the observer gives for the chunk.
+            let chunk = format!("{TOK}{e}");
+            let (observed, _) = run_observed(&[&chunk]);
+            let (plain, _) = run(&[&chunk]);
+            assert_eq!(observed, plain, "{e:?}");
+            assert_eq!(observed.len() == TOK.len(), fast, "{e:?}");
             stripped += usize::from(fast);
         }
         assert_eq!(stripped, 6);

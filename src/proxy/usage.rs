@@ -26,6 +26,24 @@ pub enum BodyKind {
     Json,
 }
 
+/// What the observer learnt of one SSE chunk, handed to the usage strip that reads the same
+/// bytes after it, so that the strip neither searches nor walks them again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHint {
+    /// Where the chunk's first `"usage"` key is ([`sse::find_usage_key`]).
+    pub key: Option<usize>,
+    /// The first `data` line of the chunk (within it) that the observer read for its usage:
+    /// its payload's start and length in the chunk, and [`is_usage_chunk`]'s answer on it.
+    pub walked: Option<(usize, usize, Option<bool>)>,
+}
+
+impl ChunkHint {
+    /// A hint that only gives the key.
+    pub fn key(key: Option<usize>) -> Self {
+        ChunkHint { key, walked: None }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct UsageObserver {
     kind: BodyKind,
@@ -54,13 +72,13 @@ impl UsageObserver {
     }
 
     /// Observes one chunk of the backend's body. For an SSE chunk, returns where its first
-    /// `"usage"` key (one whose value may not be null: [`sse::find_usage_key`]) is, so that the
-    /// usage strip reading the same bytes after this does not search them again; `None` for
-    /// no such key and for other bodies.
-    pub fn observe(&mut self, chunk: Option<&Bytes>, end: bool) -> Option<usize> {
+    /// `"usage"` key (one whose value may not be null: [`sse::find_usage_key`]) is and what the
+    /// observer read of its usage line, so that the usage strip reading the same bytes after
+    /// this does not search or walk them again; an empty hint for other bodies.
+    pub fn observe(&mut self, chunk: Option<&Bytes>, end: bool) -> ChunkHint {
         match self.kind {
-            BodyKind::Other => None,
-            BodyKind::Sse => chunk.and_then(|c| self.feed_sse(c)),
+            BodyKind::Other => ChunkHint::default(),
+            BodyKind::Sse => chunk.map(|c| self.feed_sse(c)).unwrap_or_default(),
             BodyKind::Json => {
                 // The whole answer in its last chunk (the common case) is read in place, not copied.
                 let in_place = end && self.buf.is_empty();
@@ -74,7 +92,7 @@ impl UsageObserver {
                     }
                     self.buf = Vec::new();
                 }
-                None
+                ChunkHint::default()
             }
         }
     }
@@ -91,15 +109,16 @@ impl UsageObserver {
         self.buf.extend_from_slice(data);
     }
 
-    /// Returns the chunk's first usage key (see [`Self::observe`]).
-    fn feed_sse(&mut self, data: &[u8]) -> Option<usize> {
+    /// The chunk's first usage key and usage line (see [`Self::observe`]).
+    fn feed_sse(&mut self, data: &[u8]) -> ChunkHint {
         // One search for `"usage"` per chunk, not one per line.
         let first = sse::find_usage_key(data, 0);
+        let mut hint = ChunkHint::key(first);
         let mut key = first;
         // Once the first event is timed only `usage` is read: whole events without it are not
         // split into lines.
         if key.is_none() && self.first_event_at.is_some() && self.sse.at_clean_boundary() && data.ends_with(b"\n\n") {
-            return None;
+            return hint;
         }
         let mut tok = std::mem::take(&mut self.sse);
         tok.feed(data, |t, at| {
@@ -107,37 +126,45 @@ impl UsageObserver {
                 // A line within the chunk ends where its line ending starts; a line joined
                 // across chunks is longer than that and is searched on its own.
                 let end = at.saturating_sub(eol.len());
-                let has_key = match end.checked_sub(text.len()) {
+                let (has_key, start) = match end.checked_sub(text.len()) {
                     Some(start) => {
                         if key.is_some_and(|k| k < start) {
                             key = sse::find_usage_key(data, start);
                         }
-                        key.is_some_and(|k| k + sse::USAGE_KEY_LEN <= end)
+                        (key.is_some_and(|k| k + sse::USAGE_KEY_LEN <= end), Some(start))
                     }
-                    None => sse::contains_usage_key(text),
+                    None => (sse::contains_usage_key(text), None),
                 };
-                self.line(text, has_key);
+                if let Some(verdict) = self.line(text, has_key) {
+                    if let (Some(start), None) = (start, hint.walked) {
+                        hint.walked = Some((start + text.len() - verdict.1, verdict.1, verdict.0));
+                    }
+                }
             }
         });
         self.sse = tok;
-        first
+        hint
     }
 
-    /// One complete SSE line; `has_key`: it holds `"usage"`.
-    fn line(&mut self, line: &[u8], has_key: bool) {
-        let Some(payload) = sse::field(line, b"data") else { return };
+    /// One complete SSE line; `has_key`: it holds `"usage"`. When its data was read for usage:
+    /// whether it is the usage chunk ([`is_usage_chunk`]) and the data's length.
+    fn line(&mut self, line: &[u8], has_key: bool) -> Option<(Option<bool>, usize)> {
+        let payload = sse::field(line, b"data")?;
         if payload == b"[DONE]" {
-            return;
+            return None;
         }
         if self.first_event_at.is_none() {
             self.first_event_at = Some(std::time::Instant::now());
         }
         // Only the chunk(s) carrying usage are parsed: the hot path is a substring check.
-        if has_key {
-            if let Some(u) = parse_usage(payload) {
-                self.usage = Some(u);
-            }
+        if !has_key {
+            return None;
         }
+        let (usage, chunk) = read(payload);
+        if let Some(u) = usage {
+            self.usage = Some(u);
+        }
+        Some((chunk, payload.len()))
     }
 }
 
@@ -152,13 +179,26 @@ pub fn is_usage_chunk(data: &[u8]) -> Option<bool> {
 /// event). Embeddings and scores carry prompt tokens only, rerank only `total_tokens` (counted
 /// as prompt tokens); an audio duration (`{"type":"duration","seconds":…}`) counts no tokens.
 fn parse_usage(json: &[u8]) -> Option<Usage> {
-    let u = match json::top_level_usage(json) {
+    read(json).0
+}
+
+/// [`parse_usage`], and from the same walk whether `json` is the usage chunk
+/// ([`is_usage_chunk`]): the usage strip asks that of the chunk the observer reads.
+fn read(json: &[u8]) -> (Option<Usage>, Option<bool>) {
+    match json::top(json) {
+        Some(top) => (usage_of(json, top.usage()), top.is_usage_chunk(json)),
+        None => (parse_full(json).and_then(UsageFields::usage), None),
+    }
+}
+
+fn usage_of(json: &[u8], walk: json::Walk) -> Option<Usage> {
+    let u = match walk {
         // Only the `usage` value is parsed: on these answers that is what the full parse gives.
-        json::Walk::Found(span) => {
-            let raw = json.get(span?)?;
-            match json::usage_counts(raw) {
+        json::Walk::Found(found) => {
+            let (span, counts) = found?;
+            match counts {
                 Some(counts) => UsageFields::from(counts?),
-                None => serde_json::from_slice::<Option<UsageFields>>(raw).ok()??,
+                None => serde_json::from_slice::<Option<UsageFields>>(json.get(span)?).ok()??,
             }
         }
         json::Walk::Unsure => parse_full(json)?,
@@ -247,6 +287,25 @@ mod tests {
             r#"[{"usage":{"prompt_tokens":1}}]"#,
             r#"{"usage":{"prompt_tokens":1},}"#,
             r#"{"usage" {"prompt_tokens":1}}"#,
+            // Where the in-place read of `usage` and the lenient skip could part: numbers and
+            // literals holding quotes or brackets, a count given twice, escapes, odd values.
+            r#"{"usage":{"prompt_tokens":1,"x":1"}"},"y":2}"#,
+            r#"{"usage":{"prompt_tokens":1,"x":tru"e}"}}"#,
+            r#"{"usage":{"prompt_tokens":1,"x":1[},"completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":1,"x":1{}},"completion_tokens":2}"#,
+            r#"{"usage":{"prompt_tokens":1,"x":-1.5e+3,"y":true,"z":null},"choices":[]}"#,
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":1,"x":""}"},"z":1}"#,
+            r#"{"usage":{"prompt_tokens":1 "completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":1,}}"#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"{"usage":{"prompt_tokens":1]}"#,
+            r#"{"usage":{"prompt_tokens":12345678901234567890123}}"#,
+            r#"{"usage":{"prompt_tokens":1,"d":{"a":[1,{"b":"]"}]}},"response":1}"#,
+            r#"{"usage":{"prompt_tokens":1,"d":{"a":[1,{"b":"]"}]}},"usage":null}"#,
+            r#"{"usage":null,"usage":{"prompt_tokens":1}}"#,
+            "{\"usage\":{\"prompt_tokens\":1,\"x\":\"\u{e9}\\n\"},\"t\":\"\u{fc}\"}",
+            "{\"usage\"\t:\r\n{ \"prompt_tokens\"\n:\t3 }\n}",
             "",
         ];
         for d in docs {
@@ -255,6 +314,38 @@ mod tests {
         }
         let deep = format!(r#"{{"a":{}{},"usage":{{"prompt_tokens":1}}}}"#, "[".repeat(200), "]".repeat(200));
         assert_eq!(parse_usage(deep.as_bytes()), parse_full(deep.as_bytes()).and_then(UsageFields::usage));
+        // Nesting inside `usage` at and around the skip's depth limit.
+        for n in [126, 127, 128, 129] {
+            let deep = format!(r#"{{"usage":{{"prompt_tokens":1,"d":{}{}}}}}"#, "[".repeat(n), "]".repeat(n));
+            let want = parse_full(deep.as_bytes()).and_then(UsageFields::usage);
+            assert_eq!(parse_usage(deep.as_bytes()), want, "{n}");
+            assert_eq!(reference(deep.as_bytes()), want, "{n}");
+        }
+        for d in docs {
+            assert_eq!(parse_usage(d.as_bytes()), reference(d.as_bytes()), "{d}");
+        }
+    }
+
+    /// The walk as it was before `usage` was read in place: every value skipped leniently, then
+    /// the `usage` span read for its counts ([`json::usage_counts`]).
+    fn reference(json: &[u8]) -> Option<Usage> {
+        let top = json::top(json);
+        let found = match top.as_ref().map(json::Top::usage) {
+            Some(json::Walk::Found(found)) => found,
+            _ => return parse_full(json)?.usage(),
+        };
+        let (span, counts) = found?;
+        let raw = json.get(span)?;
+        let lenient = json::usage_counts(raw);
+        if let Some(counts) = counts {
+            // Where the in-place read gave counts, the span's read gives the same.
+            assert_eq!(lenient, Some(counts), "{:?}", String::from_utf8_lossy(json));
+        }
+        match lenient {
+            Some(c) => UsageFields::from(c?),
+            None => serde_json::from_slice::<Option<UsageFields>>(raw).ok()??,
+        }
+        .usage()
     }
 
     fn feed(chunks: &[&str]) -> UsageObserver {
@@ -262,10 +353,13 @@ mod tests {
         o.start(Some("text/event-stream; charset=utf-8"));
         for c in chunks {
             // The usage strip relies on the key the observer hands it.
-            let key = o.observe(Some(&Bytes::copy_from_slice(c.as_bytes())), false);
-            assert_eq!(key, sse::find_usage_key(c.as_bytes(), 0), "{c:?}");
+            let hint = o.observe(Some(&Bytes::copy_from_slice(c.as_bytes())), false);
+            assert_eq!(hint.key, sse::find_usage_key(c.as_bytes(), 0), "{c:?}");
+            if let Some((start, len, verdict)) = hint.walked {
+                assert_eq!(verdict, is_usage_chunk(&c.as_bytes()[start..start + len]), "{c:?}");
+            }
         }
-        assert_eq!(o.observe(None, true), None);
+        assert_eq!(o.observe(None, true), ChunkHint::default());
         o
     }
 

@@ -7,38 +7,96 @@
 //! is malformed only there still has its `usage` read. The tokenizer is the gateway's one
 //! ([`crate::json_scan`], its lenient functions).
 
-use crate::json_scan::{skip_nested, string_end, ws};
+use crate::json_scan::{skip_nested, skip_nested_within, string_end, ws};
 use std::ops::Range;
 
+/// What one walk over the top level of an answer (or of one streamed chunk) found: the members
+/// both usage readers look at, so that a chunk read for its usage is not walked again to decide
+/// whether it is the usage chunk.
+#[derive(Debug, Default)]
+pub struct Top {
+    /// The first `usage` member: its value's span, and its counts when [`usage_counts`] reads
+    /// them (`Some(None)`: `null`); `None` there: serde_json decides on the span.
+    usage: Option<(Range<usize>, Option<Option<Counts>>)>,
+    /// The first `choices` member's value.
+    choices: Option<Range<usize>>,
+    usage_twice: bool,
+    choices_twice: bool,
+    /// A `response` key (the Responses API shape, read by the full parse).
+    response: bool,
+}
+
 pub enum Walk {
-    /// The raw value of the one top-level `usage` key, if any.
-    Found(Option<Range<usize>>),
+    /// The raw value of the one top-level `usage` key, if any, with its counts when read.
+    Found(Option<(Range<usize>, Option<Option<Counts>>)>),
     Unsure,
 }
 
-pub fn top_level_usage(json: &[u8]) -> Walk {
-    walk(json).map_or(Walk::Unsure, Walk::Found)
+/// Walks the top level of `json` once; `None` when it is not one object (a key with an
+/// escape, unbalanced brackets, an unclosed string, bytes after it).
+pub fn top(json: &[u8]) -> Option<Top> {
+    let mut t = Top::default();
+    let end = members(json, ws(json, 0), |key, start| match key {
+        b"usage" => {
+            let (end, counts) = usage_value(json, start)?;
+            if t.usage.is_some() {
+                t.usage_twice = true;
+            } else {
+                t.usage = Some((start..end, counts));
+            }
+            Some(end)
+        }
+        b"choices" => {
+            let end = skip_value(json, start)?;
+            if t.choices.is_some() {
+                t.choices_twice = true;
+            } else {
+                t.choices = Some(start..end);
+            }
+            Some(end)
+        }
+        b"response" => {
+            t.response = true;
+            skip_value(json, start)
+        }
+        _ => skip_value(json, start),
+    })?;
+    (ws(json, end) == json.len()).then_some(t)
 }
 
-fn walk(json: &[u8]) -> Option<Option<Range<usize>>> {
-    let open = ws(json, 0);
-    let mut usage = None;
-    let end = members(json, open, |key, value| {
-        match key {
-            b"usage" if usage.is_some() => return None,
-            b"usage" => usage = Some(value),
-            b"response" => return None,
-            _ => {}
+impl Top {
+    /// The one top-level `usage`: certain only with one `usage` key and no `response` key.
+    pub fn usage(&self) -> Walk {
+        if self.usage_twice || self.response {
+            return Walk::Unsure;
         }
-        Some(())
-    })?;
-    (ws(json, end) == json.len()).then_some(usage)
+        Walk::Found(self.usage.clone())
+    }
+
+    /// Whether the chunk is the usage chunk that `stream_options.include_usage` adds: its
+    /// `choices` an empty array and its `usage` present and not `null` (what serde_json reads
+    /// into `choices: Option<Vec<_>>` and `usage: Option<_>`). `None` when unsure (a key given
+    /// twice): the caller then asks serde_json. Numbers and literals in the skipped members are
+    /// not checked.
+    pub fn is_usage_chunk(&self, json: &[u8]) -> Option<bool> {
+        if self.usage_twice || self.choices_twice {
+            return None;
+        }
+        let empty = self
+            .choices
+            .clone()
+            .and_then(|r| json.get(r))
+            .is_some_and(|v| v.first() == Some(&b'[') && ws(v, 1) + 1 == v.len());
+        let usage = self.usage.as_ref().and_then(|(r, _)| json.get(r.clone())).is_some_and(|v| v != b"null");
+        Some(empty && usage)
+    }
 }
 
 /// Walks the object that opens at `open`, calling `member` with each key (without quotes) and
-/// the span of its value; the index just past the closing brace. `None` when it is not an
-/// object, a key has an escape, or `member` says so.
-fn members(json: &[u8], open: usize, mut member: impl FnMut(&[u8], Range<usize>) -> Option<()>) -> Option<usize> {
+/// the index where its value starts; `member` answers the index just past the value. The index
+/// just past the closing brace. `None` when it is not an object, a key has an escape, or
+/// `member` says so.
+fn members(json: &[u8], open: usize, mut member: impl FnMut(&[u8], usize) -> Option<usize>) -> Option<usize> {
     if *json.get(open)? != b'{' {
         return None;
     }
@@ -60,8 +118,7 @@ fn members(json: &[u8], open: usize, mut member: impl FnMut(&[u8], Range<usize>)
             return None;
         }
         let start = ws(json, i + 1);
-        i = skip_value(json, start)?;
-        member(key, start..i)?;
+        i = member(key, start)?;
         i = ws(json, i);
         match *json.get(i)? {
             b',' => i = ws(json, i + 1),
@@ -76,38 +133,21 @@ fn skip_value(json: &[u8], i: usize) -> Option<usize> {
     match *json.get(i)? {
         b'"' => Some(string_end(json, i)?.0 + 1),
         b'{' | b'[' => skip_nested(json, i),
-        _ => {
-            let n = json
-                .get(i..)?
-                .iter()
-                .take_while(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .count();
-            (n > 0).then_some(i + n)
-        }
+        _ => Some(i + scalar_len(json, i)?),
     }
 }
 
-/// Whether a streamed chunk is the usage chunk that `stream_options.include_usage` adds: its
-/// `choices` an empty array and its `usage` present and not `null` (what serde_json reads into
-/// `choices: Option<Vec<_>>` and `usage: Option<_>`). `None` when unsure (not an object, a key
-/// with an escape or given twice): the caller then asks serde_json. As for [`top_level_usage`],
-/// numbers and literals in the skipped members are not checked.
+/// The length of the number or literal at `i`: up to a comma, a closing bracket or white space.
+fn scalar_len(json: &[u8], i: usize) -> Option<usize> {
+    let n =
+        json.get(i..)?.iter().take_while(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')).count();
+    (n > 0).then_some(n)
+}
+
+/// Whether a streamed chunk is the usage chunk (see [`Top::is_usage_chunk`]); `None` when
+/// unsure (not an object, a key with an escape or given twice).
 pub fn is_usage_chunk(json: &[u8]) -> Option<bool> {
-    let (mut choices, mut usage) = (None, None);
-    let end = members(json, ws(json, 0), |key, value| {
-        let slot = match key {
-            b"choices" => &mut choices,
-            b"usage" => &mut usage,
-            _ => return Some(()),
-        };
-        slot.replace(value).is_none().then_some(())
-    })?;
-    if ws(json, end) != json.len() {
-        return None;
-    }
-    let empty = choices.and_then(|r| json.get(r)).is_some_and(|v| v.first() == Some(&b'[') && ws(v, 1) + 1 == v.len());
-    let usage = usage.and_then(|r| json.get(r)).is_some_and(|v| v != b"null");
-    Some(empty && usage)
+    top(json)?.is_usage_chunk(json)
 }
 
 /// The counts of a `usage` object, by the names [`FIELDS`] lists: `None` where absent or null.
@@ -117,27 +157,66 @@ pub type Counts = [Option<u64>; 5];
 pub const FIELDS: [&[u8]; 5] =
     [b"prompt_tokens", b"completion_tokens", b"input_tokens", b"output_tokens", b"total_tokens"];
 
-/// Reads a `usage` value (the span [`top_level_usage`] found) as serde_json reads it into
+/// Reads a `usage` value (the span [`Top::usage`] found) as serde_json reads it into
 /// optional integer fields: `Some(None)` for `null`, the counts of an object whose counts are
 /// plain non-negative integers or `null` and whose other members are skipped. Anything else
 /// (escapes in names, a count given twice, signs, fractions, exponents, another shape) is
-/// `None`, for serde_json to decide.
+/// `None`, for serde_json to decide. The walk reads the counts in place ([`usage_value`]); this
+/// reads a span, and the tests check the two agree.
+#[cfg(test)]
 pub fn usage_counts(v: &[u8]) -> Option<Option<Counts>> {
     if v == b"null" {
         return Some(None);
     }
+    let (end, counts) = counts_at(v, 0, skip_value)?;
+    (end == v.len()).then_some(Some(counts))
+}
+
+/// The `usage` value that starts at `start` in the document: the index past it and its counts
+/// as [`usage_counts`] reads its span, in one walk. An object is read by a walk stricter than
+/// [`skip_value`] where they could part (a number or literal holding a quote or an opening
+/// bracket, nesting at the skip's depth limit), so where it reads counts it ends where the skip
+/// ends; otherwise the value is skipped and its counts left to serde_json.
+fn usage_value(json: &[u8], start: usize) -> Option<(usize, Option<Option<Counts>>)> {
+    if json.get(start) == Some(&b'{') {
+        if let Some((end, counts)) = counts_at(json, start, strict_skip) {
+            return Some((end, Some(Some(counts))));
+        }
+    }
+    let end = skip_value(json, start)?;
+    Some((end, (json.get(start..end)? == b"null").then_some(None)))
+}
+
+/// [`skip_value`] for a member of an object that [`skip_nested`] would skip whole: nested
+/// values one level less deep, numbers and literals only of their own characters.
+fn strict_skip(json: &[u8], i: usize) -> Option<usize> {
+    match *json.get(i)? {
+        b'"' => Some(string_end(json, i)?.0 + 1),
+        b'{' | b'[' => skip_nested_within(json, i, 127),
+        _ => {
+            let n = scalar_len(json, i)?;
+            json[i..i + n].iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-')).then_some(i + n)
+        }
+    }
+}
+
+/// The object at `open` read for its counts, members other than the counts passed over by
+/// `skip`: the index past it and the counts.
+fn counts_at(json: &[u8], open: usize, skip: fn(&[u8], usize) -> Option<usize>) -> Option<(usize, Counts)> {
     let mut counts: Counts = [None; 5];
     let mut seen = [false; 5];
-    let end = members(v, 0, |key, value| {
-        if let Some(f) = FIELDS.iter().position(|name| *name == key) {
+    let end = members(json, open, |key, start| match FIELDS.iter().position(|name| *name == key) {
+        Some(f) => {
             if std::mem::replace(&mut seen[f], true) {
                 return None;
             }
-            counts[f] = count(v.get(value)?)?;
+            let end = start + scalar_len(json, start)?;
+            counts[f] = count(&json[start..end])?;
+            Some(end)
         }
-        Some(())
+        None => skip(json, start),
     })?;
-    (end == v.len()).then_some(Some(counts))
+    Some((end, counts))
 }
 
 /// `null`, or a JSON integer without sign, fraction or exponent that fits a u64.
