@@ -122,6 +122,34 @@ impl CaseNames {
         Ok(())
     }
 
+    /// What [`Self::append`] does for `name` given in lower case, when that needs no case: true
+    /// when nothing is to be recorded (no case kept, or none on record for the name, whose
+    /// values then are written in lower case already), false when the caller must take
+    /// [`Self::append`].
+    pub(crate) fn appends_lower_as_is(&self, name: &HeaderName) -> bool {
+        match self {
+            CaseNames::Titled => true,
+            CaseNames::Given(list) => !list.iter().any(|(n, _)| n == name),
+            CaseNames::Map(_) => false,
+        }
+    }
+
+    /// What [`Self::insert`] does for `name` given in lower case, when that needs no case: true
+    /// when done (no case kept; or the name's case on record, if any, forgotten: its values
+    /// are replaced), false when the caller must take [`Self::insert`].
+    pub(crate) fn inserts_lower_as_is(&mut self, name: &HeaderName) -> bool {
+        match self {
+            CaseNames::Titled => true,
+            CaseNames::Given(list) => {
+                if let Some(i) = list.iter().position(|(n, _)| n == name) {
+                    list.swap_remove(i);
+                }
+                true
+            }
+            CaseNames::Map(_) => false,
+        }
+    }
+
     /// After names were removed from the value map: forgets their cases.
     pub(crate) fn removed<K: http::header::AsHeaderName + Clone>(
         &mut self,
@@ -253,7 +281,7 @@ impl CaseNames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RequestHeader, ResponseHeader};
+    use crate::{KnownHeaderName, RequestHeader, ResponseHeader};
 
     fn wire(resp: &ResponseHeader) -> String {
         let mut buf = Vec::new();
@@ -310,6 +338,35 @@ mod tests {
         resp.append_header("x-b", "7").unwrap();
         assert!(matches!(&resp.case, CaseNames::Given(l) if l.is_empty()));
         assert_eq!(wire(&resp), "x-a: 1\r\nx-a: 3\r\nx-c: 6\r\nx-b: 7\r\n");
+    }
+
+    #[test]
+    fn known_lower_case_names_keep_the_cases_on_record() {
+        static LOWER: KnownHeaderName = KnownHeaderName::from_static("x-b");
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("X-A", "1").unwrap();
+        resp.append_header(&LOWER, "2").unwrap();
+        resp.append_header(&LOWER, "3").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.len() == 1));
+        assert_eq!(wire(&resp), "X-A: 1\r\nx-b: 2\r\nx-b: 3\r\n");
+        // Another case on record for the name: appended in lower case, it takes the map.
+        resp.insert_header("X-B", "4").unwrap();
+        resp.append_header(&LOWER, "5").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Map(_)));
+        assert_eq!(wire(&resp), "X-A: 1\r\nX-B: 4\r\nx-b: 5\r\n");
+        // Inserted in lower case over a name on record: the record goes.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("X-B", "1").unwrap();
+        resp.insert_header(&LOWER, "2").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.is_empty()));
+        assert_eq!(wire(&resp), "x-b: 2\r\n");
+        // No case kept: written titled where known, else as stored, as before.
+        let mut resp =
+            ResponseHeader::from(ResponseHeader::build(200, None).unwrap().as_owned_parts());
+        resp.insert_header(&LOWER, "1").unwrap();
+        resp.append_header(&LOWER, "2").unwrap();
+        assert!(!resp.has_case());
+        assert_eq!(wire(&resp), "x-b: 1\r\nx-b: 2\r\n");
     }
 
     #[test]
@@ -384,16 +441,27 @@ mod tests {
                 let name = HeaderName::from_bytes(spelt.as_bytes()).unwrap();
                 let case = CaseHeaderName::from_slice(spelt.as_bytes());
                 let value = HeaderValue::from_str(&format!("{round}-{step}")).unwrap();
+                // The name as a string, or checked once (a lower-case one takes the short way).
+                let known = KnownHeaderName::new(spelt).unwrap();
+                let as_known = next(2) == 0;
                 match next(4) {
                     0 | 1 => {
-                        resp.append_header(spelt.to_string(), value.clone())
-                            .unwrap();
+                        if as_known {
+                            resp.append_header(&known, value.clone()).unwrap();
+                        } else {
+                            resp.append_header(spelt.to_string(), value.clone())
+                                .unwrap();
+                        }
                         reference.cases.append(name.clone(), case);
                         reference.values.append(name, value);
                     }
                     2 => {
-                        resp.insert_header(spelt.to_string(), value.clone())
-                            .unwrap();
+                        if as_known {
+                            resp.insert_header(&known, value.clone()).unwrap();
+                        } else {
+                            resp.insert_header(spelt.to_string(), value.clone())
+                                .unwrap();
+                        }
                         reference.cases.insert(name.clone(), case);
                         reference.values.insert(name, value);
                     }
