@@ -51,6 +51,13 @@ pub trait IntoCaseHeaderName {
             .or_err(InvalidHTTPHeader, "invalid header name")?;
         Ok((case, name))
     }
+
+    /// The name, when it is known without a look at it to be written as it is stored (in lower
+    /// case): then a header with no other case on record for it needs only the name. `None`
+    /// (the default) when not known so; [`KnownHeaderName`] knows.
+    fn lower_case_name(&self) -> Option<HeaderName> {
+        None
+    }
 }
 
 /// A header name checked once (typically kept in a `static` or a config), with the case to
@@ -60,6 +67,8 @@ pub trait IntoCaseHeaderName {
 pub struct KnownHeaderName {
     case: CaseHeaderName,
     name: HeaderName,
+    /// `case` is `name` as stored (lower case).
+    lower: bool,
 }
 
 impl KnownHeaderName {
@@ -69,6 +78,7 @@ impl KnownHeaderName {
         KnownHeaderName {
             case: CaseHeaderName(Bytes::from_static(name.as_bytes())),
             name: HeaderName::from_static(name),
+            lower: true,
         }
     }
 
@@ -78,6 +88,7 @@ impl KnownHeaderName {
             .or_err(InvalidHTTPHeader, "invalid header name")?;
         Ok(KnownHeaderName {
             case: CaseHeaderName(Bytes::from_static(case.as_bytes())),
+            lower: case.as_bytes() == name.as_str().as_bytes(),
             name,
         })
     }
@@ -94,6 +105,10 @@ impl IntoCaseHeaderName for &KnownHeaderName {
 
     fn into_case_and_name(self) -> Result<(CaseHeaderName, HeaderName)> {
         Ok((self.case.clone(), self.name.clone()))
+    }
+
+    fn lower_case_name(&self) -> Option<HeaderName> {
+        self.lower.then(|| self.name.clone())
     }
 }
 
@@ -177,6 +192,14 @@ mod tests {
         let (case, name) = (&titled).into_case_and_name().unwrap();
         assert_eq!(case.as_slice(), b"X-Request-Id");
         assert_eq!(name.as_str(), "x-request-id");
+        assert!(lower.lower_case_name().is_some());
+        assert!((&titled).lower_case_name().is_none());
+        let given_lower = KnownHeaderName::new("x-request-id").unwrap();
+        assert_eq!(
+            (&given_lower).lower_case_name().as_ref(),
+            Some(titled.name())
+        );
+        assert!("x-a".lower_case_name().is_none());
         assert!(KnownHeaderName::new("bad name").is_err());
         assert!(KnownHeaderName::new("").is_err());
     }

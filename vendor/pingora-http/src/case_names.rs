@@ -62,17 +62,22 @@ impl CaseNames {
         case: CaseHeaderName,
     ) -> Result<()> {
         if let CaseNames::Given(list) = self {
-            if !values.contains_key(name) {
-                // The name's first value: its case is recorded as an insert records it.
-                return self.insert(values, name, case);
-            }
             let held = list
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, c)| c.as_slice());
             let given = exception(name, &case);
             if held == given.as_ref().map(CaseHeaderName::as_slice) {
+                // The case already recorded for the name (for a lower-case name not in the
+                // list: none), whether or not the name has values yet. For a name without
+                // values, what an insert records (below) would leave the list as it is too,
+                // so the value map need not be looked up: the common case of a header parsed
+                // from the wire, every name in lower case, costs no lookup here.
                 return Ok(());
+            }
+            if !values.contains_key(name) {
+                // The name's first value: its case is recorded as an insert records it.
+                return self.insert(values, name, case);
             }
             // The name is given in a second case: one case per value from here on.
             self.build_map(values)?;
@@ -115,6 +120,34 @@ impl CaseNames {
                 .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
         }
         Ok(())
+    }
+
+    /// What [`Self::append`] does for `name` given in lower case, when that needs no case: true
+    /// when nothing is to be recorded (no case kept, or none on record for the name, whose
+    /// values then are written in lower case already), false when the caller must take
+    /// [`Self::append`].
+    pub(crate) fn appends_lower_as_is(&self, name: &HeaderName) -> bool {
+        match self {
+            CaseNames::Titled => true,
+            CaseNames::Given(list) => !list.iter().any(|(n, _)| n == name),
+            CaseNames::Map(_) => false,
+        }
+    }
+
+    /// What [`Self::insert`] does for `name` given in lower case, when that needs no case: true
+    /// when done (no case kept; or the name's case on record, if any, forgotten: its values
+    /// are replaced), false when the caller must take [`Self::insert`].
+    pub(crate) fn inserts_lower_as_is(&mut self, name: &HeaderName) -> bool {
+        match self {
+            CaseNames::Titled => true,
+            CaseNames::Given(list) => {
+                if let Some(i) = list.iter().position(|(n, _)| n == name) {
+                    list.swap_remove(i);
+                }
+                true
+            }
+            CaseNames::Map(_) => false,
+        }
     }
 
     /// After names were removed from the value map: forgets their cases.
@@ -248,7 +281,7 @@ impl CaseNames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RequestHeader, ResponseHeader};
+    use crate::{KnownHeaderName, RequestHeader, ResponseHeader};
 
     fn wire(resp: &ResponseHeader) -> String {
         let mut buf = Vec::new();
@@ -283,6 +316,57 @@ mod tests {
         resp.remove_header("x-two");
         assert!(matches!(&resp.case, CaseNames::Given(l) if l.is_empty()));
         assert_eq!(wire(&resp), "content-type: a\r\ndate: e\r\n");
+    }
+
+    #[test]
+    fn appending_in_the_recorded_case_changes_nothing() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("x-a", "1").unwrap();
+        resp.append_header("X-B", "2").unwrap();
+        resp.append_header("x-a", "3").unwrap();
+        resp.append_header("X-B", "4").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.len() == 1));
+        assert_eq!(wire(&resp), "x-a: 1\r\nx-a: 3\r\nX-B: 2\r\nX-B: 4\r\n");
+        // A value removed behind the case list's back (as code inside this crate could): appended
+        // again in the case the list still holds, the name is written in that case.
+        resp.base.headers.remove("x-b");
+        resp.append_header("X-B", "5").unwrap();
+        resp.append_header("x-c", "6").unwrap();
+        assert_eq!(wire(&resp), "x-a: 1\r\nx-a: 3\r\nX-B: 5\r\nx-c: 6\r\n");
+        // In lower case, over a stale record: the record goes, as an insert drops it.
+        resp.base.headers.remove("x-b");
+        resp.append_header("x-b", "7").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.is_empty()));
+        assert_eq!(wire(&resp), "x-a: 1\r\nx-a: 3\r\nx-c: 6\r\nx-b: 7\r\n");
+    }
+
+    #[test]
+    fn known_lower_case_names_keep_the_cases_on_record() {
+        static LOWER: KnownHeaderName = KnownHeaderName::from_static("x-b");
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("X-A", "1").unwrap();
+        resp.append_header(&LOWER, "2").unwrap();
+        resp.append_header(&LOWER, "3").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.len() == 1));
+        assert_eq!(wire(&resp), "X-A: 1\r\nx-b: 2\r\nx-b: 3\r\n");
+        // Another case on record for the name: appended in lower case, it takes the map.
+        resp.insert_header("X-B", "4").unwrap();
+        resp.append_header(&LOWER, "5").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Map(_)));
+        assert_eq!(wire(&resp), "X-A: 1\r\nX-B: 4\r\nx-b: 5\r\n");
+        // Inserted in lower case over a name on record: the record goes.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("X-B", "1").unwrap();
+        resp.insert_header(&LOWER, "2").unwrap();
+        assert!(matches!(&resp.case, CaseNames::Given(l) if l.is_empty()));
+        assert_eq!(wire(&resp), "x-b: 2\r\n");
+        // No case kept: written titled where known, else as stored, as before.
+        let mut resp =
+            ResponseHeader::from(ResponseHeader::build(200, None).unwrap().as_owned_parts());
+        resp.insert_header(&LOWER, "1").unwrap();
+        resp.append_header(&LOWER, "2").unwrap();
+        assert!(!resp.has_case());
+        assert_eq!(wire(&resp), "x-b: 1\r\nx-b: 2\r\n");
     }
 
     #[test]
@@ -357,16 +441,27 @@ mod tests {
                 let name = HeaderName::from_bytes(spelt.as_bytes()).unwrap();
                 let case = CaseHeaderName::from_slice(spelt.as_bytes());
                 let value = HeaderValue::from_str(&format!("{round}-{step}")).unwrap();
+                // The name as a string, or checked once (a lower-case one takes the short way).
+                let known = KnownHeaderName::new(spelt).unwrap();
+                let as_known = next(2) == 0;
                 match next(4) {
                     0 | 1 => {
-                        resp.append_header(spelt.to_string(), value.clone())
-                            .unwrap();
+                        if as_known {
+                            resp.append_header(&known, value.clone()).unwrap();
+                        } else {
+                            resp.append_header(spelt.to_string(), value.clone())
+                                .unwrap();
+                        }
                         reference.cases.append(name.clone(), case);
                         reference.values.append(name, value);
                     }
                     2 => {
-                        resp.insert_header(spelt.to_string(), value.clone())
-                            .unwrap();
+                        if as_known {
+                            resp.insert_header(&known, value.clone()).unwrap();
+                        } else {
+                            resp.insert_header(spelt.to_string(), value.clone())
+                                .unwrap();
+                        }
                         reference.cases.insert(name.clone(), case);
                         reference.values.insert(name, value);
                     }

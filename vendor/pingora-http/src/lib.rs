@@ -812,6 +812,14 @@ fn append_header_value(
     name: impl IntoCaseHeaderName,
     value: HeaderValue,
 ) -> Result<bool> {
+    if let Some(header_name) = name.lower_case_name() {
+        if case.appends_lower_as_is(&header_name) {
+            return value_map.try_append(header_name, value).or_err(
+                InvalidHTTPHeader,
+                "header value map size overflows MAX_SIZE",
+            );
+        }
+    }
     let (case_header_name, header_name) = name.into_case_and_name()?;
     // store the original case (before the value map changes: see case_names.rs)
     case.append(value_map, &header_name, case_header_name)?;
@@ -831,6 +839,12 @@ fn insert_header_value(
     name: impl IntoCaseHeaderName,
     value: HeaderValue,
 ) -> Result<()> {
+    if let Some(header_name) = name.lower_case_name() {
+        if case.inserts_lower_as_is(&header_name) {
+            value_map.insert(header_name, value);
+            return Ok(());
+        }
+    }
     let (case_header_name, header_name) = name.into_case_and_name()?;
     // store the original case (before the value map changes: see case_names.rs)
     case.insert(value_map, &header_name, case_header_name)?;
