@@ -37,12 +37,12 @@ use std::time::Duration;
 pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// Carries the request to the backend and relays the answer, adding keepalives on silence.
-/// `body`: the request body the gateway already read (empty: stream the client's, if any).
+/// `body`: the request body the gateway already read (`None`: stream the client's, if any).
 pub async fn run(
     session: &mut Session,
     ctx: &mut Ctx,
     connectors: &Connectors,
-    body: Vec<Bytes>,
+    body: Option<Bytes>,
     every: Duration,
 ) -> Result<()> {
     let Some(routed) = ctx.routed.as_ref() else {
@@ -75,7 +75,7 @@ async fn exchange(
     ctx: &mut Ctx,
     connectors: &Connectors,
     req: RequestHeader,
-    body: Vec<Bytes>,
+    body: Option<Bytes>,
     idle: Duration,
     timeouts: &crate::fleet::Timeouts,
 ) -> Result<Option<(HttpSession, Box<HttpPeer>, Box<ResponseHeader>)>> {
@@ -96,8 +96,8 @@ async fn exchange(
         up.read_timeout = Some(idle);
         up.write_timeout = Some(timeouts.write);
         // The body can go again when the gateway holds it, or when there is none.
-        let resendable = !body.is_empty() || session.is_body_empty();
-        let answer = match send(session, &mut up, &req, &body).await {
+        let resendable = body.is_some() || session.is_body_empty();
+        let answer = match send(session, &mut up, &req, body.as_ref()).await {
             Ok(()) => up.read_resp_header_parts().await.map_err(|e| e.into_up()),
             Err(e) => Err(e),
         };
@@ -124,15 +124,14 @@ fn stale(e: &Error) -> bool {
 
 /// Writes the request header and body: the bytes the gateway read, or the client's body as
 /// it arrives.
-async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, body: &[Bytes]) -> Result<()> {
+async fn send(session: &mut Session, up: &mut HttpSession, req: &RequestHeader, body: Option<&Bytes>) -> Result<()> {
     up.write_request_header(Box::new(req.clone())).await.map_err(|e| e.into_up())?;
-    if body.is_empty() {
-        while let Some(chunk) = session.read_request_body().await? {
-            upstream::write_body(up, &chunk).await?;
-        }
-    } else {
-        for chunk in body {
-            upstream::write_body(up, chunk).await?;
+    match body {
+        Some(read) => upstream::write_body(up, read).await?,
+        None => {
+            while let Some(chunk) = session.read_request_body().await? {
+                upstream::write_body(up, &chunk).await?;
+            }
         }
     }
     up.finish_body().await.map_err(|e| e.into_up())?;

@@ -137,15 +137,15 @@ impl Gateway {
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Heartbeat(every) => {
-                let chunks = match body {
-                    route::BodyPlan::Replay(c) => vec![c],
-                    route::BodyPlan::Untouched => Vec::new(),
+                let read = match body {
+                    route::BodyPlan::Replay(b) => Some(b),
+                    route::BodyPlan::Untouched => None,
                 };
                 if routed.strip_usage {
                     ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
                 }
                 ctx.routed = Some(routed);
-                Box::pin(heartbeat::run(session, ctx, &self.connectors, chunks, every)).await?;
+                Box::pin(heartbeat::run(session, ctx, &self.connectors, read, every)).await?;
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Tunnel => {
