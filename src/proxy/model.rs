@@ -221,3 +221,50 @@ pub fn rewritten(
         Form::Opaque => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{scan_body, Form};
+    use crate::error::GatewayError;
+    use pingora_http::RequestHeader;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn media_types_are_read_in_any_case_and_given_once() {
+        let json = br#"{"model":"m"}"#;
+        // A JSON media type in any case, with parameters: a body that is not JSON is invalid JSON.
+        for ct in
+            ["application/json", "Application/JSON; charset=utf-8", "application/VND.api+JSON", " application/json "]
+        {
+            let e = scan_body(&req(&[("content-type", ct)]), b"not json", true).err();
+            assert!(matches!(e, Some(GatewayError::InvalidJson(_))), "{ct}: {e:?}");
+            let (scan, form) = scan_body(&req(&[("content-type", ct)]), json, true).unwrap();
+            assert_eq!((scan.model.as_deref(), form), (Some("m"), Form::Json), "{ct}");
+        }
+        // Another media type and a body the gateway cannot read: refused, the type named lower-cased.
+        match scan_body(&req(&[("content-type", "Text/PLAIN")]), b"model=m", true) {
+            Err(GatewayError::UnsupportedMediaType(m)) => assert!(m.contains("\"text/plain\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Multipart in any case is read as a form.
+        let form = b"--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nm\r\n--b--\r\n";
+        let (scan, f) = scan_body(&req(&[("content-type", "MULTIPART/Form-Data; boundary=b")]), form, true).unwrap();
+        assert_eq!((scan.model.as_deref(), f), (Some("m"), Form::Multipart("b".into())));
+        // Two Content-Type or two Content-Encoding fields: which one the upstream reads is unknown.
+        for name in ["content-type", "content-encoding"] {
+            let e = scan_body(&req(&[(name, "application/json"), (name, "identity")]), json, true).err();
+            assert!(matches!(e, Some(GatewayError::BadRequest(ref m)) if m.contains("more than one")), "{name}: {e:?}");
+        }
+        // `identity` in any case and spacing is no coding; any other is refused when the model is needed.
+        assert!(scan_body(&req(&[("content-encoding", " IDENTITY ")]), json, true).is_ok());
+        let e = scan_body(&req(&[("content-encoding", "gzip")]), json, true).err();
+        assert!(matches!(e, Some(GatewayError::UnsupportedMediaType(_))), "{e:?}");
+    }
+}
