@@ -29,6 +29,17 @@ fn below(x: u64, n: u8) -> u64 {
     x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
 }
 
+/// The bytes of `x` where a string's body stops (`"`, `\\`, and when `control` a control
+/// character), flagged by their high bit; only the lowest flag is exact (see [`below`]).
+#[inline(always)]
+fn stops(x: u64, control: bool) -> u64 {
+    let mut hits = below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1);
+    if control {
+        hits |= below(x, 0x20);
+    }
+    hits
+}
+
 /// Where a string's body stops: the index in `rest` of its first `"`, `\\` or (when
 /// `control`) control character. Eight bytes at a time for the first 32 (most keys and
 /// values end there), then memchr's vectorised search, which costs a call but runs through
@@ -37,11 +48,7 @@ fn below(x: u64, n: u8) -> u64 {
 fn string_stop(rest: &[u8], control: bool) -> Option<usize> {
     for (n, chunk) in rest.chunks_exact(8).take(4).enumerate() {
         let Ok(word) = <[u8; 8]>::try_from(chunk) else { break };
-        let x = u64::from_le_bytes(word);
-        let mut hits = below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1);
-        if control {
-            hits |= below(x, 0x20);
-        }
+        let hits = stops(u64::from_le_bytes(word), control);
         if hits != 0 {
             return Some(n * 8 + (hits.trailing_zeros() / 8) as usize);
         }
@@ -136,7 +143,29 @@ pub struct Limits {
 /// quote), and whether it holds escapes. `None` for a control character, a bad escape, a
 /// `\u` surrogate not in a high-low pair, or no closing quote. The bytes must already be
 /// known to be UTF-8 (the caller checks the whole document).
+///
+/// A string that closes within its first sixteen bytes without an escape (most keys and
+/// short values) is read here a word at a time, inlined; any other goes to [`string_long`].
+#[inline(always)]
 pub fn string(json: &[u8], i: usize) -> Option<(usize, bool)> {
+    if json.get(i) == Some(&b'"') {
+        for at in [i + 1, i + 9] {
+            let Some(Ok(word)) = json.get(at..at + 8).map(<[u8; 8]>::try_from) else { break };
+            let hits = stops(u64::from_le_bytes(word), true);
+            if hits != 0 {
+                let k = at + (hits.trailing_zeros() / 8) as usize;
+                if json[k] == b'"' {
+                    return Some((k, false));
+                }
+                break;
+            }
+        }
+    }
+    string_long(json, i)
+}
+
+/// [`string`], whole.
+fn string_long(json: &[u8], i: usize) -> Option<(usize, bool)> {
     if json.get(i) != Some(&b'"') {
         return None;
     }
@@ -229,7 +258,17 @@ pub fn number(json: &[u8], i: usize, max_len: usize) -> Option<usize> {
 /// Strict: past the value that starts at `i` (no white space before it), validated as a
 /// whole; `depth` is how many arrays and objects enclose it. `None` when it is not exactly
 /// one JSON value, nests deeper than the limit, or has a number longer than the limit.
-pub fn value(json: &[u8], mut i: usize, depth: usize, limits: Limits) -> Option<usize> {
+/// A string (most values the request scan reads) is read inline, anything else by [`any_value`].
+#[inline(always)]
+pub fn value(json: &[u8], i: usize, depth: usize, limits: Limits) -> Option<usize> {
+    match json.get(i) {
+        Some(b'"') => Some(string(json, i)?.0 + 1),
+        _ => any_value(json, i, depth, limits),
+    }
+}
+
+/// [`value`], whole.
+fn any_value(json: &[u8], mut i: usize, depth: usize, limits: Limits) -> Option<usize> {
     // The containers opened here, one bit each (1 for an object): at most 128 deep.
     let (mut kinds, mut open) = (0u128, 0usize);
     loop {
@@ -520,6 +559,41 @@ mod tests {
             for control in [false, true] {
                 let plain = bytes.iter().position(|&c| c == b'"' || c == b'\\' || (control && c < 0x20));
                 assert_eq!(string_stop(&bytes, control), plain, "{bytes:?} {control}");
+            }
+        }
+    }
+
+    /// The inlined reads of short strings and of string values answer what the whole readers
+    /// answer, at every offset of generated documents, cut short or changed, among bytes that
+    /// stop a string (quotes, backslashes, control characters) at every distance from a quote.
+    #[test]
+    fn the_inlined_reads_are_the_whole_ones() {
+        let mut r = Rng(0x5DEE_CE66_D1CE_F00D);
+        let mut docs: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..2000 {
+            let mut doc = String::new();
+            gen_value(&mut r, 0, &mut doc);
+            let mut bytes = doc.into_bytes();
+            docs.push(bytes.clone());
+            let cut = r.below(bytes.len() + 1);
+            docs.push(bytes[..cut].to_vec());
+            if let Some(b) = bytes.get_mut(r.below(bytes.len().max(1))) {
+                *b = b"\"\\\x00\x1fa{[u"[r.below(8)];
+            }
+            docs.push(bytes);
+        }
+        let pool = [b'"', b'\\', 0x00, 0x1f, 0x20, b'a', b'u', b'0', 0x7f, 0xc3, 0xa9];
+        for len in 0..40 {
+            for _ in 0..200 {
+                let mut d = vec![b'"'];
+                d.extend((0..len).map(|_| if r.below(6) == 0 { pool[r.below(pool.len())] } else { b'x' }));
+                docs.push(d);
+            }
+        }
+        for d in &docs {
+            for i in 0..=d.len() {
+                assert_eq!(string(d, i), string_long(d, i), "{d:?} {i}");
+                assert_eq!(value(d, i, 1, LIMITS), any_value(d, i, 1, LIMITS), "{d:?} {i}");
             }
         }
     }
