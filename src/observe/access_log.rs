@@ -148,7 +148,7 @@ impl AccessRecord<'_> {
     /// measurable part of the gateway's work per request (docs/benchmarks.md).
     fn write_json(&self, b: &mut Vec<u8>) {
         b.extend_from_slice(b"{\"ts\":");
-        json_str(b, self.ts.as_str());
+        json_bytes(b, self.ts.as_bytes());
         b.extend_from_slice(b",\"request_id\":");
         json_str(b, self.request_id);
         b.extend_from_slice(b",\"client_ip\":");
@@ -217,9 +217,14 @@ impl AccessRecord<'_> {
 /// short (`\\n`) or `\\u00XX` escapes, everything else (UTF-8 included) as is. A string with
 /// nothing to escape (every field of a usual line) is checked eight bytes at a time and copied
 /// at once.
+#[inline(always)]
 fn json_str(b: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    b.reserve(bytes.len() + 2);
+    json_bytes(b, s.as_bytes());
+}
+
+/// [`json_str`] of a text's bytes (UTF-8, or ASCII as a [`Timestamp`]'s).
+#[inline(always)]
+fn json_bytes(b: &mut Vec<u8>, bytes: &[u8]) {
     b.push(b'"');
     if plain(bytes) {
         b.extend_from_slice(bytes);
@@ -230,6 +235,7 @@ fn json_str(b: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether no byte of `bytes` needs an escape.
+#[inline(always)]
 fn plain(bytes: &[u8]) -> bool {
     let mut words = bytes.chunks_exact(8);
     for w in &mut words {
@@ -251,6 +257,8 @@ fn plain(bytes: &[u8]) -> bool {
 }
 
 /// The bytes of a string that has something to escape, escaped.
+#[cold]
+#[inline(never)]
 fn escape_into(b: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
@@ -331,9 +339,14 @@ impl Timestamp {
     const INLINE: usize = 32;
 
     pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The text's bytes, without [`Self::as_str`]'s UTF-8 check (the access log line copies them).
+    pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            Stamp::Inline { len, buf } => std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default(),
-            Stamp::Owned(s) => s,
+            Stamp::Inline { len, buf } => &buf[..usize::from(*len)],
+            Stamp::Owned(s) => s.as_bytes(),
         }
     }
 
@@ -412,7 +425,9 @@ mod tests {
             let t = UNIX_EPOCH + Duration::from_millis(ms);
             // Twice: the second call takes the cached second.
             for _ in 0..2 {
-                assert_eq!(rfc3339_millis(t).as_str(), humantime::format_rfc3339_millis(t).to_string(), "{ms}");
+                let ts = rfc3339_millis(t);
+                assert_eq!(ts.as_str(), humantime::format_rfc3339_millis(t).to_string(), "{ms}");
+                assert_eq!(ts.as_bytes(), ts.as_str().as_bytes(), "{ms}");
             }
         }
         let t = UNIX_EPOCH + Duration::from_nanos(1_764_606_101_123_999_999);
@@ -483,11 +498,15 @@ mod tests {
             (["a", "/x", "k", "m"], Some(v4), false, f64::NAN),
             (["a", "/x", "k", "m"], Some(v4), true, f64::INFINITY),
         ] {
-            let r = record(strings, backend, some, ms);
-            let mut ours = Vec::new();
-            r.write_json(&mut ours);
-            let theirs = serde_json::to_vec(&r).unwrap();
-            assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+            let mut r = record(strings, backend, some, ms);
+            // The time as the gateway takes it (held inline, copied as bytes), and as a string.
+            for ts in [now_rfc3339(), r.ts.clone()] {
+                r.ts = ts;
+                let mut ours = Vec::new();
+                r.write_json(&mut ours);
+                let theirs = serde_json::to_vec(&r).unwrap();
+                assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+            }
         }
     }
 
