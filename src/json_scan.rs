@@ -577,7 +577,8 @@ mod tests {
             docs.push(bytes.clone());
             let cut = r.below(bytes.len() + 1);
             docs.push(bytes[..cut].to_vec());
-            if let Some(b) = bytes.get_mut(r.below(bytes.len().max(1))) {
+            let at = r.below(bytes.len().max(1));
+            if let Some(b) = bytes.get_mut(at) {
                 *b = b"\"\\\x00\x1fa{[u"[r.below(8)];
             }
             docs.push(bytes);
