@@ -31,13 +31,27 @@ pub fn ip_string(ip: IpAddr) -> String {
     }
 }
 
+/// The dotted quad, digit by digit into one buffer (at most 15 bytes), appended at once.
 fn push_ipv4(out: &mut Vec<u8>, octets: [u8; 4]) {
+    let mut text = [0u8; 15];
+    let mut n = 0;
     for (i, o) in octets.into_iter().enumerate() {
         if i > 0 {
-            out.push(b'.');
+            text[n] = b'.';
+            n += 1;
         }
-        out.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
+        if o >= 100 {
+            text[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            text[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        text[n] = b'0' + o % 10;
+        n += 1;
     }
+    out.extend_from_slice(&text[..n]);
 }
 
 #[cfg(test)]
@@ -55,6 +69,16 @@ mod tests {
             push_socket_addr(&mut out, addr);
             assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
             assert_eq!(ip_string(addr.ip()), addr.ip().to_string());
+        }
+        // Every octet value in every place.
+        for o in 0..=255u8 {
+            for ip in [[o, 0, 0, 0], [1, o, 2, 3], [255, 255, o, 9], [10, 100, 200, o], [o; 4]] {
+                let addr = SocketAddr::from((ip, u16::from(o) * 257));
+                let mut out = Vec::new();
+                push_socket_addr(&mut out, addr);
+                assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+                assert_eq!(ip_string(addr.ip()), addr.ip().to_string());
+            }
         }
     }
 }
