@@ -110,11 +110,13 @@ fn nominated(req: &RequestHeader) -> Result<Vec<HeaderName>> {
 
 /// Step 2, on every path (Pingora's `upstream_request_filter` calls it too).
 pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
-    let uri: http::Uri = routed
-        .upstream_path
-        .parse()
-        .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
-    req.set_uri(uri);
+    if !targets(req, &routed.upstream_path) {
+        let uri: http::Uri = routed
+            .upstream_path
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
+        req.set_uri(uri);
+    }
     // Room for the fields added below (request id, forwarding, encoding, length), at once:
     // the map is sized to the client's headers.
     req.reserve_headers(6)?;
@@ -162,6 +164,20 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         rewrite::set_body_length(req, len)?;
     }
     long_lived::upstream_request(req, routed)
+}
+
+/// Whether `req` already targets `path` as `set_uri(path.parse())` would make it: an
+/// origin-form URI (no scheme, no authority) whose path and query are `path`, written as
+/// `path` (its target bytes). The common case (the provider's path is the client's) then
+/// neither parses nor copies the path again. `/` and `*` are left to `set_uri`: an empty
+/// target's URI reads as `/` too, yet holds other bytes.
+fn targets(req: &RequestHeader, path: &str) -> bool {
+    let uri = &req.uri;
+    path.len() > 1
+        && uri.scheme().is_none()
+        && uri.authority().is_none()
+        && uri.path_and_query().is_some_and(|pq| pq.as_str() == path)
+        && req.raw_path() == path.as_bytes()
 }
 
 /// A body without a length goes chunked; see the module comment.
@@ -239,6 +255,47 @@ mod tests {
             let e = sanitize(&mut r, false).unwrap_err();
             assert_eq!(e.esource(), &ErrorSource::Downstream, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_target_already_right_is_kept_as_set_uri_would_set_it() {
+        let targets_ = [
+            "/v1/chat/completions",
+            "/v1/chat/completions?a=1",
+            "/v1/chat/completions?",
+            "/v1/chat/completions#f",
+            "/",
+            "",
+            "*",
+            "/a%20b",
+            "/a b",
+            "/a{b}",
+            "//x/y",
+            "http://h/v1/chat/completions",
+            "http://h/v1/chat/completions?a=1",
+            "https://h:1/",
+            "h:443",
+            "/v1/\u{ff}",
+        ];
+        let paths = ["/v1/chat/completions", "/v1/chat/completions?a=1", "/", "/a%20b", "//x/y", "/other", "*"];
+        for t in targets_ {
+            let Ok(base) = RequestHeader::build("POST", t.as_bytes(), None) else { continue };
+            for p in paths {
+                let Ok(uri) = p.parse::<http::Uri>() else { continue };
+                let mut old = base.clone();
+                old.set_uri(uri);
+                if targets(&base, p) {
+                    assert_eq!(base.uri, old.uri, "{t} {p}");
+                    assert_eq!(base.raw_path(), old.raw_path(), "{t} {p}");
+                    assert_eq!(base.raw_path_is_utf8(), old.raw_path_is_utf8(), "{t} {p}");
+                }
+            }
+        }
+        let same = RequestHeader::build("POST", b"/v1/chat/completions?a=1", None).unwrap();
+        assert!(targets(&same, "/v1/chat/completions?a=1"));
+        assert!(!targets(&same, "/v1/chat/completions"));
+        let absolute = RequestHeader::build("POST", b"http://h/v1/x", None).unwrap();
+        assert!(!targets(&absolute, "/v1/x"));
     }
 
     #[test]
