@@ -120,16 +120,24 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     // Room for the fields added below (request id, forwarding, encoding, length), at once:
     // the map is sized to the client's headers.
     req.reserve_headers(6)?;
+    // The fields below that are absent are neither removed nor looked up (both no-ops then):
+    // nothing here adds or removes one before it is used.
+    let sent = Sent::read(req);
     req.remove_header(&header::AUTHORIZATION);
-    req.remove_header(&API_KEY);
-    if let Some(kept) = credentials::strip_protocol_key(req) {
+    if sent.api_key {
+        req.remove_header(&API_KEY);
+    }
+    let offered = if sent.protocol { credentials::strip_protocol_key(req) } else { None };
+    if let Some(kept) = offered {
         req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
         if let Some(v) = kept {
             req.insert_header(header::SEC_WEBSOCKET_PROTOCOL, v)?;
         }
     }
-    // The body was already read by the gateway (and 100 Continue answered if asked).
-    req.remove_header(&header::EXPECT);
+    if sent.expect {
+        // The body was already read by the gateway (and 100 Continue answered if asked).
+        req.remove_header(&header::EXPECT);
+    }
     // Header values built once per provider when the config compiles.
     let built = &routed.provider.headers;
     match (&routed.provider.api_key, &built.authorization) {
@@ -143,7 +151,8 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     }
     req.insert_header(&names::REQUEST_ID, routed.request_id.as_str())?;
     if let Some(ip) = &routed.client_ip {
-        let xff = match req.headers.get(names::FORWARDED_FOR.name()).and_then(|v| v.to_str().ok()) {
+        let prev = if sent.forwarded_for { req.headers.get(names::FORWARDED_FOR.name()) } else { None };
+        let xff = match prev.and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
             _ => ip.clone(),
         };
@@ -158,12 +167,46 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     if observed(routed) {
         // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
         req.insert_header(&names::ACCEPT_ENCODING, IDENTITY)?;
-        req.remove_header(&header::TE);
+        if sent.te {
+            req.remove_header(&header::TE);
+        }
     }
     if let Some(len) = routed.body_len {
         rewrite::set_body_length(req, len)?;
     }
     long_lived::upstream_request(req, routed)
+}
+
+/// Which of the fields [`rewrite`] removes or reads the client's request has, found in one
+/// pass over its names: most are absent, and a lookup of each hashes the name and probes the
+/// map.
+#[derive(Debug, Default, PartialEq)]
+struct Sent {
+    api_key: bool,
+    protocol: bool,
+    expect: bool,
+    forwarded_for: bool,
+    te: bool,
+}
+
+impl Sent {
+    fn read(req: &RequestHeader) -> Self {
+        let mut sent = Sent::default();
+        for name in req.headers.keys() {
+            if *name == API_KEY {
+                sent.api_key = true;
+            } else if *name == header::SEC_WEBSOCKET_PROTOCOL {
+                sent.protocol = true;
+            } else if *name == header::EXPECT {
+                sent.expect = true;
+            } else if name == names::FORWARDED_FOR.name() {
+                sent.forwarded_for = true;
+            } else if *name == header::TE {
+                sent.te = true;
+            }
+        }
+        sent
+    }
 }
 
 /// Whether `req` already targets `path` as `set_uri(path.parse())` would make it: an
@@ -296,6 +339,47 @@ mod tests {
         assert!(!targets(&same, "/v1/chat/completions"));
         let absolute = RequestHeader::build("POST", b"http://h/v1/x", None).unwrap();
         assert!(!targets(&absolute, "/v1/x"));
+    }
+
+    #[test]
+    fn one_pass_finds_what_lookups_find() {
+        let given = [
+            "x-api-key",
+            "X-Api-Key",
+            "sec-websocket-protocol",
+            "expect",
+            "X-Forwarded-For",
+            "te",
+            "TE",
+            "authorization",
+            "host",
+            "x-api-keys",
+            "x-forwarded",
+            "content-type",
+            "x-stainless-lang",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut r = seed;
+            let mut fields = Vec::new();
+            for _ in 0..(r % 9) {
+                r /= 9;
+                fields.push((given[(r % given.len() as u64) as usize], "v"));
+                r /= given.len() as u64;
+            }
+            let req = req(&fields);
+            let lookups = Sent {
+                api_key: req.headers.contains_key(&API_KEY),
+                protocol: req.headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL),
+                expect: req.headers.contains_key(header::EXPECT),
+                forwarded_for: req.headers.contains_key(names::FORWARDED_FOR.name()),
+                te: req.headers.contains_key(header::TE),
+            };
+            assert_eq!(Sent::read(&req), lookups, "{fields:?}");
+        }
     }
 
     #[test]
