@@ -55,8 +55,9 @@ impl Routed {
 
 #[derive(Default)]
 pub struct UpstreamState {
-    /// Indices of backends this request already failed to connect to.
-    pub tried: Vec<usize>,
+    /// Indices of backends this request already failed to connect to: inline up to four
+    /// (every request has one), so choosing a backend allocates nothing.
+    pub tried: smallvec::SmallVec<[usize; 4]>,
     pub backend: Option<Arc<Backend>>,
     pub chosen_at: Option<Instant>,
     pub header_at: Option<Instant>,

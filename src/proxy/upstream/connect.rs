@@ -26,7 +26,8 @@ pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
         Some(t) => (true, t.sni.clone()),
         None => (false, String::new()),
     };
-    let mut peer = HttpPeer::new(backend.addr, tls, sni);
+    // Boxed as built and set in place: the peer is large, and each move of it is a copy.
+    let mut peer = Box::new(HttpPeer::new(backend.addr, tls, sni));
     let t = &provider.timeouts;
     peer.options.connection_timeout = Some(t.connect);
     peer.options.total_connection_timeout = Some(t.connect);
@@ -40,7 +41,7 @@ pub fn peer(routed: &Routed, up: &mut UpstreamState) -> Option<Box<HttpPeer>> {
     }
     up.set_backend(backend);
     up.chosen_at = Some(Instant::now());
-    Some(Box::new(peer))
+    Some(peer)
 }
 
 /// For the relays: picks a backend and connects with `open`, moving on to the next backend

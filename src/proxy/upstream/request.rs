@@ -110,24 +110,34 @@ fn nominated(req: &RequestHeader) -> Result<Vec<HeaderName>> {
 
 /// Step 2, on every path (Pingora's `upstream_request_filter` calls it too).
 pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
-    let uri: http::Uri = routed
-        .upstream_path
-        .parse()
-        .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
-    req.set_uri(uri);
+    if !targets(req, &routed.upstream_path) {
+        let uri: http::Uri = routed
+            .upstream_path
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
+        req.set_uri(uri);
+    }
     // Room for the fields added below (request id, forwarding, encoding, length), at once:
     // the map is sized to the client's headers.
     req.reserve_headers(6)?;
+    // The fields below that are absent are neither removed nor looked up (both no-ops then):
+    // nothing here adds or removes one before it is used.
+    let sent = Sent::read(req);
     req.remove_header(&header::AUTHORIZATION);
-    req.remove_header(&API_KEY);
-    if let Some(kept) = credentials::strip_protocol_key(req) {
+    if sent.api_key {
+        req.remove_header(&API_KEY);
+    }
+    let offered = if sent.protocol { credentials::strip_protocol_key(req) } else { None };
+    if let Some(kept) = offered {
         req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
         if let Some(v) = kept {
             req.insert_header(header::SEC_WEBSOCKET_PROTOCOL, v)?;
         }
     }
-    // The body was already read by the gateway (and 100 Continue answered if asked).
-    req.remove_header(&header::EXPECT);
+    if sent.expect {
+        // The body was already read by the gateway (and 100 Continue answered if asked).
+        req.remove_header(&header::EXPECT);
+    }
     // Header values built once per provider when the config compiles.
     let built = &routed.provider.headers;
     match (&routed.provider.api_key, &built.authorization) {
@@ -141,7 +151,8 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     }
     req.insert_header(&names::REQUEST_ID, routed.request_id.as_str())?;
     if let Some(ip) = &routed.client_ip {
-        let xff = match req.headers.get(names::FORWARDED_FOR.name()).and_then(|v| v.to_str().ok()) {
+        let prev = if sent.forwarded_for { req.headers.get(names::FORWARDED_FOR.name()) } else { None };
+        let xff = match prev.and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
             _ => ip.clone(),
         };
@@ -156,12 +167,60 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     if observed(routed) {
         // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
         req.insert_header(&names::ACCEPT_ENCODING, IDENTITY)?;
-        req.remove_header(&header::TE);
+        if sent.te {
+            req.remove_header(&header::TE);
+        }
     }
     if let Some(len) = routed.body_len {
         rewrite::set_body_length(req, len)?;
     }
     long_lived::upstream_request(req, routed)
+}
+
+/// Which of the fields [`rewrite`] removes or reads the client's request has, found in one
+/// pass over its names: most are absent, and a lookup of each hashes the name and probes the
+/// map.
+#[derive(Debug, Default, PartialEq)]
+struct Sent {
+    api_key: bool,
+    protocol: bool,
+    expect: bool,
+    forwarded_for: bool,
+    te: bool,
+}
+
+impl Sent {
+    fn read(req: &RequestHeader) -> Self {
+        let mut sent = Sent::default();
+        for name in req.headers.keys() {
+            if *name == API_KEY {
+                sent.api_key = true;
+            } else if *name == header::SEC_WEBSOCKET_PROTOCOL {
+                sent.protocol = true;
+            } else if *name == header::EXPECT {
+                sent.expect = true;
+            } else if name == names::FORWARDED_FOR.name() {
+                sent.forwarded_for = true;
+            } else if *name == header::TE {
+                sent.te = true;
+            }
+        }
+        sent
+    }
+}
+
+/// Whether `req` already targets `path` as `set_uri(path.parse())` would make it: an
+/// origin-form URI (no scheme, no authority) whose path and query are `path`, written as
+/// `path` (its target bytes). The common case (the provider's path is the client's) then
+/// neither parses nor copies the path again. `/` and `*` are left to `set_uri`: an empty
+/// target's URI reads as `/` too, yet holds other bytes.
+fn targets(req: &RequestHeader, path: &str) -> bool {
+    let uri = &req.uri;
+    path.len() > 1
+        && uri.scheme().is_none()
+        && uri.authority().is_none()
+        && uri.path_and_query().is_some_and(|pq| pq.as_str() == path)
+        && req.raw_path() == path.as_bytes()
 }
 
 /// A body without a length goes chunked; see the module comment.
@@ -238,6 +297,88 @@ mod tests {
             let mut r = req(&[("connection", bad)]);
             let e = sanitize(&mut r, false).unwrap_err();
             assert_eq!(e.esource(), &ErrorSource::Downstream, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_target_already_right_is_kept_as_set_uri_would_set_it() {
+        let targets_ = [
+            "/v1/chat/completions",
+            "/v1/chat/completions?a=1",
+            "/v1/chat/completions?",
+            "/v1/chat/completions#f",
+            "/",
+            "",
+            "*",
+            "/a%20b",
+            "/a b",
+            "/a{b}",
+            "//x/y",
+            "http://h/v1/chat/completions",
+            "http://h/v1/chat/completions?a=1",
+            "https://h:1/",
+            "h:443",
+            "/v1/\u{ff}",
+        ];
+        let paths = ["/v1/chat/completions", "/v1/chat/completions?a=1", "/", "/a%20b", "//x/y", "/other", "*"];
+        for t in targets_ {
+            let Ok(base) = RequestHeader::build("POST", t.as_bytes(), None) else { continue };
+            for p in paths {
+                let Ok(uri) = p.parse::<http::Uri>() else { continue };
+                let mut old = base.clone();
+                old.set_uri(uri);
+                if targets(&base, p) {
+                    assert_eq!(base.uri, old.uri, "{t} {p}");
+                    assert_eq!(base.raw_path(), old.raw_path(), "{t} {p}");
+                    assert_eq!(base.raw_path_is_utf8(), old.raw_path_is_utf8(), "{t} {p}");
+                }
+            }
+        }
+        let same = RequestHeader::build("POST", b"/v1/chat/completions?a=1", None).unwrap();
+        assert!(targets(&same, "/v1/chat/completions?a=1"));
+        assert!(!targets(&same, "/v1/chat/completions"));
+        let absolute = RequestHeader::build("POST", b"http://h/v1/x", None).unwrap();
+        assert!(!targets(&absolute, "/v1/x"));
+    }
+
+    #[test]
+    fn one_pass_finds_what_lookups_find() {
+        let given = [
+            "x-api-key",
+            "X-Api-Key",
+            "sec-websocket-protocol",
+            "expect",
+            "X-Forwarded-For",
+            "te",
+            "TE",
+            "authorization",
+            "host",
+            "x-api-keys",
+            "x-forwarded",
+            "content-type",
+            "x-stainless-lang",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut r = seed;
+            let mut fields = Vec::new();
+            for _ in 0..(r % 9) {
+                r /= 9;
+                fields.push((given[(r % given.len() as u64) as usize], "v"));
+                r /= given.len() as u64;
+            }
+            let req = req(&fields);
+            let lookups = Sent {
+                api_key: req.headers.contains_key(&API_KEY),
+                protocol: req.headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL),
+                expect: req.headers.contains_key(header::EXPECT),
+                forwarded_for: req.headers.contains_key(names::FORWARDED_FOR.name()),
+                te: req.headers.contains_key(header::TE),
+            };
+            assert_eq!(Sent::read(&req), lookups, "{fields:?}");
         }
     }
 
