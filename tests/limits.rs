@@ -222,6 +222,63 @@ async fn requests_per_window_reached_and_released_with_headers() {
     assert!(m.contains("mcas_limit_refusals_total{key=\"alice\",reason=\"rate_limit_requests\"} 1"), "{m}");
 }
 
+/// An upstream that sends its own `x-request-id` and `x-ratelimit-*` fields (as OpenAI does):
+/// the gateway's replace them, each written once, for a key with limits; for a key without,
+/// the upstream's rate-limit fields pass on. Fields that only share the prefix stay.
+#[tokio::test]
+async fn the_gateways_own_answer_fields_replace_the_upstreams() {
+    use crate::common::raw_http::read_message;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((_, len)) = read_message(&mut s, &mut buf).await {
+                    buf.drain(..len);
+                    let body = r#"{"id":"x","object":"chat.completion","model":"sim-model","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nX-Request-Id: upstream-id\r\n\
+                         x-ratelimit-remaining-requests: 999\r\nX-RateLimit-Limit-Tokens: 5\r\n\
+                         x-ratelimit-other: kept\r\nx-rest: kept\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if s.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let rest = format!(
+        "keys:\n  - {{ name: alice, key: \"{KEY}\", models: [\"*\"], limits: {{ rpm: 3, tpm: 1000 }} }}\n  - {{ name: free, key: k-free, models: [\"*\"] }}\nproviders:\n  - {{ name: up, url: \"http://{addr}/v1\", models: [\"*\"] }}\n"
+    );
+    let gw = spawn_gateway("", &rest, &[]).await;
+    let all = |r: &reqwest::Response, name: &str| -> Vec<String> {
+        r.headers().get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    };
+    let r = client().post(gw.url("/v1/chat/completions")).bearer_auth(KEY).header("x-request-id", "client-id");
+    let r = r.json(&chat(false, false)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", gw.proc.logs());
+    assert_eq!(all(&r, "x-request-id"), ["client-id"]);
+    assert_eq!(all(&r, "x-ratelimit-remaining-requests"), ["2"]);
+    assert_eq!(all(&r, "x-ratelimit-limit-requests"), ["3"]);
+    assert_eq!(all(&r, "x-ratelimit-limit-tokens"), ["1000"]);
+    assert_eq!(all(&r, "x-ratelimit-remaining-tokens").len(), 1);
+    assert_eq!(all(&r, "x-ratelimit-other"), ["kept"]);
+    assert_eq!(all(&r, "x-rest"), ["kept"]);
+    assert!(r.text().await.unwrap().contains("total_tokens"));
+    // A key without limits: the gateway writes no rate-limit fields, the upstream's pass on.
+    let r = post(&gw, "k-free", &chat(false, false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(all(&r, "x-request-id").len(), 1);
+    assert_ne!(all(&r, "x-request-id"), ["upstream-id"]);
+    assert_eq!(all(&r, "x-ratelimit-remaining-requests"), ["999"]);
+    assert_eq!(all(&r, "x-ratelimit-limit-tokens"), ["5"]);
+    assert!(all(&r, "x-ratelimit-limit-requests").is_empty());
+}
+
 /// The SSE events of a body, as JSON with the per-response `id` and `created` removed.
 fn events(text: &str) -> Vec<Value> {
     text.split("\n\n")

@@ -181,22 +181,40 @@ impl Snapshot {
 
 /// OpenAI writes resets like `1s`, `6m0s`, `20ms`.
 pub fn format_reset(d: Duration) -> HeaderValue {
-    let ms = d.as_millis() as u64;
-    let mut out: Vec<u8> = Vec::with_capacity(16);
-    let mut put = |n: u64, unit: &[u8]| {
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(unit);
-    };
-    if ms < 1000 {
-        put(ms, b"ms");
-    } else {
-        let s = ceil_secs(ms);
-        if s >= 60 {
-            put(s / 60, b"m");
+    HeaderValue::from_bytes(ResetText::of(d).as_bytes()).unwrap_or(HeaderValue::from_static("0s"))
+}
+
+/// The text [`format_reset`] gives, on the stack (at most `u64::MAX / 60`, `m`, `59`, `s`).
+pub struct ResetText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl ResetText {
+    pub fn of(d: Duration) -> Self {
+        let ms = d.as_millis() as u64;
+        let mut out = ResetText { buf: [0; 32], len: 0 };
+        let mut put = |n: u64, unit: &[u8]| {
+            for b in itoa::Buffer::new().format(n).as_bytes().iter().chain(unit) {
+                out.buf[out.len] = *b;
+                out.len += 1;
+            }
+        };
+        if ms < 1000 {
+            put(ms, b"ms");
+        } else {
+            let s = ceil_secs(ms);
+            if s >= 60 {
+                put(s / 60, b"m");
+            }
+            put(s % 60, b"s");
         }
-        put(s % 60, b"s");
+        out
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or(HeaderValue::from_static("0s"))
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 impl KeyState {

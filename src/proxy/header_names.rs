@@ -37,6 +37,11 @@ pub static RATE_LIMIT: [KnownHeaderName; 6] = [
     KnownHeaderName::from_static("x-ratelimit-reset-tokens"),
 ];
 
+/// Every name the gateway adds to an answer as an encoded line ([`REQUEST_ID`],
+/// [`RATE_LIMIT`]) starts with this, so an upstream field that does not is none of them:
+/// one comparison per upstream field finds that there is nothing to replace.
+pub const OWN_ANSWER_PREFIX: &str = "x-r";
+
 /// The checked form of a name the gateway writes often; `None` for the others.
 pub fn known(name: &str) -> Option<&'static KnownHeaderName> {
     if name == RETRY_AFTER.name().as_str() {
@@ -70,6 +75,13 @@ mod tests {
             assert_eq!(known(n).map(|k| k.name().as_str()), Some(n));
         }
         assert!(known("x-other").is_none());
+    }
+
+    #[test]
+    fn every_name_added_to_an_answer_has_the_prefix() {
+        for k in std::iter::once(&REQUEST_ID).chain(&RATE_LIMIT) {
+            assert!(k.name().as_str().starts_with(OWN_ANSWER_PREFIX), "{k:?}");
+        }
     }
 
     #[test]

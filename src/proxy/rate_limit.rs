@@ -12,6 +12,7 @@ use crate::limits::{trusted_proxies, LimitSettings, Refusal, Snapshot};
 use crate::observe::metrics::metrics;
 use crate::proxy::header_names as names;
 use http::HeaderValue;
+use pingora_http::KnownHeaderName;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::net::IpAddr;
@@ -144,70 +145,30 @@ pub fn headers(ctx: &Ctx) -> Vec<(&'static str, HeaderValue)> {
     snapshot(ctx).map(|s| s.headers()).unwrap_or_default()
 }
 
-/// How many headers [`insert_headers`] adds for `s`.
-pub fn header_count(s: &Snapshot) -> usize {
-    3 * (usize::from(s.limits.rpm.is_some()) + usize::from(s.limits.tpm.is_some()))
-}
-
-/// The values of the last key this thread answered for that do not move with every request:
-/// the limits, and the reset (whose text changes once a second, or once a millisecond in the
-/// last second of a window). Kept with the number they were written from.
-struct Written {
-    limit_requests: Option<(u64, HeaderValue)>,
-    limit_tokens: Option<(u64, HeaderValue)>,
-    reset: Option<(u64, HeaderValue)>,
-}
-
-thread_local! {
-    static WRITTEN: std::cell::RefCell<Written> =
-        const { std::cell::RefCell::new(Written { limit_requests: None, limit_tokens: None, reset: None }) };
-}
-
-/// The value written last for `key`, or a new one (then kept).
-fn reuse(slot: &mut Option<(u64, HeaderValue)>, key: u64, make: impl FnOnce() -> HeaderValue) -> HeaderValue {
-    match slot {
-        Some((k, v)) if *k == key => v.clone(),
-        _ => {
-            let v = make();
-            *slot = Some((key, v.clone()));
-            v
-        }
-    }
-}
-
-/// A number that determines the reset's text (see `crate::limits::format_reset`): the
-/// milliseconds below a second, else 1000 + the seconds rounded up.
-fn reset_key(reset: std::time::Duration) -> u64 {
-    let ms = reset.as_millis() as u64;
-    if ms < 1000 {
-        ms
-    } else {
-        1000 + ms.div_ceil(1000)
-    }
-}
-
-/// The headers [`Snapshot::headers`] gives, in its order, inserted into an upstream answer
-/// without the vector, and without formatting again the values that did not change since
-/// this thread's last answer (each costs an allocation). The reset is shared by both.
-pub fn insert_headers(resp: &mut ResponseHeader, s: &Snapshot) -> pingora::Result<()> {
+/// The `x-ratelimit-*` names [`append_headers`] writes for `s`, in its order.
+pub fn header_names(s: &Snapshot) -> impl Iterator<Item = &'static KnownHeaderName> {
     let [limit_req, remaining_req, reset_req, limit_tok, remaining_tok, reset_tok] = &names::RATE_LIMIT;
-    let (lr, lt, reset) = WRITTEN.with(|w| {
-        let mut w = w.borrow_mut();
-        let w = &mut *w;
-        let lr = s.limits.rpm.map(|l| reuse(&mut w.limit_requests, l, || HeaderValue::from(l)));
-        let lt = s.limits.tpm.map(|l| reuse(&mut w.limit_tokens, l, || HeaderValue::from(l)));
-        let reset = reuse(&mut w.reset, reset_key(s.reset), || crate::limits::format_reset(s.reset));
-        (lr, lt, reset)
-    });
-    if let (Some(l), Some(v)) = (s.limits.rpm, lr) {
-        resp.insert_header(limit_req, v)?;
-        resp.insert_header(remaining_req, HeaderValue::from(l.saturating_sub(s.requests)))?;
-        resp.insert_header(reset_req, reset.clone())?;
+    let requests = s.limits.rpm.is_some().then_some([limit_req, remaining_req, reset_req]);
+    let tokens = s.limits.tpm.is_some().then_some([limit_tok, remaining_tok, reset_tok]);
+    requests.into_iter().chain(tokens).flatten()
+}
+
+/// The headers [`Snapshot::headers`] gives, in its order, appended to an upstream answer as
+/// encoded lines (vendor/patches/0023): no header value built, no map insert. The caller
+/// removes the upstream's fields of these names first ([`header_names`]).
+pub fn append_headers(resp: &mut ResponseHeader, s: &Snapshot) -> pingora::Result<()> {
+    let [limit_req, remaining_req, reset_req, limit_tok, remaining_tok, reset_tok] = &names::RATE_LIMIT;
+    let reset = crate::limits::ResetText::of(s.reset);
+    let mut number = itoa::Buffer::new();
+    if let Some(l) = s.limits.rpm {
+        resp.append_encoded_header(limit_req, number.format(l).as_bytes())?;
+        resp.append_encoded_header(remaining_req, number.format(l.saturating_sub(s.requests)).as_bytes())?;
+        resp.append_encoded_header(reset_req, reset.as_bytes())?;
     }
-    if let (Some(l), Some(v)) = (s.limits.tpm, lt) {
-        resp.insert_header(limit_tok, v)?;
-        resp.insert_header(remaining_tok, HeaderValue::from(l.saturating_sub(s.tokens)))?;
-        resp.insert_header(reset_tok, reset)?;
+    if let Some(l) = s.limits.tpm {
+        resp.append_encoded_header(limit_tok, number.format(l).as_bytes())?;
+        resp.append_encoded_header(remaining_tok, number.format(l.saturating_sub(s.tokens)).as_bytes())?;
+        resp.append_encoded_header(reset_tok, reset.as_bytes())?;
     }
     Ok(())
 }
@@ -272,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn inserted_headers_are_the_snapshots_headers() {
+    fn appended_headers_are_the_snapshots_headers() {
         let limits = [
             KeyLimits { rpm: Some(10), tpm: Some(100), ..Default::default() },
             KeyLimits { rpm: Some(10), tpm: None, ..Default::default() },
@@ -282,34 +243,20 @@ mod tests {
         ];
         let resets = [0u64, 1, 999, 1000, 1001, 1999, 2000, 59_999, 60_000, 60_001, 3_600_000, u64::MAX / 2];
         let counts = [(0u64, 0u64), (3, 70), (10, 100), (u64::MAX, u64::MAX)];
-        // Every combination, twice over (the second pass takes the kept values), and in an
-        // order where limits and resets change between answers.
-        for _ in 0..2 {
-            for l in limits {
-                for ms in resets {
-                    for (requests, tokens) in counts {
-                        let s = Snapshot { limits: l, requests, tokens, reset: Duration::from_millis(ms) };
-                        let mut h = ResponseHeader::build(200, None).unwrap();
-                        insert_headers(&mut h, &s).unwrap();
-                        assert_eq!(wire(&h), by_name(&s), "{s:?}");
-                        assert_eq!(h.headers.len(), header_count(&s));
-                    }
+        // Every combination, in an order where limits and resets change between answers.
+        for l in limits {
+            for ms in resets {
+                for (requests, tokens) in counts {
+                    let s = Snapshot { limits: l, requests, tokens, reset: Duration::from_millis(ms) };
+                    let mut h = ResponseHeader::build(200, None).unwrap();
+                    append_headers(&mut h, &s).unwrap();
+                    assert_eq!(wire(&h), by_name(&s), "{s:?}");
+                    assert!(h.headers.is_empty());
+                    let names: Vec<&str> = s.headers().iter().map(|(n, _)| *n).collect();
+                    let listed: Vec<&str> = header_names(&s).map(|k| k.name().as_str()).collect();
+                    assert_eq!(listed, names);
                 }
             }
         }
-    }
-
-    #[test]
-    fn equal_reset_keys_mean_equal_texts() {
-        let mut seen = std::collections::HashMap::new();
-        for ms in (0..200_000u64).chain([u64::MAX / 2, u64::MAX / 2 + 1]) {
-            let d = Duration::from_millis(ms);
-            let text = crate::limits::format_reset(d);
-            if let Some(prev) = seen.insert(reset_key(d), text.clone()) {
-                assert_eq!(prev, text, "{ms}");
-            }
-        }
-        // Sub-millisecond parts do not change the text either.
-        assert_eq!(reset_key(Duration::from_micros(1_500_999)), reset_key(Duration::from_millis(1_501)));
     }
 }

@@ -96,6 +96,11 @@ impl KnownHeaderName {
     pub fn name(&self) -> &HeaderName {
         &self.name
     }
+
+    /// The name as it is written where case is kept.
+    pub(crate) fn case_bytes(&self) -> &[u8] {
+        self.case.as_slice()
+    }
 }
 
 impl IntoCaseHeaderName for &KnownHeaderName {

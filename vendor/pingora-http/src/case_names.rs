@@ -22,7 +22,7 @@
 //! written is the same either way.
 
 use crate::case_header_name::{titled_header_name_str, CaseHeaderName};
-use crate::{CaseMap, HMap, HeaderNameVariant};
+use crate::{CaseMap, HMap, HeaderNameVariant, KnownHeaderName};
 use bytes::BufMut;
 use http::header::{HeaderName, HeaderValue};
 use pingora_error::{ErrorType::*, OrErr, Result};
@@ -256,6 +256,17 @@ impl CaseNames {
         Ok(())
     }
 
+    /// How `name` is written: as given where case is kept, else as [`Self::write_h1`] writes
+    /// a name without a case (title-cased where known, else as stored).
+    pub(crate) fn wire_name<'a>(&self, name: &'a KnownHeaderName) -> &'a [u8] {
+        match self {
+            CaseNames::Titled => titled_header_name_str(name.name())
+                .unwrap_or(name.name().as_str())
+                .as_bytes(),
+            _ => name.case_bytes(),
+        }
+    }
+
     /// Writes the header in HTTP/1.1 wire format.
     pub(crate) fn write_h1(&self, values: &HMap, buf: &mut impl BufMut) {
         let mut line = |name: &[u8], value: &HeaderValue| {
@@ -479,6 +490,91 @@ mod tests {
                 let mut again = Vec::new();
                 cloned.header_to_h1_wire(&mut again);
                 assert_eq!(again, buf);
+            }
+        }
+    }
+
+    /// A field appended encoded is written as the same field appended to the map would be,
+    /// after the map's; converted to parts (HTTP/2, clones to parts) it becomes a field.
+    #[test]
+    fn an_encoded_field_is_written_as_an_appended_one() {
+        let names = [
+            KnownHeaderName::from_static("x-request-id"),
+            KnownHeaderName::new("X-Mixed-Case").unwrap(),
+            KnownHeaderName::new("Content-Type").unwrap(),
+            KnownHeaderName::from_static("date"),
+        ];
+        let values: [&[u8]; 4] = [b"abc", b"", b"a\tb c", b"\xc3\xa9 obs-text"];
+        for build in [ResponseHeader::build, ResponseHeader::build_no_case] {
+            for (i, name) in names.iter().enumerate() {
+                let value = values[i % values.len()];
+                let mut by_map = build(200, None).unwrap();
+                let mut by_line = build(200, None).unwrap();
+                for r in [&mut by_map, &mut by_line] {
+                    r.append_header("server", "s").unwrap();
+                    r.append_header("X-Up", "u").unwrap();
+                }
+                by_map.append_header(name, value).unwrap();
+                by_line.append_encoded_header(name, value).unwrap();
+                assert_eq!(wire(&by_line), wire(&by_map), "{name:?}");
+                assert_eq!(by_line.headers.len(), 2);
+                assert!(by_line.headers.get(name.name()).is_none());
+                let parts = by_line.as_owned_parts();
+                assert_eq!(parts.headers, by_map.as_owned_parts().headers);
+                assert_eq!(wire(&by_line.clone()), wire(&by_map));
+                let boxed: Box<http::response::Parts> = Box::new(by_line.clone()).into();
+                assert_eq!(boxed.headers, by_map.as_owned_parts().headers);
+                let owned: http::response::Parts = by_line.into();
+                assert_eq!(owned.headers, by_map.as_owned_parts().headers);
+            }
+        }
+    }
+
+    #[test]
+    fn an_encoded_field_refuses_what_a_value_refuses() {
+        let name = KnownHeaderName::from_static("x-a");
+        for bad in [&b"a\r\nx-b: c"[..], b"\n", b"\0", b"\x7f", b"a\rb"] {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            assert!(resp.append_encoded_header(&name, bad).is_err());
+            assert!(HeaderValue::from_bytes(bad).is_err());
+            assert!(resp.encoded_headers().is_empty());
+        }
+        // Every byte a value takes, an encoded field takes.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        for b in 0..=255u8 {
+            assert_eq!(
+                resp.append_encoded_header(&name, &[b'v', b]).is_ok(),
+                HeaderValue::from_bytes(&[b'v', b]).is_ok(),
+                "{b}"
+            );
+        }
+        let parts = resp.as_owned_parts();
+        assert_eq!(parts.headers.get_all("x-a").iter().count(), 256 - 32);
+    }
+
+    /// The word-at-a-time check takes what a value takes, at every position of a word and in
+    /// the remainder, next to any other byte.
+    #[test]
+    fn an_encoded_value_is_checked_as_a_value_is() {
+        let name = KnownHeaderName::from_static("x-a");
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for len in [8usize, 9, 15, 16, 23] {
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let mut v: Vec<u8> = (0..len)
+                        .map(|i| b"a0-_ ~\t\x80\xff"[(seed >> (i % 60)) as usize % 9])
+                        .collect();
+                    v[pos] = b;
+                    let mut resp = ResponseHeader::build(200, None).unwrap();
+                    assert_eq!(
+                        resp.append_encoded_header(&name, &v).is_ok(),
+                        HeaderValue::from_bytes(&v).is_ok(),
+                        "{v:?}"
+                    );
+                }
             }
         }
     }

@@ -435,6 +435,8 @@ pub struct ResponseHeader {
     case: CaseNames,
     // the reason phrase of the response, if unset, a default one will be used
     reason_phrase: Option<String>,
+    // header lines encoded by `append_encoded_header`, written after the map's
+    encoded: Vec<u8>,
 }
 
 impl AsRef<RespParts> for ResponseHeader {
@@ -454,9 +456,10 @@ impl Deref for ResponseHeader {
 impl Clone for ResponseHeader {
     fn clone(&self) -> Self {
         Self {
-            base: self.as_owned_parts(),
+            base: clone_resp_parts(&self.base),
             case: self.case.clone(),
             reason_phrase: self.reason_phrase.clone(),
+            encoded: self.encoded.clone(),
         }
     }
 }
@@ -468,19 +471,22 @@ impl From<RespParts> for ResponseHeader {
             base: parts,
             case: CaseNames::Titled,
             reason_phrase: None,
+            encoded: Vec::new(),
         }
     }
 }
 
 impl From<ResponseHeader> for RespParts {
     fn from(resp: ResponseHeader) -> RespParts {
-        resp.base
+        let mut base = resp.base;
+        append_encoded_lines(&mut base.headers, &resp.encoded);
+        base
     }
 }
 
 impl From<Box<ResponseHeader>> for Box<RespParts> {
     fn from(resp: Box<ResponseHeader>) -> Box<RespParts> {
-        Box::new(resp.base)
+        Box::new((*resp).into())
     }
 }
 
@@ -498,6 +504,7 @@ impl ResponseHeader {
             base,
             case: CaseNames::Titled,
             reason_phrase: None,
+            encoded: Vec::new(),
         }
     }
 
@@ -572,11 +579,53 @@ impl ResponseHeader {
         remove_header(&mut self.case, &mut self.base.headers, name)
     }
 
+    /// Appends the field `name: value` as one encoded line, written after the map's fields in
+    /// HTTP/1.1 wire format ([Self::header_to_h1_wire]) and added to the fields where the header
+    /// becomes [http::response::Parts] ([Self::as_owned_parts], `From`, hence HTTP/2); a clone
+    /// keeps it as a line. The name is written as [Self::append_header] would write it.
+    ///
+    /// The line is not in the map (`headers`): it cannot be read, replaced or removed there, and
+    /// a field of the same name in the map is written as well (the caller removes it first when
+    /// the field must be the only one). [Self::case_header_iter] and [Self::map] visit the map
+    /// only. What this saves, for a proxy adding its own fields to an upstream answer: per
+    /// field, the map's hashing and probing, a value allocation, the case bookkeeping, and the
+    /// four writes of the serialiser.
+    ///
+    /// The value must be a valid [HeaderValue] (no control characters but horizontal tab).
+    pub fn append_encoded_header(&mut self, name: &KnownHeaderName, value: &[u8]) -> Result<()> {
+        if !valid_value(value) {
+            return Err(pingora_error::Error::explain(
+                InvalidHTTPHeader,
+                "invalid value while append encoded",
+            ));
+        }
+        let written = self.case.wire_name(name);
+        self.encoded.reserve(written.len() + value.len() + 4);
+        self.encoded.extend_from_slice(written);
+        self.encoded.extend_from_slice(b": ");
+        self.encoded.extend_from_slice(value);
+        self.encoded.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// Makes room for `bytes` more of lines from [Self::append_encoded_header] at once.
+    pub fn reserve_encoded_headers(&mut self, bytes: usize) {
+        self.encoded.reserve(bytes)
+    }
+
+    /// The lines appended with [Self::append_encoded_header], in wire format.
+    pub fn encoded_headers(&self) -> &[u8] {
+        &self.encoded
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        self.case.write_h1(&self.base.headers, buf)
+        self.case.write_h1(&self.base.headers, buf);
+        if !self.encoded.is_empty() {
+            buf.put_slice(&self.encoded);
+        }
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -635,9 +684,12 @@ impl ResponseHeader {
             .or_else(|| self.base.status.canonical_reason())
     }
 
-    /// Clone `self` into [http::response::Parts].
+    /// Clone `self` into [http::response::Parts], the lines from [Self::append_encoded_header]
+    /// appended to its fields.
     pub fn as_owned_parts(&self) -> RespParts {
-        clone_resp_parts(&self.base)
+        let mut parts = clone_resp_parts(&self.base);
+        append_encoded_lines(&mut parts.headers, &self.encoded);
+        parts
     }
 
     /// Helper function to set the HTTP content length on the response header.
@@ -776,6 +828,49 @@ fn clone_resp_parts(me: &RespParts) -> RespParts {
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
+}
+
+/// Whether [HeaderValue::from_bytes] takes `v`: no control character but horizontal tab.
+/// Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f passes whole
+/// (values are mostly digits and tokens); the bytes of any other word are looked at one by one.
+fn valid_value(v: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let byte_ok = |b: u8| (b >= 32 && b != 127) || b == b'\t';
+    let mut words = v.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        // High bit set in a byte of `low` when that byte is below 0x20, of `del` when it is
+        // 0x7f (the classic has-less and has-zero tests, over bytes below 0x80).
+        let ascii = !x & HIGH;
+        let low = x.wrapping_sub(ONES * 0x20) & ascii;
+        let y = x ^ (ONES * 0x7f);
+        let del = y.wrapping_sub(ONES) & !y & HIGH;
+        if (low | del) != 0 && !w.iter().all(|&b| byte_ok(b)) {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| byte_ok(b))
+}
+
+/// Appends to `headers` the fields of `lines`, written by [ResponseHeader::append_encoded_header]
+/// (so each is `name: value\r\n`, both valid).
+fn append_encoded_lines(headers: &mut HMap, lines: &[u8]) {
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let value = line[colon + 1..]
+            .strip_prefix(b" ")
+            .unwrap_or(&line[colon + 1..]);
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
 }
 
 // This function returns an upper bound on the size of the header map used inside the http crate.
