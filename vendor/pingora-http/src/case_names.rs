@@ -530,6 +530,36 @@ mod tests {
         }
     }
 
+    /// The same for a request: written after the map's fields, a field where it becomes parts.
+    #[test]
+    fn an_encoded_request_field_is_written_as_an_appended_one() {
+        let names = [
+            KnownHeaderName::from_static("x-forwarded-for"),
+            KnownHeaderName::new("Authorization").unwrap(),
+        ];
+        for name in &names {
+            let mut by_map = RequestHeader::build("POST", b"/v1/x", None).unwrap();
+            let mut by_line = RequestHeader::build("POST", b"/v1/x", None).unwrap();
+            for r in [&mut by_map, &mut by_line] {
+                r.append_header("Host", "h").unwrap();
+                r.append_header("content-length", "2").unwrap();
+            }
+            by_map.append_header(name, "a, b").unwrap();
+            by_line.append_encoded_header(name, b"a, b").unwrap();
+            let wire = |r: &RequestHeader| {
+                let mut buf = Vec::new();
+                r.header_to_h1_wire(&mut buf);
+                buf
+            };
+            assert_eq!(wire(&by_line), wire(&by_map));
+            assert_eq!(wire(&by_line.clone()), wire(&by_map));
+            assert!(by_line.headers.get(name.name()).is_none());
+            assert_eq!(by_line.as_owned_parts().headers, by_map.headers);
+            let parts: http::request::Parts = by_line.into();
+            assert_eq!(parts.headers, by_map.headers);
+        }
+    }
+
     #[test]
     fn an_encoded_field_refuses_what_a_value_refuses() {
         let name = KnownHeaderName::from_static("x-a");

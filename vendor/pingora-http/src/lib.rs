@@ -46,6 +46,8 @@ use case_header_name::CaseHeaderName;
 mod case_names;
 pub use case_header_name::{IntoCaseHeaderName, KnownHeaderName};
 use case_names::CaseNames;
+mod encoded;
+use encoded::EncodedLines;
 
 pub mod prelude {
     pub use crate::RequestHeader;
@@ -91,6 +93,8 @@ pub struct RequestHeader {
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
+    // header lines encoded by `append_encoded_header`, written after the map's
+    encoded: EncodedLines,
 }
 
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
@@ -158,6 +162,7 @@ impl RequestHeader {
             case: CaseNames::Titled,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            encoded: EncodedLines::default(),
         }
     }
 
@@ -241,11 +246,30 @@ impl RequestHeader {
         remove_header(&mut self.case, &mut self.base.headers, name)
     }
 
+    /// Appends the field `name: value` as one encoded line: as
+    /// [ResponseHeader::append_encoded_header] does for a response (and with its caveats: the
+    /// line is not in `headers`; the caller removes a field of the same name first when it must
+    /// be the only one). [Self::as_owned_parts] (hence HTTP/2) adds it to the fields.
+    pub fn append_encoded_header(&mut self, name: &KnownHeaderName, value: &[u8]) -> Result<()> {
+        self.encoded.append(&self.case, name, value)
+    }
+
+    /// Makes room for `bytes` more of lines from [Self::append_encoded_header] at once.
+    pub fn reserve_encoded_headers(&mut self, bytes: usize) {
+        self.encoded.reserve(bytes)
+    }
+
+    /// The lines appended with [Self::append_encoded_header], in wire format.
+    pub fn encoded_headers(&self) -> &[u8] {
+        self.encoded.as_bytes()
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        self.case.write_h1(&self.base.headers, buf)
+        self.case.write_h1(&self.base.headers, buf);
+        self.encoded.write(buf);
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -377,17 +401,20 @@ impl RequestHeader {
     /// rebuilding a [RequestHeader] from the result serializes the URI's origin-form path
     /// instead of the original bytes. [Clone] keeps it; [Self::set_raw_path()] restores it.
     pub fn as_owned_parts(&self) -> ReqParts {
-        clone_req_parts(&self.base)
+        let mut parts = clone_req_parts(&self.base);
+        self.encoded.add_to(&mut parts.headers);
+        parts
     }
 }
 
 impl Clone for RequestHeader {
     fn clone(&self) -> Self {
         Self {
-            base: self.as_owned_parts(),
+            base: clone_req_parts(&self.base),
             case: self.case.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
+            encoded: self.encoded.clone(),
         }
     }
 }
@@ -404,13 +431,16 @@ impl From<ReqParts> for RequestHeader {
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            encoded: EncodedLines::default(),
         }
     }
 }
 
 impl From<RequestHeader> for ReqParts {
-    fn from(resp: RequestHeader) -> ReqParts {
-        resp.base
+    fn from(req: RequestHeader) -> ReqParts {
+        let mut base = req.base;
+        req.encoded.add_to(&mut base.headers);
+        base
     }
 }
 
@@ -436,7 +466,7 @@ pub struct ResponseHeader {
     // the reason phrase of the response, if unset, a default one will be used
     reason_phrase: Option<String>,
     // header lines encoded by `append_encoded_header`, written after the map's
-    encoded: Vec<u8>,
+    encoded: EncodedLines,
 }
 
 impl AsRef<RespParts> for ResponseHeader {
@@ -471,7 +501,7 @@ impl From<RespParts> for ResponseHeader {
             base: parts,
             case: CaseNames::Titled,
             reason_phrase: None,
-            encoded: Vec::new(),
+            encoded: EncodedLines::default(),
         }
     }
 }
@@ -479,7 +509,7 @@ impl From<RespParts> for ResponseHeader {
 impl From<ResponseHeader> for RespParts {
     fn from(resp: ResponseHeader) -> RespParts {
         let mut base = resp.base;
-        append_encoded_lines(&mut base.headers, &resp.encoded);
+        resp.encoded.add_to(&mut base.headers);
         base
     }
 }
@@ -504,7 +534,7 @@ impl ResponseHeader {
             base,
             case: CaseNames::Titled,
             reason_phrase: None,
-            encoded: Vec::new(),
+            encoded: EncodedLines::default(),
         }
     }
 
@@ -593,19 +623,7 @@ impl ResponseHeader {
     ///
     /// The value must be a valid [HeaderValue] (no control characters but horizontal tab).
     pub fn append_encoded_header(&mut self, name: &KnownHeaderName, value: &[u8]) -> Result<()> {
-        if !valid_value(value) {
-            return Err(pingora_error::Error::explain(
-                InvalidHTTPHeader,
-                "invalid value while append encoded",
-            ));
-        }
-        let written = self.case.wire_name(name);
-        self.encoded.reserve(written.len() + value.len() + 4);
-        self.encoded.extend_from_slice(written);
-        self.encoded.extend_from_slice(b": ");
-        self.encoded.extend_from_slice(value);
-        self.encoded.extend_from_slice(b"\r\n");
-        Ok(())
+        self.encoded.append(&self.case, name, value)
     }
 
     /// Makes room for `bytes` more of lines from [Self::append_encoded_header] at once.
@@ -615,7 +633,7 @@ impl ResponseHeader {
 
     /// The lines appended with [Self::append_encoded_header], in wire format.
     pub fn encoded_headers(&self) -> &[u8] {
-        &self.encoded
+        self.encoded.as_bytes()
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -623,9 +641,7 @@ impl ResponseHeader {
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
         self.case.write_h1(&self.base.headers, buf);
-        if !self.encoded.is_empty() {
-            buf.put_slice(&self.encoded);
-        }
+        self.encoded.write(buf);
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -688,7 +704,7 @@ impl ResponseHeader {
     /// appended to its fields.
     pub fn as_owned_parts(&self) -> RespParts {
         let mut parts = clone_resp_parts(&self.base);
-        append_encoded_lines(&mut parts.headers, &self.encoded);
+        self.encoded.add_to(&mut parts.headers);
         parts
     }
 
@@ -828,49 +844,6 @@ fn clone_resp_parts(me: &RespParts) -> RespParts {
     parts.headers = me.headers.clone();
     parts.extensions = me.extensions.clone();
     parts
-}
-
-/// Whether [HeaderValue::from_bytes] takes `v`: no control character but horizontal tab.
-/// Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f passes whole
-/// (values are mostly digits and tokens); the bytes of any other word are looked at one by one.
-fn valid_value(v: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let byte_ok = |b: u8| (b >= 32 && b != 127) || b == b'\t';
-    let mut words = v.chunks_exact(8);
-    for w in &mut words {
-        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        // High bit set in a byte of `low` when that byte is below 0x20, of `del` when it is
-        // 0x7f (the classic has-less and has-zero tests, over bytes below 0x80).
-        let ascii = !x & HIGH;
-        let low = x.wrapping_sub(ONES * 0x20) & ascii;
-        let y = x ^ (ONES * 0x7f);
-        let del = y.wrapping_sub(ONES) & !y & HIGH;
-        if (low | del) != 0 && !w.iter().all(|&b| byte_ok(b)) {
-            return false;
-        }
-    }
-    words.remainder().iter().all(|&b| byte_ok(b))
-}
-
-/// Appends to `headers` the fields of `lines`, written by [ResponseHeader::append_encoded_header]
-/// (so each is `name: value\r\n`, both valid).
-fn append_encoded_lines(headers: &mut HMap, lines: &[u8]) {
-    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let value = line[colon + 1..]
-            .strip_prefix(b" ")
-            .unwrap_or(&line[colon + 1..]);
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&line[..colon]),
-            HeaderValue::from_bytes(value),
-        ) {
-            headers.append(n, v);
-        }
-    }
 }
 
 // This function returns an upper bound on the size of the header map used inside the http crate.
