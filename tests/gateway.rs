@@ -106,6 +106,16 @@ async fn provider_key_replaces_client_key_and_paths_join() {
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }
+    // The client's own forwarding fields and id: the chain extended, the rest replaced, each
+    // written once (the echo joins repeated fields with ", ").
+    let req = client().post(gw.url("/v1/echo")).bearer_auth(KEY).header("x-request-id", "req-43");
+    let req = req.header("X-Forwarded-For", "10.0.0.1, 10.0.0.2").header("x-forwarded-proto", "https");
+    let v: Value = req.json(&json!({"model": "m"})).send().await.unwrap().json().await.unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["x-request-id"], "req-43", "{v}");
+    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1", "{v}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{v}");
+    assert_eq!(h["authorization"], format!("Bearer {PROVIDER_KEY}"), "{v}");
 }
 
 fn big_body(size: usize) -> Vec<u8> {

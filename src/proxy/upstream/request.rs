@@ -49,12 +49,6 @@ const MAX_NOMINATIONS: usize = 9;
 
 /// The client's key in OpenAI-compatible clients' other header; checked once, not parsed per request.
 static API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-/// The values the gateway sets, built at compile time (a `from_static` call checks its bytes
-/// at run time).
-const IDENTITY: http::HeaderValue = http::HeaderValue::from_static("identity");
-const PROTO_HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
-const PROTO_HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
-
 /// The client's request as an HTTP/1.1 request to the backend, for the paths outside
 /// Pingora's proxy loop (heartbeat relay, WebSocket tunnel): the same hygiene and framing as
 /// Pingora's own path, then the gateway's rewrites.
@@ -117,9 +111,10 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
             .map_err(|_| Error::explain(ErrorType::InternalError, "upstream path is not a valid URI"))?;
         req.set_uri(uri);
     }
-    // Room for the fields added below (request id, forwarding, encoding, length), at once:
-    // the map is sized to the client's headers.
-    req.reserve_headers(6)?;
+    // Room for the fields added to the map below (credentials, Host, length), at once: the map
+    // is sized to the client's headers. And for the encoded lines: an id, an address chain.
+    req.reserve_headers(3)?;
+    req.reserve_encoded_headers(192);
     // The fields below that are absent are neither removed nor looked up (both no-ops then):
     // nothing here adds or removes one before it is used.
     let sent = Sent::read(req);
@@ -149,24 +144,34 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         Some(v) => names::insert_host(req, v.clone())?,
         None => names::insert_host(req, routed.provider.host_header.as_str())?,
     }
-    req.insert_header(&names::REQUEST_ID, routed.request_id.as_str())?;
-    if let Some(ip) = &routed.client_ip {
-        let prev = if sent.forwarded_for { req.headers.get(names::FORWARDED_FOR.name()) } else { None };
-        let xff = match prev.and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip.clone(),
-        };
-        req.insert_header(&names::FORWARDED_FOR, xff)?;
+    // The gateway's own fields go after the map's as encoded lines (vendor/patches/0023: no
+    // map insert, no value built). Each replaces the client's fields of its name, removed
+    // first where the pass above found one. (`Authorization` stays a map insert: its value is
+    // marked sensitive, which HTTP/2 keeps out of its header compression tables.)
+    if sent.request_id {
+        req.remove_header(names::REQUEST_ID.name());
     }
-    let proto = match routed.client_proto {
-        "http" => PROTO_HTTP,
-        "https" => PROTO_HTTPS,
-        other => http::HeaderValue::from_static(other),
-    };
-    req.insert_header(&names::FORWARDED_PROTO, proto)?;
+    req.append_encoded_header(&names::REQUEST_ID, routed.request_id.as_bytes())?;
+    if let Some(ip) = &routed.client_ip {
+        // The client's chain (its first field, when text), then the client's address.
+        let prev = if sent.forwarded_for { req.remove_header(names::FORWARDED_FOR.name()) } else { None };
+        match prev.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => {
+                req.append_encoded_header(&names::FORWARDED_FOR, format!("{prev}, {ip}").as_bytes())?
+            }
+            _ => req.append_encoded_header(&names::FORWARDED_FOR, ip.as_bytes())?,
+        }
+    }
+    if sent.forwarded_proto {
+        req.remove_header(names::FORWARDED_PROTO.name());
+    }
+    req.append_encoded_header(&names::FORWARDED_PROTO, routed.client_proto.as_bytes())?;
     if observed(routed) {
         // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
-        req.insert_header(&names::ACCEPT_ENCODING, IDENTITY)?;
+        if sent.accept_encoding {
+            req.remove_header(names::ACCEPT_ENCODING.name());
+        }
+        req.append_encoded_header(&names::ACCEPT_ENCODING, b"identity")?;
         if sent.te {
             req.remove_header(&header::TE);
         }
@@ -187,6 +192,9 @@ struct Sent {
     expect: bool,
     forwarded_for: bool,
     te: bool,
+    request_id: bool,
+    forwarded_proto: bool,
+    accept_encoding: bool,
 }
 
 impl Sent {
@@ -203,6 +211,12 @@ impl Sent {
                 sent.forwarded_for = true;
             } else if *name == header::TE {
                 sent.te = true;
+            } else if name == names::REQUEST_ID.name() {
+                sent.request_id = true;
+            } else if name == names::FORWARDED_PROTO.name() {
+                sent.forwarded_proto = true;
+            } else if *name == header::ACCEPT_ENCODING {
+                sent.accept_encoding = true;
             }
         }
         sent
@@ -349,6 +363,10 @@ mod tests {
             "sec-websocket-protocol",
             "expect",
             "X-Forwarded-For",
+            "x-request-id",
+            "X-Forwarded-Proto",
+            "Accept-Encoding",
+            "x-forwarded-protocol",
             "te",
             "TE",
             "authorization",
@@ -377,6 +395,9 @@ mod tests {
                 expect: req.headers.contains_key(header::EXPECT),
                 forwarded_for: req.headers.contains_key(names::FORWARDED_FOR.name()),
                 te: req.headers.contains_key(header::TE),
+                request_id: req.headers.contains_key("x-request-id"),
+                forwarded_proto: req.headers.contains_key("x-forwarded-proto"),
+                accept_encoding: req.headers.contains_key(header::ACCEPT_ENCODING),
             };
             assert_eq!(Sent::read(&req), lookups, "{fields:?}");
         }
