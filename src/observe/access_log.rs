@@ -176,14 +176,9 @@ impl AccessRecord<'_> {
         b.extend_from_slice(itoa::Buffer::new().format(self.bytes_in).as_bytes());
         b.extend_from_slice(b",\"bytes_out\":");
         b.extend_from_slice(itoa::Buffer::new().format(self.bytes_out).as_bytes());
-        for (name, v) in
-            [(&b",\"key\":"[..], self.key), (b",\"route\":", self.route), (b",\"provider\":", self.provider)]
-        {
-            if let Some(v) = v {
-                b.extend_from_slice(name);
-                json_str(b, v);
-            }
-        }
+        opt_str(b, b",\"key\":", self.key);
+        opt_str(b, b",\"route\":", self.route);
+        opt_str(b, b",\"provider\":", self.provider);
         if let Some(addr) = self.backend {
             b.extend_from_slice(b",\"backend\":\"");
             // An address has nothing to escape.
@@ -195,21 +190,30 @@ impl AccessRecord<'_> {
             json_str(b, v);
         }
         b.extend_from_slice(if self.stream { b",\"stream\":true" } else { b",\"stream\":false" });
-        for (name, v) in
-            [(&b",\"prompt_tokens\":"[..], self.prompt_tokens), (b",\"completion_tokens\":", self.completion_tokens)]
-        {
-            if let Some(v) = v {
-                b.extend_from_slice(name);
-                b.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-            }
-        }
-        for (name, v) in [(&b",\"error\":"[..], self.error), (b",\"refusal\":", self.refusal)] {
-            if let Some(v) = v {
-                b.extend_from_slice(name);
-                json_str(b, v);
-            }
-        }
+        opt_u64(b, b",\"prompt_tokens\":", self.prompt_tokens);
+        opt_u64(b, b",\"completion_tokens\":", self.completion_tokens);
+        opt_str(b, b",\"error\":", self.error);
+        opt_str(b, b",\"refusal\":", self.refusal);
         b.push(b'}');
+    }
+}
+
+/// The member `name` (its comma, key and colon) with the string `v`, when there is one.
+/// Written out field by field: a loop over an array of them costs its set-up on every line.
+#[inline(always)]
+fn opt_str(b: &mut Vec<u8>, name: &[u8], v: Option<&str>) {
+    if let Some(v) = v {
+        b.extend_from_slice(name);
+        json_str(b, v);
+    }
+}
+
+/// [`opt_str`] of a number.
+#[inline(always)]
+fn opt_u64(b: &mut Vec<u8>, name: &[u8], v: Option<u64>) {
+    if let Some(v) = v {
+        b.extend_from_slice(name);
+        b.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 }
 

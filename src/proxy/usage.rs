@@ -179,7 +179,11 @@ pub fn is_usage_chunk(data: &[u8]) -> Option<bool> {
 /// event). Embeddings and scores carry prompt tokens only, rerank only `total_tokens` (counted
 /// as prompt tokens); an audio duration (`{"type":"duration","seconds":…}`) counts no tokens.
 fn parse_usage(json: &[u8]) -> Option<Usage> {
-    read(json).0
+    // [`read`] without the usage chunk's question, which a whole answer does not ask.
+    match json::top(json) {
+        Some(top) => usage_of(json, top.usage()),
+        None => parse_full(json).and_then(UsageFields::usage),
+    }
 }
 
 /// [`parse_usage`], and from the same walk whether `json` is the usage chunk
@@ -324,6 +328,66 @@ mod tests {
         for d in docs {
             assert_eq!(parse_usage(d.as_bytes()), reference(d.as_bytes()), "{d}");
         }
+    }
+
+    /// Generated answers (nested `usage` keys, strings holding quotes, braces, escapes and
+    /// `"usage"`, counts of every form): wherever serde_json reads the whole document, the walk
+    /// reads the same usage; cut short at any offset, none.
+    #[test]
+    fn generated_answers_and_every_cut_read_as_the_full_parse() {
+        let mut seed = 0x853C_49E6_748F_EA9Bu64;
+        let mut pick = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let strings = [r#""a""#, r#""{\"usage\":{}}""#, r#""\"usage\": [""#, r#""}]\\""#, r#""\u0075""#, r#""""#];
+        let counts = ["4", "16", "0", "7", "12", "null", "01", "-1", "1.5", "1e2", "18446744073709551616", r#""3""#];
+        let names = ["prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "x", "usage"];
+        let mut checked = 0;
+        for _ in 0..2000 {
+            let mut doc = String::from("{");
+            let members = pick(5) + 1;
+            for m in 0..members {
+                if m > 0 {
+                    doc.push(',');
+                }
+                match pick(6) {
+                    0 | 1 => {
+                        doc.push_str("\"usage\":{");
+                        for c in 0..pick(4) {
+                            if c > 0 {
+                                doc.push(',');
+                            }
+                            let count = counts[if pick(4) == 0 { pick(counts.len()) } else { pick(6) }];
+                            doc.push_str(&format!("\"{}\":{count}", names[pick(names.len())]));
+                        }
+                        if pick(3) == 0 {
+                            doc.push_str(&format!(",\"d\":{{\"usage\":{}}}", strings[pick(strings.len())]));
+                        }
+                        doc.push('}');
+                    }
+                    2 => doc.push_str(&format!(
+                        "\"choices\":[{{\"usage\":{{\"prompt_tokens\":9}},\"t\":{}}}]",
+                        strings[pick(strings.len())]
+                    )),
+                    3 => doc.push_str(&format!("\"id\":{}", strings[pick(strings.len())])),
+                    4 => doc.push_str("\"usage\":null"),
+                    _ => doc.push_str(&format!("\"n\":{}", counts[pick(counts.len())])),
+                }
+            }
+            doc.push('}');
+            if let Some(want) = parse_full(doc.as_bytes()) {
+                assert_eq!(parse_usage(doc.as_bytes()), want.usage(), "{doc}");
+                checked += 1;
+            }
+            // Cut short, the answer is not one object: no usage (fail closed).
+            for cut in 0..doc.len() {
+                assert_eq!(parse_usage(&doc.as_bytes()[..cut]), None, "{cut} {doc}");
+            }
+        }
+        assert!(checked > 200, "{checked}");
     }
 
     /// The walk as it was before `usage` was read in place: every value skipped leniently, then
