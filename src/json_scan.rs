@@ -639,28 +639,35 @@ mod tests {
         }
     }
 
+    /// `n` generated documents, each whole, cut short at a random offset, and with `changes`
+    /// of its bytes replaced by bytes of `with`.
+    fn generated_docs(r: &mut Rng, n: usize, changes: usize, with: &[u8]) -> Vec<Vec<u8>> {
+        let mut docs = Vec::new();
+        for _ in 0..n {
+            let mut doc = String::new();
+            gen_value(r, 0, &mut doc);
+            let mut bytes = doc.into_bytes();
+            docs.push(bytes.clone());
+            let cut = r.below(bytes.len() + 1);
+            docs.push(bytes[..cut].to_vec());
+            for _ in 0..changes {
+                let at = r.below(bytes.len().max(1));
+                if let Some(b) = bytes.get_mut(at) {
+                    *b = with[r.below(with.len())];
+                }
+            }
+            docs.push(bytes);
+        }
+        docs
+    }
+
     /// The lenient reads answer what the plain byte-by-byte ones answer, at every offset and
     /// depth limit of generated documents, cut short or changed, and of strings holding quotes,
     /// backslashes and brackets at every distance (either side of the 32 bytes read inline).
     #[test]
     fn the_lenient_reads_are_the_plain_ones() {
         let mut r = Rng(0x2545_F491_4F6C_DD1D);
-        let mut docs: Vec<Vec<u8>> = Vec::new();
-        for _ in 0..1500 {
-            let mut doc = String::new();
-            gen_value(&mut r, 0, &mut doc);
-            let mut bytes = doc.into_bytes();
-            docs.push(bytes.clone());
-            let cut = r.below(bytes.len() + 1);
-            docs.push(bytes[..cut].to_vec());
-            for _ in 0..2 {
-                let at = r.below(bytes.len().max(1));
-                if let Some(b) = bytes.get_mut(at) {
-                    *b = b"\"\\{}[]x"[r.below(7)];
-                }
-            }
-            docs.push(bytes);
-        }
+        let mut docs = generated_docs(&mut r, 1500, 2, b"\"\\{}[]x");
         let pool = [b'"', b'\\', b'{', b'}', b'[', b']', 0x00, 0x80, 0xff];
         for len in 0..80 {
             for _ in 0..40 {
@@ -692,20 +699,7 @@ mod tests {
     #[test]
     fn the_inlined_reads_are_the_whole_ones() {
         let mut r = Rng(0x5DEE_CE66_D1CE_F00D);
-        let mut docs: Vec<Vec<u8>> = Vec::new();
-        for _ in 0..2000 {
-            let mut doc = String::new();
-            gen_value(&mut r, 0, &mut doc);
-            let mut bytes = doc.into_bytes();
-            docs.push(bytes.clone());
-            let cut = r.below(bytes.len() + 1);
-            docs.push(bytes[..cut].to_vec());
-            let at = r.below(bytes.len().max(1));
-            if let Some(b) = bytes.get_mut(at) {
-                *b = b"\"\\\x00\x1fa{[u"[r.below(8)];
-            }
-            docs.push(bytes);
-        }
+        let mut docs = generated_docs(&mut r, 2000, 1, b"\"\\\x00\x1fa{[u");
         let pool = [b'"', b'\\', 0x00, 0x1f, 0x20, b'a', b'u', b'0', 0x7f, 0xc3, 0xa9];
         for len in 0..40 {
             for _ in 0..200 {
