@@ -6,6 +6,7 @@ pub mod account;
 pub mod connection_gate;
 pub mod credentials;
 pub mod ctx;
+pub mod fields;
 pub mod framing;
 pub mod header_names;
 pub mod heartbeat;
@@ -67,7 +68,8 @@ impl Gateway {
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
-        ctx.request_id = request_id(session.req_header());
+        let present = fields::Present::read(session.req_header());
+        ctx.request_id = request_id(session.req_header(), &present);
         if let Some(m) = metrics() {
             m.inflight.inc();
             ctx.counted_inflight = true;
@@ -110,6 +112,7 @@ impl Gateway {
             started: ctx.started,
             client_ip: client_ip(session),
             client_proto: if rt.server.tls.is_some() { "https" } else { "http" },
+            present,
         };
         let decision = match route::decide(session, &rt, key, meta).await? {
             Ok(d) => d,
@@ -130,7 +133,7 @@ impl Gateway {
             Ok(rw) => ctx.response_ids = rw.map(Box::new),
             Err(e) => return self.refuse(session, ctx, e).await,
         }
-        match long_lived::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
+        match long_lived::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id, &present).await? {
             long_lived::Admit::Answered(status) => {
                 ctx.local_status = Some(status);
                 ctx.route_label = Some(routed.route_label.clone());
@@ -361,8 +364,10 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
 }
 
 /// The client's `x-request-id` when it is short and plain, else a fresh one ([`fresh_id_bits`]).
-fn request_id(req: &RequestHeader) -> String {
-    if let Some(v) = req.headers.get(header_names::REQUEST_ID.name()) {
+fn request_id(req: &RequestHeader, present: &fields::Present) -> String {
+    // Looked up only when the request has one (found in the pass over its names).
+    let given = if present.request_id { req.headers.get(header_names::REQUEST_ID.name()) } else { None };
+    if let Some(v) = given {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) {
             if let Ok(s) = v.to_str() {

@@ -3,6 +3,7 @@
 //! body reaches the upstream.
 
 use super::ctx::Routed;
+use super::fields::{is_upgrade_req, Present};
 use super::model;
 use crate::error::GatewayError;
 use crate::fleet::hash_key::{key_for, KeyInputs};
@@ -38,6 +39,8 @@ pub struct RequestMeta {
     pub started: Instant,
     pub client_ip: Option<String>,
     pub client_proto: &'static str,
+    /// The client's fields admission reads, as found when the request arrived.
+    pub present: super::fields::Present,
 }
 
 pub async fn decide(
@@ -60,7 +63,7 @@ pub async fn decide(
         Target::Provider(i) => rt.providers.get(i).cloned(),
         Target::ByModel => None,
     };
-    let learned = match learn(session, rt, route, fixed.as_ref(), &key, &path).await? {
+    let learned = match learn(session, rt, route, fixed.as_ref(), &key, &path, &meta.present).await? {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
@@ -93,7 +96,8 @@ pub async fn decide(
     };
     let hash_key = hash_key(session, &provider, &key, &scan, chunks_ref.as_ref(), meta.client_ip.as_deref());
     let inference = super::inference::ticket(&provider, &scan, chunks_ref.as_ref(), model.as_deref());
-    let upstream_path = upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref());
+    let upstream_path =
+        upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref(), &meta.present);
     let streams = super::long_lived::RouteStreams::new(route, &provider);
     let provider_index = rt.providers.iter().position(|p| Arc::ptr_eq(p, &provider)).unwrap_or(usize::MAX);
     // A fleet's list is merged from its replicas even for a key that may use every model.
@@ -146,17 +150,18 @@ async fn learn(
     fixed: Option<&Arc<crate::fleet::Provider>>,
     key: &KeyEntry,
     path: &str,
+    present: &Present,
 ) -> Result<Result<Learned, GatewayError>> {
     // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
     let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
     let needs = route.target == Target::ByModel || !key.models.allows_all();
     let (mut scan, mut form, mut chunks) = (Scan::default(), model::Form::Opaque, None);
-    if !mcp && model::reads_body(session) && (needs || !model::is_upload(session.req_header())) {
-        let body = match model::read_body(session, rt.server.max_body).await? {
+    if !mcp && model::reads_body(session, present) && (needs || !model::is_upload(session.req_header())) {
+        let body = match model::read_body(session, rt.server.max_body, present).await? {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        (scan, form) = match model::scan_body(session.req_header(), &body, needs) {
+        (scan, form) = match model::scan_body(session.req_header(), &body, needs, present) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -172,7 +177,7 @@ async fn learn(
     let mut defaulted = None;
     let model = match named {
         Some(m) => Some(m),
-        None if mcp || chunks.is_none() && !session.is_upgrade_req() => None,
+        None if mcp || chunks.is_none() && !is_upgrade_req(session, present) => None,
         None => {
             let provider = fixed.or(rt.providers.first());
             let default = route.default_model.as_deref().or(provider.and_then(|p| p.default_model.as_deref()));
@@ -196,9 +201,9 @@ async fn learn(
 }
 
 /// The path and query sent upstream; an upgrade's default model is written into its query.
-fn upstream_target(session: &Session, mut target: String, defaulted: Option<&str>) -> String {
+fn upstream_target(session: &Session, mut target: String, defaulted: Option<&str>, present: &Present) -> String {
     let query = session.req_header().uri.query().map(str::to_string);
-    let query = match (query, defaulted.filter(|_| session.is_upgrade_req())) {
+    let query = match (query, defaulted.filter(|_| is_upgrade_req(session, present))) {
         (q, Some(m)) => Some(with_query_model(q.as_deref(), m)),
         (q, None) => q,
     };
