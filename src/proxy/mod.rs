@@ -114,29 +114,62 @@ impl Gateway {
             client_proto: if rt.server.tls.is_some() { "https" } else { "http" },
             present,
         };
-        let decision = match route::decide(session, &rt, key, meta).await? {
+        let decision = match route::decide(session, &rt, key, meta, &mut ctx.routed).await? {
             Ok(d) => d,
             Err(e) => return self.refuse(session, ctx, e).await,
         };
-        let route::Decision { mut routed, mut body, models_list } = decision;
+        self.routed(session, ctx, &present, decision).await
+    }
+
+    /// Admission after routing: the inference queue, the model list, response ids, long-lived
+    /// connections. `decide` wrote the route into the context (no copies of it on the way
+    /// out). Every exit that does not go on with it (or relay with it) takes it back out, so
+    /// the logging step sees what it saw when the route was held by this function (none).
+    async fn routed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        present: &fields::Present,
+        decision: route::Decision,
+    ) -> Result<Step> {
+        let route::Decision { mut body, models_list } = decision;
+        let Some(routed) = ctx.routed.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
         // Every replica saturated: wait here, not in vLLM's queue (before any upstream is chosen).
-        if let Err(e) = inference::admit(session, &routed).await? {
-            return self.refuse(session, ctx, e).await;
+        let queued = inference::admit(session, routed).await;
+        match queued {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return self.refuse_routed(session, ctx, e).await,
+            Err(e) => return Err(drop_route(ctx, e)),
         }
         if models_list {
             // Before any stream handling: an upgrade or event stream must not carry the list past the filter.
             ctx.answered_by_subrequest = true;
-            models_list::run(session, routed).await?;
+            if let Some(routed) = ctx.routed.take() {
+                models_list::run(session, routed).await?;
+            }
             return Ok(Step::Answered);
         }
-        match response_ids::admit(session.req_header(), &mut routed, &mut body) {
+        let Some(routed) = ctx.routed.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        match response_ids::admit(session.req_header(), routed, &mut body) {
             Ok(rw) => ctx.response_ids = rw.map(Box::new),
-            Err(e) => return self.refuse(session, ctx, e).await,
+            Err(e) => return self.refuse_routed(session, ctx, e).await,
         }
-        match long_lived::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id, &present).await? {
+        let Some(routed) = ctx.routed.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        let strip_usage = routed.strip_usage;
+        let admitted = match long_lived::admit(session, routed, &mut ctx.streams, &ctx.request_id, present).await {
+            Ok(a) => a,
+            Err(e) => return Err(drop_route(ctx, e)),
+        };
+        match admitted {
             long_lived::Admit::Answered(status) => {
                 ctx.local_status = Some(status);
-                ctx.route_label = Some(routed.route_label.clone());
+                ctx.route_label = ctx.routed.take().map(|r| r.route_label);
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Heartbeat(every) => {
@@ -144,26 +177,32 @@ impl Gateway {
                     route::BodyPlan::Replay(b) => Some(b),
                     route::BodyPlan::Untouched => None,
                 };
-                if routed.strip_usage {
+                if strip_usage {
                     ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
                 }
-                ctx.routed = Some(routed);
                 Box::pin(heartbeat::run(session, ctx, &self.connectors, read, every)).await?;
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Tunnel => {
-                ctx.routed = Some(routed);
                 // Boxed: only tunnels pay for the relay's state.
                 Box::pin(tunnel::run(session, ctx, &self.connectors.fresh, self.drain.subscribe())).await?;
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Continue => {}
         }
-        if routed.strip_usage {
+        if strip_usage {
             ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
         }
-        ctx.routed = Some(routed);
         Ok(Step::Continue)
+    }
+
+    /// [`Self::refuse`] after routing: the route leaves the context first (and is dropped
+    /// after the answer, as when it was held by the caller).
+    async fn refuse_routed(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
+        let held = ctx.routed.take();
+        let step = self.refuse(session, ctx, e).await;
+        drop(held);
+        step
     }
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
@@ -320,6 +359,12 @@ impl ProxyHttp for Gateway {
             ctx.routed.as_ref().map(|r| r.runtime.log.access_log).unwrap_or_else(|| self.runtime.load().log.access_log);
         account::finish(session, e, ctx, access_log);
     }
+}
+
+/// An error out of admission after routing: the route leaves the context (see `Gateway::routed`).
+fn drop_route(ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
+    ctx.routed = None;
+    e
 }
 
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,

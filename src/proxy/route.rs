@@ -27,8 +27,8 @@ pub enum BodyPlan {
     Replay(Bytes),
 }
 
+/// What [`decide`] decided besides the [`Routed`] it writes into the request's context.
 pub struct Decision {
-    pub routed: Routed,
     pub body: BodyPlan,
     /// `GET …/models`: the list is fetched whole and filtered (see `models_list`).
     pub models_list: bool,
@@ -48,6 +48,7 @@ pub async fn decide(
     rt: &Arc<Runtime>,
     key: Arc<KeyEntry>,
     meta: RequestMeta,
+    slot: &mut Option<Routed>,
 ) -> Result<Result<Decision, GatewayError>> {
     // The one canonical path: matched here and forwarded as is.
     let path = match crate::http_path::normalise(session.req_header().uri.path()) {
@@ -104,7 +105,9 @@ pub async fn decide(
     let models_list = matches!(listing, Listing::All)
         && session.req_header().method == http::Method::GET
         && (!key.models.allows_all() || provider.backends.len() > 1);
-    let routed = Routed {
+    // Written in place (set only when the route is decided): the context keeps it, and a
+    // `Routed` returned would be copied at each step out (decide, its caller, the context).
+    *slot = Some(Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
         started: meta.started,
@@ -124,8 +127,8 @@ pub async fn decide(
         new_body,
         streams,
         inference,
-    };
-    Ok(Ok(Decision { routed, body: plan, models_list }))
+    });
+    Ok(Ok(Decision { body: plan, models_list }))
 }
 
 /// What [`learn`] found: the scanned body and the model the request is for.
