@@ -103,15 +103,19 @@ pub async fn admit(
     routed: &mut Routed,
     state: &mut StreamState,
     request_id: &str,
+    present: &super::fields::Present,
 ) -> Result<Admit> {
-    websocket::decline_other_upgrades(session.req_header_mut());
+    if present.upgrade {
+        websocket::decline_other_upgrades(session.req_header_mut());
+    }
     let req = session.req_header();
-    let upgrade = session.is_upgrade_req();
-    let accepts_sse = req
-        .headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+    let upgrade = super::fields::is_upgrade_req(session, present);
+    let accepts_sse = present.accept
+        && req
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"));
     let event_stream = !upgrade && (routed.stream || (req.method == http::Method::GET && accepts_sse));
     routed.streams.upgrade = upgrade;
     routed.streams.event_stream = event_stream;

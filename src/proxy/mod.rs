@@ -6,6 +6,7 @@ pub mod account;
 pub mod connection_gate;
 pub mod credentials;
 pub mod ctx;
+pub mod fields;
 pub mod framing;
 pub mod header_names;
 pub mod heartbeat;
@@ -67,7 +68,8 @@ impl Gateway {
 
     /// Local endpoints, authentication, routing — everything before an upstream is chosen.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
-        ctx.request_id = request_id(session.req_header());
+        let present = fields::Present::read(session.req_header());
+        ctx.request_id = request_id(session.req_header(), &present);
         if let Some(m) = metrics() {
             m.inflight.inc();
             ctx.counted_inflight = true;
@@ -110,30 +112,64 @@ impl Gateway {
             started: ctx.started,
             client_ip: client_ip(session),
             client_proto: if rt.server.tls.is_some() { "https" } else { "http" },
+            present,
         };
-        let decision = match route::decide(session, &rt, key, meta).await? {
+        let decision = match route::decide(session, &rt, key, meta, &mut ctx.routed).await? {
             Ok(d) => d,
             Err(e) => return self.refuse(session, ctx, e).await,
         };
-        let route::Decision { mut routed, mut body, models_list } = decision;
+        self.routed(session, ctx, &present, decision).await
+    }
+
+    /// Admission after routing: the inference queue, the model list, response ids, long-lived
+    /// connections. `decide` wrote the route into the context (no copies of it on the way
+    /// out). Every exit that does not go on with it (or relay with it) takes it back out, so
+    /// the logging step sees what it saw when the route was held by this function (none).
+    async fn routed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        present: &fields::Present,
+        decision: route::Decision,
+    ) -> Result<Step> {
+        let route::Decision { mut body, models_list } = decision;
+        let Some(routed) = ctx.routed.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
         // Every replica saturated: wait here, not in vLLM's queue (before any upstream is chosen).
-        if let Err(e) = inference::admit(session, &routed).await? {
-            return self.refuse(session, ctx, e).await;
+        let queued = inference::admit(session, routed).await;
+        match queued {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return self.refuse_routed(session, ctx, e).await,
+            Err(e) => return Err(drop_route(ctx, e)),
         }
         if models_list {
             // Before any stream handling: an upgrade or event stream must not carry the list past the filter.
             ctx.answered_by_subrequest = true;
-            models_list::run(session, routed).await?;
+            if let Some(routed) = ctx.routed.take() {
+                models_list::run(session, routed).await?;
+            }
             return Ok(Step::Answered);
         }
-        match response_ids::admit(session.req_header(), &mut routed, &mut body) {
+        let Some(routed) = ctx.routed.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        match response_ids::admit(session.req_header(), routed, &mut body) {
             Ok(rw) => ctx.response_ids = rw.map(Box::new),
-            Err(e) => return self.refuse(session, ctx, e).await,
+            Err(e) => return self.refuse_routed(session, ctx, e).await,
         }
-        match long_lived::admit(session, &mut routed, &mut ctx.streams, &ctx.request_id).await? {
+        let Some(routed) = ctx.routed.as_mut() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        let strip_usage = routed.strip_usage;
+        let admitted = match long_lived::admit(session, routed, &mut ctx.streams, &ctx.request_id, present).await {
+            Ok(a) => a,
+            Err(e) => return Err(drop_route(ctx, e)),
+        };
+        match admitted {
             long_lived::Admit::Answered(status) => {
                 ctx.local_status = Some(status);
-                ctx.route_label = Some(routed.route_label.clone());
+                ctx.route_label = ctx.routed.take().map(|r| r.route_label);
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Heartbeat(every) => {
@@ -141,26 +177,32 @@ impl Gateway {
                     route::BodyPlan::Replay(b) => Some(b),
                     route::BodyPlan::Untouched => None,
                 };
-                if routed.strip_usage {
+                if strip_usage {
                     ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
                 }
-                ctx.routed = Some(routed);
                 Box::pin(heartbeat::run(session, ctx, &self.connectors, read, every)).await?;
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Tunnel => {
-                ctx.routed = Some(routed);
                 // Boxed: only tunnels pay for the relay's state.
                 Box::pin(tunnel::run(session, ctx, &self.connectors.fresh, self.drain.subscribe())).await?;
                 return Ok(Step::Answered);
             }
             long_lived::Admit::Continue => {}
         }
-        if routed.strip_usage {
+        if strip_usage {
             ctx.rewrite = rewrite::ResponseRewrite::StripUsage(Default::default());
         }
-        ctx.routed = Some(routed);
         Ok(Step::Continue)
+    }
+
+    /// [`Self::refuse`] after routing: the route leaves the context first (and is dropped
+    /// after the answer, as when it was held by the caller).
+    async fn refuse_routed(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
+        let held = ctx.routed.take();
+        let step = self.refuse(session, ctx, e).await;
+        drop(held);
+        step
     }
 
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, e: GatewayError) -> Result<Step> {
@@ -319,6 +361,12 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// An error out of admission after routing: the route leaves the context (see `Gateway::routed`).
+fn drop_route(ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
+    ctx.routed = None;
+    e
+}
+
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,
 /// and the body rewrite's framing. The request id and the rate-limit headers are appended as
 /// encoded lines (vendor/patches/0023: no map insert, no value built per field); each replaces
@@ -371,8 +419,10 @@ fn filter_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) {
 }
 
 /// The client's `x-request-id` when it is short and plain, else a fresh one ([`fresh_id_bits`]).
-fn request_id(req: &RequestHeader) -> String {
-    if let Some(v) = req.headers.get(header_names::REQUEST_ID.name()) {
+fn request_id(req: &RequestHeader, present: &fields::Present) -> String {
+    // Looked up only when the request has one (found in the pass over its names).
+    let given = if present.request_id { req.headers.get(header_names::REQUEST_ID.name()) } else { None };
+    if let Some(v) = given {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c)) {
             if let Ok(s) = v.to_str() {

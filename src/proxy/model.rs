@@ -4,6 +4,7 @@
 //! model takes the route's or provider's `default_model`, which is then written into what
 //! is forwarded; and a key that may not use every model must end up with a model it may use.
 
+use super::fields::Present;
 use crate::error::GatewayError;
 use crate::keys::KeyEntry;
 use crate::request_body::{self, Scan, ScanError};
@@ -24,8 +25,8 @@ pub enum Form {
 /// Whether the body may be read: every request that may carry one, except upgrades (their
 /// bytes after the header are the tunnel's). (MCP bodies, JSON-RPC for the backend only, and
 /// uploads that need no model are left to the caller.)
-pub fn reads_body(session: &mut Session) -> bool {
-    if session.is_upgrade_req() {
+pub fn reads_body(session: &mut Session, present: &Present) -> bool {
+    if super::fields::is_upgrade_req(session, present) {
         return false;
     }
     let method = &session.req_header().method;
@@ -42,7 +43,7 @@ pub fn is_upload(req: &RequestHeader) -> bool {
 
 /// Reads the whole body into one buffer, refusing more than `max` bytes (by Content-Length
 /// before reading). The usual single read is kept as it came, without a copy.
-pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Bytes, GatewayError>> {
+pub async fn read_body(session: &mut Session, max: u64, present: &Present) -> Result<Result<Bytes, GatewayError>> {
     let declared = session
         .req_header()
         .headers
@@ -52,11 +53,12 @@ pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Bytes, 
     if declared.is_some_and(|n| n > max) {
         return Ok(Err(GatewayError::PayloadTooLarge(max)));
     }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = present.expect
+        && session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
         session.write_continue_response().await?;
     }
@@ -83,13 +85,17 @@ pub async fn read_body(session: &mut Session, max: u64) -> Result<Result<Bytes, 
 
 /// Scans a read body by its form. `needs`: the route or the key needs the model, so a body
 /// that cannot be read is refused rather than forwarded.
-pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan, Form), GatewayError> {
-    let ct = single(req, http::header::CONTENT_TYPE)?;
-    let ct = ct.map(|v| String::from_utf8_lossy(v.as_bytes())).unwrap_or_default();
+pub fn scan_body(
+    req: &RequestHeader,
+    body: &[u8],
+    needs: bool,
+    present: &Present,
+) -> Result<(Scan, Form), GatewayError> {
+    let ct = single(req, http::header::CONTENT_TYPE)?.map_or(&b""[..], |v| v.as_bytes());
     // Compared without case (as the lower-cased form would be); lower-cased only for a refusal.
-    let media = ct.split(';').next().unwrap_or("").trim();
-    let encoded = single(req, http::header::CONTENT_ENCODING)?
-        .is_some_and(|e| !String::from_utf8_lossy(e.as_bytes()).trim().eq_ignore_ascii_case("identity"));
+    let media = media_of(ct);
+    let coding = if present.content_encoding { single(req, http::header::CONTENT_ENCODING)? } else { None };
+    let encoded = coding.is_some_and(|e| !trim(&text(e.as_bytes())).eq_ignore_ascii_case("identity"));
     if encoded && !body.is_empty() {
         return if needs {
             Err(GatewayError::UnsupportedMediaType(
@@ -99,7 +105,8 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
             Ok((Scan::default(), Form::Opaque))
         };
     }
-    if media.eq_ignore_ascii_case("multipart/form-data") {
+    if media.eq_ignore_ascii_case(b"multipart/form-data") {
+        let ct = text(ct);
         let read = request_body::multipart_boundary(&ct)
             .and_then(|b| request_body::multipart_model(body, &ct).map(|model| (model, b)));
         return match read {
@@ -112,7 +119,7 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
     match request_body::scan(body) {
         Ok(scan) if body.is_empty() => Ok((scan, Form::Opaque)),
         Ok(scan) => Ok((scan, Form::Json)),
-        Err(ScanError::NotJson) if declared_json(media) => {
+        Err(ScanError::NotJson) if declared_json(&media) => {
             Err(GatewayError::InvalidJson("the body is not a JSON object".into()))
         }
         Err(ScanError::NotJson) if needs => Err(GatewayError::UnsupportedMediaType(format!(
@@ -120,7 +127,7 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
             if media.is_empty() {
                 "no Content-Type".to_string()
             } else {
-                format!("{:?}", bounded(&media.to_ascii_lowercase()))
+                format!("{:?}", bounded(&String::from_utf8_lossy(&media).to_ascii_lowercase()))
             }
         ))),
         Err(ScanError::NotJson) => Ok((Scan::default(), Form::Opaque)),
@@ -128,9 +135,54 @@ pub fn scan_body(req: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan,
     }
 }
 
+/// A field value as text: `String::from_utf8_lossy`, without its chunk walk for the usual
+/// UTF-8 (ASCII) value.
+fn text(v: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(v) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v),
+    }
+}
+
+/// [`media_type`] of the value as text, read on its bytes when the type is ASCII (then its
+/// text is the same bytes): no UTF-8 validation of the value on every request.
+fn media_of(ct: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let end = ct.iter().position(|&c| c == b';').unwrap_or(ct.len());
+    let ws = |c: &u8| matches!(c, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    let head = &ct[..end];
+    let start = head.iter().position(|c| !ws(c)).unwrap_or(head.len());
+    let stop = head.iter().rposition(|c| !ws(c)).map_or(start, |e| e + 1);
+    match head.get(start..stop) {
+        Some(m) if m.is_ascii() => std::borrow::Cow::Borrowed(m),
+        _ => std::borrow::Cow::Owned(media_type(&text(ct)).as_bytes().to_vec()),
+    }
+}
+
+/// The media type of a `Content-Type` value: what precedes the first `;`, trimmed
+/// (`ct.split(';').next().unwrap_or("").trim()`, found on bytes).
+fn media_type(ct: &str) -> &str {
+    let end = ct.bytes().position(|c| c == b';').unwrap_or(ct.len());
+    trim(ct.get(..end).unwrap_or(ct))
+}
+
+/// `str::trim`: the ASCII white space it removes stripped on bytes; the rest of its work
+/// (Unicode white space) only when a non-ASCII character is left at an end.
+fn trim(s: &str) -> &str {
+    // `char::is_whitespace` below U+0080.
+    let ws = |c: u8| matches!(c, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| !ws(c)).map_or(start, |e| e + 1);
+    // Cut next to ASCII bytes (or at the ends): character boundaries.
+    let t = s.get(start..end).unwrap_or_default();
+    match (t.as_bytes().first(), t.as_bytes().last()) {
+        (Some(&a), Some(&z)) if !a.is_ascii() || !z.is_ascii() => t.trim(),
+        _ => t,
+    }
+}
+
 /// `media` as its lower-cased form would compare: `application/json` or `…+json`.
-fn declared_json(media: &str) -> bool {
-    let m = media.as_bytes();
+fn declared_json(m: &[u8]) -> bool {
     m.eq_ignore_ascii_case(b"application/json") || m.len() >= 5 && m[m.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
@@ -224,9 +276,15 @@ pub fn rewritten(
 
 #[cfg(test)]
 mod tests {
-    use super::{scan_body, Form};
+    use super::{media_of, media_type, text, trim, Form, Present};
     use crate::error::GatewayError;
+    use crate::request_body::Scan;
     use pingora_http::RequestHeader;
+
+    /// As admission calls it: with the fields the request has.
+    fn scan_body(r: &RequestHeader, body: &[u8], needs: bool) -> Result<(Scan, Form), GatewayError> {
+        super::scan_body(r, body, needs, &Present::read(r))
+    }
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
@@ -266,5 +324,41 @@ mod tests {
         assert!(scan_body(&req(&[("content-encoding", " IDENTITY ")]), json, true).is_ok());
         let e = scan_body(&req(&[("content-encoding", "gzip")]), json, true).err();
         assert!(matches!(e, Some(GatewayError::UnsupportedMediaType(_))), "{e:?}");
+    }
+
+    /// The byte-level reading gives what the `str` one gives, on adversarial values too.
+    #[test]
+    fn media_type_and_trim_agree_with_str() {
+        let parts: [&[u8]; 14] = [
+            b"",
+            b" ",
+            b"\t",
+            b"\x0b",
+            b"\x0c",
+            b"\r\n",
+            b";",
+            b"a",
+            b"application/json",
+            b"\xc2\xa0",
+            b"\xe3\x80\x80",
+            b"\xff",
+            b"\xe9",
+            b"\xc2",
+        ];
+        let mut values = Vec::new();
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    values.push([a, b, c].concat());
+                }
+            }
+        }
+        for v in &values {
+            let lossy = String::from_utf8_lossy(v);
+            assert_eq!(text(v), lossy);
+            assert_eq!(media_type(&lossy), lossy.split(';').next().unwrap_or("").trim(), "{v:?}");
+            assert_eq!(trim(&lossy), lossy.trim(), "{v:?}");
+            assert_eq!(*media_of(v), *media_type(&lossy).as_bytes(), "{v:?}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! body reaches the upstream.
 
 use super::ctx::Routed;
+use super::fields::{is_upgrade_req, Present};
 use super::model;
 use crate::error::GatewayError;
 use crate::fleet::hash_key::{key_for, KeyInputs};
@@ -26,8 +27,8 @@ pub enum BodyPlan {
     Replay(Bytes),
 }
 
+/// What [`decide`] decided besides the [`Routed`] it writes into the request's context.
 pub struct Decision {
-    pub routed: Routed,
     pub body: BodyPlan,
     /// `GET …/models`: the list is fetched whole and filtered (see `models_list`).
     pub models_list: bool,
@@ -38,6 +39,8 @@ pub struct RequestMeta {
     pub started: Instant,
     pub client_ip: Option<String>,
     pub client_proto: &'static str,
+    /// The client's fields admission reads, as found when the request arrived.
+    pub present: super::fields::Present,
 }
 
 pub async fn decide(
@@ -45,6 +48,7 @@ pub async fn decide(
     rt: &Arc<Runtime>,
     key: Arc<KeyEntry>,
     meta: RequestMeta,
+    slot: &mut Option<Routed>,
 ) -> Result<Result<Decision, GatewayError>> {
     // The one canonical path: matched here and forwarded as is.
     let path = match crate::http_path::normalise(session.req_header().uri.path()) {
@@ -60,7 +64,7 @@ pub async fn decide(
         Target::Provider(i) => rt.providers.get(i).cloned(),
         Target::ByModel => None,
     };
-    let learned = match learn(session, rt, route, fixed.as_ref(), &key, &path).await? {
+    let learned = match learn(session, rt, route, fixed.as_ref(), &key, &path, &meta.present).await? {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
@@ -93,14 +97,17 @@ pub async fn decide(
     };
     let hash_key = hash_key(session, &provider, &key, &scan, chunks_ref.as_ref(), meta.client_ip.as_deref());
     let inference = super::inference::ticket(&provider, &scan, chunks_ref.as_ref(), model.as_deref());
-    let upstream_path = upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref());
+    let upstream_path =
+        upstream_target(session, route.upstream_path(&provider.base_path, &path), defaulted.as_deref(), &meta.present);
     let streams = super::long_lived::RouteStreams::new(route, &provider);
     let provider_index = rt.providers.iter().position(|p| Arc::ptr_eq(p, &provider)).unwrap_or(usize::MAX);
     // A fleet's list is merged from its replicas even for a key that may use every model.
     let models_list = matches!(listing, Listing::All)
         && session.req_header().method == http::Method::GET
         && (!key.models.allows_all() || provider.backends.len() > 1);
-    let routed = Routed {
+    // Written in place (set only when the route is decided): the context keeps it, and a
+    // `Routed` returned would be copied at each step out (decide, its caller, the context).
+    *slot = Some(Routed {
         runtime: rt.clone(),
         request_id: meta.request_id,
         started: meta.started,
@@ -120,8 +127,8 @@ pub async fn decide(
         new_body,
         streams,
         inference,
-    };
-    Ok(Ok(Decision { routed, body: plan, models_list }))
+    });
+    Ok(Ok(Decision { body: plan, models_list }))
 }
 
 /// What [`learn`] found: the scanned body and the model the request is for.
@@ -146,17 +153,18 @@ async fn learn(
     fixed: Option<&Arc<crate::fleet::Provider>>,
     key: &KeyEntry,
     path: &str,
+    present: &Present,
 ) -> Result<Result<Learned, GatewayError>> {
     // MCP bodies are JSON-RPC for the backend only (batches are arrays): never parsed here.
     let mcp = route.opts.kind == crate::routes::RouteKind::Mcp;
     let needs = route.target == Target::ByModel || !key.models.allows_all();
     let (mut scan, mut form, mut chunks) = (Scan::default(), model::Form::Opaque, None);
-    if !mcp && model::reads_body(session) && (needs || !model::is_upload(session.req_header())) {
-        let body = match model::read_body(session, rt.server.max_body).await? {
+    if !mcp && model::reads_body(session, present) && (needs || !model::is_upload(session.req_header())) {
+        let body = match model::read_body(session, rt.server.max_body, present).await? {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        (scan, form) = match model::scan_body(session.req_header(), &body, needs) {
+        (scan, form) = match model::scan_body(session.req_header(), &body, needs, present) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -172,7 +180,7 @@ async fn learn(
     let mut defaulted = None;
     let model = match named {
         Some(m) => Some(m),
-        None if mcp || chunks.is_none() && !session.is_upgrade_req() => None,
+        None if mcp || chunks.is_none() && !is_upgrade_req(session, present) => None,
         None => {
             let provider = fixed.or(rt.providers.first());
             let default = route.default_model.as_deref().or(provider.and_then(|p| p.default_model.as_deref()));
@@ -196,9 +204,9 @@ async fn learn(
 }
 
 /// The path and query sent upstream; an upgrade's default model is written into its query.
-fn upstream_target(session: &Session, mut target: String, defaulted: Option<&str>) -> String {
+fn upstream_target(session: &Session, mut target: String, defaulted: Option<&str>, present: &Present) -> String {
     let query = session.req_header().uri.query().map(str::to_string);
-    let query = match (query, defaulted.filter(|_| session.is_upgrade_req())) {
+    let query = match (query, defaulted.filter(|_| is_upgrade_req(session, present))) {
         (q, Some(m)) => Some(with_query_model(q.as_deref(), m)),
         (q, None) => q,
     };
