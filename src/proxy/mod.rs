@@ -158,9 +158,6 @@ impl Gateway {
             Ok(rw) => ctx.response_ids = rw.map(Box::new),
             Err(e) => return self.refuse_routed(session, ctx, e).await,
         }
-        let Some(routed) = ctx.routed.as_mut() else {
-            return Error::e_explain(ErrorType::InternalError, "no route decided");
-        };
         let strip_usage = routed.strip_usage;
         let admitted = match long_lived::admit(session, routed, &mut ctx.streams, &ctx.request_id, present).await {
             Ok(a) => a,
