@@ -78,7 +78,7 @@ fn micro() {
         for i in 0..n {
             let req = &reqs[i % reqs.len()];
             if with_limits {
-                guard.check(ips[i % ips.len()], &ip_limits, now_ms()).unwrap();
+                guard.check(ips[i % ips.len()], &ip_limits, now_ms).unwrap();
             }
             let key = authenticate(req, &table).unwrap();
             if with_limits {

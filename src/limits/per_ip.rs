@@ -11,6 +11,7 @@ use super::{LimitKind, Refusal};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -69,11 +70,19 @@ impl Entry {
 pub struct IpGuard {
     shards: Vec<Mutex<HashMap<IpAddr, Entry>>>,
     hasher: std::collections::hash_map::RandomState,
+    /// The latest end of any cooling-off period ever started (0: none yet). While the clock is
+    /// past it no address is cooling off, so an address whose only limit is on failures needs
+    /// no look-up (a keyed hash of the address and a shard lock on every request).
+    cooling_until: AtomicU64,
 }
 
 impl Default for IpGuard {
     fn default() -> Self {
-        IpGuard { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: Default::default() }
+        IpGuard {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            cooling_until: AtomicU64::new(0),
+        }
     }
 }
 
@@ -82,11 +91,29 @@ impl IpGuard {
         &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
     }
 
-    /// Called for every request before the key is checked.
-    pub fn check(&self, ip: IpAddr, l: &IpLimits, now: u64) -> Result<(), Refusal> {
-        if l.rpm.is_none() && l.auth_failures_per_min.is_none() {
+    /// Called for every request before the key is checked. The clock is read only when the
+    /// address may be refused.
+    pub fn check(&self, ip: IpAddr, l: &IpLimits, now: impl FnOnce() -> u64) -> Result<(), Refusal> {
+        if l.rpm.is_some() {
+            return self.look_up(ip, l, now());
+        }
+        if l.auth_failures_per_min.is_none() {
             return Ok(());
         }
+        // Only failures are limited, so only an address cooling off is refused: none is when
+        // none ever was, or when the clock is past the end of every period.
+        let until = self.cooling_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Ok(());
+        }
+        let now = now();
+        if until <= now {
+            return Ok(());
+        }
+        self.look_up(ip, l, now)
+    }
+
+    fn look_up(&self, ip: IpAddr, l: &IpLimits, now: u64) -> Result<(), Refusal> {
         let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
         let Some(rpm) = l.rpm else {
             // Only failures are limited: look, but do not track addresses that never failed.
@@ -125,12 +152,16 @@ impl IpGuard {
             e.cool_until = now.saturating_add(l.cooloff.as_millis() as u64);
             e.told = false;
             e.failures = 0;
+            self.cooling_until.fetch_max(e.cool_until, Ordering::Release);
         }
     }
 
     /// Whether `ip` is cooling off after too many failed authentications and has already been
     /// answered 429 for it, so its further connections can be closed without an answer.
     pub fn told_to_cool_off(&self, ip: IpAddr, now: u64) -> bool {
+        if self.cooling_until.load(Ordering::Acquire) <= now {
+            return false; // no address is cooling off (see `check`)
+        }
         let map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
         map.get(&ip).is_some_and(|e| e.told && e.cool_until > now)
     }
@@ -177,25 +208,51 @@ mod tests {
         for _ in 0..2 {
             g.failed(ip(1), &l, 100);
         }
-        assert!(g.check(ip(1), &l, 100).is_ok());
+        assert!(g.check(ip(1), &l, || 100).is_ok());
         g.failed(ip(1), &l, 200);
         assert!(!g.told_to_cool_off(ip(1), 300), "told before its 429");
-        let r = g.check(ip(1), &l, 300).unwrap_err();
+        let r = g.check(ip(1), &l, || 300).unwrap_err();
         assert_eq!((r.kind, r.retry_after_secs()), (LimitKind::AuthFailures, 10));
         assert!(g.told_to_cool_off(ip(1), 300));
         assert!(!g.told_to_cool_off(ip(1), 10_200), "still told after the cooloff");
-        assert!(g.check(ip(2), &l, 300).is_ok(), "other addresses are not affected");
-        assert!(g.check(ip(1), &l, 10_200).is_ok(), "the cooloff ends");
+        assert!(g.check(ip(2), &l, || 300).is_ok(), "other addresses are not affected");
+        assert!(g.check(ip(1), &l, || 10_200).is_ok(), "the cooloff ends");
+    }
+
+    /// `check` without the look-up (no address cooling off) refuses exactly what the look-up
+    /// refuses, while periods of several addresses start, overlap and end.
+    #[test]
+    fn the_quick_answer_is_the_look_ups() {
+        let g = IpGuard::default();
+        let l = IpLimits { auth_failures_per_min: Some(2), cooloff: Duration::from_secs(1), ..Default::default() };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut refused = 0;
+        for now in (1..20_000).step_by(7) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(64) {
+                g.failed(ip((x >> 8) as u32 % 4), &l, now);
+            }
+            for n in 0..4 {
+                let got = g.check(ip(n), &l, || now);
+                assert_eq!(got, g.look_up(ip(n), &l, now), "{n} at {now}");
+                assert_eq!(g.told_to_cool_off(ip(n), now), got.is_err(), "{n} at {now}");
+                refused += usize::from(got.is_err());
+            }
+        }
+        // Both answers were given often.
+        assert!(refused > 1000 && refused < 4 * 2857 - 1000, "{refused}");
     }
 
     #[test]
     fn request_rate_per_address() {
         let g = IpGuard::default();
         let l = IpLimits { rpm: Some(2), ..Default::default() };
-        assert!(g.check(ip(1), &l, 0).is_ok());
-        assert!(g.check(ip(1), &l, 1).is_ok());
-        assert_eq!(g.check(ip(1), &l, 2).unwrap_err().kind, LimitKind::IpRequests);
-        assert!(g.check(ip(1), &l, 60_001).is_ok());
+        assert!(g.check(ip(1), &l, || 0).is_ok());
+        assert!(g.check(ip(1), &l, || 1).is_ok());
+        assert_eq!(g.check(ip(1), &l, || 2).unwrap_err().kind, LimitKind::IpRequests);
+        assert!(g.check(ip(1), &l, || 60_001).is_ok());
     }
 
     #[test]
@@ -203,7 +260,7 @@ mod tests {
         let g = IpGuard::default();
         let l = IpLimits { rpm: Some(100), max_tracked: 1600, ..Default::default() };
         for n in 0..50_000 {
-            g.check(ip(n), &l, 5).unwrap();
+            g.check(ip(n), &l, || 5).unwrap();
         }
         assert!(g.tracked() <= 1600, "{}", g.tracked());
     }

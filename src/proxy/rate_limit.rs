@@ -75,13 +75,13 @@ pub async fn guard(
 ) -> Result<(), GatewayError> {
     let Some(ip) = ip else { return Ok(()) };
     let (Some(store), Some(rpm)) = (store, s.per_ip.rpm) else {
-        return g.check(ip, &s.per_ip, now_ms()).map_err(|r| refused(r, "none"));
+        return g.check(ip, &s.per_ip, now_ms).map_err(|r| refused(r, "none"));
     };
     let local_part = IpLimits { rpm: None, ..s.per_ip };
-    g.check(ip, &local_part, now_ms()).map_err(|r| refused(r, "none"))?;
+    g.check(ip, &local_part, now_ms).map_err(|r| refused(r, "none"))?;
     match store.admit_ip(ip, rpm, s.per_ip.max_tracked).await {
         Ok(IpVerdict::Admitted) => Ok(()),
-        Ok(IpVerdict::Local) => g.check(ip, &s.per_ip, now_ms()).map_err(|r| refused(r, "none")),
+        Ok(IpVerdict::Local) => g.check(ip, &s.per_ip, now_ms).map_err(|r| refused(r, "none")),
         Err(Denied::Limit(r)) => Err(refused(r, "none")),
         Err(Denied::StoreDown) => Err(store_down()),
     }
