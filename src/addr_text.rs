@@ -31,28 +31,39 @@ pub fn ip_string(ip: IpAddr) -> String {
     }
 }
 
-/// The dotted quad, digit by digit into one buffer (at most 15 bytes), appended at once.
+/// The dotted quad into one buffer (at most 15 bytes), appended at once: each octet's text
+/// with its dot comes whole from a table ([`OCTET_TEXT`]), four bytes written, as many kept.
+/// Inlined: a call would cost a third of the work.
+#[inline(always)]
 fn push_ipv4(out: &mut Vec<u8>, octets: [u8; 4]) {
-    let mut text = [0u8; 15];
+    let mut text = [0u8; 16];
     let mut n = 0;
-    for (i, o) in octets.into_iter().enumerate() {
-        if i > 0 {
-            text[n] = b'.';
-            n += 1;
+    for o in octets {
+        let (digits, len) = OCTET_TEXT[usize::from(o)];
+        if let Some(slot) = text.get_mut(n..n + 4) {
+            slot.copy_from_slice(&digits);
         }
-        if o >= 100 {
-            text[n] = b'0' + o / 100;
-            n += 1;
-        }
-        if o >= 10 {
-            text[n] = b'0' + o / 10 % 10;
-            n += 1;
-        }
-        text[n] = b'0' + o % 10;
-        n += 1;
+        n += usize::from(len);
     }
-    out.extend_from_slice(&text[..n]);
+    out.extend_from_slice(&text[..n - 1]); // without the last dot
 }
+
+/// For each octet value, its decimal digits and a dot (padded with zeros to four bytes), and
+/// how many of those bytes there are.
+const OCTET_TEXT: [([u8; 4], u8); 256] = {
+    let mut t = [([0u8; 4], 0u8); 256];
+    let mut o = 0;
+    while o < 256 {
+        let (h, d, u) = ((o / 100) as u8, (o / 10 % 10) as u8, (o % 10) as u8);
+        t[o] = match o {
+            0..=9 => ([b'0' + u, b'.', 0, 0], 2),
+            10..=99 => ([b'0' + d, b'0' + u, b'.', 0], 3),
+            _ => ([b'0' + h, b'0' + d, b'0' + u, b'.'], 4),
+        };
+        o += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
