@@ -57,10 +57,12 @@ pub struct UsageObserver {
 
 impl UsageObserver {
     pub fn start(&mut self, content_type: Option<&str>) {
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        self.kind = if ct.starts_with("text/event-stream") {
+        // Compared in place, ignoring case: no lower-case copy of the value per answer.
+        let ct = content_type.unwrap_or("").as_bytes();
+        let starts = |prefix: &str| ct.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()));
+        self.kind = if starts("text/event-stream") {
             BodyKind::Sse
-        } else if ct.starts_with("application/json") {
+        } else if starts("application/json") {
             BodyKind::Json
         } else {
             BodyKind::Other
@@ -487,6 +489,41 @@ mod tests {
         assert_eq!(u(r#"{"type":"response.created","response":{"usage":null}}"#), None);
         assert_eq!(u(r#"{"usage":{"total_tokens":9}}"#), pc(9, 0));
         assert_eq!(u(r#"{"text":"x","usage":{"type":"duration","seconds":3}}"#), None);
+    }
+
+    /// The kind read in place is the kind read from a lower-case copy of the value.
+    #[test]
+    fn body_kind_ignores_case_as_the_lower_case_copy_did() {
+        let old = |ct: Option<&str>| {
+            let ct = ct.unwrap_or("").to_ascii_lowercase();
+            if ct.starts_with("text/event-stream") {
+                BodyKind::Sse
+            } else if ct.starts_with("application/json") {
+                BodyKind::Json
+            } else {
+                BodyKind::Other
+            }
+        };
+        let values = [
+            None,
+            Some(""),
+            Some("text/event-stream"),
+            Some("Text/Event-Stream; charset=utf-8"),
+            Some("text/event-strea"),
+            Some("application/JSON"),
+            Some("application/json; charset=utf-8"),
+            Some("application/jsonx"),
+            Some("application/jso"),
+            Some(" application/json"),
+            Some("text/plain"),
+            Some("applicatio\u{e9}/json"),
+            Some("\u{212a}ext/event-stream"),
+        ];
+        for ct in values {
+            let mut o = UsageObserver::default();
+            o.start(ct);
+            assert_eq!(o.kind(), old(ct), "{ct:?}");
+        }
     }
 
     #[test]
