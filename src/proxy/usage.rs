@@ -119,8 +119,15 @@ impl UsageObserver {
         let mut key = first;
         // Once the first event is timed only `usage` is read: whole events without it are not
         // split into lines.
-        if key.is_none() && self.first_event_at.is_some() && self.sse.at_clean_boundary() && data.ends_with(b"\n\n") {
-            return hint;
+        if key.is_none() && self.sse.at_clean_boundary() && data.ends_with(b"\n\n") {
+            if self.first_event_at.is_some() {
+                return hint;
+            }
+            // The first event (the usual first chunk): timed from its first line, not split.
+            if first_line_is_an_event(data) {
+                self.first_event_at = Some(std::time::Instant::now());
+                return hint;
+            }
         }
         let mut tok = std::mem::take(&mut self.sse);
         tok.feed(data, |t, at| {
@@ -168,6 +175,14 @@ impl UsageObserver {
         }
         Some((chunk, payload.len()))
     }
+}
+
+/// Whether the first line of `data` (a chunk that starts at a clean boundary) is one that
+/// [`UsageObserver::line`] times as the first event: a `data` field other than `[DONE]`, no
+/// longer than the tokenizer keeps ([`sse::MAX_LINE`]).
+fn first_line_is_an_event(data: &[u8]) -> bool {
+    let Some(end) = memchr::memchr2(b'\n', b'\r', data) else { return false };
+    end <= sse::MAX_LINE && sse::field(&data[..end], b"data").is_some_and(|p| p != b"[DONE]")
 }
 
 /// Whether one event's `data` is the usage chunk (see [`json::is_usage_chunk`]); `None` when
@@ -467,6 +482,49 @@ mod tests {
                     assert!(o.first_event_at.is_some(), "{eol:?} {i} {j}");
                 }
             }
+        }
+    }
+
+    /// A first chunk of whole events is timed as the tokenizer would time it: at its first
+    /// `data` line that is not `[DONE]` (here checked on the first line alone, else split).
+    #[test]
+    fn first_events_are_timed_as_when_split_into_lines() {
+        let chunks = [
+            "data: {\"choices\":[]}\n\n",
+            "data:{}\n\n",
+            "data:\n\n",
+            "data\n\n",
+            "data: [DONE]\n\n",
+            "data: [DONE]\n\ndata: {}\n\n",
+            "data:  [DONE]\n\n",
+            "data: [DONE] \n\n",
+            ": ping\n\ndata: {}\n\n",
+            ": ping\n\n",
+            "event: x\ndata: {}\n\n",
+            "event: x\n\n",
+            "data: {}\r\n\r\n",
+            "data: {}\r\rdata: [DONE]\n\n",
+            "\n\n",
+            "Data: {}\n\n",
+            "id: 1\r\n\n",
+        ];
+        for c in chunks {
+            let mut timed = false;
+            let mut tok = Tokenizer::default();
+            tok.feed(c.as_bytes(), |t, _| {
+                if let Token::Line { text, .. } = t {
+                    timed |= sse::field(text, b"data").is_some_and(|p| p != b"[DONE]");
+                }
+            });
+            let mut o = UsageObserver::default();
+            o.start(Some("text/event-stream"));
+            o.observe(Some(&Bytes::copy_from_slice(c.as_bytes())), false);
+            assert_eq!(o.first_event_at.is_some(), timed, "{c:?}");
+            // The observer's tokenizer is where it was: the next chunk is read the same.
+            let next = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+            o.observe(Some(&Bytes::from_static(next.as_bytes())), true);
+            assert_eq!(o.usage, Some(Usage { prompt_tokens: 1, completion_tokens: 2 }), "{c:?}");
+            assert!(o.first_event_at.is_some(), "{c:?}");
         }
     }
 
