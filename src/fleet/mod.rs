@@ -80,6 +80,8 @@ impl std::fmt::Debug for UpstreamTls {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
+    /// `addr` as text (`ip:port`), written once: the access log copies it into every line.
+    pub addr_text: Box<str>,
     pub weight: usize,
     /// Requests in flight on this backend right now.
     pub inflight: AtomicUsize,
@@ -97,8 +99,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(addr: SocketAddr, weight: usize) -> Self {
+        let mut text = Vec::with_capacity(21);
+        crate::addr_text::push_socket_addr(&mut text, addr);
         Backend {
             addr,
+            addr_text: String::from_utf8(text).unwrap_or_else(|_| addr.to_string()).into(),
             weight,
             inflight: AtomicUsize::new(0),
             sessions: AtomicUsize::new(0),

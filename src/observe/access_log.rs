@@ -11,7 +11,6 @@ use super::daily_file::SharedDailyFile;
 use once_cell::sync::{Lazy, OnceCell};
 use serde::Serialize;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 #[derive(Serialize)]
@@ -39,9 +38,9 @@ pub struct AccessRecord<'a> {
     pub route: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<&'a str>,
-    /// Written as `"ip:port"`.
+    /// `"ip:port"` (the backend's `addr_text`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backend: Option<SocketAddr>,
+    pub backend: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<&'a str>,
     pub stream: bool,
@@ -181,8 +180,8 @@ impl AccessRecord<'_> {
         opt_str(b, b",\"provider\":", self.provider);
         if let Some(addr) = self.backend {
             b.extend_from_slice(b",\"backend\":\"");
-            // An address has nothing to escape.
-            crate::addr_text::push_socket_addr(b, addr);
+            // An address has nothing to escape (a test checks the backends' texts).
+            b.extend_from_slice(addr.as_bytes());
             b.push(b'"');
         }
         if let Some(v) = self.model {
@@ -420,6 +419,7 @@ fn rfc3339_millis(t: std::time::SystemTime) -> Timestamp {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use std::sync::{Arc, Condvar, Mutex};
 
     #[test]
@@ -462,7 +462,7 @@ mod tests {
         }
     }
 
-    fn record<'a>(strings: [&'a str; 4], backend: Option<SocketAddr>, some: bool, ms: f64) -> AccessRecord<'a> {
+    fn record<'a>(strings: [&'a str; 4], backend: Option<&'a str>, some: bool, ms: f64) -> AccessRecord<'a> {
         let [text, path, key, model] = strings;
         AccessRecord {
             ts: text.to_string().into(),
@@ -492,8 +492,10 @@ mod tests {
     #[test]
     fn the_line_is_what_serde_json_writes() {
         let odd = "q\"uote\\ back\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f} é 日本 \u{2028}";
-        let v6: SocketAddr = "[2001:db8::1]:8443".parse().unwrap();
-        let v4: SocketAddr = "127.0.0.2:8000".parse().unwrap();
+        // The backend as the line carries it: its text, written when the backend was built.
+        let text = |a: &str| crate::fleet::Backend::new(a.parse().unwrap(), 1).addr_text;
+        let (v6, v4) = (text("[2001:db8::1]:8443"), text("127.0.0.2:8000"));
+        let (v6, v4) = (&*v6, &*v4);
         for (strings, backend, some, ms) in [
             (["plain", "/v1/chat/completions", "bench", "sim-model"], Some(v4), true, 1.25),
             ([odd, odd, odd, odd], Some(v6), true, 0.000_012_3),
@@ -511,6 +513,20 @@ mod tests {
                 let theirs = serde_json::to_vec(&r).unwrap();
                 assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
             }
+        }
+    }
+
+    /// A backend's text is what serde_json wrote for its address when the line carried the
+    /// address itself.
+    #[test]
+    fn backend_text_is_the_address_as_serde_json_wrote_it() {
+        for a in
+            ["127.0.0.2:8000", "0.0.0.0:0", "255.255.255.255:65535", "10.1.20.3:80", "[2001:db8::1]:8443", "[::1]:1"]
+        {
+            let addr: SocketAddr = a.parse().unwrap();
+            let b = crate::fleet::Backend::new(addr, 1);
+            assert_eq!(serde_json::to_string(&*b.addr_text).unwrap(), serde_json::to_string(&addr).unwrap(), "{a}");
+            assert!(plain(b.addr_text.as_bytes()), "{a}");
         }
     }
 

@@ -92,7 +92,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: b
         key,
         route: Some(route),
         provider: routed.map(|r| &*r.provider.name),
-        backend: ctx.upstream.backend.as_ref().map(|b| b.addr),
+        backend: ctx.upstream.backend.as_ref().map(|b| &*b.addr_text),
         model: routed.and_then(|r| r.model.as_deref()),
         stream: routed.is_some_and(|r| r.stream),
         prompt_tokens: ctx.usage.usage.map(|u| u.prompt_tokens),

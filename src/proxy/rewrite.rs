@@ -155,6 +155,18 @@ impl SseStrip {
             *body = (!chunk.is_empty()).then_some(chunk);
             return;
         }
+        // The usage event alone in its chunk (the usual usage chunk), its data line read by the
+        // observer: removed whole, without splitting the chunk into lines again.
+        if !self.removed
+            && !self.passing
+            && self.held.is_empty()
+            && self.tok.at_clean_boundary()
+            && lone_usage_event(&chunk, hint)
+        {
+            self.removed = true;
+            self.last_removed = true;
+            return;
+        }
         // What goes on: the held bytes of an event that ends in this chunk, then ranges of the
         // chunk itself (one range, passed on without a copy, unless an event was removed).
         let mut out = Pieces::default();
@@ -257,6 +269,16 @@ impl Pieces {
             }
         }
     }
+}
+
+/// Whether `chunk` is one event, `data:` (an optional space) and the data line that the
+/// observer walked and found to be the usage chunk ([`ChunkHint::walked`]), then LF LF: what
+/// the tokenizer would split into that line and a blank line, and [`usage_event_verdict`] drop.
+fn lone_usage_event(chunk: &[u8], hint: ChunkHint) -> bool {
+    let Some((start, len, Some(true))) = hint.walked else { return false };
+    let Some(line) = chunk.strip_suffix(b"\n\n") else { return false };
+    // The walked data has no line ending: from 0 to the blank line, the chunk is one line.
+    start + len == line.len() && sse::field(line, b"data").is_some_and(|d| d.len() == len)
 }
 
 fn is_usage_event(event: &[u8]) -> bool {
@@ -405,6 +427,35 @@ mod tests {
                     let observed = run_observed(&[&whole[..i], &whole[i..j], &whole[j..]]);
                     assert_eq!(observed, (want.clone(), true), "{eol:?} cut at {i} and {j}, observed");
                 }
+            }
+        }
+    }
+
+    /// Every event in its own chunk (the usual stream), observed first as in the gateway: the
+    /// usage event is removed as when its chunk is split into lines, and the rest passes.
+    #[test]
+    fn a_lone_usage_event_is_removed_as_when_split() {
+        let comment = ": \"usage\"\n\n";
+        let two_lines = "data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":3}}\n\n";
+        let spaced = "data:{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+        let cr = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\r\n\n";
+        let not_usage = "data: {\"choices\":[{}],\"usage\":{\"prompt_tokens\":3}}\n\n";
+        let twice = "data: {\"choices\":[],\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
+        for eol in ["\n", "\r\n", "\r"] {
+            let [tok, usage, done] = [TOK, USAGE, DONE].map(|e| e.replace('\n', eol));
+            for events in [
+                vec![&*tok, &*usage, &*done],
+                vec![&*usage, &*usage, &*done],
+                vec![&*tok, comment, &*usage],
+                vec![&*tok, two_lines, &*usage, &*done],
+                vec![&*tok, spaced, &*done],
+                vec![&*tok, cr, &*usage, &*done],
+                vec![&*tok, not_usage, &*usage, &*done],
+                vec![&*tok, twice, &*usage, &*done],
+                vec![&*usage],
+                vec!["data: {\"choices\":[", "],\"usage\":{\"prompt_tokens\":3}}\n\n", &*usage],
+            ] {
+                assert_eq!(run_observed(&events), run(&events), "{eol:?} {events:?}");
             }
         }
     }

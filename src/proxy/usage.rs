@@ -57,10 +57,12 @@ pub struct UsageObserver {
 
 impl UsageObserver {
     pub fn start(&mut self, content_type: Option<&str>) {
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        self.kind = if ct.starts_with("text/event-stream") {
+        // Compared in place, ignoring case: no lower-case copy of the value per answer.
+        let ct = content_type.unwrap_or("").as_bytes();
+        let starts = |prefix: &str| ct.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()));
+        self.kind = if starts("text/event-stream") {
             BodyKind::Sse
-        } else if ct.starts_with("application/json") {
+        } else if starts("application/json") {
             BodyKind::Json
         } else {
             BodyKind::Other
@@ -117,8 +119,15 @@ impl UsageObserver {
         let mut key = first;
         // Once the first event is timed only `usage` is read: whole events without it are not
         // split into lines.
-        if key.is_none() && self.first_event_at.is_some() && self.sse.at_clean_boundary() && data.ends_with(b"\n\n") {
-            return hint;
+        if key.is_none() && self.sse.at_clean_boundary() && data.ends_with(b"\n\n") {
+            if self.first_event_at.is_some() {
+                return hint;
+            }
+            // The first event (the usual first chunk): timed from its first line, not split.
+            if first_line_is_an_event(data) {
+                self.first_event_at = Some(std::time::Instant::now());
+                return hint;
+            }
         }
         let mut tok = std::mem::take(&mut self.sse);
         tok.feed(data, |t, at| {
@@ -166,6 +175,14 @@ impl UsageObserver {
         }
         Some((chunk, payload.len()))
     }
+}
+
+/// Whether the first line of `data` (a chunk that starts at a clean boundary) is one that
+/// [`UsageObserver::line`] times as the first event: a `data` field other than `[DONE]`, no
+/// longer than the tokenizer keeps ([`sse::MAX_LINE`]).
+fn first_line_is_an_event(data: &[u8]) -> bool {
+    let Some(end) = memchr::memchr2(b'\n', b'\r', data) else { return false };
+    end <= sse::MAX_LINE && sse::field(&data[..end], b"data").is_some_and(|p| p != b"[DONE]")
 }
 
 /// Whether one event's `data` is the usage chunk (see [`json::is_usage_chunk`]); `None` when
@@ -468,6 +485,49 @@ mod tests {
         }
     }
 
+    /// A first chunk of whole events is timed as the tokenizer would time it: at its first
+    /// `data` line that is not `[DONE]` (here checked on the first line alone, else split).
+    #[test]
+    fn first_events_are_timed_as_when_split_into_lines() {
+        let chunks = [
+            "data: {\"choices\":[]}\n\n",
+            "data:{}\n\n",
+            "data:\n\n",
+            "data\n\n",
+            "data: [DONE]\n\n",
+            "data: [DONE]\n\ndata: {}\n\n",
+            "data:  [DONE]\n\n",
+            "data: [DONE] \n\n",
+            ": ping\n\ndata: {}\n\n",
+            ": ping\n\n",
+            "event: x\ndata: {}\n\n",
+            "event: x\n\n",
+            "data: {}\r\n\r\n",
+            "data: {}\r\rdata: [DONE]\n\n",
+            "\n\n",
+            "Data: {}\n\n",
+            "id: 1\r\n\n",
+        ];
+        for c in chunks {
+            let mut timed = false;
+            let mut tok = Tokenizer::default();
+            tok.feed(c.as_bytes(), |t, _| {
+                if let Token::Line { text, .. } = t {
+                    timed |= sse::field(text, b"data").is_some_and(|p| p != b"[DONE]");
+                }
+            });
+            let mut o = UsageObserver::default();
+            o.start(Some("text/event-stream"));
+            o.observe(Some(&Bytes::copy_from_slice(c.as_bytes())), false);
+            assert_eq!(o.first_event_at.is_some(), timed, "{c:?}");
+            // The observer's tokenizer is where it was: the next chunk is read the same.
+            let next = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+            o.observe(Some(&Bytes::from_static(next.as_bytes())), true);
+            assert_eq!(o.usage, Some(Usage { prompt_tokens: 1, completion_tokens: 2 }), "{c:?}");
+            assert!(o.first_event_at.is_some(), "{c:?}");
+        }
+    }
+
     #[test]
     fn null_usage_is_ignored() {
         let o = feed(&["data: {\"usage\":null}\n\n", "data: [DONE]\n\n"]);
@@ -487,6 +547,41 @@ mod tests {
         assert_eq!(u(r#"{"type":"response.created","response":{"usage":null}}"#), None);
         assert_eq!(u(r#"{"usage":{"total_tokens":9}}"#), pc(9, 0));
         assert_eq!(u(r#"{"text":"x","usage":{"type":"duration","seconds":3}}"#), None);
+    }
+
+    /// The kind read in place is the kind read from a lower-case copy of the value.
+    #[test]
+    fn body_kind_ignores_case_as_the_lower_case_copy_did() {
+        let old = |ct: Option<&str>| {
+            let ct = ct.unwrap_or("").to_ascii_lowercase();
+            if ct.starts_with("text/event-stream") {
+                BodyKind::Sse
+            } else if ct.starts_with("application/json") {
+                BodyKind::Json
+            } else {
+                BodyKind::Other
+            }
+        };
+        let values = [
+            None,
+            Some(""),
+            Some("text/event-stream"),
+            Some("Text/Event-Stream; charset=utf-8"),
+            Some("text/event-strea"),
+            Some("application/JSON"),
+            Some("application/json; charset=utf-8"),
+            Some("application/jsonx"),
+            Some("application/jso"),
+            Some(" application/json"),
+            Some("text/plain"),
+            Some("applicatio\u{e9}/json"),
+            Some("\u{212a}ext/event-stream"),
+        ];
+        for ct in values {
+            let mut o = UsageObserver::default();
+            o.start(ct);
+            assert_eq!(o.kind(), old(ct), "{ct:?}");
+        }
     }
 
     #[test]
