@@ -206,12 +206,13 @@ async fn a_redis_outage_follows_on_store_error_and_shared_counting_comes_back() 
         assert_eq!(status_and_code(&local).await.0, 200, "on_store_error: local keeps serving");
         assert_eq!(status_and_code(&closed).await, (503, "service_unavailable".into()));
     }
-    let page = local.metrics_with("limit_store_up 0").await;
-    assert!(page.contains("limit_store_up 0"), "{page}");
+    // The sample line, not the HELP text ("# HELP mcas_limit_store_up 1 while ...").
+    let page = local.metrics_with("\nmcas_limit_store_up 0").await;
+    assert!(page.contains("\nmcas_limit_store_up 0"), "{page}");
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     for gw in [&local, &closed] {
-        while !gw.metrics_with("limit_store_up 1").await.contains("limit_store_up 1") {
+        while !gw.metrics_with("\nmcas_limit_store_up 1").await.contains("\nmcas_limit_store_up 1") {
             assert!(Instant::now() < deadline, "the store never came back:\n{}", gw.proc.logs());
         }
     }

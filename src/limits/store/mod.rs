@@ -192,8 +192,12 @@ impl SharedLimits {
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout),
         };
-        if let Err(e) = &r {
-            self.health.failed(e, self.settings.on_error.name());
+        match &r {
+            Err(e) => self.health.failed(e, self.settings.on_error.name()),
+            // Any answer ends an outage, not only the background probe's: what is served and
+            // what `limit_store_up` and the log say agree.
+            Ok(_) if self.health.is_down() => self.health.ok(),
+            Ok(_) => {}
         }
         r
     }
