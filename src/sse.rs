@@ -120,6 +120,40 @@ impl Tokenizer {
     pub fn at_clean_boundary(&self) -> bool {
         self.at_boundary() && !self.after_cr
     }
+
+    /// `chunk` as whole events, when feeding it would end where the bytes so far end: at a
+    /// clean boundary, the chunk ending in LF LF (its last LF is then a blank line, whatever
+    /// ends the line before it). A consumer that looks for one thing in a chunk may then read
+    /// it without splitting it into lines and without feeding it: the tokenizer's state after
+    /// the chunk is the state before it. `None` otherwise.
+    pub fn whole_events<'a>(&self, chunk: &'a [u8]) -> Option<WholeEvents<'a>> {
+        (self.at_clean_boundary() && chunk.ends_with(b"\n\n")).then_some(WholeEvents { chunk, max_line: self.max_line })
+    }
+}
+
+/// A chunk of whole events ([`Tokenizer::whole_events`]), read without splitting it.
+#[derive(Debug, Clone, Copy)]
+pub struct WholeEvents<'a> {
+    chunk: &'a [u8],
+    max_line: usize,
+}
+
+impl<'a> WholeEvents<'a> {
+    /// The first line, as the first token of the chunk would carry it: `None` when that token
+    /// is a blank line or a line longer than the tokenizer keeps.
+    pub fn first_line(&self) -> Option<&'a [u8]> {
+        let end = memchr::memchr2(b'\n', b'\r', self.chunk)?;
+        (end > 0 && end <= self.max_line).then(|| &self.chunk[..end])
+    }
+
+    /// The chunk's one line, when it is one line (within the bound) and the blank line that
+    /// ends its event: the tokens would be that line and one blank line.
+    pub fn only_line(&self) -> Option<&'a [u8]> {
+        let line = &self.chunk[..self.chunk.len() - 2];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        (!line.is_empty() && line.len() <= self.max_line && memchr::memchr2(b'\n', b'\r', line).is_none())
+            .then_some(line)
+    }
 }
 
 /// Whether the bytes written so far end at an event boundary (a blank line), however the
@@ -255,6 +289,56 @@ fn null_follows(rest: &[u8]) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// What [`Tokenizer::whole_events`] says of a chunk is what feeding it finds: the state is
+    /// unchanged, the first line is the first token's, the only line is the only line token.
+    #[test]
+    fn whole_events_read_a_chunk_as_feeding_it_would() {
+        let before: [&[u8]; 4] = [b"", b"data: x\n\n", b"data: x\r", b"data: x\n"];
+        let chunks: [&[u8]; 16] = [
+            b"data: {}\n\n",
+            b"data: {}\r\n\n",
+            b"data: {}\r\r\n\n",
+            b"data: a\ndata: b\n\n",
+            b"data: a\n\ndata: b\n\n",
+            b": c\n\n",
+            b"\n\n",
+            b"\r\n\n",
+            b"\n\ndata: x\n\n",
+            b"data: x\n",
+            b"data: x\n\n\n",
+            b"data: 0123456789\n\n",
+            b"data: 012345678\n\n",
+            b"\n",
+            b"",
+            b"event: e\rdata: y\n\n",
+        ];
+        for b in before {
+            for c in chunks {
+                let mut tok = Tokenizer::new(15);
+                tok.feed(b, |_, _| {});
+                let Some(events) = tok.whole_events(c) else {
+                    assert!(!(tok.at_clean_boundary() && c.ends_with(b"\n\n")));
+                    continue;
+                };
+                let mut tokens = Vec::new();
+                tok.feed(c, |t, _| {
+                    tokens.push(match t {
+                        Token::Line { text, .. } => Some(text.to_vec()),
+                        _ => None,
+                    })
+                });
+                let case = format!("{:?} then {:?}", String::from_utf8_lossy(b), String::from_utf8_lossy(c));
+                assert!(tok.at_clean_boundary(), "{case}");
+                assert_eq!(events.first_line().map(<[u8]>::to_vec), tokens[0].clone(), "{case}");
+                let only = match tokens.as_slice() {
+                    [Some(line), None] => Some(line.clone()),
+                    _ => None,
+                };
+                assert_eq!(events.only_line().map(<[u8]>::to_vec), only, "{case}");
+            }
+        }
+    }
 
     #[test]
     fn null_usage_keys_are_passed_over_on_their_line_only() {

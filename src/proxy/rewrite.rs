@@ -146,25 +146,21 @@ impl SseStrip {
         let chunk = body.take().unwrap_or_default();
         // Where `"usage"` first appears in the chunk: one search, not one per event.
         let mut key = hint.key;
-        // Fast path: whole events and no usage in sight.
-        if self.held.is_empty()
-            && self.tok.at_clean_boundary()
-            && (chunk.is_empty() || chunk.ends_with(b"\n\n"))
-            && key.is_none()
-        {
-            *body = (!chunk.is_empty()).then_some(chunk);
-            return;
-        }
-        // The usage event alone in its chunk (the usual usage chunk), its data line read by the
-        // observer: removed whole, without splitting the chunk into lines again.
-        if !self.removed
-            && !self.passing
-            && self.held.is_empty()
-            && self.tok.at_clean_boundary()
-            && lone_usage_event(&chunk, hint)
-        {
-            self.removed = true;
-            self.last_removed = true;
+        // Whole events, the tokenizer's state unchanged by them: no usage in sight, or the
+        // usage event alone in its chunk (the usual usage chunk) with its data line read by the
+        // observer, removed whole. Neither is split into lines again.
+        let whole = if self.held.is_empty() { self.tok.whole_events(&chunk) } else { None };
+        if let Some(events) = whole {
+            if key.is_none() {
+                *body = Some(chunk);
+                return;
+            }
+            if !self.removed && !self.passing && lone_usage_event(events, hint) {
+                self.removed = true;
+                self.last_removed = true;
+                return;
+            }
+        } else if chunk.is_empty() && self.held.is_empty() && self.tok.at_clean_boundary() {
             return;
         }
         // What goes on: the held bytes of an event that ends in this chunk, then ranges of the
@@ -271,14 +267,14 @@ impl Pieces {
     }
 }
 
-/// Whether `chunk` is one event, `data:` (an optional space) and the data line that the
-/// observer walked and found to be the usage chunk ([`ChunkHint::walked`]), then LF LF: what
-/// the tokenizer would split into that line and a blank line, and [`usage_event_verdict`] drop.
-fn lone_usage_event(chunk: &[u8], hint: ChunkHint) -> bool {
+/// Whether the chunk is one event, `data:` (an optional space) and the data that the observer
+/// walked and found to be the usage chunk ([`ChunkHint::walked`]), then its blank line: what
+/// [`usage_event_verdict`] would drop after the tokenizer split it.
+fn lone_usage_event(events: sse::WholeEvents<'_>, hint: ChunkHint) -> bool {
     let Some((start, len, Some(true))) = hint.walked else { return false };
-    let Some(line) = chunk.strip_suffix(b"\n\n") else { return false };
-    // The walked data has no line ending: from 0 to the blank line, the chunk is one line.
-    start + len == line.len() && sse::field(line, b"data").is_some_and(|d| d.len() == len)
+    events
+        .only_line()
+        .is_some_and(|line| start + len == line.len() && sse::field(line, b"data").is_some_and(|d| d.len() == len))
 }
 
 fn is_usage_event(event: &[u8]) -> bool {

@@ -119,12 +119,12 @@ impl UsageObserver {
         let mut key = first;
         // Once the first event is timed only `usage` is read: whole events without it are not
         // split into lines.
-        if key.is_none() && self.sse.at_clean_boundary() && data.ends_with(b"\n\n") {
+        if let Some(events) = self.sse.whole_events(data).filter(|_| key.is_none()) {
             if self.first_event_at.is_some() {
                 return hint;
             }
             // The first event (the usual first chunk): timed from its first line, not split.
-            if first_line_is_an_event(data) {
+            if events.first_line().is_some_and(is_an_event) {
                 self.first_event_at = Some(std::time::Instant::now());
                 return hint;
             }
@@ -177,12 +177,10 @@ impl UsageObserver {
     }
 }
 
-/// Whether the first line of `data` (a chunk that starts at a clean boundary) is one that
-/// [`UsageObserver::line`] times as the first event: a `data` field other than `[DONE]`, no
-/// longer than the tokenizer keeps ([`sse::MAX_LINE`]).
-fn first_line_is_an_event(data: &[u8]) -> bool {
-    let Some(end) = memchr::memchr2(b'\n', b'\r', data) else { return false };
-    end <= sse::MAX_LINE && sse::field(&data[..end], b"data").is_some_and(|p| p != b"[DONE]")
+/// Whether a line is one that [`UsageObserver::line`] times as the first event: a `data` field
+/// other than `[DONE]`.
+fn is_an_event(line: &[u8]) -> bool {
+    sse::field(line, b"data").is_some_and(|p| p != b"[DONE]")
 }
 
 /// Whether one event's `data` is the usage chunk (see [`json::is_usage_chunk`]); `None` when
