@@ -55,11 +55,10 @@ pub async fn decide(
         Ok(p) => p,
         Err(e) => return Ok(Err(GatewayError::BadRequest(format!("cannot route this path: {e}")))),
     };
-    let Some(route) = rt.routes.find(&path) else {
+    let Some((route_index, route)) = rt.routes.find_indexed(&path) else {
         return Ok(Err(GatewayError::NotFound(safe_path(&path))));
     };
     let route_label = route.label.clone();
-    let route_index = rt.routes.routes().iter().position(|r| std::ptr::eq(r, route)).unwrap_or(usize::MAX);
     let fixed = match route.target {
         Target::Provider(i) => rt.providers.get(i).cloned(),
         Target::ByModel => None,
