@@ -37,8 +37,9 @@ pub struct Route {
     /// One of vLLM's endpoints served beside `/v1` rather than under it ([`VLLM_ROOT_PATHS`]):
     /// sent to the provider URL's path with its final `/v1` removed.
     pub beside_v1: bool,
-    /// Bounded label for metrics: the pattern as written.
-    pub label: String,
+    /// Bounded label for metrics: the pattern as written. Shared with every request routed
+    /// here (a copy per request would allocate).
+    pub label: std::sync::Arc<str>,
     /// WebSocket, MCP and long-stream settings.
     /// Shared with every request routed here (not copied per request).
     pub opts: std::sync::Arc<RouteOpts>,
@@ -119,7 +120,7 @@ impl Route {
             strip_prefix,
             implicit_v1,
             beside_v1,
-            label: pattern.to_string(),
+            label: pattern.into(),
             opts: Default::default(),
             default_model: None,
         })
