@@ -67,28 +67,23 @@ pub fn normalise(path: &str) -> Result<String, PathError> {
 /// absolute, only `pchar` bytes and `/`, no `%`, no empty segment but a trailing one, no `.`
 /// or `..` segment.
 fn already_canonical(path: &str) -> bool {
-    let b = path.as_bytes();
-    if b.first() != Some(&b'/') {
-        return false;
-    }
-    // One pass (this runs on every request): the segment since the last `/`, its length and
-    // how many of its bytes are dots (`.` and `..` are the dot-only segments of length ≤ 2).
-    let dot_segment = |len: usize, dots: usize| len > 0 && len == dots && len <= 2;
-    let (mut len, mut dots) = (0usize, 0usize);
-    for &c in &b[1..] {
-        if c == b'/' {
-            if len == 0 || dot_segment(len, dots) {
-                return false;
-            }
-            (len, dots) = (0, 0);
-        } else if c == b'%' || !pchar(c) {
+    let Some(mut rest) = path.as_bytes().strip_prefix(b"/") else { return false };
+    // Segment by segment (this runs on every request): a tight scan to the first byte that is
+    // not `pchar` (`%` is not), which must be the `/` that ends the segment, or the end.
+    loop {
+        let len = rest.iter().position(|&c| !pchar(c)).unwrap_or(rest.len());
+        let segment = &rest[..len];
+        let more = len < rest.len();
+        // Empty (unless it is the trailing one), `.` or `..`.
+        if (segment.is_empty() && more) || (len <= 2 && !segment.is_empty() && segment.iter().all(|&c| c == b'.')) {
             return false;
-        } else {
-            len += 1;
-            dots += usize::from(c == b'.');
+        }
+        match rest.get(len) {
+            None => return true,
+            Some(b'/') => rest = &rest[len + 1..],
+            Some(_) => return false,
         }
     }
-    !dot_segment(len, dots)
 }
 
 /// Fully percent-decodes one canonical segment (or a run of them, such as a model id after

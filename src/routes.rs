@@ -37,8 +37,9 @@ pub struct Route {
     /// One of vLLM's endpoints served beside `/v1` rather than under it ([`VLLM_ROOT_PATHS`]):
     /// sent to the provider URL's path with its final `/v1` removed.
     pub beside_v1: bool,
-    /// Bounded label for metrics: the pattern as written.
-    pub label: String,
+    /// Bounded label for metrics: the pattern as written. Shared with every request routed
+    /// here (a copy per request would allocate).
+    pub label: std::sync::Arc<str>,
     /// WebSocket, MCP and long-stream settings.
     /// Shared with every request routed here (not copied per request).
     pub opts: std::sync::Arc<RouteOpts>,
@@ -119,7 +120,7 @@ impl Route {
             strip_prefix,
             implicit_v1,
             beside_v1,
-            label: pattern.to_string(),
+            label: pattern.into(),
             opts: Default::default(),
             default_model: None,
         })
@@ -159,25 +160,29 @@ impl Route {
 
     /// Matches a path (no query).
     pub fn matches(&self, path: &str) -> bool {
-        let Some(rest) = path.strip_prefix('/') else { return false };
-        // Split as bytes: every route is tried on every request, and `str::split` on a char
-        // pays for UTF-8 searching that a `/` does not need.
-        let mut parts = rest.as_bytes().split(|&c| c == b'/');
+        let Some(rest) = path.as_bytes().strip_prefix(b"/") else { return false };
+        // What the segments matched so far left of the path (`None` once all of it is): a
+        // literal is compared in place, only `*` looks for the segment's end.
+        let mut left = Some(rest);
         for seg in &self.segments {
-            match seg {
+            let Some(r) = left else {
+                // "/v1/*" also matches "/v1" itself.
+                return *seg == Segment::Rest;
+            };
+            let end = match seg {
                 Segment::Rest => return true,
-                Segment::One => match parts.next() {
-                    Some(p) if !p.is_empty() => {}
+                Segment::One => match r.iter().position(|&c| c == b'/').unwrap_or(r.len()) {
+                    0 => return false,
+                    end => end,
+                },
+                Segment::Literal(l) => match r.get(..l.len()) {
+                    Some(head) if same(head, l.as_bytes()) && r.get(l.len()).is_none_or(|&c| c == b'/') => l.len(),
                     _ => return false,
                 },
-                Segment::Literal(l) => match parts.next() {
-                    Some(p) if p == l.as_bytes() => {}
-                    // "/v1/*" also matches "/v1" itself.
-                    _ => return false,
-                },
-            }
+            };
+            left = r.get(end + 1..);
         }
-        parts.next().is_none()
+        left.is_none()
     }
 
     /// Orders routes: more literal segments first, then fewer wildcards.
@@ -189,19 +194,42 @@ impl Route {
     }
 }
 
+/// A first path segment and the routes to try for a path that starts with it (positions in
+/// the table, in its order).
+type Bucket = (Box<[u8]>, Box<[u32]>);
+
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
+    /// Most specific first: the first that matches wins.
     routes: Vec<Route>,
+    /// The routes worth trying for a path, by the path's first segment: built with the
+    /// table so a request tries the few routes that could match, not every route (each try
+    /// reads the path again). Each list keeps the table's order.
+    by_first: Vec<Bucket>,
+    /// The routes whose first segment is a wildcard, in the table's order: the list for a
+    /// first segment no route spells out.
+    wild_first: Box<[u32]>,
 }
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
-        RouteTable { routes }
+        let (by_first, wild_first) = index_by_first(&routes);
+        RouteTable { routes, by_first, wild_first }
     }
 
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(path))
+        self.find_indexed(path).map(|(_, r)| r)
+    }
+
+    /// The route for `path` and its position in [`Self::routes`]: the first route in the
+    /// table's order that matches, as a walk over every route would find.
+    pub fn find_indexed(&self, path: &str) -> Option<(usize, &Route)> {
+        // No route matches a path without the leading `/` ([`Route::matches`]).
+        let rest = path.strip_prefix('/')?.as_bytes();
+        let first = rest.iter().position(|&c| c == b'/').map_or(rest, |i| &rest[..i]);
+        let candidates = self.by_first.iter().find(|(seg, _)| same(seg, first)).map_or(&self.wild_first, |(_, c)| c);
+        candidates.iter().map(|&i| (i as usize, &self.routes[i as usize])).find(|(_, r)| r.matches(path))
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -209,9 +237,68 @@ impl RouteTable {
     }
 }
 
+/// Byte-slice equality as a plain loop: path segments are a few bytes, shorter than a call to
+/// `memcmp` (what `==` on slices becomes) pays for.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// The candidate lists of [`RouteTable`]: for each literal first segment, the routes that
+/// spell it plus the wildcard-first ones (a path with that first segment can match only
+/// these); and the wildcard-first routes alone.
+fn index_by_first(routes: &[Route]) -> (Vec<Bucket>, Box<[u32]>) {
+    fn first(r: &Route) -> Option<&[u8]> {
+        match r.segments.first() {
+            Some(Segment::Literal(l)) => Some(l.as_bytes()),
+            _ => None,
+        }
+    }
+    let wild: Box<[u32]> = (0..routes.len()).filter(|&i| first(&routes[i]).is_none()).map(|i| i as u32).collect();
+    let mut by_first: Vec<Bucket> = Vec::new();
+    for seg in routes.iter().filter_map(first) {
+        if by_first.iter().any(|(s, _)| **s == *seg) {
+            continue;
+        }
+        let list = (0..routes.len()).filter(|&i| first(&routes[i]).is_none_or(|f| f == seg)).map(|i| i as u32);
+        by_first.push((seg.into(), list.collect()));
+    }
+    (by_first, wild)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl RouteTable {
+        /// The walk the index stands in for: every route in order, matched as before.
+        fn find_linear(&self, path: &str) -> Option<usize> {
+            self.routes.iter().position(|r| r.matches_split(path))
+        }
+    }
+
+    impl Route {
+        /// The matching [`Route::matches`] replaced: split the path at each `/` and compare
+        /// segment by segment.
+        fn matches_split(&self, path: &str) -> bool {
+            let Some(rest) = path.strip_prefix('/') else { return false };
+            let mut parts = rest.as_bytes().split(|&c| c == b'/');
+            for seg in &self.segments {
+                match seg {
+                    Segment::Rest => return true,
+                    Segment::One => match parts.next() {
+                        Some(p) if !p.is_empty() => {}
+                        _ => return false,
+                    },
+                    Segment::Literal(l) => match parts.next() {
+                        Some(p) if p == l.as_bytes() => {}
+                        _ => return false,
+                    },
+                }
+            }
+            parts.next().is_none()
+        }
+    }
 
     fn r(p: &str) -> Route {
         Route::new(p, Target::ByModel, None).unwrap()
@@ -238,6 +325,98 @@ mod tests {
         assert_eq!(t.find("/v1/embeddings").unwrap().target, Target::Provider(1));
         assert_eq!(t.find("/v1/chat/completions").unwrap().target, Target::ByModel);
         assert!(t.find("/other").is_none());
+    }
+
+    /// The index picks exactly the route the walk over every route picks, for tables drawn
+    /// from a varied pool of patterns (in varied orders: ties keep the configured order) and
+    /// paths that hit, miss and straddle them.
+    #[test]
+    fn index_picks_what_the_walk_picks() {
+        let pool = [
+            "/",
+            "/*",
+            "/**",
+            "/*/*",
+            "/*/*/*",
+            "/*/models",
+            "/*/x/**",
+            "/v1",
+            "/v1/*",
+            "/v1/**",
+            "/v1/*/completions",
+            "/v1/chat/completions",
+            "/v1/models",
+            "/v1/models/*",
+            "/v2/rerank",
+            "/tokenize",
+            "/a",
+            "/a/**",
+            "/a/*/b",
+            "/a/b/c",
+            "/mcp",
+            "/mcp/*",
+            "/x/*",
+            "/x",
+        ];
+        let paths = [
+            "",
+            "v1",
+            "/",
+            "//",
+            "//v1",
+            "/v1",
+            "/v1/",
+            "/v1/chat/completions",
+            "/v1/chat/completions/",
+            "/v1/models",
+            "/v1/models/a/b",
+            "/v1/x/completions",
+            "/v2",
+            "/v2/rerank",
+            "/tokenize",
+            "/tokenize/x",
+            "/a",
+            "/a/",
+            "/a/b",
+            "/a/x/b",
+            "/a/x/y/b",
+            "/a/b/c",
+            "/a//b",
+            "/mcp",
+            "/mcp/",
+            "/mcp/x",
+            "/x",
+            "/x/y",
+            "/x/y/z",
+            "/q/x/r",
+            "/q/models",
+            "/models",
+            "/é/v1",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut tables = vec![default_routes().unwrap(), RouteTable::default()];
+        for _ in 0..400 {
+            let mut patterns: Vec<&str> = Vec::new();
+            for _ in 0..1 + next(10) {
+                let p = pool[next(pool.len())];
+                if !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
+            let routes = patterns.iter().enumerate().map(|(i, p)| Route::new(p, Target::Provider(i), None).unwrap());
+            tables.push(RouteTable::new(routes.collect()));
+        }
+        for t in &tables {
+            for p in paths {
+                assert_eq!(t.find_indexed(p).map(|(i, _)| i), t.find_linear(p), "{p:?} in {:?}", t.routes);
+            }
+        }
     }
 
     #[test]

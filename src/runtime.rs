@@ -90,7 +90,7 @@ impl Runtime {
         if let Some(slot) = providers.get_mut(i) {
             *slot = provider;
         }
-        let labels: Vec<&str> = self.routes.routes().iter().map(|r| r.label.as_str()).collect();
+        let labels: Vec<&str> = self.routes.routes().iter().map(|r| &*r.label).collect();
         let names: Vec<Arc<str>> = providers.iter().map(|p| p.name.clone()).collect();
         let metrics = crate::observe::bound::BoundMetrics::new(&labels, &names, self.metrics.max_key_model_pairs);
         Runtime {

@@ -45,7 +45,7 @@ pub fn compile(mut file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Ru
     if errors.len() > start {
         return None;
     }
-    let labels: Vec<&str> = routes.routes().iter().map(|r| r.label.as_str()).collect();
+    let labels: Vec<&str> = routes.routes().iter().map(|r| &*r.label).collect();
     let names: Vec<Arc<str>> = providers.iter().map(|p| p.name.clone()).collect();
     let pairs = max_key_model_pairs(file.admin.max_key_model_pairs, errors);
     let metrics = crate::observe::bound::BoundMetrics::new(&labels, &names, pairs);

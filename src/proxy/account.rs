@@ -10,7 +10,7 @@ use pingora_proxy::Session;
 pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx, access_log: bool) {
     let status = session.response_written().map(|r| r.status.as_u16()).or(ctx.local_status).unwrap_or(0);
     let routed = ctx.routed.as_ref();
-    let route = routed.map(|r| r.route_label.as_str()).or(ctx.route_label.as_deref()).unwrap_or("none");
+    let route = routed.map(|r| &*r.route_label).or(ctx.route_label.as_deref()).unwrap_or("none");
     let provider = routed.map(|r| &*r.provider.name).unwrap_or("none");
     let elapsed = ctx.started.elapsed();
     let ttfb = match (ctx.upstream.chosen_at, ctx.upstream.header_at) {

@@ -16,7 +16,7 @@ pub struct Routed {
     pub request_id: String,
     pub started: Instant,
     pub key: Arc<KeyEntry>,
-    pub route_label: String,
+    pub route_label: Arc<str>,
     pub provider: Arc<Provider>,
     /// Indices of the route and the provider in `runtime` (for its bound metrics).
     pub route_index: usize,
@@ -108,7 +108,7 @@ pub struct Ctx {
     /// The OpenAI error code of that answer, for the access log's `refusal`.
     pub refusal: Option<&'static str>,
     /// The route pattern of a request the gateway answered after routing (426, caps).
-    pub route_label: Option<String>,
+    pub route_label: Option<Arc<str>>,
     pub counted_inflight: bool,
     pub limit: super::rate_limit::LimitCtx,
     pub rewrite: super::rewrite::ResponseRewrite,

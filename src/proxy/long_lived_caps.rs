@@ -85,7 +85,7 @@ pub async fn acquire(
     } else {
         (Kind::Stream, o.max_streams, o.max_streams_per_key, server.max_streams)
     };
-    let route = routed.route_label.as_str();
+    let route = &*routed.route_label;
     let key = &*routed.key.name;
     let mut held = Vec::with_capacity(3);
     // (cap, counter's route, counter's key, status): per key on the route, the route, the gateway.
