@@ -366,7 +366,7 @@ fn drop_route(ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
 
 /// What the gateway adds to every upstream response header: request id, rate-limit headers,
 /// and the body rewrite's framing. The request id and the rate-limit headers are appended as
-/// encoded lines (vendor/patches/0023: no map insert, no value built per field); each replaces
+/// encoded lines (vendor/patches/0023 and 0024: no map insert, no value built, no call per field); each replaces
 /// the upstream's fields of its name, which are rare, so the names are removed only when one
 /// pass over the upstream's finds one that may be among them.
 fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
@@ -378,14 +378,17 @@ fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
             resp.remove_header(k.name());
         }
     }
-    // One allocation for the lines: the id, six names of up to 30 bytes and their numbers.
-    resp.reserve_encoded_headers(ctx.request_id.len() + 16 + limits.as_ref().map_or(0, |_| 6 * 56));
-    if with_id {
-        resp.append_encoded_header(&header_names::REQUEST_ID, ctx.request_id.as_bytes())?;
-    }
-    if let Some(s) = &limits {
-        rate_limit::append_headers(resp, s)?;
-    }
+    // One call and one allocation for the lines: the id, then the limits.
+    let room = ctx.request_id.len() + 16 + limits.as_ref().map_or(0, |_| rate_limit::APPENDED_BYTES);
+    let id = ctx.request_id.as_bytes();
+    resp.append_encoded_headers(room, |fields| {
+        if with_id {
+            fields.field(&header_names::REQUEST_ID, id);
+        }
+        if let Some(s) = &limits {
+            rate_limit::append_headers(fields, s);
+        }
+    })?;
     if let Some(ids) = ctx.response_ids.as_mut() {
         let replica =
             ctx.routed.as_ref().zip(ctx.upstream.backend.as_ref()).map(|(r, b)| (r.provider.name.to_string(), b.addr));

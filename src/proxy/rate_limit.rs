@@ -12,8 +12,7 @@ use crate::limits::{trusted_proxies, LimitSettings, Refusal, Snapshot};
 use crate::observe::metrics::metrics;
 use crate::proxy::header_names as names;
 use http::HeaderValue;
-use pingora_http::KnownHeaderName;
-use pingora_http::ResponseHeader;
+use pingora_http::{EncodedFields, KnownHeaderName};
 use pingora_proxy::Session;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -153,25 +152,28 @@ pub fn header_names(s: &Snapshot) -> impl Iterator<Item = &'static KnownHeaderNa
     requests.into_iter().chain(tokens).flatten()
 }
 
-/// The headers [`Snapshot::headers`] gives, in its order, appended to an upstream answer as
-/// encoded lines (vendor/patches/0023): no header value built, no map insert. The caller
+/// The headers [`Snapshot::headers`] gives, in its order, written as encoded lines among the
+/// fields the caller appends at once (`ResponseHeader::append_encoded_headers`,
+/// vendor/patches/0024): no header value built, no map insert, no call per field. The caller
 /// removes the upstream's fields of these names first ([`header_names`]).
-pub fn append_headers(resp: &mut ResponseHeader, s: &Snapshot) -> pingora::Result<()> {
+pub fn append_headers(fields: &mut EncodedFields<'_>, s: &Snapshot) {
     let [limit_req, remaining_req, reset_req, limit_tok, remaining_tok, reset_tok] = &names::RATE_LIMIT;
     let reset = crate::limits::ResetText::of(s.reset);
     let mut number = itoa::Buffer::new();
     if let Some(l) = s.limits.rpm {
-        resp.append_encoded_header(limit_req, number.format(l).as_bytes())?;
-        resp.append_encoded_header(remaining_req, number.format(l.saturating_sub(s.requests)).as_bytes())?;
-        resp.append_encoded_header(reset_req, reset.as_bytes())?;
+        fields.field(limit_req, number.format(l).as_bytes());
+        fields.field(remaining_req, number.format(l.saturating_sub(s.requests)).as_bytes());
+        fields.field(reset_req, reset.as_bytes());
     }
     if let Some(l) = s.limits.tpm {
-        resp.append_encoded_header(limit_tok, number.format(l).as_bytes())?;
-        resp.append_encoded_header(remaining_tok, number.format(l.saturating_sub(s.tokens)).as_bytes())?;
-        resp.append_encoded_header(reset_tok, reset.as_bytes())?;
+        fields.field(limit_tok, number.format(l).as_bytes());
+        fields.field(remaining_tok, number.format(l.saturating_sub(s.tokens)).as_bytes());
+        fields.field(reset_tok, reset.as_bytes());
     }
-    Ok(())
 }
+
+/// Room for the lines of [`append_headers`]: six names of up to 30 bytes and their values.
+pub const APPENDED_BYTES: usize = 6 * 56;
 
 /// Headers for an answer the gateway writes itself: the limits, and `Retry-After` on a 429.
 pub fn answer_headers(ctx: &Ctx, e: &GatewayError) -> Vec<(&'static str, HeaderValue)> {
@@ -215,6 +217,7 @@ pub fn finish(ctx: &mut Ctx) {
 mod tests {
     use super::*;
     use crate::limits::KeyLimits;
+    use pingora_http::ResponseHeader;
     use std::time::Duration;
 
     fn wire(h: &ResponseHeader) -> Vec<u8> {
@@ -249,7 +252,7 @@ mod tests {
                 for (requests, tokens) in counts {
                     let s = Snapshot { limits: l, requests, tokens, reset: Duration::from_millis(ms) };
                     let mut h = ResponseHeader::build(200, None).unwrap();
-                    append_headers(&mut h, &s).unwrap();
+                    h.append_encoded_headers(APPENDED_BYTES, |f| append_headers(f, &s)).unwrap();
                     assert_eq!(wire(&h), by_name(&s), "{s:?}");
                     assert!(h.headers.is_empty());
                     let names: Vec<&str> = s.headers().iter().map(|(n, _)| *n).collect();

@@ -112,9 +112,8 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         req.set_uri(uri);
     }
     // Room for the fields added to the map below (credentials, Host, length), at once: the map
-    // is sized to the client's headers. And for the encoded lines: an id, an address chain.
+    // is sized to the client's headers.
     req.reserve_headers(3)?;
-    req.reserve_encoded_headers(192);
     // The fields below that are absent are neither removed nor looked up (both no-ops then):
     // nothing here adds or removes one before it is used.
     let sent = Sent::read(req);
@@ -144,42 +143,57 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
         Some(v) => names::insert_host(req, v.clone())?,
         None => names::insert_host(req, routed.provider.host_header.as_str())?,
     }
-    // The gateway's own fields go after the map's as encoded lines (vendor/patches/0023: no
-    // map insert, no value built). Each replaces the client's fields of its name, removed
-    // first where the pass above found one. (`Authorization` stays a map insert: its value is
-    // marked sensitive, which HTTP/2 keeps out of its header compression tables.)
-    if sent.request_id {
-        req.remove_header(names::REQUEST_ID.name());
-    }
-    req.append_encoded_header(&names::REQUEST_ID, routed.request_id.as_bytes())?;
-    if let Some(ip) = &routed.client_ip {
-        // The client's chain (its first field, when text), then the client's address.
-        let prev = if sent.forwarded_for { req.remove_header(names::FORWARDED_FOR.name()) } else { None };
-        match prev.as_ref().and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => {
-                req.append_encoded_header(&names::FORWARDED_FOR, format!("{prev}, {ip}").as_bytes())?
-            }
-            _ => req.append_encoded_header(&names::FORWARDED_FOR, ip.as_bytes())?,
-        }
-    }
-    if sent.forwarded_proto {
-        req.remove_header(names::FORWARDED_PROTO.name());
-    }
-    req.append_encoded_header(&names::FORWARDED_PROTO, routed.client_proto.as_bytes())?;
-    if observed(routed) {
-        // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
-        if sent.accept_encoding {
-            req.remove_header(names::ACCEPT_ENCODING.name());
-        }
-        req.append_encoded_header(&names::ACCEPT_ENCODING, b"identity")?;
-        if sent.te {
-            req.remove_header(&header::TE);
-        }
-    }
+    own_fields(req, routed, &sent)?;
     if let Some(len) = routed.body_len {
         rewrite::set_body_length(req, len)?;
     }
     long_lived::upstream_request(req, routed)
+}
+
+/// The gateway's own fields: request id, forwarding facts, and `Accept-Encoding: identity`
+/// where the gateway reads the answer. They go after the map's as encoded lines, appended with
+/// one call (vendor/patches/0023 and 0024: no map insert, no value built, no call per field).
+/// Each replaces the client's fields of its name, removed first where [`Sent::read`] found one.
+/// (`Authorization` stays a map insert: its value is marked sensitive, which HTTP/2 keeps out of
+/// its header compression tables.)
+fn own_fields(req: &mut RequestHeader, routed: &Routed, sent: &Sent) -> Result<()> {
+    if sent.request_id {
+        req.remove_header(names::REQUEST_ID.name());
+    }
+    // The client's chain (its first field, when text), then the client's address.
+    let prev = if sent.forwarded_for && routed.client_ip.is_some() {
+        req.remove_header(names::FORWARDED_FOR.name())
+    } else {
+        None
+    };
+    let chain = match (prev.as_ref().and_then(|v| v.to_str().ok()), &routed.client_ip) {
+        (Some(prev), Some(ip)) if !prev.is_empty() => Some(format!("{prev}, {ip}")),
+        _ => None,
+    };
+    if sent.forwarded_proto {
+        req.remove_header(names::FORWARDED_PROTO.name());
+    }
+    let identity = observed(routed);
+    if identity {
+        // The gateway reads these answers (usage, model list, MCP endpoint): plain bytes only.
+        if sent.accept_encoding {
+            req.remove_header(names::ACCEPT_ENCODING.name());
+        }
+        if sent.te {
+            req.remove_header(&header::TE);
+        }
+    }
+    // One allocation for the lines: an id, an address chain, a scheme, an encoding.
+    req.append_encoded_headers(192, |fields| {
+        fields.field(&names::REQUEST_ID, routed.request_id.as_bytes());
+        if let Some(ip) = &routed.client_ip {
+            fields.field(&names::FORWARDED_FOR, chain.as_deref().unwrap_or(ip).as_bytes());
+        }
+        fields.field(&names::FORWARDED_PROTO, routed.client_proto.as_bytes());
+        if identity {
+            fields.field(&names::ACCEPT_ENCODING, b"identity");
+        }
+    })
 }
 
 /// Which of the fields [`rewrite`] removes or reads the client's request has, found in one

@@ -582,13 +582,102 @@ mod tests {
         assert_eq!(parts.headers.get_all("x-a").iter().count(), 256 - 32);
     }
 
+    /// Fields appended in one call are written as the same fields appended one by one, for a
+    /// response and a request, with and without case kept.
+    #[test]
+    fn fields_appended_at_once_are_written_as_one_by_one() {
+        let names = [
+            KnownHeaderName::from_static("x-request-id"),
+            KnownHeaderName::new("X-Mixed-Case").unwrap(),
+            KnownHeaderName::from_static("accept-encoding"),
+            KnownHeaderName::new("Content-Type").unwrap(),
+        ];
+        let values: [&[u8]; 4] = [b"abc", b"", b"a\tb c", b"\xc3\xa9 obs-text"];
+        for build in [ResponseHeader::build, ResponseHeader::build_no_case] {
+            let mut one_by_one = build(200, None).unwrap();
+            let mut at_once = build(200, None).unwrap();
+            for r in [&mut one_by_one, &mut at_once] {
+                r.append_header("X-Up", "u").unwrap();
+                r.append_encoded_header(&names[0], b"first").unwrap();
+            }
+            for (name, value) in names.iter().zip(values) {
+                one_by_one.append_encoded_header(name, value).unwrap();
+            }
+            at_once
+                .append_encoded_headers(8, |f| {
+                    for (name, value) in names.iter().zip(values) {
+                        f.field(name, value);
+                    }
+                })
+                .unwrap();
+            assert_eq!(wire(&at_once), wire(&one_by_one));
+            assert_eq!(at_once.encoded_headers(), one_by_one.encoded_headers());
+            assert_eq!(
+                at_once.as_owned_parts().headers,
+                one_by_one.as_owned_parts().headers
+            );
+        }
+        let request = |case: bool| {
+            let mut r = RequestHeader::build("POST", b"/v1/x", None).unwrap();
+            if !case {
+                r = RequestHeader::build_no_case("POST", b"/v1/x", None).unwrap();
+            }
+            r.append_header("Host", "h").unwrap();
+            r
+        };
+        for case in [true, false] {
+            let mut one_by_one = request(case);
+            let mut at_once = request(case);
+            for (name, value) in names.iter().zip(values) {
+                one_by_one.append_encoded_header(name, value).unwrap();
+            }
+            at_once
+                .append_encoded_headers(0, |f| {
+                    for (name, value) in names.iter().zip(values) {
+                        f.field(name, value);
+                    }
+                })
+                .unwrap();
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            at_once.header_to_h1_wire(&mut a);
+            one_by_one.header_to_h1_wire(&mut b);
+            assert_eq!(a, b);
+            assert_eq!(
+                at_once.as_owned_parts().headers,
+                one_by_one.as_owned_parts().headers
+            );
+        }
+    }
+
+    /// A value refused among fields appended at once fails the call and keeps none of them;
+    /// the lines appended before stay.
+    #[test]
+    fn fields_appended_at_once_are_refused_together() {
+        let name = KnownHeaderName::from_static("x-a");
+        for bad in [&b"a\r\nx-b: c"[..], b"\n", b"\0", b"\x7f", b"a\rb"] {
+            for at in 0..3 {
+                let mut resp = ResponseHeader::build(200, None).unwrap();
+                resp.append_encoded_header(&name, b"kept").unwrap();
+                let before = resp.encoded_headers().to_vec();
+                let appended = resp.append_encoded_headers(64, |f| {
+                    for i in 0..3 {
+                        f.field(&name, if i == at { bad } else { b"ok" });
+                    }
+                });
+                assert!(appended.is_err());
+                assert_eq!(resp.encoded_headers(), before);
+            }
+        }
+    }
+
     /// The word-at-a-time check takes what a value takes, at every position of a word and in
     /// the remainder, next to any other byte.
     #[test]
     fn an_encoded_value_is_checked_as_a_value_is() {
         let name = KnownHeaderName::from_static("x-a");
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        for len in [8usize, 9, 15, 16, 23] {
+        for len in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 23] {
             for pos in 0..len {
                 for b in 0..=255u8 {
                     seed ^= seed << 13;

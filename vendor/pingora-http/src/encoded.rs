@@ -51,6 +51,34 @@ impl EncodedLines {
         Ok(())
     }
 
+    /// Appends the fields `fill` gives to an [EncodedFields], at once: room for `reserve`
+    /// bytes made first, the values checked as they are written, one result for them all. When
+    /// a value is refused, no line of them is kept.
+    #[inline]
+    pub(crate) fn append_all(
+        &mut self,
+        case: &CaseNames,
+        reserve: usize,
+        fill: impl FnOnce(&mut EncodedFields<'_>),
+    ) -> Result<()> {
+        let start = self.0.len();
+        self.0.reserve(reserve);
+        let mut fields = EncodedFields {
+            lines: &mut self.0,
+            case,
+            valid: true,
+        };
+        fill(&mut fields);
+        if fields.valid {
+            return Ok(());
+        }
+        self.0.truncate(start);
+        Err(Error::explain(
+            InvalidHTTPHeader,
+            "invalid value while append encoded",
+        ))
+    }
+
     pub(crate) fn reserve(&mut self, bytes: usize) {
         self.0.reserve(bytes)
     }
@@ -85,26 +113,64 @@ impl EncodedLines {
     }
 }
 
+/// Fields written as encoded lines in one call (`append_encoded_headers` of
+/// [crate::RequestHeader] and [crate::ResponseHeader]): each [Self::field] writes its line
+/// straight into the header's lines, inlined where the caller builds its values, and one result
+/// says whether every value was valid. Per field this saves a call, its result and a check of
+/// the room left.
+pub struct EncodedFields<'a> {
+    lines: &'a mut Vec<u8>,
+    case: &'a CaseNames,
+    valid: bool,
+}
+
+impl EncodedFields<'_> {
+    /// Writes `name: value\r\n`, the name as `append_encoded_header` writes it. A value that
+    /// is not a valid [HeaderValue] fails the whole call.
+    #[inline(always)]
+    pub fn field(&mut self, name: &KnownHeaderName, value: &[u8]) {
+        self.valid &= valid_value(value);
+        let written = self.case.wire_name(name);
+        self.lines.extend_from_slice(written);
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value);
+        self.lines.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Whether [HeaderValue::from_bytes] takes `v`: no control character but horizontal tab.
-/// Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f passes whole
-/// (values are mostly digits and tokens); the bytes of any other word are looked at one by one.
+/// Eight bytes at a time ([`suspect`]), the last word overlapping the one before; a value of
+/// fewer than eight bytes is one word made of its bytes (some read twice) and spaces. Only a
+/// value with a suspect word (a control character, a tab, or DEL) is looked at byte by byte.
+#[inline]
 fn valid_value(v: &[u8]) -> bool {
+    let word = |at: usize| u64::from_le_bytes(v[at..at + 8].try_into().expect("eight bytes"));
+    let half = |at: usize| u32::from_le_bytes(v[at..at + 4].try_into().expect("four bytes"));
+    let n = v.len();
+    let clean = match n {
+        0 => true,
+        1..=3 => {
+            const SPACES: u64 = 0x2020_2020_2020_2020 & !0xff_ffff;
+            let x = v[0] as u64 | (v[n / 2] as u64) << 8 | (v[n - 1] as u64) << 16;
+            !suspect(x | SPACES)
+        }
+        4..=7 => !suspect(half(0) as u64 | (half(n - 4) as u64) << 32),
+        _ => (0..n - 8).step_by(8).all(|at| !suspect(word(at))) && !suspect(word(n - 8)),
+    };
+    clean || v.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
+}
+
+/// Whether a byte of `x` may be below 0x20 or equal to 0x7f: the high bit of a byte of `low`
+/// is set when that byte is below 0x20, of `del` when it is 0x7f (the classic has-less and
+/// has-zero tests, over bytes below 0x80). No false negatives; a false positive only costs the
+/// byte-by-byte look.
+#[inline]
+fn suspect(x: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let byte_ok = |b: u8| (b >= 32 && b != 127) || b == b'\t';
-    let mut words = v.chunks_exact(8);
-    for w in &mut words {
-        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        // High bit set in a byte of `low` when that byte is below 0x20, of `del` when it is
-        // 0x7f (the classic has-less and has-zero tests, over bytes below 0x80): no false
-        // negatives, and a false positive only costs the byte-by-byte look.
-        let ascii = !x & HIGH;
-        let low = x.wrapping_sub(ONES * 0x20) & ascii;
-        let y = x ^ (ONES * 0x7f);
-        let del = y.wrapping_sub(ONES) & !y & HIGH;
-        if (low | del) != 0 && !w.iter().all(|&b| byte_ok(b)) {
-            return false;
-        }
-    }
-    words.remainder().iter().all(|&b| byte_ok(b))
+    let ascii = !x & HIGH;
+    let low = x.wrapping_sub(ONES * 0x20) & ascii;
+    let y = x ^ (ONES * 0x7f);
+    let del = y.wrapping_sub(ONES) & !y & HIGH;
+    (low | del) != 0
 }

@@ -47,6 +47,7 @@ mod case_names;
 pub use case_header_name::{IntoCaseHeaderName, KnownHeaderName};
 use case_names::CaseNames;
 mod encoded;
+pub use encoded::EncodedFields;
 use encoded::EncodedLines;
 
 pub mod prelude {
@@ -252,6 +253,18 @@ impl RequestHeader {
     /// be the only one). [Self::as_owned_parts] (hence HTTP/2) adds it to the fields.
     pub fn append_encoded_header(&mut self, name: &KnownHeaderName, value: &[u8]) -> Result<()> {
         self.encoded.append(&self.case, name, value)
+    }
+
+    /// Appends the fields `fill` writes ([EncodedFields::field]) as encoded lines, each as
+    /// [Self::append_encoded_header] appends it, with one call and one result for them all:
+    /// room for `reserve` bytes is made first, and when a value is refused none of the fields
+    /// is kept.
+    pub fn append_encoded_headers(
+        &mut self,
+        reserve: usize,
+        fill: impl FnOnce(&mut EncodedFields<'_>),
+    ) -> Result<()> {
+        self.encoded.append_all(&self.case, reserve, fill)
     }
 
     /// Makes room for `bytes` more of lines from [Self::append_encoded_header] at once.
@@ -624,6 +637,18 @@ impl ResponseHeader {
     /// The value must be a valid [HeaderValue] (no control characters but horizontal tab).
     pub fn append_encoded_header(&mut self, name: &KnownHeaderName, value: &[u8]) -> Result<()> {
         self.encoded.append(&self.case, name, value)
+    }
+
+    /// Appends the fields `fill` writes ([EncodedFields::field]) as encoded lines, each as
+    /// [Self::append_encoded_header] appends it, with one call and one result for them all:
+    /// room for `reserve` bytes is made first, and when a value is refused none of the fields
+    /// is kept.
+    pub fn append_encoded_headers(
+        &mut self,
+        reserve: usize,
+        fill: impl FnOnce(&mut EncodedFields<'_>),
+    ) -> Result<()> {
+        self.encoded.append_all(&self.case, reserve, fill)
     }
 
     /// Makes room for `bytes` more of lines from [Self::append_encoded_header] at once.

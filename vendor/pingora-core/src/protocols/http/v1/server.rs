@@ -24,7 +24,7 @@ use log::{debug, trace, warn};
 use once_cell::sync::Lazy;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{IntoCaseHeaderName, KnownHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
@@ -41,6 +41,14 @@ use crate::protocols::http::{
 };
 use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::utils::{BufRef, KVRef};
+
+/// `Date` and `Connection`, added to every response, checked once and written as a
+/// [`header::DATE`] and a [`header::CONNECTION`] name are (title-cased): inserting a
+/// [`KnownHeaderName`] neither parses the name nor copies it per response.
+static DATE_NAME: Lazy<KnownHeaderName> =
+    Lazy::new(|| KnownHeaderName::new("Date").expect("a valid name"));
+static CONNECTION_NAME: Lazy<KnownHeaderName> =
+    Lazy::new(|| KnownHeaderName::new("Connection").expect("a valid name"));
 
 /// Tracks which writer is currently processing a task.
 ///
@@ -854,15 +862,14 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
+            header.insert_header(&*DATE_NAME, date::get_cached_date())?;
 
-            // TODO: make these lazy static
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                HeaderValue::from_static("close")
             };
-            header.insert_header(header::CONNECTION, connection_value)?;
+            header.insert_header(&*CONNECTION_NAME, connection_value)?;
         }
 
         if header.status == 101 {
