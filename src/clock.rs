@@ -12,6 +12,11 @@ pub fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64 + 1
 }
 
+/// [`now_ms`] at `t`, an instant read for something else (no second clock read).
+pub fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(*START).as_millis() as u64 + 1
+}
+
 /// Microseconds since the process first asked (same origin as [`now_ms`], starts at 1).
 pub fn now_us() -> u64 {
     START.elapsed().as_micros() as u64 + 1

@@ -21,13 +21,13 @@ pub struct AccessRecord<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
-    pub duration_ms: f64,
+    pub duration_ms: Millis,
     /// Upstream time to response header.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttfb_ms: Option<f64>,
+    pub ttfb_ms: Option<Millis>,
     /// Time to the first event of a streamed answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttft_ms: Option<f64>,
+    pub ttft_ms: Option<Millis>,
     /// Request body bytes read from the client.
     pub bytes_in: u64,
     /// Response body bytes sent to the client.
@@ -162,14 +162,14 @@ impl AccessRecord<'_> {
         b.extend_from_slice(b",\"status\":");
         b.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         b.extend_from_slice(b",\"duration_ms\":");
-        json_f64(b, self.duration_ms);
+        self.duration_ms.write_json(b);
         if let Some(v) = self.ttfb_ms {
             b.extend_from_slice(b",\"ttfb_ms\":");
-            json_f64(b, v);
+            v.write_json(b);
         }
         if let Some(v) = self.ttft_ms {
             b.extend_from_slice(b",\"ttft_ms\":");
-            json_f64(b, v);
+            v.write_json(b);
         }
         b.extend_from_slice(b",\"bytes_in\":");
         b.extend_from_slice(itoa::Buffer::new().format(self.bytes_in).as_bytes());
@@ -299,10 +299,60 @@ fn needs_escape(w: u64) -> bool {
     (less(w, 0x20) | less(w ^ (ONES * 0x22), 1) | less(w ^ (ONES * 0x5c), 1)) != 0
 }
 
-/// A float as serde_json writes it (its shortest form; `null` when not finite).
-fn json_f64(b: &mut Vec<u8>, v: f64) {
-    if serde_json::to_writer(&mut *b, &v).is_err() {
-        b.extend_from_slice(b"null");
+/// A duration in milliseconds with microsecond precision, as the line carries it (`12.345`).
+/// The line holds the number serde_json writes for the float `micros / 1000` (its shortest
+/// form, which for these values is the decimal with at most three fraction digits), written
+/// with integer formatting instead of the float's (a measurable part of the line's cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis {
+    micros: u64,
+}
+
+impl Millis {
+    /// Below this (35 years), floats are finer than a microsecond, so no shorter decimal than
+    /// the one with three fraction digits reads back as `micros / 1000`; at or above it the
+    /// float's own formatting is used.
+    const EXACT: u64 = 1 << 50;
+
+    pub fn of(d: std::time::Duration) -> Millis {
+        Millis { micros: u64::try_from(d.as_micros()).unwrap_or(u64::MAX) }
+    }
+
+    #[cfg(test)]
+    pub fn from_micros(micros: u64) -> Millis {
+        Millis { micros }
+    }
+
+    fn as_f64(self) -> f64 {
+        self.micros as f64 / 1000.0
+    }
+
+    /// Writes the number: whole milliseconds, a point, the microseconds without trailing
+    /// zeros (at least one digit).
+    fn write_json(self, b: &mut Vec<u8>) {
+        if self.micros >= Self::EXACT {
+            if serde_json::to_writer(&mut *b, &self.as_f64()).is_err() {
+                b.extend_from_slice(b"null");
+            }
+            return;
+        }
+        let frac = (self.micros % 1000) as u16;
+        b.extend_from_slice(itoa::Buffer::new().format(self.micros / 1000).as_bytes());
+        let digits = [b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+        let n = if frac % 100 == 0 {
+            2
+        } else if frac % 10 == 0 {
+            3
+        } else {
+            4
+        };
+        b.extend_from_slice(&digits[..n]);
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.as_f64())
     }
 }
 
@@ -462,7 +512,7 @@ mod tests {
         }
     }
 
-    fn record<'a>(strings: [&'a str; 4], backend: Option<&'a str>, some: bool, ms: f64) -> AccessRecord<'a> {
+    fn record<'a>(strings: [&'a str; 4], backend: Option<&'a str>, some: bool, micros: u64) -> AccessRecord<'a> {
         let [text, path, key, model] = strings;
         AccessRecord {
             ts: text.to_string().into(),
@@ -471,9 +521,9 @@ mod tests {
             method: "POST",
             path,
             status: if some { 200 } else { 0 },
-            duration_ms: ms,
-            ttfb_ms: some.then_some(ms / 3.0),
-            ttft_ms: some.then_some(ms * 1e-9),
+            duration_ms: Millis::from_micros(micros),
+            ttfb_ms: some.then_some(Millis::from_micros(micros / 3)),
+            ttft_ms: some.then_some(Millis::from_micros(micros % 1000)),
             bytes_in: 12,
             bytes_out: u64::MAX,
             key: some.then_some(key),
@@ -489,6 +539,21 @@ mod tests {
         }
     }
 
+    /// A duration is the number serde_json writes for its milliseconds as a float: every
+    /// microsecond up to a second, steps to five minutes, then through the range to 2^50 µs
+    /// and past it.
+    #[test]
+    fn millis_are_the_float_serde_json_writes() {
+        let big = (0..64).map(|s| 1u64 << s).flat_map(|p| [p - 1, p, p + 1, p / 2 * 3 + 7]);
+        let stepped = (0..20_000u64).map(|i| i * 450_359_962_737 + i % 1000);
+        for micros in (0..1_000_000).chain((0..300_000_000).step_by(997)).chain(big).chain(stepped).chain([u64::MAX]) {
+            let mut ours = Vec::new();
+            Millis::from_micros(micros).write_json(&mut ours);
+            let theirs = serde_json::to_string(&(micros as f64 / 1000.0)).unwrap();
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs, "{micros}");
+        }
+    }
+
     #[test]
     fn the_line_is_what_serde_json_writes() {
         let odd = "q\"uote\\ back\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f} é 日本 \u{2028}";
@@ -497,12 +562,12 @@ mod tests {
         let (v6, v4) = (text("[2001:db8::1]:8443"), text("127.0.0.2:8000"));
         let (v6, v4) = (&*v6, &*v4);
         for (strings, backend, some, ms) in [
-            (["plain", "/v1/chat/completions", "bench", "sim-model"], Some(v4), true, 1.25),
-            ([odd, odd, odd, odd], Some(v6), true, 0.000_012_3),
-            (["", "", "", ""], None, false, 0.0),
-            (["a", "/x", "k", "m"], None, true, 123_456_789.123),
-            (["a", "/x", "k", "m"], Some(v4), false, f64::NAN),
-            (["a", "/x", "k", "m"], Some(v4), true, f64::INFINITY),
+            (["plain", "/v1/chat/completions", "bench", "sim-model"], Some(v4), true, 1250),
+            ([odd, odd, odd, odd], Some(v6), true, 12),
+            (["", "", "", ""], None, false, 0),
+            (["a", "/x", "k", "m"], None, true, 123_456_789_123),
+            (["a", "/x", "k", "m"], Some(v4), false, u64::MAX),
+            (["a", "/x", "k", "m"], Some(v4), true, 1 << 50),
         ] {
             let mut r = record(strings, backend, some, ms);
             // The time as the gateway takes it (held inline, copied as bytes), and as a string.

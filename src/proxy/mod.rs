@@ -370,7 +370,8 @@ fn drop_route(ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
 /// the upstream's fields of its name, which are rare, so the names are removed only when one
 /// pass over the upstream's finds one that may be among them.
 fn response_headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    let limits = rate_limit::snapshot(ctx);
+    let header_at = ctx.upstream.header_at;
+    let limits = rate_limit::snapshot_at(ctx, || header_at.map_or_else(crate::clock::now_ms, crate::clock::ms_at));
     let with_id = !ctx.request_id.is_empty();
     if resp.headers.keys().any(|n| n.as_str().starts_with(header_names::OWN_ANSWER_PREFIX)) {
         let id = with_id.then_some(&header_names::REQUEST_ID);

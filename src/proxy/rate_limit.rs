@@ -130,10 +130,17 @@ fn key_of(ctx: &Ctx) -> Option<&Arc<KeyEntry>> {
 
 /// The key's budget now, for the `x-ratelimit-*` headers (`None` for an unlimited key).
 pub fn snapshot(ctx: &Ctx) -> Option<Snapshot> {
+    snapshot_at(ctx, now_ms)
+}
+
+/// [`snapshot`] at the time `now` gives (asked only for a key kept in this process): the
+/// answer's header carries the budget as of the moment that header arrived, a clock read the
+/// request already made (`crate::clock::ms_at`).
+pub fn snapshot_at(ctx: &Ctx, now: impl FnOnce() -> u64) -> Option<Snapshot> {
     match key_of(ctx) {
         Some(k) if !k.limits.is_unlimited() => Some(match (&ctx.limit.store, &ctx.limit.held.window) {
             (Some(store), Some(w)) => store.snapshot(w, &k.limits),
-            _ => k.state.snapshot(&k.limits, now_ms()),
+            _ => k.state.snapshot(&k.limits, now()),
         }),
         _ => None,
     }

@@ -117,7 +117,6 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     // The fields below that are absent are neither removed nor looked up (both no-ops then):
     // nothing here adds or removes one before it is used.
     let sent = Sent::read(req);
-    req.remove_header(&header::AUTHORIZATION);
     if sent.api_key {
         req.remove_header(&API_KEY);
     }
@@ -134,10 +133,14 @@ pub fn rewrite(req: &mut RequestHeader, routed: &Routed) -> Result<()> {
     }
     // Header values built once per provider when the config compiles.
     let built = &routed.provider.headers;
+    // The client's `Authorization` (its gateway key) never goes on: replaced by the provider's
+    // (an insert replaces every field of the name), else removed.
     match (&routed.provider.api_key, &built.authorization) {
         (Some(_), Some(v)) => req.insert_header(&names::AUTHORIZATION, v.clone())?,
         (Some(key), None) => req.insert_header(&names::AUTHORIZATION, format!("Bearer {}", key.expose()))?,
-        (None, _) => {}
+        (None, _) => {
+            req.remove_header(&header::AUTHORIZATION);
+        }
     }
     match &built.host {
         Some(v) => names::insert_host(req, v.clone())?,
