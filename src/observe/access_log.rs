@@ -339,9 +339,9 @@ impl Millis {
         let frac = (self.micros % 1000) as u16;
         b.extend_from_slice(itoa::Buffer::new().format(self.micros / 1000).as_bytes());
         let digits = [b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
-        let n = if frac % 100 == 0 {
+        let n = if frac.is_multiple_of(100) {
             2
-        } else if frac % 10 == 0 {
+        } else if frac.is_multiple_of(10) {
             3
         } else {
             4
