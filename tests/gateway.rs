@@ -118,6 +118,46 @@ async fn provider_key_replaces_client_key_and_paths_join() {
     assert_eq!(h["authorization"], format!("Bearer {PROVIDER_KEY}"), "{v}");
 }
 
+/// The client's key reaches no upstream however the request carries it: `Authorization`
+/// repeated or spelt in capitals, beside `x-api-key`, the scheme in lower case. A provider with
+/// a key gets exactly its own `Authorization`; a provider without one gets none.
+#[tokio::test]
+async fn client_key_never_reaches_the_upstream_however_it_is_dressed() {
+    let sim = spawn_sim(&[]).await;
+    let keyed = gw_for(&sim, "", "").await;
+    let url = format!("http://{}", sim.addr);
+    let keyless =
+        format!("{}providers:\n  - {{ name: vllm, url: \"{url}\", models: [\"*\"] }}\n", key_yaml("alice", KEY));
+    let keyless = spawn_gateway("", &keyless, &[]).await;
+    let dressed = |gw: &Gw| {
+        let post = || client().post(gw.url("/v1/echo"));
+        [
+            (
+                "twice",
+                post()
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .header("authorization", format!("Bearer {KEY}")),
+            ),
+            (
+                "with another",
+                post().header("authorization", format!("Bearer {KEY}")).header("authorization", "Basic b3RoZXI="),
+            ),
+            ("capitals", post().header("AUTHORIZATION", format!("bearer {KEY}"))),
+            ("and x-api-key", post().bearer_auth(KEY).header("x-api-key", KEY)),
+        ]
+    };
+    for (gw, want) in [(&keyed, Some(format!("Bearer {PROVIDER_KEY}"))), (&keyless, None)] {
+        for (name, req) in dressed(gw) {
+            let resp = req.json(&json!({"model": "m"})).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{name}");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["headers"]["authorization"].as_str(), want.as_deref(), "{name}: {v}");
+            assert!(v["headers"].get("x-api-key").is_none(), "{name}: {v}");
+            assert!(!v.to_string().contains(KEY), "{name}: the client key reached the upstream: {v}");
+        }
+    }
+}
+
 fn big_body(size: usize) -> Vec<u8> {
     // The OpenAI SDK's order: messages first, model last.
     let filler = "x".repeat(size);
