@@ -9,7 +9,7 @@ static START: Lazy<Instant> = Lazy::new(Instant::now);
 
 /// Milliseconds since the process first asked (monotonic; starts at 1 so 0 can mean "never").
 pub fn now_ms() -> u64 {
-    START.elapsed().as_millis() as u64 + 1
+    ms_at(Instant::now())
 }
 
 /// [`now_ms`] at `t`, an instant read for something else (no second clock read).

@@ -561,7 +561,7 @@ mod tests {
         let text = |a: &str| crate::fleet::Backend::new(a.parse().unwrap(), 1).addr_text;
         let (v6, v4) = (text("[2001:db8::1]:8443"), text("127.0.0.2:8000"));
         let (v6, v4) = (&*v6, &*v4);
-        for (strings, backend, some, ms) in [
+        for (strings, backend, some, micros) in [
             (["plain", "/v1/chat/completions", "bench", "sim-model"], Some(v4), true, 1250),
             ([odd, odd, odd, odd], Some(v6), true, 12),
             (["", "", "", ""], None, false, 0),
@@ -569,7 +569,7 @@ mod tests {
             (["a", "/x", "k", "m"], Some(v4), false, u64::MAX),
             (["a", "/x", "k", "m"], Some(v4), true, 1 << 50),
         ] {
-            let mut r = record(strings, backend, some, ms);
+            let mut r = record(strings, backend, some, micros);
             // The time as the gateway takes it (held inline, copied as bytes), and as a string.
             for ts in [now_rfc3339(), r.ts.clone()] {
                 r.ts = ts;
