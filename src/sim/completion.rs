@@ -110,6 +110,8 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
     };
     // An adapter not loaded costs its load before the first token; held as long as the answer.
     let running = (running, r.lora.acquire(&model).await);
+    // The first token's time counts from here, not from when the answer's header is written.
+    let read_at = tokio::time::Instant::now();
     let close = ov.fail == Some(Fail::Close) || (ov.fail.is_none() && roll(cfg.close_rate));
     let (answer, hit_tokens) = answer(r, kind, &req, model, ov.tokens);
     let ttft = ov.ttft.unwrap_or(cfg.ttft);
@@ -117,6 +119,7 @@ pub async fn handle(r: &Replica, kind: Kind, req: Request<Incoming>) -> Response
     let mut seq = r.engine.as_ref().map(|e| e.submit(answer.usage.prompt_tokens - hit_tokens, answer.tokens));
     let mut resp = if req.stream {
         let pace = Pace {
+            start: read_at,
             ttft,
             itl,
             cut_after: close.then_some(answer.tokens / 2),

@@ -232,10 +232,18 @@ fn events(done: Value, msg_id: &str, tokens: u32, ttft: Duration, itl: Duration)
             (wait, Bytes::from(format!("event: {name}\ndata: {v}\n\n")))
         })
         .collect();
-    let s = stream::iter(frames).then(|(wait, bytes)| async move {
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+    // One schedule from now (the request was read), as in `stream`: each wait is after the
+    // previous event was due, not after it was written.
+    let mut due = tokio::time::Instant::now();
+    let frames: Vec<(tokio::time::Instant, Bytes)> = frames
+        .into_iter()
+        .map(|(wait, bytes)| {
+            due += wait;
+            (due, bytes)
+        })
+        .collect();
+    let s = stream::iter(frames).then(|(due, bytes)| async move {
+        super::stream::sleep_until(due).await;
         Ok::<_, io::Error>(Frame::data(bytes))
     });
     StreamBody::new(s.boxed()).boxed_unsync()

@@ -3,6 +3,9 @@
 //! is pending).
 //!
 //! Order: wait `ttft`; for chat a role chunk; token 1; then `itl` before every further token;
+//! the waits run on one schedule from when the request was read ([`Pace::start`]), as a server's
+//! time to first token counts from the request's arrival: writing the response header (and
+//! being descheduled meanwhile) does not delay the first token.
 //! a chunk with `finish_reason`; the usage chunk (`"choices":[]`) only if asked, with the replica
 //! model's `x_sim_timing` when it is on; `[DONE]`.
 //! Lines end with LF unless `--line-ending` says otherwise.
@@ -21,6 +24,8 @@ use super::response::Body;
 
 /// How a streamed answer is produced.
 pub struct Pace {
+    /// When the request was read: the schedule's origin.
+    pub start: tokio::time::Instant,
     pub ttft: Duration,
     pub itl: Duration,
     /// Cut the connection after this many tokens (the `close` failure).
@@ -51,6 +56,8 @@ struct Gen<G> {
     phase: Phase,
     /// Next token, 1-based.
     next: u32,
+    /// When the last token was due (`Pace::start` before the first).
+    due: tokio::time::Instant,
     generated: IntCounter,
     /// Held until the body ends or is dropped (the in-flight gauge guard).
     _guard: G,
@@ -68,7 +75,8 @@ pub fn body<G: Send + 'static>(answer: Answer, pace: Pace, generated: IntCounter
         answer.created,
         json_str(&answer.model),
     );
-    let gen = Gen { answer, pace, head, phase: Phase::Wait, next: 1, generated, _guard: guard };
+    let due = pace.start;
+    let gen = Gen { answer, pace, head, phase: Phase::Wait, next: 1, due, generated, _guard: guard };
     let events = stream::unfold(gen, |mut g| async move {
         let item = g.step().await?;
         Some((item.map(Frame::data), g))
@@ -139,13 +147,17 @@ impl<G> Gen<G> {
         }
     }
 
-    /// Waits until the next token exists: the engine's step, else `delay`.
+    /// Waits until the next token exists: the engine's step, else `delay` after the last one
+    /// was due (at once when that is past).
     async fn pace_token(&mut self, delay: Duration) {
         match self.pace.engine.as_mut() {
             Some(seq) => {
                 seq.token().await;
             }
-            None => sleep(delay).await,
+            None => {
+                self.due += delay;
+                sleep_until(self.due).await;
+            }
         }
     }
 
@@ -197,8 +209,53 @@ pub fn cut_body(full: Vec<u8>) -> Body {
     StreamBody::new(events).boxed_unsync()
 }
 
-async fn sleep(d: Duration) {
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
+/// Sleeps until `due` unless it has passed (no timer for a zero delay).
+pub async fn sleep_until(due: tokio::time::Instant) {
+    if due > tokio::time::Instant::now() {
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sim::openai::Usage;
+    use tokio::time::{advance, Instant};
+
+    /// The waits run on one schedule from `Pace::start`: a body first polled late (its header
+    /// was being written, the task was descheduled) still has its first token at `start + ttft`,
+    /// and the tokens after it `itl` apart on that schedule.
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_due_from_the_request_not_from_the_first_poll() {
+        let answer = Answer {
+            kind: Kind::Chat,
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m".into(),
+            tokens: 3,
+            finish: "stop",
+            usage: Usage::new(5, 3, 0),
+        };
+        let start = Instant::now();
+        let pace = Pace {
+            start,
+            ttft: Duration::from_millis(100),
+            itl: Duration::from_millis(10),
+            cut_after: None,
+            include_usage: false,
+            eol: "\n",
+            engine: None,
+        };
+        let mut body = body(answer, pace, IntCounter::new("t", "t").unwrap(), ());
+        advance(Duration::from_millis(80)).await;
+        let mut at = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            if String::from_utf8_lossy(&data).contains("\"content\":\"tok") {
+                at.push(start.elapsed().as_millis());
+            }
+        }
+        assert_eq!(at, [100, 110, 120]);
     }
 }
