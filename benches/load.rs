@@ -676,6 +676,9 @@ defaults
     timeout client 60s
     timeout server 60s
     http-reuse always
+    # A streaming proxy: each SSE event leaves when it arrives (HAProxy otherwise holds small
+    # chunks to merge them, which delays the first token by the whole answer here).
+    option http-no-delay
 frontend fe
     bind 127.0.0.1:{port}
     default_backend sim
