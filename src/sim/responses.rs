@@ -223,23 +223,17 @@ fn events(done: Value, msg_id: &str, tokens: u32, ttft: Duration, itl: Duration)
     let item_done = done["output"][0].clone();
     list.push((Duration::ZERO, "response.output_item.done", json!({"output_index": 0, "item": item_done})));
     list.push((Duration::ZERO, "response.completed", json!({"response": done})));
-    let frames: Vec<(Duration, Bytes)> = list
+    // One schedule from now (the request was read), as in `stream`: each wait is after the
+    // previous event was due, not after it was written.
+    let mut due = tokio::time::Instant::now();
+    let frames: Vec<(tokio::time::Instant, Bytes)> = list
         .into_iter()
         .enumerate()
         .map(|(seq, (wait, name, mut v))| {
             v["type"] = json!(name);
             v["sequence_number"] = json!(seq);
-            (wait, Bytes::from(format!("event: {name}\ndata: {v}\n\n")))
-        })
-        .collect();
-    // One schedule from now (the request was read), as in `stream`: each wait is after the
-    // previous event was due, not after it was written.
-    let mut due = tokio::time::Instant::now();
-    let frames: Vec<(tokio::time::Instant, Bytes)> = frames
-        .into_iter()
-        .map(|(wait, bytes)| {
             due += wait;
-            (due, bytes)
+            (due, Bytes::from(format!("event: {name}\ndata: {v}\n\n")))
         })
         .collect();
     let s = stream::iter(frames).then(|(due, bytes)| async move {

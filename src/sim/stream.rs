@@ -3,11 +3,11 @@
 //! is pending).
 //!
 //! Order: wait `ttft`; for chat a role chunk; token 1; then `itl` before every further token;
-//! the waits run on one schedule from when the request was read ([`Pace::start`]), as a server's
-//! time to first token counts from the request's arrival: writing the response header (and
-//! being descheduled meanwhile) does not delay the first token.
 //! a chunk with `finish_reason`; the usage chunk (`"choices":[]`) only if asked, with the replica
 //! model's `x_sim_timing` when it is on; `[DONE]`.
+//! The waits run on one schedule from when the request was read ([`Pace::start`]), as a server's
+//! time to first token counts from the request's arrival: writing the response header (and
+//! being descheduled meanwhile) does not delay the first token.
 //! Lines end with LF unless `--line-ending` says otherwise.
 
 use std::io;
