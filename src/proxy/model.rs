@@ -79,6 +79,11 @@ pub async fn read_body(session: &mut Session, max: u64, present: &Present) -> Re
                 joined.extend_from_slice(&chunk);
             }
         }
+        // The framing's end reached (a `Content-Length` body that came with its header, the
+        // usual case): no further read, which would only answer `None`.
+        if session.is_body_done() {
+            break;
+        }
     }
     Ok(Ok(first.unwrap_or_else(|| Bytes::from(joined))))
 }
