@@ -7,7 +7,8 @@
 //! `MCAS_BENCH_NGINX`, `MCAS_BENCH_HAPROXY` (binaries; default on PATH, then /usr/sbin),
 //! `MCAS_BENCH_BARE` / `MCAS_BENCH_BARE_UNPATCHED` (prebuilt bare-Pingora binaries; default: built by
 //! benches/bare-pingora/build.sh), `MCAS_BENCH_GATEWAY_BASE` (an older mcas-gateway binary, run beside this one as
-//! `gateway-base` with the same config), `MCAS_BENCH_NO_PIN=1` (do not pin with taskset), `MCAS_BENCH_TARGETS` and
+//! `gateway-base` with the same config), `MCAS_BENCH_GATEWAY_FEATURES` (the gateway's optional features kept:
+//! comma list of `limits`, `fleet`, `access_log`, or `none`; default all), `MCAS_BENCH_NO_PIN=1` (do not pin with taskset), `MCAS_BENCH_TARGETS` and
 //! `MCAS_BENCH_WORKLOADS` (comma lists: run only those), `MCAS_BENCH_SYSCALLS=N` (instead of timed rounds:
 //! N requests per target and workload under `strace -c -f`, and the system calls per request),
 //! `MCAS_BENCH_CALLGRIND=N[,N,N]` (instead of timed rounds: the proxies run under callgrind, N requests per
@@ -594,27 +595,54 @@ fn summarize(rounds: &[RoundResult]) -> Summary {
 // ---------------------------------------------------------------------------------------------------------------
 // Setup
 
+/// The features `MCAS_BENCH_GATEWAY_FEATURES` may leave out (comma list of those kept; default all): `limits`
+/// (rpm + tpm + concurrency on the key), `fleet` (ketama over three backends; without it one backend, no
+/// balancing policy), `access_log`. Key auth and metrics are always on (the gateway has no mode without them).
+const GATEWAY_FEATURES: [&str; 3] = ["limits", "fleet", "access_log"];
+
+/// The kept features, in [`GATEWAY_FEATURES`]' order; an unknown name stops the bench.
+fn gateway_features() -> Vec<&'static str> {
+    let Ok(list) = std::env::var("MCAS_BENCH_GATEWAY_FEATURES") else { return GATEWAY_FEATURES.to_vec() };
+    let asked: Vec<&str> = list.split(',').map(str::trim).filter(|f| !f.is_empty() && *f != "none").collect();
+    for f in &asked {
+        assert!(
+            GATEWAY_FEATURES.contains(f),
+            "MCAS_BENCH_GATEWAY_FEATURES: unknown feature {f:?} (known: {GATEWAY_FEATURES:?}, none)"
+        );
+    }
+    GATEWAY_FEATURES.into_iter().filter(|f| asked.contains(f)).collect()
+}
+
 /// The gateway with every feature on: key auth, rpm + tpm + concurrency limits on the key (high enough never
 /// to refuse), ketama over a fleet of three backends (loopback aliases of the one sim, bound to 0.0.0.0,
 /// with health probes), metrics (always on), and the access log (stdout, which the bench sends to a file).
-fn gateway_config(dir: &Path, gw: u16, admin: u16, sim: u16) -> PathBuf {
+/// `features` ([`gateway_features`]) may leave out the limits, the fleet or the access log.
+fn gateway_config(dir: &Path, gw: u16, admin: u16, sim: u16, features: &[&str]) -> PathBuf {
     let path = dir.join("gateway.yaml");
+    let limits = if features.contains(&"limits") {
+        "\n    limits: { rpm: 1000000000, tpm: 1000000000000, concurrency: 4096 }"
+    } else {
+        ""
+    };
+    let fleet = if features.contains(&"fleet") {
+        format!("\n    backends: [\"127.0.0.1:{sim}\", \"127.0.0.2:{sim}\", \"127.0.0.3:{sim}\"]\n    balance: ketama")
+    } else {
+        String::new()
+    };
+    let access_log = features.contains(&"access_log");
     let yaml = format!(
         r#"server: {{ listen: "127.0.0.1:{gw}", threads: 1, pid_file: {d}/gateway.pid, upgrade_sock: {d}/gateway.sock }}
 admin: {{ listen: "127.0.0.1:{admin}" }}
 keys:
   - name: bench
     key: "{KEY}"
-    models: ["*"]
-    limits: {{ rpm: 1000000000, tpm: 1000000000000, concurrency: 4096 }}
+    models: ["*"]{limits}
 providers:
   - name: vllm
     url: "http://127.0.0.1:{sim}/v1"
     api_key: upstream-provider-key
-    models: ["*"]
-    backends: ["127.0.0.1:{sim}", "127.0.0.2:{sim}", "127.0.0.3:{sim}"]
-    balance: ketama
-log: {{ access_log: true }}
+    models: ["*"]{fleet}
+log: {{ access_log: {access_log} }}
 "#,
         d = dir.display()
     );
@@ -930,10 +958,19 @@ fn main() {
          connection with x-sim-ttft-ms {TTFT_MS}, x-sim-itl-ms {ITL_MS}, {TTFT_TOKENS} tokens: time from send to \
          the first body chunk with a non-empty \"content\"."
     );
-    println!(
-        "gateway: every feature on (key auth; rpm, tpm and concurrency limits on the key; ketama over 3 backends \
-         127.0.0.1-3 reaching the one sim; metrics; access log to a file)."
-    );
+    let features = gateway_features();
+    if features.len() == GATEWAY_FEATURES.len() {
+        println!(
+            "gateway: every feature on (key auth; rpm, tpm and concurrency limits on the key; ketama over 3 backends \
+             127.0.0.1-3 reaching the one sim; metrics; access log to a file)."
+        );
+    } else {
+        let off: Vec<&str> = GATEWAY_FEATURES.into_iter().filter(|f| !features.contains(f)).collect();
+        println!(
+            "gateway: key auth and metrics, with {features:?}, WITHOUT {off:?} (MCAS_BENCH_GATEWAY_FEATURES); not the \
+             every-feature configuration of the headline figures."
+        );
+    }
     if pin {
         println!(
             "pinning: load generator on core {GEN_CORE}; mcas-sim and the proxy under test share core {SERVER_CORE} \
@@ -1009,7 +1046,7 @@ fn main() {
                 let admin = free_port();
                 let own = dir.path().join(name);
                 std::fs::create_dir_all(&own).unwrap();
-                let conf = gateway_config(&own, port, admin, sim_port);
+                let conf = gateway_config(&own, port, admin, sim_port, &gateway_features());
                 let pid = children.spawn(name, pin, &program, &["--config".into(), conf.display().to_string()], &log);
                 wait_ready(&mut children, name, &log, port, Some(200));
                 wait_ready(&mut children, name, &log, admin, None);
