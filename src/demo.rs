@@ -12,6 +12,14 @@ const DEMO_MODEL: &str = "demo-model";
 
 pub fn run(flags: ProcessFlags) -> anyhow::Result<()> {
     server::init_logging("info");
+    // Before the replicas start and the key is printed: a second demo must not print a key that
+    // the first one, still on these ports, would refuse.
+    if !flags.upgrade {
+        server::listen_free(
+            [("the demo's listener", DEMO_LISTEN), ("the demo's admin listener", DEMO_ADMIN)],
+            " (is another demo running? Stop it with Ctrl-C first)",
+        )?;
+    }
     let ports = start_replicas()?;
     let key = format!("mcas-demo-{:024x}", rand::random::<u128>() >> 32);
     let backends: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();

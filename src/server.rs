@@ -53,6 +53,13 @@ pub fn remember_secrets(runtime: &Runtime) {
 
 /// Starts serving; returns only if Pingora could not start.
 pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -> anyhow::Result<()> {
+    if !flags.upgrade {
+        listen_free(
+            listen_addresses(&runtime),
+            " (is another mcas-gateway running? To replace a running instance without refusing a \
+             request, start the new one with --upgrade)",
+        )?;
+    }
     remember_secrets(&runtime);
     warn_about(&runtime);
     // Pingora's grace period is whole seconds.
@@ -135,6 +142,32 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     // Pingora has stopped every service: write out the access log lines still queued.
     crate::observe::access_log::flush();
     std::process::exit(0)
+}
+
+/// The addresses a start binds, each with the setting that names it.
+pub fn listen_addresses(rt: &Runtime) -> Vec<(&'static str, &str)> {
+    let server = rt.server.listen.iter().map(|a| ("server.listen", a.as_str()));
+    server.chain([("admin.listen", rt.admin_listen.as_str())]).collect()
+}
+
+/// A fresh start (not `--upgrade`, which receives the running instance's sockets instead of
+/// binding) needs its addresses free. Pingora binds them in each service's own thread,
+/// retries an address in use for 30 s (`TCP_LISTENER_MAX_TRY` in
+/// vendor/pingora-core/src/listeners/l4.rs), then panics in that thread (`Failed to build
+/// listeners`, vendor/pingora-core/src/services/listening.rs) while the process lives on,
+/// listening on nothing: a service manager sees it running. So each address is bound here first,
+/// as Pingora binds it (`SO_REUSEADDR`, which std sets too), and let go at once; one that cannot be
+/// bound is an error naming its setting, and the process exits 1 before anything starts. (An
+/// address taken in the instant between this check and Pingora's bind still takes Pingora's way.)
+/// `in_use` is said after the error when the address is taken.
+pub fn listen_free<'a>(addrs: impl IntoIterator<Item = (&'a str, &'a str)>, in_use: &str) -> anyhow::Result<()> {
+    for (setting, addr) in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse { in_use } else { "" };
+            anyhow::bail!("{setting}: cannot listen on {addr}: {e}{hint}");
+        }
+    }
+    Ok(())
 }
 
 /// One client listener. Pingora's default 64 KiB read buffer in front of every accepted

@@ -493,3 +493,64 @@ async fn client_disconnect_ends_the_upstream_request() {
     assert!(m.contains("mcas_client_cancels_total{route=\"/v1/*\"} 1"), "{m}");
     assert!(m.contains("mcas_inflight_requests 0"), "{m}");
 }
+
+/// A gateway started on an address another process holds exits at once (status 1) with an
+/// error naming the setting and the address, for the client listener and the admin one alike:
+/// not Pingora's 30 s of bind retries ending in a listener thread that panics while the process
+/// stays up, listening on nothing (src/server.rs, `listen_free`). The running one goes on.
+#[tokio::test]
+async fn a_start_on_a_taken_address_fails_at_once_naming_the_setting() {
+    let sim = spawn_sim(&[]).await;
+    let first = gw_for(&sim, "/v1", "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/v1", sim.addr);
+    let rest = format!("{}{}", key_yaml("alice", KEY), provider_yaml("vllm", &url, PROVIDER_KEY));
+    let free = || format!("127.0.0.1:{}", free_port());
+    for (setting, listen, admin, taken) in [
+        ("server.listen", first.addr.to_string(), free(), first.addr.to_string()),
+        ("admin.listen", free(), first.admin.to_string(), first.admin.to_string()),
+    ] {
+        let d = dir.path().display();
+        let yaml = format!(
+            "server: {{ listen: \"{listen}\", threads: 1, pid_file: \"{d}/second.pid\", upgrade_sock: \"{d}/second.sock\" }}\n\
+             admin: {{ listen: \"{admin}\" }}\n{rest}"
+        );
+        let path = dir.path().join("second.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mcas-gateway"))
+            .args(["--config", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let out = child.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(1),
+            "{setting}: still running or wrong status after 10 s: {text}"
+        );
+        assert!(text.contains(&format!("{setting}: cannot listen on {taken}")), "{text}");
+        assert!(text.contains("in use") && text.contains("--upgrade"), "{text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    let resp = client()
+        .post(first.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat(false, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
