@@ -103,7 +103,7 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     gateway.store = crate::limits::store::SharedLimits::start(&shared.load().limits.store)?;
     let gate = Gate::new(shared.clone(), gateway.guard.clone());
     let app = pingora_proxy::http_proxy(&server.configuration, gateway);
-    let mut proxy = Service::new("mcas-gateway".to_string(), PerIpConnections::new(app, gate.clone()));
+    let mut proxy = Service::new("mcas-gateway".to_string(), PerIpConnections::new(app, gate.clone(), drain.clone()));
     proxy.set_connection_filter(gate);
     for addr in &listen {
         proxy.add_listener(listener(addr, tls.as_ref())?);

@@ -518,6 +518,62 @@ async fn sigterm_drains_streams_then_exits() {
     eprintln!("drain: gateway exited {status} after {:?}", t0.elapsed());
 }
 
+/// SIGTERM with nothing left to serve ends the process once its client connections are gone,
+/// not after the whole grace period (30 s here; Pingora's period is a plain sleep): a stream in
+/// flight still finishes, an idle keep-alive connection is let go after Pingora's 2 s, and the
+/// process exits 0 with the access log of both requests written (src/drain.rs).
+#[tokio::test]
+async fn sigterm_exits_once_drained_not_after_the_grace_period() {
+    use crate::common::{free_port, spawn};
+    let sim = spawn_sim(&[]).await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", threads: 1, grace_period: 30s, shutdown_timeout: 1s, \
+         pid_file: \"{d}/g.pid\", upgrade_sock: \"{d}/g.sock\" }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
+         log: {{ access_log: true }}\n{}providers:\n  - {{ name: sim, url: \"http://{}/v1\" }}\n",
+        key_yaml("alice", KEY),
+        sim.addr
+    );
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    let mut proc = spawn(env!("CARGO_BIN_EXE_mcas-gateway"), &args, &[], addr);
+    proc.wait_url(&format!("http://{addr}/health")).await.unwrap();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let client = reqwest::Client::new();
+    let chat = |stream: bool| serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "model": "sim-model", "stream": stream});
+    // A finished request leaves its connection idle in the client's pool.
+    let first = client.post(&url).bearer_auth(KEY).json(&chat(false)).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    first.bytes().await.unwrap();
+    let stream = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("x-sim-itl-ms", "100")
+        .header("x-sim-tokens", "20")
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    proc.terminate();
+    let (all, _) = timed_body(stream).await;
+    assert!(all.trim_end().ends_with("data: [DONE]"), "the stream in flight did not finish: {all}");
+    let status = proc.wait_exit(Duration::from_secs(15)).expect("the gateway still runs 15 s after SIGTERM");
+    let took = t0.elapsed();
+    eprintln!("drain: exited {status} {took:?} after SIGTERM (grace period 30 s)");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let logs = proc.logs();
+    assert!(logs.contains("drained: no client connection open"), "{logs}");
+    let lines =
+        logs.lines().filter(|l| l.contains("\"path\":\"/v1/chat/completions\"") && l.contains("\"status\":200"));
+    assert_eq!(lines.count(), 2, "both requests' access log lines: {logs}");
+}
+
 #[test]
 fn stream_options_are_validated_with_their_yaml_path() {
     use crate::common::gateway::check;

@@ -117,11 +117,13 @@ impl ConnectionFilter for Gate {
 pub struct PerIpConnections<A> {
     inner: Arc<A>,
     gate: Arc<Gate>,
+    /// Counts every connection while it is open, for the drain at shutdown (`crate::drain`).
+    drain: crate::drain::Drain,
 }
 
 impl<A> PerIpConnections<A> {
-    pub fn new(inner: A, gate: Arc<Gate>) -> Self {
-        PerIpConnections { inner: Arc::new(inner), gate }
+    pub fn new(inner: A, gate: Arc<Gate>, drain: crate::drain::Drain) -> Self {
+        PerIpConnections { inner: Arc::new(inner), gate, drain }
     }
 }
 
@@ -138,8 +140,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for PerIpConnections<A> {
             Some(Ok(slot)) => slot,
             None => None,
         };
+        let _open = self.drain.hold();
         // What Pingora's service loop would do with a reusable connection, kept here so the
-        // slot lives as long as the connection.
+        // slot and the drain's count live as long as the connection.
         let mut stream = stream;
         while let Some(next) = self.inner.process_new(stream, shutdown).await {
             stream = next;
