@@ -1046,7 +1046,7 @@ fn main() {
                 let admin = free_port();
                 let own = dir.path().join(name);
                 std::fs::create_dir_all(&own).unwrap();
-                let conf = gateway_config(&own, port, admin, sim_port, &gateway_features());
+                let conf = gateway_config(&own, port, admin, sim_port, &features);
                 let pid = children.spawn(name, pin, &program, &["--config".into(), conf.display().to_string()], &log);
                 wait_ready(&mut children, name, &log, port, Some(200));
                 wait_ready(&mut children, name, &log, admin, None);

@@ -118,8 +118,7 @@ impl DrainService {
             return;
         }
         log::info!("drained: no client connection open after {:?}; exiting", signalled.elapsed());
-        crate::observe::access_log::flush();
-        std::process::exit(0);
+        crate::server::exit_served();
     }
 }
 

@@ -139,7 +139,14 @@ pub fn run(runtime: Runtime, config_path: Option<String>, flags: ProcessFlags) -
     ));
     log::info!("mcas-gateway listening on {} (admin {admin_listen})", listen.join(", "));
     server.run(pingora::server::RunArgs::default());
-    // Pingora has stopped every service: write out the access log lines still queued.
+    // Pingora has stopped every service.
+    exit_served()
+}
+
+/// The end of a process that served until told to stop (Pingora's grace period over, or the
+/// drain finding no connection open, `crate::drain`): the access log lines still queued are
+/// written out, then status 0.
+pub fn exit_served() -> ! {
     crate::observe::access_log::flush();
     std::process::exit(0)
 }
